@@ -1,0 +1,276 @@
+"""One place that decides where things live and what the limits are.
+
+Resolution order, first match wins, for every setting:
+1. an explicit argument (`load_settings(home=..., db=...)`, the CLI's `--db`);
+2. environment variables: `LLMCOST_HOME` (data folder), `LLMCOST_DB` (store path alone),
+   `LLMCOST_CONFIG` (config file), `LLMCOST_TIMEZONE`, `LLMCOST_SMTP_HOST`, `LLMCOST_SMTP_PORT`,
+   `LLMCOST_SMTP_USER`, `LLMCOST_SMTP_PASSWORD`, `LLMCOST_SLACK_WEBHOOK`;
+3. the config file: `LLMCOST_CONFIG`, else `llmcost.toml` in the working folder (see README for keys);
+4. defaults: everything under `./data`, UTC, the limits below.
+
+Paths in the config file are relative to the file's folder; `home` defaults to `./data`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import ConfigError
+
+ACCOUNT_ACTIONS = ("soft", "hard", "alert", "unlimited")
+ALERT_LEVELS = ("info", "warning", "critical", "shutdown")
+DEFAULT_USE_CASES = ("content_analyzer", "auto_populate", "chat_tutor", "scaffolder", "interaction_generator")
+
+
+@dataclass(frozen=True)
+class AccountLimit:
+    """A per-user daily limit for one account type.
+
+    action: `soft` warns and allows, `hard` refuses the call, `alert` only alerts,
+    `unlimited` has no limit but alerts above `alert_above_usd` when set.
+    """
+
+    account_type: str
+    tokens: int | None
+    cost_usd: Decimal | None
+    action: str
+    alert_above_usd: Decimal | None = None
+
+
+DEFAULT_LIMITS = {
+    "student": AccountLimit("student", 10_000, Decimal("0.05"), "soft"),
+    "lesson_builder": AccountLimit("lesson_builder", 100_000, Decimal("0.50"), "hard"),
+    "admin": AccountLimit("admin", 500_000, Decimal("2.50"), "alert"),
+    "super_admin": AccountLimit("super_admin", None, None, "unlimited", Decimal("50")),
+}
+
+
+@dataclass(frozen=True)
+class SystemLevels:
+    """System-wide daily spend levels in USD."""
+
+    warning_usd: Decimal = Decimal("10")
+    critical_usd: Decimal = Decimal("50")
+    shutdown_usd: Decimal = Decimal("200")
+
+
+@dataclass(frozen=True)
+class EmailSettings:
+    host: str | None = None
+    port: int = 587
+    security: str = "starttls"  # starttls | ssl | none
+    username: str | None = None
+    password: str | None = None
+    sender: str = "llmcost@localhost"
+    recipients: tuple[str, ...] = ()
+    min_level: str = "critical"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host and self.recipients)
+
+
+@dataclass(frozen=True)
+class SlackSettings:
+    webhook_url: str | None = None
+    min_level: str = "warning"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook_url)
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    db_path: Path
+    journal_dir: Path
+    fallback_log: Path
+    inbox_dir: Path
+    control_db: Path
+    timezone: str = "UTC"
+    fsync: bool = True
+    default_rate_per_mtok: Decimal = Decimal("5.00")
+    price_overrides_file: Path | None = None
+    limits: dict[str, AccountLimit] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    default_account_type: str = "student"
+    system: SystemLevels = field(default_factory=SystemLevels)
+    use_cases: tuple[str, ...] = DEFAULT_USE_CASES
+    silent_use_case_days: int = 2
+    stale_attempt_seconds: int = 60
+    estimate_mismatch_ratio: Decimal = Decimal("0.20")
+    email: EmailSettings = field(default_factory=EmailSettings)
+    slack: SlackSettings = field(default_factory=SlackSettings)
+    notifier_retries: int = 3
+    config_file: Path | None = None
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def limit_for(self, account_type: str | None) -> AccountLimit:
+        """The limit of an account type; unknown or missing types get the default account type's limit."""
+        if account_type and account_type in self.limits:
+            return self.limits[account_type]
+        return self.limits[self.default_account_type]
+
+    def ensure_dirs(self) -> None:
+        for folder in (self.home, self.journal_dir, self.inbox_dir, self.db_path.parent,
+                       self.fallback_log.parent, self.control_db.parent):
+            folder.mkdir(parents=True, exist_ok=True)
+
+
+def _decimal(value: Any, key: str) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        result = Decimal(str(value))
+    except InvalidOperation:
+        raise ConfigError(f"{key}: {value!r} is not a number") from None
+    if not result.is_finite() or result < 0:
+        raise ConfigError(f"{key}: {value!r} must be a finite number >= 0")
+    return result
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+
+
+def _limits(raw: dict[str, Any]) -> dict[str, AccountLimit]:
+    limits = dict(DEFAULT_LIMITS)
+    for account_type, spec in raw.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"limits.{account_type} must be a table")
+        base = limits.get(account_type, AccountLimit(account_type, None, None, "alert"))
+        action = spec.get("action", base.action)
+        if action not in ACCOUNT_ACTIONS:
+            raise ConfigError(f"limits.{account_type}.action: {action!r} is not one of {', '.join(ACCOUNT_ACTIONS)}")
+        tokens = spec.get("tokens", base.tokens)
+        if tokens is not None and (not isinstance(tokens, int) or tokens < 0):
+            raise ConfigError(f"limits.{account_type}.tokens: {tokens!r} must be a whole number >= 0")
+        limits[account_type] = AccountLimit(
+            account_type,
+            tokens,
+            _decimal(spec.get("cost_usd", base.cost_usd), f"limits.{account_type}.cost_usd"),
+            action,
+            _decimal(spec.get("alert_above_usd", base.alert_above_usd), f"limits.{account_type}.alert_above_usd"),
+        )
+    return limits
+
+
+def load_settings(
+    home: str | Path | None = None,
+    db: str | Path | None = None,
+    config: str | Path | None = None,
+) -> Settings:
+    """Resolve settings from arguments, environment, config file and defaults (see module docstring)."""
+    env = os.environ
+    config_path = Path(config) if config else Path(env["LLMCOST_CONFIG"]) if env.get("LLMCOST_CONFIG") else None
+    if config_path is None and Path("llmcost.toml").is_file():
+        config_path = Path("llmcost.toml")
+    if config_path is not None and not config_path.is_file():
+        raise ConfigError(f"config file not found: {config_path}")
+    raw = _read_config_file(config_path) if config_path else {}
+    base = config_path.parent.resolve() if config_path else Path.cwd()
+
+    def path_of(value: Any) -> Path:
+        p = Path(str(value)).expanduser()
+        return p if p.is_absolute() else base / p
+
+    if home is not None:
+        home_path = Path(home)
+    elif env.get("LLMCOST_HOME"):
+        home_path = Path(env["LLMCOST_HOME"])
+    elif "home" in raw:
+        home_path = path_of(raw["home"])
+    else:
+        home_path = Path("data")
+    home_path = home_path.expanduser().resolve()
+
+    def located(key: str, default: str) -> Path:
+        return path_of(raw[key]) if key in raw else home_path / default
+
+    if db is not None:
+        db_path = Path(db)
+    elif env.get("LLMCOST_DB"):
+        db_path = Path(env["LLMCOST_DB"])
+    else:
+        db_path = located("db", "llmcost.duckdb")
+
+    timezone = env.get("LLMCOST_TIMEZONE") or raw.get("timezone", "UTC")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"timezone: unknown time zone {timezone!r} (use an IANA name such as 'Europe/Berlin')") from None
+
+    system_raw = raw.get("system", {})
+    system = SystemLevels(
+        *(
+            _decimal(system_raw.get(k, getattr(SystemLevels, k)), f"system.{k}")
+            for k in ("warning_usd", "critical_usd", "shutdown_usd")
+        )
+    )
+    if not system.warning_usd <= system.critical_usd <= system.shutdown_usd:
+        raise ConfigError("system: warning_usd <= critical_usd <= shutdown_usd must hold")
+
+    email_raw = raw.get("email", {})
+    recipients = email_raw.get("recipients", ())
+    email = EmailSettings(
+        host=env.get("LLMCOST_SMTP_HOST") or email_raw.get("host"),
+        port=int(env.get("LLMCOST_SMTP_PORT") or email_raw.get("port", 587)),
+        security=email_raw.get("security", "starttls"),
+        username=env.get("LLMCOST_SMTP_USER") or email_raw.get("username"),
+        password=env.get("LLMCOST_SMTP_PASSWORD") or email_raw.get("password"),
+        sender=email_raw.get("sender", "llmcost@localhost"),
+        recipients=tuple([recipients] if isinstance(recipients, str) else recipients),
+        min_level=email_raw.get("min_level", "critical"),
+    )
+    slack_raw = raw.get("slack", {})
+    slack = SlackSettings(
+        webhook_url=env.get("LLMCOST_SLACK_WEBHOOK") or slack_raw.get("webhook_url"),
+        min_level=slack_raw.get("min_level", "warning"),
+    )
+    for name, level in (("email.min_level", email.min_level), ("slack.min_level", slack.min_level)):
+        if level not in ALERT_LEVELS:
+            raise ConfigError(f"{name}: {level!r} is not one of {', '.join(ALERT_LEVELS)}")
+
+    limits = _limits(raw.get("limits", {}))
+    default_account_type = raw.get("default_account_type", "student")
+    if default_account_type not in limits:
+        raise ConfigError(f"default_account_type: {default_account_type!r} has no entry under [limits]")
+
+    return Settings(
+        home=home_path,
+        db_path=db_path.expanduser().resolve(),
+        journal_dir=located("journal_dir", "journal"),
+        fallback_log=located("fallback_log", "emergency-token-usage.jsonl"),
+        inbox_dir=located("inbox_dir", "inbox"),
+        control_db=located("control_db", "control.sqlite"),
+        timezone=timezone,
+        fsync=bool(raw.get("fsync", True)),
+        default_rate_per_mtok=_decimal(raw.get("default_rate_per_mtok", "5.00"), "default_rate_per_mtok"),
+        price_overrides_file=path_of(raw["price_overrides"]) if "price_overrides" in raw else None,
+        limits=limits,
+        default_account_type=default_account_type,
+        system=system,
+        use_cases=tuple(raw.get("use_cases", DEFAULT_USE_CASES)),
+        silent_use_case_days=int(raw.get("silent_use_case_days", 2)),
+        stale_attempt_seconds=int(raw.get("stale_attempt_seconds", 60)),
+        estimate_mismatch_ratio=_decimal(raw.get("estimate_mismatch_ratio", "0.20"), "estimate_mismatch_ratio"),
+        email=email,
+        slack=slack,
+        notifier_retries=int(raw.get("notifier_retries", 3)),
+        config_file=config_path.resolve() if config_path else None,
+    )

@@ -1,0 +1,54 @@
+"""Every error llmcost raises on purpose is an LLMCostError, so callers can catch them all at once."""
+
+
+class LLMCostError(Exception):
+    """Base class of llmcost's errors."""
+
+
+class ConfigError(LLMCostError):
+    """The configuration (llmcost.toml, LLMCOST_* variables, a price-override file) is invalid."""
+
+
+class StoreLockedError(LLMCostError):
+    """The DuckDB store stayed locked by another process for longer than the bounded wait."""
+
+
+class StoreCorruptError(LLMCostError):
+    """The DuckDB store file cannot be opened as a database; `llmcost rebuild` recreates it from the files."""
+
+
+class MissingIdentityError(LLMCostError):
+    """A tracked call lacks user_id and/or tenant_id."""
+
+    def __init__(self, missing: list[str]):
+        self.missing = missing
+        fields = ", ".join(missing)
+        super().__init__(
+            f"Missing required identity: {fields} (pass {', '.join(f'{m}=...' for m in missing)} "
+            "to the call, or wrap it in `with tracker.identity(user_id=..., tenant_id=...)`)"
+        )
+
+
+class UseCaseDisabledError(LLMCostError):
+    """The call's use case is switched off by a kill switch."""
+
+
+class SpendingHaltedError(LLMCostError):
+    """System-wide spend reached the emergency shutdown level; every call is refused."""
+
+
+class BudgetExceededError(LLMCostError):
+    """The user's hard daily budget would be exceeded by this call."""
+
+
+class TrackingUnavailableError(LLMCostError):
+    """The attempt record could be written neither to the journal nor to the fallback log."""
+
+
+class UsageNotRecordedError(LLMCostError):
+    """The call was made but its usage could be written neither to the journal nor to the fallback log."""
+
+    def __init__(self, message: str, response=None, event=None):
+        super().__init__(message)
+        self.response = response
+        self.event = event

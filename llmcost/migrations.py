@@ -1,0 +1,151 @@
+"""The store's schema as an ordered registry of migrations, each run once inside a transaction.
+
+Add a migration by appending a function named `mNNN_what_it_does` decorated with `@migration`;
+never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import duckdb
+
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = []
+
+
+def migration(fn: Callable[[duckdb.DuckDBPyConnection], None]):
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_initial(db: duckdb.DuckDBPyConnection) -> None:
+    # Times are TIMESTAMP in UTC; `day` is the calendar day in the configured time zone.
+    db.execute(
+        """
+        CREATE TABLE usage_events (
+            event_id VARCHAR NOT NULL,
+            ts TIMESTAMP NOT NULL,
+            day DATE NOT NULL,
+            user_id VARCHAR NOT NULL,
+            tenant_id VARCHAR NOT NULL,
+            use_case VARCHAR NOT NULL,
+            account_type VARCHAR,
+            provider VARCHAR,
+            model VARCHAR,
+            input_tokens BIGINT NOT NULL DEFAULT 0,
+            output_tokens BIGINT NOT NULL DEFAULT 0,
+            cache_read_tokens BIGINT NOT NULL DEFAULT 0,
+            cache_write_tokens BIGINT NOT NULL DEFAULT 0,
+            reasoning_tokens BIGINT NOT NULL DEFAULT 0,
+            total_tokens BIGINT NOT NULL DEFAULT 0,
+            estimated_tokens BIGINT,
+            usage_estimated BOOLEAN NOT NULL DEFAULT false,
+            latency_ms DOUBLE,
+            status VARCHAR NOT NULL DEFAULT 'ok',
+            error VARCHAR,
+            cost_usd DECIMAL(18, 12) NOT NULL,
+            price_source VARCHAR NOT NULL,
+            attempt_id VARCHAR,
+            source VARCHAR,
+            metadata VARCHAR,
+            ingested_at TIMESTAMP NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE failed_logs (
+            failed_id VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,          -- fallback | invalid | unattributed
+            logged_at TIMESTAMP NOT NULL,   -- when the write failed (fallback) or the record was read
+            use_case VARCHAR,
+            estimated_tokens BIGINT,
+            error VARCHAR NOT NULL,
+            user_id VARCHAR,
+            tenant_id VARCHAR,
+            source VARCHAR NOT NULL,
+            raw VARCHAR,
+            event_id VARCHAR,
+            recovered BOOLEAN NOT NULL DEFAULT false,
+            recovered_at TIMESTAMP
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE ingest_sources (
+            path VARCHAR NOT NULL PRIMARY KEY,
+            kind VARCHAR NOT NULL,          -- journal | fallback | inbox | file
+            file_key VARCHAR NOT NULL,      -- identity of the file's first bytes, to notice a replaced file
+            bytes_consumed BIGINT NOT NULL,
+            records_read BIGINT NOT NULL,
+            last_synced_at TIMESTAMP NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE call_attempts (
+            attempt_id VARCHAR NOT NULL,
+            ts TIMESTAMP NOT NULL,
+            day DATE NOT NULL,
+            user_id VARCHAR,
+            tenant_id VARCHAR,
+            use_case VARCHAR,
+            account_type VARCHAR,
+            provider VARCHAR,
+            model VARCHAR,
+            estimated_tokens BIGINT,
+            source VARCHAR,
+            ingested_at TIMESTAMP NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE alerts (
+            alert_id VARCHAR NOT NULL,
+            raised_at TIMESTAMP NOT NULL,
+            day DATE NOT NULL,
+            level VARCHAR NOT NULL,         -- warning | critical | shutdown | info
+            scope VARCHAR NOT NULL,         -- system | tenant | user | use_case | logging
+            scope_id VARCHAR NOT NULL,
+            metric VARCHAR NOT NULL,        -- cost_usd | tokens | failed_logs ...
+            figure DECIMAL(24, 12),
+            threshold DECIMAL(24, 12),
+            message VARCHAR NOT NULL,
+            notifier VARCHAR NOT NULL,      -- log | email | slack
+            delivered BOOLEAN NOT NULL,
+            attempts INTEGER NOT NULL,
+            last_error VARCHAR
+        )
+        """
+    )
+    db.execute("CREATE TABLE store_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+
+
+def applied(db: duckdb.DuckDBPyConnection) -> set[str]:
+    db.execute("CREATE TABLE IF NOT EXISTS _llmcost_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
+    return {row[0] for row in db.execute("SELECT name FROM _llmcost_migrations").fetchall()}
+
+
+def migrate(db: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply every migration not yet recorded; return the names applied now."""
+    done = applied(db)
+    ran = []
+    for fn in MIGRATIONS:
+        if fn.__name__ in done:
+            continue
+        db.execute("BEGIN TRANSACTION")
+        try:
+            fn(db)
+            db.execute(
+                "INSERT INTO _llmcost_migrations VALUES (?, now()::TIMESTAMP)", [fn.__name__]
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        ran.append(fn.__name__)
+    return ran
