@@ -1,0 +1,30 @@
+"""llmcost: every LLM API call accounted for — tokens, exact cost, who and which feature."""
+
+from .config import Settings, load_settings
+from .errors import (
+    BudgetExceededError,
+    LLMCostError,
+    MissingIdentityError,
+    SpendingHaltedError,
+    StoreCorruptError,
+    StoreLockedError,
+    TrackingUnavailableError,
+    UsageNotRecordedError,
+    UseCaseDisabledError,
+)
+from .events import UsageEvent
+
+__all__ = [
+    "BudgetExceededError",
+    "LLMCostError",
+    "MissingIdentityError",
+    "Settings",
+    "SpendingHaltedError",
+    "StoreCorruptError",
+    "StoreLockedError",
+    "TrackingUnavailableError",
+    "UsageEvent",
+    "UsageNotRecordedError",
+    "UseCaseDisabledError",
+    "load_settings",
+]

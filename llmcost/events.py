@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -20,6 +20,8 @@ TOKEN_FIELDS = (
 )
 # A single call above this many tokens is a data error, not a real call (largest context windows are ~10M).
 MAX_TOKENS_PER_CALL = 1_000_000_000
+EARLIEST_TS = datetime(2015, 1, 1, tzinfo=timezone.utc)
+MAX_CLOCK_SKEW = timedelta(days=1)
 
 
 class UsageEvent(BaseModel):
@@ -64,10 +66,23 @@ class UsageEvent(BaseModel):
             return value.replace(tzinfo=timezone.utc)
         return value.astimezone(timezone.utc)
 
-    @field_validator("event_id", "user_id", "tenant_id", "use_case")
+    @field_validator("ts")
     @classmethod
-    def _no_nul(cls, value: str) -> str:
-        if "\x00" in value:
+    def _plausible_time(cls, value: datetime) -> datetime:
+        if value < EARLIEST_TS:
+            raise ValueError(f"{value.isoformat()} is before {EARLIEST_TS.date()}: not a real LLM call")
+        latest = datetime.now(timezone.utc) + MAX_CLOCK_SKEW
+        if value > latest:
+            raise ValueError(f"{value.isoformat()} is in the future (more than {MAX_CLOCK_SKEW} ahead of now)")
+        return value
+
+    @field_validator(
+        "event_id", "user_id", "tenant_id", "use_case", "account_type", "provider", "model", "error",
+        "attempt_id", "source",
+    )
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
             raise ValueError("contains a NUL character")
         return value
 

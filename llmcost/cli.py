@@ -1,0 +1,234 @@
+"""The `llmcost` command: a thin layer over the library."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import store
+from .config import load_settings
+from .errors import LLMCostError
+
+
+def settings_options(fn):
+    """--db and --config on every command; both optional (see llmcost.config for the resolution order)."""
+
+    @click.option("--db", "db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="Path of the DuckDB store (overrides LLMCOST_DB and the config file).")
+    @click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="Config file (default: LLMCOST_CONFIG, else ./llmcost.toml).")
+    @functools.wraps(fn)
+    def wrapper(*args, db, config, **kwargs):
+        try:
+            settings = load_settings(db=db, config=config)
+            return fn(settings, *args, **kwargs)
+        except LLMCostError as error:
+            raise click.ClickException(str(error)) from error
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="llmcost")
+def cli():
+    """Account for every LLM API call: tokens, exact cost, who and which feature."""
+
+
+def _progress_printer():
+    """A one-line progress display on a terminal, silent otherwise."""
+    if not sys.stderr.isatty():
+        return None
+    state = {"last": 0.0}
+
+    def show(path: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - state["last"] < 0.2 and done < total:
+            return
+        state["last"] = now
+        percent = 100 * done / total if total else 100
+        click.echo(f"\r{Path(path).name}: {percent:5.1f}% of {total / 1e6:,.1f} MB", err=True, nl=done >= total)
+
+    return show
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@settings_options
+def ingest(settings, paths):
+    """Ingest usage-event files (JSON Lines or CSV) into the store, exactly once.
+
+    With no PATHS, ingests the journal folder, the fallback log and the inbox folder.
+    """
+    from .ingest import ingest as run_ingest
+
+    settings.ensure_dirs()
+    try:
+        result = run_ingest(settings, list(paths) or None, progress=_progress_printer())
+    except FileNotFoundError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(result.summary())
+    for reason in result.failed_reasons:
+        click.echo(f"  failed: {reason[:300]}")
+    if result.failed:
+        click.echo("Failed records are kept in the failed_logs table with their raw text.")
+
+
+@cli.command()
+@click.option("--interval", default=5.0, show_default=True, help="Seconds between ingests.")
+@click.option("--once", is_flag=True, help="Ingest once and exit (for tests and cron).")
+@settings_options
+def watch(settings, interval, once):
+    """Keep ingesting the configured sources every few seconds (Ctrl-C to stop)."""
+    from .ingest import ingest as run_ingest
+
+    settings.ensure_dirs()
+    try:
+        while True:
+            try:
+                result = run_ingest(settings)
+                if result.read:
+                    click.echo(f"{dt.datetime.now():%H:%M:%S} {result.summary()}")
+            except LLMCostError as error:  # a lock held too long: report and try again next round
+                click.echo(f"{dt.datetime.now():%H:%M:%S} ingest skipped: {error}", err=True)
+            if once:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        click.echo("stopped")
+
+
+@cli.command()
+@click.option("--days", default=30, show_default=True, type=click.IntRange(1, 3650))
+@click.option("--seed", default=7, show_default=True, type=int)
+@click.option("--if-empty", is_flag=True, help="Only load the demo when the store has no events.")
+@settings_options
+def demo(settings, days, seed, if_empty):
+    """Load a realistic demo store (tenants, users of every account type, several providers)."""
+    from .demo import load_demo, store_is_empty
+
+    if if_empty and not store_is_empty(settings):
+        click.echo(f"The store {settings.db_path} already has events; demo not loaded.")
+        return
+    result = load_demo(settings, days=days, seed=seed)
+    click.echo(f"Demo data: {result.summary()}")
+
+
+@cli.command()
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV file to write.")
+@click.option("--from", "date_from", type=click.DateTime(["%Y-%m-%d"]), default=None, help="First day (inclusive).")
+@click.option("--to", "date_to", type=click.DateTime(["%Y-%m-%d"]), default=None, help="Last day (inclusive).")
+@click.option("--table", type=click.Choice(["usage_events", "failed_logs"]), default="usage_events", show_default=True)
+@settings_options
+def export(settings, out, date_from, date_to, table):
+    """Export a table as CSV (cells starting with =, +, -, @ are neutralised for spreadsheets)."""
+    from .export import export_table
+
+    count = export_table(settings, out, table=table,
+                         date_from=date_from.date() if date_from else None,
+                         date_to=date_to.date() if date_to else None)
+    click.echo(f"Wrote {count:,} rows to {out}")
+
+
+@cli.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@settings_options
+def rebuild(settings, yes):
+    """Recreate the store from the journals, the fallback log and the inbox (the old file is kept aside)."""
+    from .ingest import ingest as run_ingest
+
+    if not yes:
+        click.confirm(f"Move {settings.db_path} aside and rebuild it from the files?", abort=True)
+    if settings.db_path.exists():
+        aside = settings.db_path.with_name(f"{settings.db_path.name}.{dt.datetime.now():%Y%m%d-%H%M%S}.old")
+        settings.db_path.rename(aside)
+        wal = settings.db_path.with_name(settings.db_path.name + ".wal")
+        if wal.exists():
+            wal.rename(aside.with_name(aside.name + ".wal"))
+        click.echo(f"Moved the old store to {aside}")
+    result = run_ingest(settings)
+    click.echo(f"Rebuilt: {result.summary()}")
+
+
+@cli.command()
+@click.argument("use_case")
+@click.option("--reason", required=True, help="Why the use case is switched off (shown to callers).")
+@click.option("--by", default=None, help="Who switched it off.")
+@settings_options
+def disable(settings, use_case, reason, by):
+    """Switch a use case off: every tracked call for it is refused until `llmcost enable`."""
+    from .control import ControlState
+
+    settings.ensure_dirs()
+    ControlState(settings.control_db).disable(use_case, reason, by=by)
+    click.echo(f"Disabled {use_case}: {reason}")
+
+
+@cli.command()
+@click.argument("use_case")
+@settings_options
+def enable(settings, use_case):
+    """Switch a use case back on."""
+    from .control import ControlState
+
+    settings.ensure_dirs()
+    ControlState(settings.control_db).enable(use_case)
+    click.echo(f"Enabled {use_case}")
+
+
+@cli.command()
+@click.option("--date", "day", type=click.DateTime(["%Y-%m-%d"]), default=None, help="Day to resume (default today).")
+@settings_options
+def resume(settings, day):
+    """Lift today's emergency shutdown (spending halt)."""
+    from .control import ControlState
+
+    settings.ensure_dirs()
+    day = day.date() if day else dt.datetime.now(settings.tz).date()
+    ControlState(settings.control_db).resume(day)
+    click.echo(f"Spending resumed for {day}")
+
+
+@cli.command()
+@settings_options
+def status(settings):
+    """Where the data lives, what the store holds and what waits to be ingested."""
+    from .ingest import last_synced, pending
+
+    click.echo(f"data folder:   {settings.home}")
+    click.echo(f"store:         {settings.db_path}")
+    click.echo(f"journal:       {settings.journal_dir}")
+    click.echo(f"fallback log:  {settings.fallback_log}")
+    with store.reading(settings.db_path) as db:
+        if db is None:
+            click.echo("The store does not exist yet: run `llmcost demo` or `llmcost ingest`.")
+            return
+        events, cost = db.execute("SELECT count(*), coalesce(sum(cost_usd), 0) FROM usage_events").fetchall()[0]
+        unrecovered = db.execute("SELECT count(*) FROM failed_logs WHERE NOT recovered").fetchall()[0][0]
+    click.echo(f"events:        {events:,} (${cost:,.2f})")
+    click.echo(f"failed logs:   {unrecovered:,} not recovered")
+    waiting = pending(settings)
+    click.echo(f"waiting:       {waiting['journal']:,} journal and {waiting['fallback']:,} fallback-log records")
+    click.echo(f"last synced:   {last_synced(settings) or 'never'} UTC")
+
+
+def _register_optional_commands() -> None:
+    try:
+        from . import cli_monitor
+    except ImportError:
+        return
+    for name in ("report", "check", "reconcile", "scheduler"):
+        command = getattr(cli_monitor, name, None)
+        if isinstance(command, click.Command):
+            cli.add_command(command, name)
+
+
+_register_optional_commands()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,309 @@
+"""Ingestion: journals, the fallback log and dropped-in files into the store, exactly once.
+
+Each source file is read from the byte offset recorded in `ingest_sources` up to its last complete
+line (a torn last line waits for the writer to finish it). Every batch of lines is inserted in one
+transaction that also advances the file's offset, so a run killed at any point leaves either the
+whole batch or none of it, and the next run carries on. Events are also de-duplicated by
+`event_id`, so the same record arriving by two routes (journal and fallback log) is stored once.
+Nothing is dropped: a line that cannot be stored goes to `failed_logs` with its raw text and reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+import duckdb
+
+from . import store
+from .config import Settings
+from .records import Batch, parse_lines
+
+BATCH_BYTES = 32 * 1024 * 1024
+FIRST_LINE_LIMIT = 64 * 1024
+MAX_REASONS = 5
+
+ProgressCallback = Callable[[str, int, int], None]
+
+
+@dataclass
+class IngestResult:
+    """What one ingest run did; `failed_reasons` keeps the first few reasons."""
+
+    files: int = 0
+    read: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    attempts: int = 0
+    recovered: int = 0
+    failed_reasons: list[str] = field(default_factory=list)
+
+    def add(self, other: IngestResult) -> None:
+        for name in ("files", "read", "stored", "duplicates", "failed", "attempts", "recovered"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        room = MAX_REASONS - len(self.failed_reasons)
+        self.failed_reasons.extend(other.failed_reasons[:room])
+
+    def summary(self) -> str:
+        text = (
+            f"read {self.read:,} records from {self.files:,} file(s): stored {self.stored:,}, "
+            f"duplicates {self.duplicates:,}, failed {self.failed:,}"
+        )
+        if self.attempts:
+            text += f", call attempts {self.attempts:,}"
+        if self.recovered:
+            text += f", recovered from the fallback log {self.recovered:,}"
+        return text
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    kind: str  # journal | fallback | inbox | file
+
+    @property
+    def is_csv(self) -> bool:
+        return self.path.suffix.lower() == ".csv"
+
+
+def configured_sources(settings: Settings) -> list[Source]:
+    """The journal folder, the fallback log and the inbox folder, in that order."""
+    sources = [Source(p, "journal") for p in sorted(settings.journal_dir.glob("*.jsonl"))]
+    if settings.fallback_log.is_file():
+        sources.append(Source(settings.fallback_log, "fallback"))
+    if settings.inbox_dir.is_dir():
+        sources.extend(
+            Source(p, "inbox")
+            for p in sorted(settings.inbox_dir.iterdir())
+            if p.is_file() and p.suffix.lower() in (".jsonl", ".json", ".ndjson", ".csv")
+        )
+    return sources
+
+
+def sources_for_paths(settings: Settings, paths: Iterable[str | Path]) -> list[Source]:
+    """Explicit paths: files, or folders whose .jsonl/.csv files are read. Missing paths raise FileNotFoundError."""
+    fallback = settings.fallback_log.resolve()
+    sources = []
+    for raw in paths:
+        path = Path(raw).resolve()
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in (".jsonl", ".ndjson", ".json", ".csv"))
+        elif path.is_file():
+            files = [path]
+        else:
+            raise FileNotFoundError(f"no such file or folder: {raw}")
+        for file in files:
+            kind = "fallback" if file == fallback else "journal" if file.parent == settings.journal_dir.resolve() else "file"
+            sources.append(Source(file, kind))
+    return sources
+
+
+def _first_line_key(path: Path) -> str | None:
+    """A fingerprint of the file's first complete line, to notice a file replaced under the same name."""
+    with path.open("rb") as f:
+        head = f.read(FIRST_LINE_LIMIT)
+    end = head.find(b"\n")
+    if end < 0:
+        return None if len(head) < FIRST_LINE_LIMIT else hashlib.sha1(head).hexdigest()
+    return hashlib.sha1(head[: end + 1]).hexdigest()
+
+
+def _read_offset(db: duckdb.DuckDBPyConnection, path: Path) -> tuple[str | None, int, int]:
+    row = db.execute(
+        "SELECT file_key, bytes_consumed, records_read FROM ingest_sources WHERE path = ?", [str(path)]
+    ).fetchall()
+    return (row[0][0], row[0][1], row[0][2]) if row else (None, 0, 0)
+
+
+def _csv_header(path: Path) -> list[str] | None:
+    with path.open("r", encoding="utf-8", errors="replace", newline="") as f:
+        first = f.readline()
+    if not first.endswith("\n"):
+        return None
+    return next(csv.reader([first]))
+
+
+def ingest(
+    settings: Settings,
+    paths: Iterable[str | Path] | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    lock_timeout: float = store.DEFAULT_LOCK_TIMEOUT,
+) -> IngestResult:
+    """Ingest the given paths, or every configured source when none are given."""
+    from .pricing import Pricer
+
+    sources = sources_for_paths(settings, paths) if paths else configured_sources(settings)
+    pricer = Pricer.from_settings(settings)
+    total = IngestResult()
+    for source in sources:
+        total.add(_ingest_file(settings, source, pricer, progress, lock_timeout))
+    return total
+
+
+def _ingest_file(settings, source: Source, pricer, progress, lock_timeout) -> IngestResult:
+    result = IngestResult(files=1)
+    key = _first_line_key(source.path)
+    if key is None:
+        return result  # empty, or a first line still being written
+    header = _csv_header(source.path) if source.is_csv else None
+    size = source.path.stat().st_size
+    while True:
+        with store.writing(settings.db_path, timeout=lock_timeout) as db:
+            known_key, offset, records = _read_offset(db, source.path)
+            if known_key is not None and (known_key != key or offset > size):
+                offset, records = 0, 0  # replaced or truncated: read again; event_id de-duplication keeps it exactly-once
+            if source.is_csv and offset == 0:
+                offset = len(_first_line_bytes(source.path))
+            with source.path.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read(BATCH_BYTES)
+            end = chunk.rfind(b"\n")
+            if end < 0:
+                _touch_source(db, source, key, offset, records)
+                return result
+            chunk = chunk[: end + 1]
+            batch = parse_lines(
+                chunk,
+                start_offset=offset,
+                file_key=key,
+                source=source,
+                csv_header=header,
+                settings=settings,
+                pricer=pricer,
+            )
+            batch_result = _store_batch(db, batch, source, key, offset + len(chunk), records + batch.lines)
+            result.add(batch_result)
+            result.files = 1
+            offset += len(chunk)
+        if progress:
+            progress(str(source.path), offset, size)
+        if offset >= size or len(chunk) < BATCH_BYTES // 2:
+            return result
+
+
+def _first_line_bytes(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.readline()
+
+
+def _touch_source(db, source: Source, key: str, offset: int, records: int) -> None:
+    db.execute(
+        """
+        INSERT INTO ingest_sources VALUES (?, ?, ?, ?, ?, ?)
+        ON CONFLICT (path) DO UPDATE SET file_key = excluded.file_key, bytes_consumed = excluded.bytes_consumed,
+            records_read = excluded.records_read, last_synced_at = excluded.last_synced_at
+        """,
+        [str(source.path), source.kind, key, offset, records, _utcnow()],
+    )
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, records: int) -> IngestResult:
+    result = IngestResult(read=batch.lines)
+    now = _utcnow()
+    db.execute("BEGIN TRANSACTION")
+    try:
+        if len(batch.events):
+            events = batch.events  # noqa: F841 - referenced by name in SQL
+            db.execute("CREATE OR REPLACE TEMP TABLE batch_events AS SELECT * FROM events")
+            new = db.execute(
+                "SELECT count(*) FROM batch_events b WHERE NOT EXISTS "
+                "(SELECT 1 FROM usage_events u WHERE u.event_id = b.event_id)"
+            ).fetchall()[0][0]
+            db.execute(
+                """
+                INSERT INTO usage_events
+                SELECT event_id, ts, day, user_id, tenant_id, use_case, account_type, provider, model,
+                       input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
+                       total_tokens, estimated_tokens, usage_estimated, latency_ms, status, error,
+                       CAST(cost_usd AS DECIMAL(18, 12)), price_source, attempt_id, source, metadata, ?
+                FROM batch_events b
+                WHERE NOT EXISTS (SELECT 1 FROM usage_events u WHERE u.event_id = b.event_id)
+                """,
+                [now],
+            )
+            result.stored = new
+            result.duplicates = len(batch.events) - new + batch.duplicates_in_batch
+            db.execute("DROP TABLE batch_events")
+        else:
+            result.duplicates = batch.duplicates_in_batch
+        if len(batch.attempts):
+            attempts = batch.attempts  # noqa: F841
+            before = db.execute("SELECT count(*) FROM call_attempts").fetchall()[0][0]
+            db.execute(
+                """
+                INSERT INTO call_attempts
+                SELECT attempt_id, ts, day, user_id, tenant_id, use_case, account_type, provider, model,
+                       estimated_tokens, source, ? FROM attempts a
+                WHERE NOT EXISTS (SELECT 1 FROM call_attempts c WHERE c.attempt_id = a.attempt_id)
+                """,
+                [now],
+            )
+            result.attempts = db.execute("SELECT count(*) FROM call_attempts").fetchall()[0][0] - before
+        if len(batch.failed):
+            failed = batch.failed  # noqa: F841
+            db.execute(
+                """
+                INSERT INTO failed_logs
+                SELECT f.failed_id, f.kind, f.logged_at, f.use_case, f.estimated_tokens, f.error, f.user_id,
+                       f.tenant_id, f.source, f.raw, f.event_id,
+                       f.event_id IS NOT NULL AND EXISTS (SELECT 1 FROM usage_events u WHERE u.event_id = f.event_id),
+                       CASE WHEN f.event_id IS NOT NULL AND EXISTS
+                            (SELECT 1 FROM usage_events u WHERE u.event_id = f.event_id) THEN ? END
+                FROM failed f
+                WHERE NOT EXISTS (SELECT 1 FROM failed_logs x WHERE x.failed_id = f.failed_id)
+                """,
+                [now],
+            )
+            unstored = batch.failed[batch.failed["event_id"].isna()]
+            result.failed_reasons = [str(r) for r in unstored["error"].head(MAX_REASONS)]
+        result.failed = batch.invalid
+        result.recovered = batch.from_fallback
+        _touch_source(db, source, key, new_offset, records)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return result
+
+
+def pending(settings: Settings) -> dict[str, int]:
+    """Records written to the journal folder and the fallback log but not ingested yet."""
+    counts = {"journal": 0, "fallback": 0}
+    offsets: dict[str, tuple[str, int]] = {}
+    with store.reading(settings.db_path) as db:
+        if db is not None:
+            for path, key, consumed in db.execute(
+                "SELECT path, file_key, bytes_consumed FROM ingest_sources WHERE kind IN ('journal', 'fallback')"
+            ).fetchall():
+                offsets[path] = (key, consumed)
+    journal_sources = [Source(p, "journal") for p in sorted(settings.journal_dir.glob("*.jsonl"))]
+    fallback_sources = [Source(settings.fallback_log, "fallback")] if settings.fallback_log.is_file() else []
+    for source in journal_sources + fallback_sources:
+        key, consumed = offsets.get(str(source.path.resolve()), offsets.get(str(source.path), (None, 0)))
+        try:
+            if key is not None and key != _first_line_key(source.path):
+                consumed = 0
+            with source.path.open("rb") as f:
+                f.seek(consumed)
+                counts[source.kind] += sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+        except OSError:
+            continue
+    return counts
+
+
+def last_synced(settings: Settings) -> dt.datetime | None:
+    """When the store last ingested any source (UTC, naive), or None."""
+    with store.reading(settings.db_path) as db:
+        if db is None:
+            return None
+        return db.execute("SELECT max(last_synced_at) FROM ingest_sources").fetchall()[0][0]
+

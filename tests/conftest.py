@@ -1,0 +1,28 @@
+"""Every test runs against its own data folder, so none touches real data."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmcost.config import load_settings
+
+ENV_VARS = ("LLMCOST_HOME", "LLMCOST_DB", "LLMCOST_CONFIG", "LLMCOST_TIMEZONE", "LLMCOST_SMTP_HOST",
+            "LLMCOST_SMTP_PORT", "LLMCOST_SMTP_USER", "LLMCOST_SMTP_PASSWORD", "LLMCOST_SLACK_WEBHOOK")
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("LLMCOST_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    return home
+
+
+@pytest.fixture
+def settings(isolated_home):
+    s = load_settings()
+    s.ensure_dirs()
+    return s

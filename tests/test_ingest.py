@@ -1,0 +1,278 @@
+import json
+import subprocess
+import sys
+import textwrap
+from decimal import Decimal
+
+import pytest
+
+from llmcost import fallback, store
+from llmcost.errors import StoreLockedError
+from llmcost.ingest import ingest, pending
+from llmcost.journal import encode_line
+
+
+def event(n, **extra):
+    record = {
+        "event_id": f"evt-{n}",
+        "ts": "2026-11-20T10:00:00Z",
+        "user_id": f"user-{n % 7}",
+        "tenant_id": "tenant-a",
+        "use_case": "chat_tutor",
+        "provider": "openai",
+        "model": "gpt-4o",
+        "input_tokens": 1000,
+        "output_tokens": 500,
+    }
+    record.update(extra)
+    return record
+
+
+def write_jsonl(path, records, mode="wb"):
+    with open(path, mode) as f:
+        for r in records:
+            f.write(r if isinstance(r, bytes) else encode_line(r))
+
+
+def query(settings, sql, params=()):
+    with store.reading(settings.db_path) as db:
+        return db.execute(sql, list(params)).fetchall()
+
+
+def count(settings, table="usage_events"):
+    return query(settings, f"SELECT count(*) FROM {table}")[0][0]
+
+
+def test_ingest_is_idempotent_and_prices_exactly(settings, tmp_path):
+    path = tmp_path / "events.jsonl"
+    write_jsonl(path, [event(n) for n in range(50)])
+    first = ingest(settings, [path])
+    assert (first.read, first.stored, first.failed) == (50, 50, 0)
+    again = ingest(settings, [path])
+    assert (again.read, again.stored) == (0, 0)
+    assert count(settings) == 50
+    # gpt-4o: 1000 input at $2.50/MTok + 500 output at $10/MTok = $0.0025 + $0.005
+    cost, source, day = query(settings, "SELECT cost_usd, price_source, day FROM usage_events WHERE event_id='evt-1'")[0]
+    assert cost == Decimal("0.0075") and source == "price-table" and str(day) == "2026-11-20"
+
+
+def test_a_file_that_grew_is_read_from_where_it_stopped(settings, tmp_path):
+    path = tmp_path / "grow.jsonl"
+    write_jsonl(path, [event(n) for n in range(10)])
+    ingest(settings, [path])
+    write_jsonl(path, [event(n) for n in range(10, 15)], mode="ab")
+    result = ingest(settings, [path])
+    assert (result.read, result.stored, result.duplicates) == (5, 5, 0)
+    assert count(settings) == 15
+
+
+def test_a_torn_last_line_waits_until_it_is_whole(settings, tmp_path):
+    path = tmp_path / "torn.jsonl"
+    line = encode_line(event(99))
+    write_jsonl(path, [event(1), line[:30]])
+    result = ingest(settings, [path])
+    assert result.stored == 1 and result.failed == 0
+    assert pending(settings) == {"journal": 0, "fallback": 0}  # an explicit file, not a configured source
+    write_jsonl(path, [line[30:]], mode="ab")
+    result = ingest(settings, [path])
+    assert result.stored == 1 and result.failed == 0
+    assert sorted(r[0] for r in query(settings, "SELECT event_id FROM usage_events")) == ["evt-1", "evt-99"]
+
+
+def test_malformed_lines_are_kept_with_their_reason(settings, tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    write_jsonl(path, [
+        event(1),
+        b"{not json\n",
+        b"[1, 2]\n",
+        encode_line(event(2, input_tokens=-5)),
+        b"\xff\xfe bad bytes\n",
+        encode_line(event(3, ts="not a time")),
+        event(4),
+    ])
+    result = ingest(settings, [path])
+    assert (result.read, result.stored, result.failed) == (7, 2, 5)
+    reasons = [r[0] for r in query(settings, "SELECT error FROM failed_logs WHERE kind='invalid' ORDER BY logged_at, raw")]
+    assert len(reasons) == 5
+    joined = " | ".join(reasons)
+    assert "not valid JSON" in joined
+    assert "must be a JSON object" in joined
+    assert "input_tokens: Input should be greater than or equal to 0" in joined
+    assert "not valid UTF-8" in joined
+    assert "ts:" in joined
+    raws = [r[0] for r in query(settings, "SELECT raw FROM failed_logs")]
+    assert "{not json" in raws
+
+
+def test_missing_identity_with_usage_is_counted_unattributed(settings, tmp_path):
+    path = tmp_path / "anon.jsonl"
+    record = event(1)
+    del record["user_id"]
+    record["tenant_id"] = "  "
+    write_jsonl(path, [record, {"ts": "2026-11-20T10:00:00Z", "use_case": "x"}])
+    result = ingest(settings, [path])
+    assert result.stored == 1 and result.failed == 1
+    row = query(settings, "SELECT user_id, tenant_id, cost_usd FROM usage_events")[0]
+    assert row[:2] == ("(unattributed)", "(unattributed)") and row[2] > 0
+    kinds = dict(query(settings, "SELECT kind, error FROM failed_logs"))
+    assert "missing user_id, tenant_id" in kinds["unattributed"]
+    assert "user_id" in kinds["invalid"]
+
+
+def test_csv_files_are_ingested_and_follow_growth(settings, tmp_path):
+    path = tmp_path / "usage.csv"
+    path.write_text(
+        "ts,user_id,tenant_id,use_case,provider,model,total_tokens\n"
+        "2026-11-20T09:00:00Z,u1,t1,scaffolder,x-ai,grok-2,1988\n"
+        "2026-11-20T09:05:00Z,u2,t1,scaffolder,,,1000\n"
+    )
+    first = ingest(settings, [path])
+    assert first.stored == 2
+    with path.open("a") as f:
+        f.write("2026-11-20T09:06:00Z,u3,t1,scaffolder,openai,gpt-4o,10\n")
+    assert ingest(settings, [path]).stored == 1
+    rows = dict(query(settings, "SELECT user_id, price_source FROM usage_events"))
+    assert rows == {"u1": "price-table", "u2": "default-rate", "u3": "price-table"}
+    # 1000 tokens of an unknown model at the default $5.00 per million tokens
+    assert query(settings, "SELECT cost_usd FROM usage_events WHERE user_id='u2'")[0][0] == Decimal("0.005")
+
+
+def test_fallback_entries_are_stored_once_and_marked_recovered(settings):
+    fallback.append(settings.fallback_log, event(1), "OSError: [Errno 28] No space left on device")
+    fallback.append(settings.fallback_log, event(2, input_tokens="oops"), "OSError: [Errno 13] Permission denied")
+    write_jsonl(settings.journal_dir / "j.jsonl", [event(1)])  # the same call also reached a journal later
+    result = ingest(settings)
+    assert result.stored == 1 and result.duplicates == 1
+    rows = query(settings, "SELECT error, recovered, recovered_at IS NOT NULL FROM failed_logs ORDER BY error")
+    assert rows[0][0].startswith("OSError: [Errno 13]") and "input_tokens" in rows[0][0] and rows[0][1] is False
+    assert rows[1] == ("OSError: [Errno 28] No space left on device", True, True)
+    assert ingest(settings).read == 0
+    assert count(settings, "failed_logs") == 2
+
+
+def test_a_replaced_file_is_read_again_without_duplicates(settings, tmp_path):
+    path = tmp_path / "rotated.jsonl"
+    write_jsonl(path, [event(n) for n in range(5)])
+    ingest(settings, [path])
+    write_jsonl(path, [event(n) for n in range(100, 103)] + [event(0)])
+    result = ingest(settings, [path])
+    assert (result.stored, result.duplicates) == (3, 1)
+    assert count(settings) == 8
+
+
+def test_pending_counts_records_waiting_in_configured_sources(settings):
+    write_jsonl(settings.journal_dir / "a.jsonl", [event(n) for n in range(3)])
+    fallback.append(settings.fallback_log, event(10), "disk full")
+    assert pending(settings) == {"journal": 3, "fallback": 1}
+    ingest(settings)
+    assert pending(settings) == {"journal": 0, "fallback": 0}
+    write_jsonl(settings.journal_dir / "a.jsonl", [event(5)], mode="ab")
+    assert pending(settings) == {"journal": 1, "fallback": 0}
+
+
+KILL_MID_TRANSACTION = textwrap.dedent("""
+    import os, signal, sys
+    import llmcost.ingest as ingest_module
+    from llmcost.config import load_settings
+    ingest_module.BATCH_BYTES = 64 * 1024
+    original = ingest_module._touch_source
+    calls = {"n": 0}
+    def touch_then_die(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:   # inside the 4th batch's transaction, before COMMIT
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(*args, **kwargs)
+    ingest_module._touch_source = touch_then_die
+    ingest_module.ingest(load_settings(), [sys.argv[1]])
+""")
+
+
+def test_an_ingest_killed_mid_transaction_resumes_exactly_once(settings, tmp_path):
+    path = tmp_path / "big.jsonl"
+    write_jsonl(path, [event(n) for n in range(3000)])
+    proc = subprocess.run([sys.executable, "-c", KILL_MID_TRANSACTION, str(path)], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    partial = count(settings)
+    assert 0 < partial < 3000
+    ingest(settings, [path])
+    assert count(settings) == 3000
+    assert query(settings, "SELECT count(DISTINCT event_id) FROM usage_events")[0][0] == 3000
+
+
+HOLD_LOCK = textwrap.dedent("""
+    import sys, time, duckdb
+    db = duckdb.connect(sys.argv[1])
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    db.close()
+""")
+
+
+def hold_store_lock(settings, seconds):
+    with store.writing(settings.db_path):
+        pass
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(settings.db_path), str(seconds)],
+                            stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"locked"
+    return proc
+
+
+def test_ingest_and_a_reader_wait_for_another_process_holding_the_lock(settings, tmp_path):
+    path = tmp_path / "wait.jsonl"
+    write_jsonl(path, [event(n) for n in range(20)])
+    holder = hold_store_lock(settings, 1.5)
+    try:
+        result = ingest(settings, [path], lock_timeout=30)
+        assert result.stored == 20
+    finally:
+        holder.wait(timeout=30)
+    holder = hold_store_lock(settings, 1.5)
+    try:
+        with store.reading(settings.db_path, timeout=30) as db:
+            assert db.execute("SELECT count(*) FROM usage_events").fetchall()[0][0] == 20
+    finally:
+        holder.wait(timeout=30)
+
+
+def test_a_lock_held_too_long_gives_a_clear_error_and_loses_nothing(settings, tmp_path):
+    path = tmp_path / "late.jsonl"
+    write_jsonl(path, [event(n) for n in range(5)])
+    holder = hold_store_lock(settings, 3)
+    try:
+        with pytest.raises(StoreLockedError, match="stayed locked by another process"):
+            ingest(settings, [path], lock_timeout=0.5)
+    finally:
+        holder.wait(timeout=30)
+    assert ingest(settings, [path]).stored == 5
+
+
+APPENDER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from llmcost import fallback
+    from llmcost.journal import Journal
+    worker, count, home = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+    journal = Journal(home / "journal", fsync=False)
+    pad = "x" * (worker * 900)   # lines of different sizes, up to ~7 KB, to expose interleaving
+    for n in range(count):
+        record = {"event_id": f"w{worker}-{n}", "ts": "2026-11-20T10:00:00Z", "user_id": "u", "tenant_id": "t",
+                  "use_case": "chat_tutor", "input_tokens": 10, "output_tokens": 5, "metadata": {"pad": pad}}
+        journal.append(record)
+        fallback.append(home / "emergency-token-usage.jsonl", dict(record, event_id=f"f{worker}-{n}"),
+                        "simulated", fsync=False)
+""")
+
+
+def test_journal_and_fallback_appends_from_several_processes_stay_whole(settings):
+    workers, per_worker = 8, 250
+    procs = [subprocess.Popen([sys.executable, "-c", APPENDER, str(w), str(per_worker), str(settings.home)])
+             for w in range(workers)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    fallback_lines = settings.fallback_log.read_bytes().splitlines()
+    assert len(fallback_lines) == workers * per_worker
+    assert all(json.loads(line)["event"]["use_case"] == "chat_tutor" for line in fallback_lines)
+    journal_files = list(settings.journal_dir.glob("*.jsonl"))
+    assert len(journal_files) == workers
+    result = ingest(settings)
+    assert (result.stored, result.failed) == (2 * workers * per_worker, 0)
+    assert query(settings, "SELECT count(DISTINCT event_id) FROM usage_events")[0][0] == 2 * workers * per_worker
