@@ -1,0 +1,629 @@
+"""The exact cost of a usage event, from price overrides, the genai-prices table or a default rate.
+
+An event is priced by the first of these that applies:
+
+1. an override from the price-override file (`price_source='override'`);
+2. the genai-prices table bundled with the installed package, at the prices in force on the event's
+   timestamp (`'price-table'`). The table is never refreshed over the network, so a cost is reproducible;
+3. `default_rate_per_mtok` on every token (`'default-rate'`): no model, a model or provider the table
+   does not know, or a table entry priced by something a token count cannot carry (audio hours, pages).
+   Pricing never fails on odd provider or model strings; a negative token count is a caller bug and
+   raises ValueError.
+
+Token counts follow the OpenTelemetry GenAI conventions: `input_tokens` is the whole input including
+cache reads and writes, `output_tokens` includes reasoning. `normalise_tokens` turns the figures each
+provider reports into that form. Cached tokens are billed at the cache rates and the rest of the input
+at the input rate; a rate may depend on the call's total input tokens (long-context tiers).
+
+When a source knows only `total_tokens` (input and output both 0), a table or override price charges
+the total at the higher of the model's input and output rates, which is the output rate for every chat
+model: an upper bound, so the real bill is never above what llmcost shows.
+
+Price-override file (TOML), named by `price_overrides = "prices.toml"` in llmcost.toml:
+
+    [models."self-hosted/llama-3-70b"]   # "provider/model", or just "model" to match any provider
+    input_mtok = "0.50"                  # USD per million tokens; quote prices so they stay exact
+    output_mtok = "1.50"
+    cache_read_mtok = "0.05"             # optional, defaults to input_mtok
+    cache_write_mtok = "0.60"            # optional, defaults to input_mtok
+
+Keys match the event's model case-insensitively, and a "provider/model" key wins over a "model" key.
+Overrides win over the table.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation, localcontext
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from genai_prices import data_snapshot
+from genai_prices.types import ConditionalPrice, ModelInfo, ModelPrice, TieredPrices, TimeOfDateConstraint
+
+from .errors import ConfigError
+
+__all__ = ["Price", "Pricer", "OverridePrice", "load_overrides", "normalise_tokens", "canonical_provider"]
+
+PRICE_TABLE = "price-table"
+OVERRIDE = "override"
+DEFAULT_RATE = "default-rate"
+
+_PICO = Decimal("1e-12")
+_MILLION = Decimal(1_000_000)
+_ZERO = Decimal(0)
+# Token counts up to 1e9 times prices with up to ~20 digits need far more than the default 28 digits.
+_EXACT = Context(prec=60)
+_INT64_SAFE = 2**62
+
+_PROVIDER_ALIASES = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "claude": "anthropic",
+    "x-ai": "x-ai",
+    "xai": "x-ai",
+    "x.ai": "x-ai",
+    "grok": "x-ai",
+    "google": "google",
+    "gemini": "google",
+    "vertex": "google",
+    "vertex_ai": "google",
+    "vertexai": "google",
+    "google-vertex": "google",
+}
+_TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+_OVERRIDE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
+_MAX_CACHED_LOOKUPS = 10_000
+
+
+@dataclass(frozen=True)
+class Price:
+    """The cost of one event.
+
+    `cost_usd` is exact, rounded half-even to 12 decimal places (the store's DECIMAL(18,12)).
+    `price_source` is 'price-table', 'override' or 'default-rate'; `priced_model` is the table's
+    model id or the override key that matched, None for the default rate.
+    """
+
+    cost_usd: Decimal
+    price_source: str
+    priced_model: str | None
+
+
+@dataclass(frozen=True)
+class OverridePrice:
+    """One entry of the price-override file, USD per million tokens, cache prices filled in."""
+
+    key: str
+    input_mtok: Decimal
+    output_mtok: Decimal
+    cache_read_mtok: Decimal
+    cache_write_mtok: Decimal
+
+
+def canonical_provider(provider: str | None) -> str | None:
+    """The genai-prices id of a provider name or alias ('xai', 'grok' -> 'x-ai'); None when blank."""
+    if not isinstance(provider, str):
+        return None
+    name = provider.strip().lower()
+    return _PROVIDER_ALIASES.get(name, name) or None
+
+
+def normalise_tokens(
+    provider: str | None,
+    *,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    cache_read_tokens: int | None = 0,
+    cache_write_tokens: int | None = 0,
+    reasoning_tokens: int | None = 0,
+) -> dict[str, int]:
+    """Convert token counts as a provider reports them to llmcost's convention.
+
+    Anthropic's `input_tokens` excludes `cache_read_input_tokens` and `cache_creation_input_tokens`, so
+    the whole input is their sum. xAI's `completion_tokens` and Gemini's `candidatesTokenCount` exclude
+    the reasoning (thoughts) tokens, so the output is their sum. OpenAI's figures already include both,
+    and so do those of any provider not named here (the OpenAI-compatible convention). None counts as 0.
+    Returns input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens and
+    total_tokens.
+    """
+    counts = {
+        "input_tokens": input_tokens or 0,
+        "output_tokens": output_tokens or 0,
+        "cache_read_tokens": cache_read_tokens or 0,
+        "cache_write_tokens": cache_write_tokens or 0,
+        "reasoning_tokens": reasoning_tokens or 0,
+    }
+    for name, value in counts.items():
+        if value < 0:
+            raise ValueError(f"{name} is negative ({value}); provider token counts must be >= 0")
+    vendor = canonical_provider(provider)
+    if vendor == "anthropic":
+        counts["input_tokens"] += counts["cache_read_tokens"] + counts["cache_write_tokens"]
+    elif vendor in ("x-ai", "google"):
+        counts["output_tokens"] += counts["reasoning_tokens"]
+    counts["total_tokens"] = counts["input_tokens"] + counts["output_tokens"]
+    return counts
+
+
+@dataclass(frozen=True)
+class _Rate:
+    """USD per million tokens; above a tier's start (in total input tokens) the tier's price applies."""
+
+    base: Decimal
+    tiers: tuple[tuple[int, Decimal], ...] = ()
+
+    @classmethod
+    def of(cls, price: Decimal | TieredPrices | None) -> _Rate | None:
+        if price is None:
+            return None
+        if isinstance(price, TieredPrices):
+            return cls(price.base, tuple(sorted((tier.start, tier.price) for tier in price.tiers)))
+        return cls(price)
+
+    def at(self, input_tokens: int) -> Decimal:
+        for start, price in reversed(self.tiers):
+            if input_tokens > start:
+                return price
+        return self.base
+
+    def in_pico_per_token(self) -> tuple[int, tuple[tuple[int, int], ...]] | None:
+        """The rate as whole pico-dollars per token, or None when that is not a whole number."""
+        base = _pico_per_token(self.base)
+        tiers = tuple((start, _pico_per_token(price)) for start, price in self.tiers)
+        if base is None or any(price is None for _, price in tiers):
+            return None
+        return base, tiers
+
+
+def _pico_per_token(usd_per_mtok: Decimal) -> int | None:
+    scaled = usd_per_mtok.scaleb(6, context=_EXACT)
+    return int(scaled) if scaled == scaled.to_integral_value(context=_EXACT) else None
+
+
+@dataclass(frozen=True, eq=False)
+class _Rates:
+    """Everything needed to price one model's tokens; a missing cache or reasoning rate bills those
+    tokens as plain input or output, as genai-prices does."""
+
+    source: str
+    priced_model: str | None
+    input: _Rate
+    output: _Rate
+    cache_read: _Rate | None = None
+    cache_write: _Rate | None = None
+    reasoning: _Rate | None = None
+    per_call_usd: Decimal = _ZERO
+    every_token_alike: bool = False
+
+    @cached_property
+    def in_pico(self) -> dict[str, Any] | None:
+        """The rates in whole pico-dollars for integer arithmetic, or None when one is finer than that."""
+        rates = {
+            name: rate.in_pico_per_token() if rate is not None else None
+            for name, rate in (("input", self.input), ("output", self.output), ("cache_read", self.cache_read),
+                               ("cache_write", self.cache_write), ("reasoning", self.reasoning))
+        }
+        per_call = self.per_call_usd.scaleb(12, context=_EXACT)
+        if any(rates[name] is None and getattr(self, name) is not None for name in rates):
+            return None
+        if per_call != per_call.to_integral_value(context=_EXACT):
+            return None
+        highest = max(
+            max([rate[0], *(price for _, price in rate[1])]) for rate in rates.values() if rate is not None
+        )
+        return {**rates, "per_call": int(per_call), "highest": highest}
+
+
+@dataclass(frozen=True)
+class _Tokens:
+    input: int
+    output: int
+    cache_read: int
+    cache_write: int
+    reasoning: int
+    total: int
+
+    @classmethod
+    def of(cls, *, input_tokens: int, output_tokens: int, cache_read_tokens: int, cache_write_tokens: int,
+           reasoning_tokens: int, total_tokens: int | None) -> _Tokens:
+        given = {"input_tokens": input_tokens, "output_tokens": output_tokens, "cache_read_tokens": cache_read_tokens,
+                 "cache_write_tokens": cache_write_tokens, "reasoning_tokens": reasoning_tokens,
+                 "total_tokens": total_tokens or 0}
+        for name, value in given.items():
+            if value < 0:
+                raise ValueError(f"{name} is negative ({value}); token counts must be >= 0 (fix the caller)")
+        # A source that reports cached or reasoning tokens but not the whole count still used them.
+        whole_input = max(int(input_tokens), int(cache_read_tokens) + int(cache_write_tokens))
+        whole_output = max(int(output_tokens), int(reasoning_tokens))
+        return cls(whole_input, whole_output, int(cache_read_tokens), int(cache_write_tokens), int(reasoning_tokens),
+                   max(int(total_tokens or 0), whole_input + whole_output))
+
+    @property
+    def total_only(self) -> bool:
+        return self.input == 0 and self.output == 0 and self.total > 0
+
+
+def _exact_cost(rates: _Rates, tokens: _Tokens) -> Decimal:
+    with localcontext(_EXACT):
+        if rates.every_token_alike:
+            return tokens.total * rates.input.base / _MILLION
+        per_call = rates.per_call_usd if tokens.total else _ZERO
+        if tokens.total_only:
+            rate = max(rates.input.at(tokens.total), rates.output.at(tokens.total))
+            return tokens.total * rate / _MILLION + per_call
+        units = _ZERO
+        plain_input = tokens.input
+        if rates.cache_read is not None:
+            units += tokens.cache_read * rates.cache_read.at(tokens.input)
+            plain_input -= tokens.cache_read
+        if rates.cache_write is not None:
+            units += tokens.cache_write * rates.cache_write.at(tokens.input)
+            plain_input -= tokens.cache_write
+        plain_output = tokens.output
+        if rates.reasoning is not None:
+            units += tokens.reasoning * rates.reasoning.at(tokens.input)
+            plain_output -= tokens.reasoning
+        units += plain_input * rates.input.at(tokens.input) + plain_output * rates.output.at(tokens.input)
+        return units / _MILLION + per_call
+
+
+def _rounded(cost: Decimal) -> Decimal:
+    return cost.quantize(_PICO, rounding=ROUND_HALF_EVEN, context=_EXACT)
+
+
+def _pico_rate_array(rate: tuple[int, tuple[tuple[int, int], ...]], basis: np.ndarray) -> np.ndarray | int:
+    base, tiers = rate
+    if not tiers:
+        return base
+    rates = np.full(len(basis), base, dtype=np.int64)
+    for start, price in tiers:  # ascending, so the highest tier passed wins
+        rates[basis > start] = price
+    return rates
+
+
+def _pico_costs(rates: _Rates, cols: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Costs in whole pico-dollars with int64 arithmetic, or None when only Decimal arithmetic is exact."""
+    pico = rates.in_pico
+    if pico is None:
+        return None
+    total = cols["total"]
+    # Every billed token is counted in `total`, so total * the highest rate bounds each row's cost.
+    if len(total) and int(total.max()) * pico["highest"] + pico["per_call"] >= _INT64_SAFE:
+        return None
+    if rates.every_token_alike:
+        return total * pico["input"][0]
+    inputs, outputs = cols["input"], cols["output"]
+    plain_input, plain_output = inputs.copy(), outputs.copy()
+    cost = np.zeros(len(total), dtype=np.int64)
+    for name, counted_in in (("cache_read", plain_input), ("cache_write", plain_input), ("reasoning", plain_output)):
+        if pico[name] is not None:
+            cost += cols[name] * _pico_rate_array(pico[name], inputs)
+            counted_in -= cols[name]
+    cost += plain_input * _pico_rate_array(pico["input"], inputs)
+    cost += plain_output * _pico_rate_array(pico["output"], inputs)
+    total_only = (inputs == 0) & (outputs == 0) & (total > 0)
+    if total_only.any():
+        upper = np.maximum(_pico_rate_array(pico["input"], total), _pico_rate_array(pico["output"], total))
+        cost = np.where(total_only, total * upper, cost)
+    if pico["per_call"]:
+        cost += np.where(total > 0, pico["per_call"], 0)
+    return cost
+
+
+def _prices_vary_within_a_day(model: ModelInfo) -> bool:
+    return isinstance(model.prices, list) and any(
+        isinstance(p, ConditionalPrice) and isinstance(p.constraint, TimeOfDateConstraint) for p in model.prices
+    )
+
+
+class Pricer:
+    """Prices usage events; build one and reuse it, since it caches every lookup.
+
+    `default_rate_per_mtok` (USD per million tokens) prices what neither the overrides nor the table
+    know. `overrides` maps "provider/model" or "model" keys to {input_mtok, output_mtok, cache_read_mtok,
+    cache_write_mtok}, as in the override file; it wins over entries from `overrides_file`.
+    """
+
+    def __init__(
+        self,
+        *,
+        default_rate_per_mtok: Decimal = Decimal("5.00"),
+        overrides: Mapping[str, Any] | None = None,
+        overrides_file: Path | None = None,
+    ) -> None:
+        rate = _price_value(default_rate_per_mtok, "default_rate_per_mtok")
+        self.default_rate_per_mtok = rate
+        self._default = _Rates(DEFAULT_RATE, None, _Rate(rate), _Rate(rate), every_token_alike=True)
+        found = load_overrides(Path(overrides_file)) if overrides_file is not None else {}
+        found.update(_parse_models(overrides or {}, "overrides"))
+        self.overrides: dict[str, OverridePrice] = found
+        self._override_rates = {key: _override_rates(entry) for key, entry in found.items()}
+        self._lookups: dict[tuple[Any, Any], _Rates | ModelInfo] = {}
+        self._table_rates: dict[int, tuple[ModelPrice, _Rates]] = {}
+
+    @classmethod
+    def from_settings(cls, settings) -> Pricer:
+        """A pricer with the default rate and override file of `llmcost.config.Settings`."""
+        return cls(default_rate_per_mtok=settings.default_rate_per_mtok, overrides_file=settings.price_overrides_file)
+
+    def price(
+        self,
+        *,
+        provider: str | None,
+        model: str | None,
+        ts: datetime,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        total_tokens: int | None = None,
+    ) -> Price:
+        """The cost of one call made at `ts` (naive means UTC), token counts as in `UsageEvent`."""
+        tokens = _Tokens.of(input_tokens=input_tokens, output_tokens=output_tokens, cache_read_tokens=cache_read_tokens,
+                            cache_write_tokens=cache_write_tokens, reasoning_tokens=reasoning_tokens,
+                            total_tokens=total_tokens)
+        rates = self._rates_at(self._lookup(provider, model), _utc(ts))
+        return Price(_rounded(_exact_cost(rates, tokens)), rates.source, rates.priced_model)
+
+    def price_frame(self, frame: pd.DataFrame) -> tuple[list[Decimal], list[str]]:
+        """Costs and price sources of every row, in row order, equal to `price()` row by row.
+
+        Columns: provider, model, ts (datetime64 or datetime; naive means UTC), the token columns of
+        `UsageEvent` (missing ones count as 0; a missing or null total_tokens means input + output).
+        Prices are looked up once per provider, model and UTC day, and computed in bulk.
+        """
+        rows = len(frame)
+        if rows == 0:
+            return [], []
+        for column in ("provider", "model", "ts"):
+            if column not in frame.columns:
+                raise ValueError(f"price_frame needs a {column!r} column (got {', '.join(map(str, frame.columns))})")
+        cols = _token_columns(frame)
+        ts = pd.to_datetime(frame["ts"], utc=True)
+        if ts.isna().any():
+            raise ValueError(f"ts is missing in row {frame.index[int(np.argmax(ts.isna().to_numpy()))]!r}")
+        days = ts.dt.tz_localize(None).to_numpy().astype("datetime64[D]").astype(np.int64)
+
+        providers, models = frame["provider"], frame["model"]
+        first_rows, rows_by_group = _group_rows(providers, models, days)
+
+        pico = np.zeros(rows, dtype=np.int64)
+        sources = np.empty(rows, dtype=object)
+        exact: dict[int, Decimal] = {}
+        for group, first in enumerate(first_rows):
+            found = self._lookup(providers.iat[first], models.iat[first])
+            members = rows_by_group[group]
+            if isinstance(found, ModelInfo) and _prices_vary_within_a_day(found):
+                batches = self._split_by_rates(found, members, ts)
+            else:
+                batches = [(self._rates_at(found, ts.iat[first].to_pydatetime()), members)]
+            for rates, batch in batches:
+                sources[batch] = rates.source
+                batch_cols = {name: values[batch] for name, values in cols.items()}
+                costs = _pico_costs(rates, batch_cols)
+                if costs is not None:
+                    pico[batch] = costs
+                    continue
+                for position, row in enumerate(batch.tolist()):
+                    tokens = _Tokens(*(int(batch_cols[name][position]) for name in _Tokens.__dataclass_fields__))
+                    exact[row] = _rounded(_exact_cost(rates, tokens))
+
+        with localcontext(_EXACT):
+            result = [Decimal(value) * _PICO for value in pico.tolist()]
+        for row, cost in exact.items():
+            result[row] = cost
+        return result, sources.tolist()
+
+    def _split_by_rates(self, model: ModelInfo, members: np.ndarray, ts: pd.Series) -> list[tuple[_Rates, np.ndarray]]:
+        by_rates: dict[int, tuple[_Rates, list[int]]] = {}
+        for row in members.tolist():
+            rates = self._rates_at(model, ts.iat[row].to_pydatetime())
+            by_rates.setdefault(id(rates), (rates, []))[1].append(row)
+        return [(rates, np.array(batch, dtype=np.int64)) for rates, batch in by_rates.values()]
+
+    def _lookup(self, provider: Any, model: Any) -> _Rates | ModelInfo:
+        """The override or default rates, or the table's model (whose price depends on the date)."""
+        key = (provider if isinstance(provider, str) else None, model if isinstance(model, str) else None)
+        if key in self._lookups:
+            return self._lookups[key]
+        if len(self._lookups) >= _MAX_CACHED_LOOKUPS:
+            self._lookups.clear()
+        found = self._resolve(*key)
+        self._lookups[key] = found
+        return found
+
+    def _resolve(self, provider: str | None, model: str | None) -> _Rates | ModelInfo:
+        model_name = model.strip().lower() if model else ""
+        if not model_name:
+            return self._default
+        vendor = canonical_provider(provider)
+        for key in (f"{vendor}/{model_name}" if vendor else None, model_name):
+            if key in self._override_rates:
+                return self._override_rates[key]
+        return _find_in_table(vendor, model_name) or self._default
+
+    def _rates_at(self, found: _Rates | ModelInfo, ts: datetime) -> _Rates:
+        if isinstance(found, _Rates):
+            return found
+        model_price = found.get_prices(ts)
+        cached = self._table_rates.get(id(model_price))
+        if cached is not None and cached[0] is model_price:
+            return cached[1]
+        rates = _rates_from_table(found.id, model_price) or self._default
+        self._table_rates[id(model_price)] = (model_price, rates)
+        return rates
+
+
+def _utc(ts: datetime) -> datetime:
+    if not isinstance(ts, datetime):
+        raise TypeError(f"ts must be a datetime, got {type(ts).__name__} ({ts!r})")
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+
+
+def _find_in_table(vendor: str | None, model_name: str) -> ModelInfo | None:
+    snapshot = data_snapshot.get_snapshot()
+    attempts = [(vendor, model_name)]
+    # LiteLLM-style "anthropic/claude-..." names carry their provider in front.
+    prefix, slash, rest = model_name.partition("/")
+    if slash and rest and vendor in (None, canonical_provider(prefix)):
+        attempts.append((canonical_provider(prefix), rest))
+    for provider_id, model_ref in attempts:
+        try:
+            return snapshot.find_provider_model(model_ref, None, provider_id, None)[1]
+        except (LookupError, ValueError):
+            continue
+    return None
+
+
+def _rates_from_table(model_id: str, model_price: ModelPrice) -> _Rates | None:
+    """The token rates of a table price; None when the table prices the model by something else."""
+    prices = {k: v for k, v in model_price.__dict__.items() if v is not None and not k.startswith("_")}
+    if prices and "input_mtok" not in prices and "output_mtok" not in prices:
+        return None
+    requests_kcount = prices.get("requests_kcount")
+    return _Rates(
+        PRICE_TABLE,
+        model_id,
+        input=_Rate.of(prices.get("input_mtok")) or _Rate(_ZERO),
+        output=_Rate.of(prices.get("output_mtok")) or _Rate(_ZERO),
+        cache_read=_Rate.of(prices.get("cache_read_mtok")),
+        cache_write=_Rate.of(prices.get("cache_write_mtok")),
+        reasoning=_Rate.of(prices.get("output_reasoning_mtok")),
+        per_call_usd=requests_kcount / 1000 if isinstance(requests_kcount, Decimal) else _ZERO,
+    )
+
+
+def _override_rates(entry: OverridePrice) -> _Rates:
+    return _Rates(
+        OVERRIDE,
+        entry.key,
+        input=_Rate(entry.input_mtok),
+        output=_Rate(entry.output_mtok),
+        cache_read=_Rate(entry.cache_read_mtok),
+        cache_write=_Rate(entry.cache_write_mtok),
+    )
+
+
+def _token_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The frame's token counts as int64 arrays, completed the way `_Tokens.of` completes one event."""
+    raw: dict[str, np.ndarray] = {}
+    for column in (*_TOKEN_COLUMNS, "total_tokens"):
+        if column not in frame.columns:
+            raw[column] = np.zeros(len(frame), dtype=np.int64)
+            continue
+        values = pd.to_numeric(frame[column]).fillna(0).to_numpy(dtype=np.int64)
+        negative = values < 0
+        if negative.any():
+            where = int(np.argmax(negative))
+            raise ValueError(
+                f"{column} is negative ({values[where]}) in row {frame.index[where]!r}; "
+                "token counts must be >= 0 (fix the caller)"
+            )
+        raw[column] = values
+    whole_input = np.maximum(raw["input_tokens"], raw["cache_read_tokens"] + raw["cache_write_tokens"])
+    whole_output = np.maximum(raw["output_tokens"], raw["reasoning_tokens"])
+    return {
+        "input": whole_input,
+        "output": whole_output,
+        "cache_read": raw["cache_read_tokens"],
+        "cache_write": raw["cache_write_tokens"],
+        "reasoning": raw["reasoning_tokens"],
+        "total": np.maximum(raw["total_tokens"], whole_input + whole_output),
+    }
+
+
+def _group_rows(providers: pd.Series, models: pd.Series, days: np.ndarray) -> tuple[list[int], list[np.ndarray]]:
+    """Each distinct (provider, model, day)'s first row and all its rows, in order of appearance."""
+    provider_codes, _ = pd.factorize(providers, use_na_sentinel=False)
+    model_codes, _ = pd.factorize(models, use_na_sentinel=False)
+    day_codes, _ = pd.factorize(days)
+    pairs, _ = pd.factorize(provider_codes.astype(np.int64) * (int(model_codes.max()) + 1) + model_codes)
+    groups, _ = pd.factorize(pairs.astype(np.int64) * (int(day_codes.max()) + 1) + day_codes)
+    order = np.argsort(groups, kind="stable")
+    ends = np.cumsum(np.bincount(groups))
+    starts = ends - np.bincount(groups)
+    rows_by_group = [order[start:end] for start, end in zip(starts.tolist(), ends.tolist())]
+    return order[starts].tolist(), rows_by_group
+
+
+def load_overrides(path: Path) -> dict[str, OverridePrice]:
+    """Read a price-override file (format in the module docstring), keyed by lower-case model key."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"price overrides file not found: {path} (create it, or fix price_overrides in llmcost.toml)"
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read price overrides file {path}: {e.strerror}") from None
+    unknown = sorted(set(raw) - {"models"})
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key {unknown[0]!r}; prices go in tables named "
+            '[models."provider/model"] or [models."model"]'
+        )
+    models = raw.get("models", {})
+    if not isinstance(models, dict):
+        raise ConfigError(f'{path}: models must be tables such as [models."provider/model"]')
+    return _parse_models(models, str(path))
+
+
+def _parse_models(models: Mapping[str, Any], where: str) -> dict[str, OverridePrice]:
+    parsed: dict[str, OverridePrice] = {}
+    for key, spec in models.items():
+        if isinstance(spec, OverridePrice):
+            parsed[_override_key(spec.key, where)] = spec
+            continue
+        name = f'models."{key}"'
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"{where}: {name} must be a table with input_mtok and output_mtok")
+        unknown = sorted(set(spec) - set(_OVERRIDE_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: {name}.{unknown[0]} is not a price key (use {', '.join(_OVERRIDE_KEYS)})")
+        for required in ("input_mtok", "output_mtok"):
+            if required not in spec:
+                raise ConfigError(f'{where}: {name} lacks {required} (add {required} = "<USD per million tokens>")')
+        prices = {k: _price_value(spec[k], f"{where}: {name}.{k}") for k in _OVERRIDE_KEYS if k in spec}
+        canonical = _override_key(key, where)
+        if canonical in parsed:
+            raise ConfigError(f"{where}: {name} is listed twice (keys match case-insensitively)")
+        parsed[canonical] = OverridePrice(
+            key=key,
+            input_mtok=prices["input_mtok"],
+            output_mtok=prices["output_mtok"],
+            cache_read_mtok=prices.get("cache_read_mtok", prices["input_mtok"]),
+            cache_write_mtok=prices.get("cache_write_mtok", prices["input_mtok"]),
+        )
+    return parsed
+
+
+def _override_key(key: Any, where: str) -> str:
+    if not isinstance(key, str) or not key.strip():
+        raise ConfigError(f'{where}: empty model key; name the model as [models."provider/model"]')
+    name = key.strip().lower()
+    prefix, slash, rest = name.partition("/")
+    return f"{canonical_provider(prefix)}/{rest}" if slash and prefix in _PROVIDER_ALIASES else name
+
+
+def _price_value(value: Any, where: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
+        raise ConfigError(f'{where}: {value!r} is not a price; write USD per million tokens, e.g. "0.50"')
+    try:
+        price = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ConfigError(f'{where}: {value!r} is not a number; write USD per million tokens, e.g. "0.50"') from None
+    if not price.is_finite() or price < 0:
+        raise ConfigError(f"{where}: {value!r} must be a finite price >= 0")
+    return price
