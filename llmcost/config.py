@@ -95,7 +95,7 @@ class Settings:
     inbox_dir: Path
     control_db: Path
     timezone: str = "UTC"
-    fsync: bool = True
+    fsync: bool = False  # a written line survives a process crash; fsync also survives power loss
     default_rate_per_mtok: Decimal = Decimal("5.00")
     price_overrides_file: Path | None = None
     limits: dict[str, AccountLimit] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
@@ -120,10 +120,19 @@ class Settings:
             return self.limits[account_type]
         return self.limits[self.default_account_type]
 
-    def ensure_dirs(self) -> None:
+    def ensure_dirs(self, strict: bool = True) -> list[str]:
+        """Create the data folders. With strict=False, return the problems instead of raising
+        (a tracker must still start when one folder is unusable: its records go to the fallback log)."""
+        problems = []
         for folder in (self.home, self.journal_dir, self.inbox_dir, self.db_path.parent,
                        self.fallback_log.parent, self.control_db.parent):
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                if strict:
+                    raise ConfigError(f"cannot create folder {folder}: {error.strerror}") from None
+                problems.append(f"{folder}: {error.strerror}")
+        return problems
 
 
 def _decimal(value: Any, key: str) -> Decimal | None:
@@ -259,7 +268,7 @@ def load_settings(
         inbox_dir=located("inbox_dir", "inbox"),
         control_db=located("control_db", "control.sqlite"),
         timezone=timezone,
-        fsync=bool(raw.get("fsync", True)),
+        fsync=bool(raw.get("fsync", False)),
         default_rate_per_mtok=_decimal(raw.get("default_rate_per_mtok", "5.00"), "default_rate_per_mtok"),
         price_overrides_file=path_of(raw["price_overrides"]) if "price_overrides" in raw else None,
         limits=limits,

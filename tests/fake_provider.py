@@ -1,0 +1,106 @@
+"""A local HTTP server that answers like the OpenAI and Anthropic APIs, so tests drive the real SDK clients.
+
+Only the paid API cannot exist here; everything between our code and the wire is the real SDK.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def chat_completion(model="gpt-4o", prompt_tokens=1000, completion_tokens=500, cached=200, reasoning=0):
+    return {
+        "id": "chatcmpl-test", "object": "chat.completion", "created": 1764400000, "model": model,
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hello!"}}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens,
+                  "prompt_tokens_details": {"cached_tokens": cached},
+                  "completion_tokens_details": {"reasoning_tokens": reasoning}},
+    }
+
+
+def anthropic_message(model="claude-sonnet-4-5-20250929", input_tokens=700, output_tokens=500, cache_read=200, cache_write=100):
+    return {
+        "id": "msg_test", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": "Hello!"}], "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens,
+                  "cache_read_input_tokens": cache_read, "cache_creation_input_tokens": cache_write},
+    }
+
+
+def chat_chunks(model="gpt-4o", words=20, prompt_tokens=120, completion_tokens=20):
+    base = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1764400000, "model": model}
+    for n in range(words):
+        yield {**base, "choices": [{"index": 0, "delta": {"content": f"word{n} "}, "finish_reason": None}]}
+    yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    yield {**base, "choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                            "total_tokens": prompt_tokens + completion_tokens}}
+
+
+class FakeProvider:
+    """Serve canned responses; `mode` is 'ok', 'error' (HTTP 500) or 'cut' (a stream cut off mid-way)."""
+
+    def __init__(self):
+        self.mode = "ok"
+        self.chat = chat_completion()
+        self.message = anthropic_message()
+        self.requests: list[dict] = []
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+                provider.requests.append({"path": self.path, "body": body})
+                if provider.mode == "error":
+                    return self._json(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
+                if self.path.endswith("/messages"):
+                    return self._json(200, provider.message)
+                if body.get("stream"):
+                    return self._stream(body)
+                return self._json(200, provider.chat)
+
+            def _json(self, status, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _stream(self, body):
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                chunks = list(chat_chunks(body.get("model", "gpt-4o")))
+                if not (body.get("stream_options") or {}).get("include_usage"):
+                    chunks = chunks[:-1]
+                if provider.mode == "cut":
+                    chunks = chunks[:8]
+                for chunk in chunks:
+                    payload = f"data: {json.dumps(chunk)}\n\n".encode()
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+                    self.wfile.flush()
+                if provider.mode == "cut":
+                    self.wfile.write(b"5\r\nda")  # a torn chunk, then the connection drops
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                done = b"data: [DONE]\n\n"
+                self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
