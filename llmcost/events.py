@@ -59,6 +59,14 @@ class UsageEvent(BaseModel):
     source: str | None = Field(default=None, max_length=1000)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_absent(cls, data: Any) -> Any:
+        # {"input_tokens": null} reads as "not given", as in most JSON APIs; the bulk path does the same.
+        if isinstance(data, dict) and None in data.values():
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
     @field_validator("ts")
     @classmethod
     def _aware_utc(cls, value: datetime) -> datetime:

@@ -168,6 +168,7 @@ def _ingest_file(settings, source: Source, pricer, progress, lock_timeout) -> In
                 return result
             chunk = chunk[: end + 1]
             batch = parse_lines(
+                db,
                 chunk,
                 start_offset=offset,
                 file_key=key,
@@ -211,30 +212,29 @@ def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, re
     now = _utcnow()
     db.execute("BEGIN TRANSACTION")
     try:
-        if len(batch.events):
-            events = batch.events  # noqa: F841 - referenced by name in SQL
-            db.execute("CREATE OR REPLACE TEMP TABLE batch_events AS SELECT * FROM events")
-            new = db.execute(
-                "SELECT count(*) FROM batch_events b WHERE NOT EXISTS "
-                "(SELECT 1 FROM usage_events u WHERE u.event_id = b.event_id)"
-            ).fetchall()[0][0]
+        if batch.events:
+            # Keep the first of each event_id in the batch, then only ids the store does not have yet.
+            distinct = db.execute("SELECT count(DISTINCT event_id) FROM batch_events").fetchall()[0][0]
+            before = db.execute("SELECT count(*) FROM usage_events").fetchall()[0][0]
             db.execute(
                 """
                 INSERT INTO usage_events
                 SELECT event_id, ts, day, user_id, tenant_id, use_case, account_type, provider, model,
                        input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
                        total_tokens, estimated_tokens, usage_estimated, latency_ms, status, error,
-                       CAST(cost_usd AS DECIMAL(18, 12)), price_source, attempt_id, source, metadata, ?
+                       CAST(CAST(cost_pico AS DECIMAL(18, 0)) * CAST('0.000000000001' AS DECIMAL(18, 12))
+                            AS DECIMAL(18, 12)),
+                       price_source, attempt_id, source, metadata, ?
                 FROM batch_events b
                 WHERE NOT EXISTS (SELECT 1 FROM usage_events u WHERE u.event_id = b.event_id)
+                QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY off) = 1
                 """,
                 [now],
             )
-            result.stored = new
-            result.duplicates = len(batch.events) - new + batch.duplicates_in_batch
-            db.execute("DROP TABLE batch_events")
-        else:
-            result.duplicates = batch.duplicates_in_batch
+            result.stored = db.execute("SELECT count(*) FROM usage_events").fetchall()[0][0] - before
+            result.duplicates = batch.events - result.stored
+            del distinct
+        db.execute("DROP TABLE IF EXISTS batch_events")
         if len(batch.attempts):
             attempts = batch.attempts  # noqa: F841
             before = db.execute("SELECT count(*) FROM call_attempts").fetchall()[0][0]

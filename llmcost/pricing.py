@@ -380,9 +380,15 @@ class Pricer:
         `UsageEvent` (missing ones count as 0; a missing or null total_tokens means input + output).
         Prices are looked up once per provider, model and UTC day, and computed in bulk.
         """
+        pico, sources = self.price_frame_pico(frame)
+        with localcontext(_EXACT):
+            return [Decimal(value) * _PICO for value in pico.tolist()], sources
+
+    def price_frame_pico(self, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+        """Like `price_frame`, with costs as whole picodollars (1e-12 USD; exact, since costs have 12 places)."""
         rows = len(frame)
         if rows == 0:
-            return [], []
+            return np.zeros(0, dtype=np.int64), []
         for column in ("provider", "model", "ts"):
             if column not in frame.columns:
                 raise ValueError(f"price_frame needs a {column!r} column (got {', '.join(map(str, frame.columns))})")
@@ -416,11 +422,13 @@ class Pricer:
                     tokens = _Tokens(*(int(batch_cols[name][position]) for name in _Tokens.__dataclass_fields__))
                     exact[row] = _rounded(_exact_cost(rates, tokens))
 
-        with localcontext(_EXACT):
-            result = [Decimal(value) * _PICO for value in pico.tolist()]
-        for row, cost in exact.items():
-            result[row] = cost
-        return result, sources.tolist()
+        if exact:
+            values = {row: int(cost.scaleb(12)) for row, cost in exact.items()}
+            if any(abs(v) >= 2**63 for v in values.values()):
+                pico = pico.astype(object)  # beyond int64: keep Python ints, still exact
+            for row, value in values.items():
+                pico[row] = value
+        return pico, sources.tolist()
 
     def _split_by_rates(self, model: ModelInfo, members: np.ndarray, ts: pd.Series) -> list[tuple[_Rates, np.ndarray]]:
         by_rates: dict[int, tuple[_Rates, list[int]]] = {}

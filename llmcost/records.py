@@ -11,13 +11,17 @@ import csv
 import datetime as dt
 import io
 import json
-import uuid
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+import duckdb
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import bulk
 from .events import TOKEN_FIELDS, UNATTRIBUTED, UsageEvent, describe_validation_error
 
 if TYPE_CHECKING:
@@ -25,14 +29,13 @@ if TYPE_CHECKING:
     from .ingest import Source
     from .pricing import Pricer
 
-EVENT_NAMESPACE = uuid.UUID("6f1c1a3e-2b7a-4d39-9a57-2d0f5e0c9b11")
 MAX_RAW_CHARS = 1_000_000
 IDENTITY_FIELDS = ("user_id", "tenant_id", "use_case")
 
 EVENT_COLUMNS = [
     "event_id", "ts", "day", "user_id", "tenant_id", "use_case", "account_type", "provider", "model",
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-    "total_tokens", "estimated_tokens", "usage_estimated", "latency_ms", "status", "error", "cost_usd",
+    "total_tokens", "estimated_tokens", "usage_estimated", "latency_ms", "status", "error", "cost_pico",
     "price_source", "attempt_id", "source", "metadata",
 ]
 ATTEMPT_COLUMNS = [
@@ -65,18 +68,21 @@ class AttemptRecord(BaseModel):
 
 @dataclass
 class Batch:
+    """One chunk's records: events wait in the connection's temp table `batch_events`."""
+
     lines: int = 0
-    events: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=EVENT_COLUMNS))
+    events: int = 0            # rows in batch_events, before de-duplication
     attempts: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ATTEMPT_COLUMNS))
     failed: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAILED_COLUMNS))
-    duplicates_in_batch: int = 0
     invalid: int = 0           # records that could not be stored at all
     from_fallback: int = 0     # fallback-log events that were valid (stored or already there)
 
 
-def stable_id(file_key: str, offset: int, kind: str = "event") -> str:
-    """A stable id for a record that came without one, so reading it again never duplicates it."""
-    return str(uuid.uuid5(EVENT_NAMESPACE, f"{kind}:{file_key}:{offset}"))
+def stable_id(file_key: str, offset: int | str, kind: str = "event") -> str:
+    """An id for a record that came without one: its file's fingerprint and byte offset, so reading the
+    file again never duplicates it. `llmcost.bulk` builds the same ids in SQL."""
+    prefix = "" if kind == "event" else f"{kind}:"
+    return f"{prefix}{file_key[:16]}:{offset}"
 
 
 def _raw_text(line: bytes) -> str:
@@ -122,7 +128,7 @@ class _Parser:
         self.settings = settings
         self.source_label = f"{source.kind}:{source.path.name}"
         self.now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-        self.events: list[UsageEvent] = []
+        self.events: list[tuple[UsageEvent, int, str]] = []
         self.attempts: list[dict[str, Any]] = []
         self.failed: list[dict[str, Any]] = []
         self.invalid = 0
@@ -148,7 +154,8 @@ class _Parser:
     def event(self, offset: int, obj: dict[str, Any], raw: str) -> tuple[UsageEvent | None, str | None]:
         """Validate one usage event; returns (event, None) or (None, reason)."""
         obj = dict(obj)
-        obj.setdefault("event_id", stable_id(self.file_key, offset))
+        if obj.get("event_id") is None:
+            obj["event_id"] = stable_id(self.file_key, offset)
         if not obj.get("source"):
             obj["source"] = self.source_label
         missing = [name for name in IDENTITY_FIELDS if not str(obj.get(name) or "").strip()]
@@ -187,7 +194,7 @@ class _Parser:
                 self.invalid += 1
                 self.fail(offset, "invalid", reason, raw, obj)
             else:
-                self.events.append(event)
+                self.events.append((event, offset, raw))
 
     def handle_fallback(self, offset: int, obj: dict[str, Any], raw: str) -> None:
         inner = obj.get("event")
@@ -211,7 +218,7 @@ class _Parser:
             self.invalid += 1
             self.fail(offset, "fallback", f"{original_error}; cannot be stored: {reason}", raw, inner, logged_at=logged_at)
             return
-        self.events.append(event)
+        self.events.append((event, offset, raw))
         self.from_fallback += 1
         self.fail(offset, "fallback", original_error, raw, inner, event_id=event.event_id, logged_at=logged_at)
 
@@ -229,54 +236,86 @@ class _Parser:
         self.attempts.append(row)
 
 
-def _records(chunk: bytes, start_offset: int, csv_header: list[str] | None):
-    """Yield (offset, parsed object or exception, raw text) for every non-blank line of a chunk."""
-    offset = start_offset
-    for line in chunk.splitlines(keepends=True):
-        line_offset = offset
-        offset += len(line)
-        if not line.strip():
-            continue
-        raw = _raw_text(line)
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as error:
-            yield line_offset, ValueError(f"line is not valid UTF-8 (byte {error.start})"), raw
-            continue
-        if csv_header is not None:
-            values = next(csv.reader(io.StringIO(text)), [])
-            if len(values) > len(csv_header):
-                yield line_offset, ValueError(f"CSV row has {len(values)} cells, the header {len(csv_header)}"), raw
-                continue
-            yield line_offset, {k: v for k, v in zip(csv_header, values) if v != ""}, raw
-            continue
-        try:
-            yield line_offset, json.loads(text), raw
-        except RecursionError:
-            yield line_offset, ValueError("not valid JSON: nested too deeply"), raw
-        except ValueError as error:
-            yield line_offset, ValueError(f"not valid JSON: {error}"), raw
+def _decode_line(raw: bytes, csv_header: list[str] | None) -> Any:
+    """The record on one line (a dict, or any JSON value), or a ValueError saying why it is unreadable."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return ValueError(f"line is not valid UTF-8 (byte {error.start})")
+    if csv_header is not None:
+        values = next(csv.reader(io.StringIO(text)), [])
+        if len(values) > len(csv_header):
+            return ValueError(f"CSV row has {len(values)} cells, the header {len(csv_header)}")
+        return {k: v for k, v in zip(csv_header, values) if v != ""}
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return ValueError("not valid JSON: nested too deeply")
+    except ValueError as error:
+        return ValueError(f"not valid JSON: {error}")
 
 
-def parse_lines(chunk: bytes, *, start_offset: int, file_key: str, source: Source, csv_header: list[str] | None,
-                settings: Settings, pricer: Pricer) -> Batch:
-    """Parse, validate and price one chunk of whole lines."""
+def _csv_cells(lines: pa.Table, csv_header: list[str]) -> tuple[pa.Table | None, set[int]]:
+    """CSV rows the bulk path may take, as text columns, and the idx of rows it may not."""
+    raws = lines.column("raw").to_pylist()
+    everything = set(range(len(raws)))
+    known = {f.name for f in bulk.FIELDS}
+    if not set(csv_header) <= known | set(bulk.PYDANTIC_ONLY_KEYS):
+        return None, everything  # unknown columns: pydantic names them, row by row
+    try:
+        rows = list(csv.reader(io.StringIO(b"".join(raws).decode("utf-8"))))
+    except (UnicodeDecodeError, csv.Error):
+        return None, everything
+    if len(rows) != len(raws):
+        return None, everything  # a quoted cell spans lines: read line by line
+    pydantic_only = [csv_header.index(k) for k in bulk.PYDANTIC_ONLY_KEYS if k in csv_header]
+    take = [i for i, row in enumerate(rows)
+            if len(row) == len(csv_header) and not any(row[c] for c in pydantic_only)]
+    columns = {name: pa.array([rows[i][c] for i in take], type=pa.string())
+               for c, name in enumerate(csv_header) if name in known}
+    offsets = lines.column("off").to_numpy()
+    cells = pa.table({"idx": pa.array(take, type=pa.int64()), "off": pa.array(offsets[take]), **columns})
+    return cells, everything - set(take)
+
+
+def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes, *, start_offset: int, file_key: str, source: Source,
+                csv_header: list[str] | None, settings: Settings, pricer: Pricer) -> Batch:
+    """Validate and price one chunk of whole lines; its events land in the temp table `batch_events`."""
     parser = _Parser(source, file_key, settings)
-    lines = 0
-    for offset, obj, raw in _records(chunk, start_offset, csv_header):
-        lines += 1
+    lines = bulk.lines_table(chunk, start_offset)
+    options = dict(id_prefix=stable_id(file_key, ""), source_label=parser.source_label, timezone=settings.timezone)
+    if csv_header is None:
+        clean, others = bulk.split_json(db, lines, **options)
+        slow = zip(others.column("off").to_pylist(), others.column("raw").to_pylist())
+    else:
+        cells, slow_idx = _csv_cells(lines, csv_header)
+        if cells is not None and cells.num_rows:
+            clean, rejected = bulk.split_csv(db, cells, **options)
+            slow_idx |= set(rejected)
+        else:
+            clean = None
+        ordered = pa.array(sorted(slow_idx), type=pa.int64())
+        slow = zip(lines.column("off").take(ordered).to_pylist(), lines.column("raw").take(ordered).to_pylist())
+
+    blank = 0
+    for offset, raw in slow:
+        if not raw.strip():
+            blank += 1
+            continue
+        obj = _decode_line(raw, csv_header)
         if isinstance(obj, Exception):
             parser.invalid += 1
-            parser.fail(offset, "invalid", str(obj), raw)
+            parser.fail(offset, "invalid", str(obj), _raw_text(raw))
         else:
-            parser.handle(offset, obj, raw)
-    batch = Batch(lines=lines, invalid=parser.invalid, from_fallback=parser.from_fallback)
+            parser.handle(offset, obj, _raw_text(raw))
+
+    frames = []
+    if clean is not None and clean.num_rows:
+        frames.append(_priced_clean_rows(clean, lines, parser, pricer))
     if parser.events:
-        events = _events_frame(parser.events, settings, pricer)
-        before = len(events)
-        events = events.drop_duplicates("event_id", keep="first")
-        batch.duplicates_in_batch = before - len(events)
-        batch.events = events
+        frames.append(_priced_slow_rows(parser, settings, pricer))
+    batch = Batch(lines=lines.num_rows - blank, invalid=parser.invalid, from_fallback=parser.from_fallback)
+    batch.events = _load_batch_events(db, frames)
     if parser.attempts:
         attempts = pd.DataFrame(parser.attempts)
         attempts["day"] = _days(attempts["ts"], settings)
@@ -287,25 +326,85 @@ def parse_lines(chunk: bytes, *, start_offset: int, file_key: str, source: Sourc
     return batch
 
 
+def _too_costly(pico: np.ndarray) -> np.ndarray:
+    return np.asarray([abs(int(v)) >= bulk.MAX_COST_PICO for v in pico], dtype=bool) if pico.dtype == object \
+        else np.abs(pico) >= bulk.MAX_COST_PICO
+
+
+def _cost_reason(pico: int) -> str:
+    return (f"cost_usd: ${Decimal(int(pico)).scaleb(-12):,.2f} for one call is beyond what the store holds "
+            "($999,999.99); check the token counts")
+
+
+def _priced_clean_rows(clean: pa.Table, lines: pa.Table, parser: _Parser, pricer: Pricer) -> pa.Table:
+    frame = clean.select(["provider", "model", "ts", *TOKEN_FIELDS, "total_tokens"]).to_pandas()
+    pico, sources = pricer.price_frame_pico(frame)
+    too_costly = _too_costly(pico)
+    if too_costly.any():
+        for position in np.flatnonzero(too_costly).tolist():
+            idx = clean.column("idx")[position].as_py()
+            parser.invalid += 1
+            parser.fail(clean.column("off")[position].as_py(), "invalid", _cost_reason(pico[position]),
+                        _raw_text(lines.column("raw")[idx].as_py()))
+        keep = ~too_costly
+        clean, pico = clean.filter(pa.array(keep)), pico[keep]
+        sources = [s for s, k in zip(sources, keep) if k]
+    clean = clean.append_column("cost_pico", pa.array(pico.astype(np.int64), type=pa.int64()))
+    clean = clean.append_column("price_source", pa.array(sources, type=pa.string()))
+    return clean.select(["off", *EVENT_COLUMNS])
+
+
+def _priced_slow_rows(parser: _Parser, settings: Settings, pricer: Pricer) -> pa.Table:
+    rows = [event.model_dump() for event, _, _ in parser.events]
+    frame = pd.DataFrame(rows)
+    frame["off"] = [offset for _, offset, _ in parser.events]
+    frame["metadata"] = [json.dumps(r["metadata"], ensure_ascii=False, default=str) if r["metadata"] else None
+                         for r in rows]
+    pico = np.zeros(len(frame), dtype=object)
+    sources = frame["price_source"].tolist()
+    reported = frame["cost_usd"].notna().to_numpy()
+    for position in np.flatnonzero(reported).tolist():
+        pico[position] = int(frame["cost_usd"].iat[position].scaleb(12))
+    if (~reported).any():
+        computed, computed_sources = pricer.price_frame_pico(frame.loc[~reported])
+        for position, value, price_source in zip(np.flatnonzero(~reported).tolist(), computed.tolist(),
+                                                 computed_sources):
+            pico[position] = value
+            sources[position] = price_source
+    too_costly = _too_costly(pico)
+    for position in np.flatnonzero(too_costly).tolist():
+        _, offset, raw = parser.events[position]
+        parser.invalid += 1
+        parser.fail(offset, "invalid", _cost_reason(pico[position]), raw)
+    frame["cost_pico"] = pico.astype(object)
+    frame["price_source"] = sources
+    frame = frame.loc[~too_costly]
+    frame["cost_pico"] = frame["cost_pico"].astype("int64")
+    frame["day"] = _days(frame["ts"], settings)
+    frame["ts"] = _naive_utc(frame["ts"])
+    return pa.Table.from_pandas(frame[["off", *EVENT_COLUMNS]], preserve_index=False)
+
+
+def _load_batch_events(db: duckdb.DuckDBPyConnection, frames: list[pa.Table]) -> int:
+    columns = ", ".join(["off", *EVENT_COLUMNS])
+    db.execute(
+        "CREATE OR REPLACE TEMP TABLE batch_events AS SELECT * FROM usage_events LIMIT 0"
+    )
+    db.execute("ALTER TABLE batch_events DROP COLUMN ingested_at")
+    db.execute("ALTER TABLE batch_events DROP COLUMN cost_usd")
+    db.execute("ALTER TABLE batch_events ADD COLUMN cost_pico BIGINT")
+    db.execute("ALTER TABLE batch_events ADD COLUMN off BIGINT")
+    for n, frame in enumerate(frames):
+        name = f"batch_part_{n}"
+        db.register(name, frame)
+        db.execute(f"INSERT INTO batch_events ({columns}) SELECT {columns} FROM {name}")
+        db.unregister(name)
+    return sum(frame.num_rows for frame in frames)
+
+
 def _naive_utc(series: pd.Series) -> pd.Series:
     return pd.to_datetime(series, utc=True).dt.tz_localize(None)
 
 
 def _days(series: pd.Series, settings: Settings) -> pd.Series:
     return pd.to_datetime(series, utc=True).dt.tz_convert(settings.timezone).dt.date
-
-
-def _events_frame(events: list[UsageEvent], settings: Settings, pricer: Pricer) -> pd.DataFrame:
-    rows = [e.model_dump() for e in events]
-    frame = pd.DataFrame(rows)
-    frame["metadata"] = [json.dumps(r["metadata"], ensure_ascii=False, default=str) if r["metadata"] else None
-                         for r in rows]
-    unpriced = frame["cost_usd"].isna()
-    if unpriced.any():
-        costs, sources = pricer.price_frame(frame.loc[unpriced])
-        frame.loc[unpriced, "cost_usd"] = pd.Series(costs, index=frame.index[unpriced], dtype=object)
-        frame.loc[unpriced, "price_source"] = pd.Series(sources, index=frame.index[unpriced], dtype=object)
-    frame["cost_usd"] = frame["cost_usd"].map(lambda d: format(d, "f"))
-    frame["day"] = _days(frame["ts"], settings)
-    frame["ts"] = _naive_utc(frame["ts"])
-    return frame[EVENT_COLUMNS]

@@ -1,0 +1,107 @@
+"""The bulk (SQL) path must accept only records pydantic accepts unchanged, and type them identically."""
+
+import json
+from dataclasses import replace
+from decimal import Decimal
+
+import duckdb
+import pytest
+
+from llmcost import bulk
+from llmcost.events import UsageEvent
+from llmcost.ingest import ingest
+from llmcost import store
+
+BASE = {"event_id": "e1", "ts": "2026-11-20T10:00:00Z", "user_id": "u1", "tenant_id": "t1", "use_case": "chat_tutor",
+        "provider": "openai", "model": "gpt-4o", "input_tokens": 1000, "output_tokens": 500}
+
+CLEAN = [
+    BASE,
+    {**BASE, "ts": "2026-11-20 10:00:00.123456", "cache_read_tokens": 200, "reasoning_tokens": 100,
+     "account_type": "student", "latency_ms": 812.5, "status": "error", "error": "Timeout: slow upstream",
+     "usage_estimated": True, "estimated_tokens": 1400, "attempt_id": "a1", "metadata": {"lesson": 42}},
+    {**BASE, "ts": "2026-11-20T12:00:00+02:00", "total_tokens": 1600, "provider": None, "model": None},
+    {**BASE, "metadata": None, "input_tokens": None, "status": None, "event_id": None},  # null reads as absent
+    {k: v for k, v in BASE.items() if k not in ("event_id", "input_tokens", "output_tokens")} | {"total_tokens": 1988},
+]
+NOT_CLEAN = [
+    {**BASE, "user_id": " padded"},                    # pydantic strips whitespace
+    {**BASE, "user_id": "u1\u00a0"},                    # a non-ASCII space at the edge
+    {**BASE, "input_tokens": "1000"},                   # a string pydantic coerces
+    {**BASE, "input_tokens": 1000.0},                   # a float pydantic coerces
+    {**BASE, "input_tokens": -1},
+    {**BASE, "input_tokens": 10**12},
+    {**BASE, "cache_read_tokens": 2000},                # more cached than input
+    {**BASE, "total_tokens": 10},                       # less than input + output
+    {**BASE, "cost_usd": "0.01"},                       # provider-reported cost: pydantic's Decimal
+    {**BASE, "status": "failed"},
+    {**BASE, "ts": "2026-11-20"},                       # a date alone: pydantic decides
+    {**BASE, "ts": "1999-01-01T00:00:00Z"},
+    {**BASE, "unknown_key": 1},
+    {**BASE, "user_id": "a\u0000b"},
+    {k: v for k, v in BASE.items() if k != "user_id"},
+    {"record": "attempt", "attempt_id": "a", "ts": "2026-11-20T10:00:00Z"},
+    {"timestamp": "2026-11-20T10:00:00Z", "error": "disk full", "event": BASE},
+]
+
+
+def split(records, tz="UTC"):
+    chunk = b"".join(json.dumps(r).encode() + b"\n" for r in records)
+    db = duckdb.connect()
+    db.execute("SET TimeZone = 'UTC'")
+    return bulk.split_json(db, bulk.lines_table(chunk, 100), id_prefix="key:", source_label="file:x.jsonl",
+                           timezone=tz)
+
+
+def test_clean_records_take_the_bulk_path_with_pydantics_values():
+    clean, others = split(CLEAN, tz="America/New_York")
+    assert others.num_rows == 0 and clean.num_rows == len(CLEAN)
+    for record, row in zip(CLEAN, clean.to_pylist()):
+        event = UsageEvent.model_validate({**record, "event_id": record.get("event_id") or f"key:{row['off']}",
+                                           "source": "file:x.jsonl"})
+        expected = event.model_dump()
+        assert row["ts"] == expected["ts"].replace(tzinfo=None)
+        assert row["day"] == expected["ts"].astimezone(__import__("zoneinfo").ZoneInfo("America/New_York")).date()
+        for name in ("event_id", "user_id", "tenant_id", "use_case", "account_type", "provider", "model",
+                     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+                     "total_tokens", "estimated_tokens", "usage_estimated", "latency_ms", "status", "error",
+                     "attempt_id", "source"):
+            assert row[name] == expected[name], name
+        assert (json.loads(row["metadata"]) if row["metadata"] else {}) == expected["metadata"]
+
+
+@pytest.mark.parametrize("record", NOT_CLEAN, ids=lambda r: json.dumps(r)[:60])
+def test_anything_unusual_is_left_to_pydantic(record):
+    clean, others = split([record])
+    assert clean.num_rows == 0 and others.num_rows == 1
+
+
+def test_mixed_file_stores_the_same_as_pydantic_alone(settings, tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    records = [{**r, "event_id": f"c{n}"} for n, r in enumerate(CLEAN)] + [
+        {**BASE, "event_id": "n1", "user_id": " padded"}, {**BASE, "event_id": "n2", "input_tokens": "1000"},
+        {**BASE, "event_id": "n3", "cost_usd": "0.5"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = ingest(settings, [path])
+    assert (result.stored, result.failed) == (len(records), 0)
+    with store.reading(settings.db_path) as db:
+        rows = dict(db.execute("SELECT event_id, user_id || '|' || input_tokens || '|' || cost_usd || '|' || price_source "
+                               "FROM usage_events").fetchall())
+    assert rows["n1"] == "padded|1000|0.007500000000|price-table"
+    assert rows["n2"] == "u1|1000|0.007500000000|price-table"
+    assert rows["n3"] == "u1|1000|0.500000000000|provider"
+    assert rows["c0"] == rows["n2"]
+
+
+def test_a_cost_beyond_the_column_is_kept_as_failed_not_crashing(settings, tmp_path):
+    path = tmp_path / "huge.jsonl"
+    huge = {**BASE, "event_id": "big", "model": "in-house-xl", "provider": "self", "output_tokens": 1_000_000_000,
+            "input_tokens": 1_000_000_000}
+    slow_path_twin = {**huge, "event_id": "big2", "input_tokens": "1000000000"}
+    path.write_text("".join(json.dumps(r) + "\n" for r in (huge, slow_path_twin, {**BASE, "event_id": "fine"})))
+    # 2e9 tokens at $1,000 per million tokens is $2M: more than a DECIMAL(18, 12) holds
+    result = ingest(replace(settings, default_rate_per_mtok=Decimal("1000")), [path])
+    assert (result.stored, result.failed) == (1, 2)
+    with store.reading(settings.db_path) as db:
+        errors = [r[0] for r in db.execute("SELECT error FROM failed_logs").fetchall()]
+    assert len(errors) == 2 and all("beyond what the store holds" in e for e in errors)
