@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from . import store
+from . import cli_monitor, store
 from .config import load_settings
 from .errors import LLMCostError
 
@@ -216,18 +216,8 @@ def status(settings):
     click.echo(f"last synced:   {last_synced(settings) or 'never'} UTC")
 
 
-def _register_optional_commands() -> None:
-    try:
-        from . import cli_monitor
-    except ImportError:
-        return
-    for name in ("report", "check", "reconcile", "scheduler"):
-        command = getattr(cli_monitor, name, None)
-        if isinstance(command, click.Command):
-            cli.add_command(command, name)
-
-
-_register_optional_commands()
+for _command in cli_monitor.COMMANDS:
+    cli.add_command(_command)
 
 
 if __name__ == "__main__":
