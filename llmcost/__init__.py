@@ -13,9 +13,18 @@ from .errors import (
     UseCaseDisabledError,
 )
 from .events import UsageEvent
+from .ingest import IngestResult, ingest
+from .pricing import Price, Pricer
+from .tracker import TrackedCall, Tracker
 
 __all__ = [
     "BudgetExceededError",
+    "IngestResult",
+    "Price",
+    "Pricer",
+    "TrackedCall",
+    "Tracker",
+    "ingest",
     "LLMCostError",
     "MissingIdentityError",
     "Settings",
