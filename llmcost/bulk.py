@@ -170,13 +170,12 @@ def _split(db: duckdb.DuckDBPyConnection, relation_sql: str, typed: bool, metada
         f"""
         SELECT idx, off, coalesce(known_keys AND {_clean_test(typed)}, false) AS clean, {_typed_columns(metadata_sql)}
         FROM ({relation_sql})
-        ORDER BY idx
         """,
         params=params,
     ).to_arrow_table()
     flags = table.column("clean")
     clean = table.filter(flags).drop_columns(["clean"])
-    others = table.filter(pa.compute.invert(flags)).select(["idx"])
+    others = table.filter(pa.compute.invert(flags)).select(["idx"]).sort_by("idx")
     return clean, others
 
 

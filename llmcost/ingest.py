@@ -214,10 +214,11 @@ def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, re
     try:
         if batch.events:
             # Keep the first of each event_id in the batch, then only ids the store does not have yet.
-            distinct = db.execute("SELECT count(DISTINCT event_id) FROM batch_events").fetchall()[0][0]
+            repeats = db.execute("SELECT count(*) - count(DISTINCT event_id) FROM batch_events").fetchall()[0][0]
             before = db.execute("SELECT count(*) FROM usage_events").fetchall()[0][0]
+            first_of_each = "QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY off) = 1" if repeats else ""
             db.execute(
-                """
+                f"""
                 INSERT INTO usage_events
                 SELECT event_id, ts, day, user_id, tenant_id, use_case, account_type, provider, model,
                        input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
@@ -227,13 +228,12 @@ def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, re
                        price_source, attempt_id, source, metadata, ?
                 FROM batch_events b
                 WHERE NOT EXISTS (SELECT 1 FROM usage_events u WHERE u.event_id = b.event_id)
-                QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY off) = 1
+                {first_of_each}
                 """,
                 [now],
             )
             result.stored = db.execute("SELECT count(*) FROM usage_events").fetchall()[0][0] - before
             result.duplicates = batch.events - result.stored
-            del distinct
         db.execute("DROP TABLE IF EXISTS batch_events")
         if len(batch.attempts):
             attempts = batch.attempts  # noqa: F841
