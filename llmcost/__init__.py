@@ -13,7 +13,7 @@ from .errors import (
     UseCaseDisabledError,
 )
 from .events import UsageEvent
-from .ingest import IngestResult, ingest
+from .ingest import IngestResult
 from .pricing import Price, Pricer
 from .tracker import TrackedCall, Tracker
 
@@ -24,7 +24,6 @@ __all__ = [
     "Pricer",
     "TrackedCall",
     "Tracker",
-    "ingest",
     "LLMCostError",
     "MissingIdentityError",
     "Settings",
