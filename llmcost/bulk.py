@@ -98,7 +98,7 @@ def _field_test(f: Field, v: str, t: str | None) -> str:
         "float": f"regexp_full_match({v}, '[0-9]{{1,12}}(\\.[0-9]{{1,9}})?')" if t is None else
                  f"{t} IN ('UBIGINT', 'BIGINT', 'DOUBLE')",
         "bool": f"{v} IN ('true', 'false')" if t is None else f"{t} = 'BOOLEAN'",
-        "object": "false" if t is None else f"{t} = 'OBJECT'",
+        "object": f"json_valid({v}) AND json_type({v}) = 'OBJECT'" if t is None else f"{t} = 'OBJECT'",
     }[f.kind]
     value = {
         # Printable ASCII at both ends: pydantic's whitespace stripping would change nothing.
@@ -214,7 +214,8 @@ def split_csv(db: duckdb.DuckDBPyConnection, cells: pa.Table, *, id_prefix: str,
     )
     relation = f"SELECT idx, off, true AS known_keys, {values} FROM chunk_cells"
     try:
-        clean, others = _split(db, relation, False, "NULL::VARCHAR", _params(id_prefix, source_label, timezone))
+        metadata = "CASE WHEN v_metadata IS NOT NULL AND v_metadata <> '{}' THEN json(v_metadata) END"
+        clean, others = _split(db, relation, False, metadata, _params(id_prefix, source_label, timezone))
     finally:
         db.unregister("chunk_cells")
     return clean, others.column("idx").to_pylist()

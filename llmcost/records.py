@@ -11,6 +11,7 @@ import csv
 import datetime as dt
 import io
 import json
+import tempfile
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import bulk
@@ -236,6 +238,11 @@ class _Parser:
         self.attempts.append(row)
 
 
+def _first_line(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.readline()
+
+
 def _decode_line(raw: bytes, csv_header: list[str] | None) -> Any:
     """The record on one line (a dict, or any JSON value), or a ValueError saying why it is unreadable."""
     try:
@@ -255,27 +262,48 @@ def _decode_line(raw: bytes, csv_header: list[str] | None) -> Any:
         return ValueError(f"not valid JSON: {error}")
 
 
-def _csv_cells(lines: pa.Table, csv_header: list[str]) -> tuple[pa.Table | None, set[int]]:
-    """CSV rows the bulk path may take, as text columns, and the idx of rows it may not."""
-    raws = lines.column("raw").to_pylist()
-    everything = set(range(len(raws)))
+def _csv_cells(db: duckdb.DuckDBPyConnection, chunk: bytes, lines: pa.Table, csv_header: list[str],
+               header_line: bytes) -> tuple[pa.Table | None, set[int]]:
+    """CSV rows the bulk path may take, as text columns, and the idx of rows it may not.
+
+    DuckDB's CSV reader splits the cells; when the chunk is not plain CSV (a quoted cell spanning
+    lines, a row with the wrong number of cells) every row goes to pydantic, which says why.
+    """
+    everything = set(range(lines.num_rows))
     known = {f.name for f in bulk.FIELDS}
-    if not set(csv_header) <= known | set(bulk.PYDANTIC_ONLY_KEYS):
-        return None, everything  # unknown columns: pydantic names them, row by row
-    try:
-        rows = list(csv.reader(io.StringIO(b"".join(raws).decode("utf-8"))))
-    except (UnicodeDecodeError, csv.Error):
+    if not set(csv_header) <= known | set(bulk.PYDANTIC_ONLY_KEYS) or len(set(csv_header)) != len(csv_header):
+        return None, everything  # unknown or repeated columns: pydantic names them, row by row
+    text = lines.column("line")
+    if text.null_count:
         return None, everything
-    if len(rows) != len(raws):
-        return None, everything  # a quoted cell spans lines: read line by line
-    pydantic_only = [csv_header.index(k) for k in bulk.PYDANTIC_ONLY_KEYS if k in csv_header]
-    take = [i for i, row in enumerate(rows)
-            if len(row) == len(csv_header) and not any(row[c] for c in pydantic_only)]
-    columns = {name: pa.array([rows[i][c] for i in take], type=pa.string())
-               for c, name in enumerate(csv_header) if name in known}
-    offsets = lines.column("off").to_numpy()
-    cells = pa.table({"idx": pa.array(take, type=pa.int64()), "off": pa.array(offsets[take]), **columns})
-    return cells, everything - set(take)
+    filled = pa.compute.invert(pa.compute.equal(pa.compute.utf8_trim_whitespace(text), ""))
+    rows_at = lines.filter(filled).select(["idx", "off"])
+    with tempfile.NamedTemporaryFile(suffix=".csv") as chunk_file:
+        chunk_file.write(header_line + chunk)
+        chunk_file.flush()
+        try:
+            cells = db.sql(
+                "SELECT * FROM read_csv($path, header = true, auto_detect = false, columns = $columns, "
+                "delim = ',', quote = '\"', escape = '\"', strict_mode = true, skip = 0)",
+                params={"path": chunk_file.name, "columns": {name: "VARCHAR" for name in csv_header}},
+            ).to_arrow_table()
+        except duckdb.Error:
+            return None, everything
+    if cells.num_rows != rows_at.num_rows:
+        return None, everything
+    cells = pa.Table.from_arrays([rows_at.column("idx"), rows_at.column("off"), *cells.columns],
+                                 names=["idx", "off", *cells.column_names])
+    pydantic_only = [name for name in bulk.PYDANTIC_ONLY_KEYS if name in csv_header]
+    if pydantic_only:
+        reported = pa.compute.or_(*[pa.compute.fill_null(pa.compute.not_equal(cells.column(name), ""), False)
+                                    for name in pydantic_only]) if len(pydantic_only) > 1 else \
+            pa.compute.fill_null(pa.compute.not_equal(cells.column(pydantic_only[0]), ""), False)
+        slow = set(cells.filter(reported).column("idx").to_pylist())
+        cells = cells.filter(pa.compute.invert(reported))
+    else:
+        slow = set()
+    blank = everything - set(rows_at.column("idx").to_pylist())
+    return cells.drop_columns(pydantic_only), slow | blank
 
 
 def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes, *, start_offset: int, file_key: str, source: Source,
@@ -288,7 +316,7 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes, *, start_offset: in
         clean, others = bulk.split_json(db, lines, **options)
         slow = zip(others.column("off").to_pylist(), others.column("raw").to_pylist())
     else:
-        cells, slow_idx = _csv_cells(lines, csv_header)
+        cells, slow_idx = _csv_cells(db, chunk, lines, csv_header, _first_line(source.path))
         if cells is not None and cells.num_rows:
             clean, rejected = bulk.split_csv(db, cells, **options)
             slow_idx |= set(rejected)
@@ -358,8 +386,8 @@ def _priced_slow_rows(parser: _Parser, settings: Settings, pricer: Pricer) -> pa
     rows = [event.model_dump() for event, _, _ in parser.events]
     frame = pd.DataFrame(rows)
     frame["off"] = [offset for _, offset, _ in parser.events]
-    frame["metadata"] = [json.dumps(r["metadata"], ensure_ascii=False, default=str) if r["metadata"] else None
-                         for r in rows]
+    frame["metadata"] = [json.dumps(r["metadata"], ensure_ascii=False, default=str, separators=(",", ":"))
+                         if r["metadata"] else None for r in rows]
     pico = np.zeros(len(frame), dtype=object)
     sources = frame["price_source"].tolist()
     reported = frame["cost_usd"].notna().to_numpy()

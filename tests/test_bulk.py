@@ -105,3 +105,37 @@ def test_a_cost_beyond_the_column_is_kept_as_failed_not_crashing(settings, tmp_p
     with store.reading(settings.db_path) as db:
         errors = [r[0] for r in db.execute("SELECT error FROM failed_logs").fetchall()]
     assert len(errors) == 2 and all("beyond what the store holds" in e for e in errors)
+
+
+def test_csv_rows_split_by_duckdb_fall_back_to_pydantic_when_unusual(settings, tmp_path):
+    path = tmp_path / "usage.csv"
+    path.write_text(
+        "event_id,ts,user_id,tenant_id,use_case,provider,model,input_tokens,output_tokens,cost_usd,metadata\n"
+        'a,2026-11-20T10:00:00Z,u1,t1,chat_tutor,openai,gpt-4o,1000,500,,"{""lesson"": 4}"\n'
+        "\n"
+        "b,2026-11-20T10:00:00Z,u1,t1,chat_tutor,openai,gpt-4o,1000,500,0.25,\n"
+        "c,2026-11-20T10:00:00Z, u1 ,t1,chat_tutor,openai,gpt-4o,1000,500,,\n"
+        "d,2026-11-20T10:00:00Z,u1,t1,chat_tutor,openai,gpt-4o,-4,500,,\n"
+    )
+    result = ingest(settings, [path])
+    assert (result.read, result.stored, result.failed) == (4, 3, 1)
+    with store.reading(settings.db_path) as db:
+        rows = {r[0]: r[1:] for r in db.execute(
+            "SELECT event_id, user_id, cost_usd, price_source, metadata FROM usage_events").fetchall()}
+        reason = db.execute("SELECT error FROM failed_logs").fetchall()[0][0]
+    assert rows["a"] == ("u1", Decimal("0.0075"), "price-table", '{"lesson":4}')
+    assert rows["b"] == ("u1", Decimal("0.25"), "provider", None)
+    assert rows["c"][0] == "u1"  # stripped by pydantic, as on the bulk path
+    assert "input_tokens" in reason
+
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("event_id,ts,user_id,tenant_id,use_case,input_tokens\n"
+                      'e,2026-11-20T10:00:00Z,u1,t1,"chat\ntutor",5\n'
+                      "f,2026-11-20T10:00:00Z,u1,t1,chat_tutor,5,extra\n"
+                      "g,2026-11-20T10:00:00Z,u1,t1,chat_tutor,5\n")
+    result = ingest(settings, [ragged])
+    assert result.stored >= 1 and result.stored + result.failed == result.read
+    with store.reading(settings.db_path) as db:
+        assert db.execute("SELECT count(*) FROM usage_events WHERE event_id = 'g'").fetchall()[0][0] == 1
+        reasons = " ".join(r[0] for r in db.execute("SELECT error FROM failed_logs").fetchall())
+    assert "CSV row has 7 cells, the header 6" in reasons

@@ -1,0 +1,356 @@
+"""Ingest speed: events per second from JSON Lines and CSV into the store, against raw DuckDB on the same files.
+
+For each size and format the script generates realistic usage events (providers and models the price
+table knows plus a self-hosted one it does not, 500 users in 12 tenants, 30 days of timestamps), then
+times, each in a fresh process:
+- raw DuckDB `CREATE TABLE t AS SELECT * FROM read_json(file)` / `read_csv(file)` into a fresh file (the baseline);
+- `llmcost.ingest.ingest(settings, [file])` into a fresh store (validates, prices, de-duplicates every record);
+- the same ingest again on the unchanged file (should cost next to nothing).
+It checks that the store holds every generated event exactly once, and reports each process's peak RSS.
+
+    python bench/ingest.py [--sizes 100000,1000000] [--formats jsonl,csv] [--repeat 1] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import importlib
+import json
+import logging
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SEED = 20261129
+TENANTS = tuple(f"district-{n:02d}" for n in range(1, 13))
+USE_CASES = ("content_analyzer", "auto_populate", "chat_tutor", "scaffolder", "interaction_generator")
+ACCOUNT_TYPES = (("student", 0.80), ("lesson_builder", 0.14), ("admin", 0.05), ("super_admin", 0.01))
+# (provider, model, share of calls): models genai-prices knows, and one self-hosted model it does not
+# (priced at the default rate), so the benchmark exercises both pricing paths.
+MODELS = (
+    ("openai", "gpt-4o-mini", 0.30),
+    ("openai", "gpt-4o", 0.08),
+    ("anthropic", "claude-3-5-haiku-latest", 0.12),
+    ("anthropic", "claude-sonnet-4-5", 0.06),
+    ("x-ai", "grok-2", 0.10),
+    ("x-ai", "grok-3-mini", 0.10),
+    ("google", "gemini-2.0-flash", 0.20),
+    ("self-hosted", "tutor-ft-llama-70b", 0.04),
+)
+USERS = 500
+DAYS = 30
+ERROR_SHARE = 0.015
+ERRORS = ("APITimeoutError: Request timed out.", "RateLimitError: 429 Too Many Requests")
+FORMATS = ("jsonl", "csv")
+RAW_READERS = {"jsonl": "read_json", "csv": "read_csv"}
+REINGEST_TARGET_S = 0.5
+RATIO_TARGET = 2.0
+
+
+def _uuids(rng: np.random.Generator, count: int) -> list[str]:
+    hexed = rng.bytes(16 * count).hex()
+    return [
+        f"{hexed[i:i + 8]}-{hexed[i + 8:i + 12]}-{hexed[i + 12:i + 16]}-{hexed[i + 16:i + 20]}-{hexed[i + 20:i + 32]}"
+        for i in range(0, 32 * count, 32)
+    ]
+
+
+def generate_events(count: int, seed: int = SEED) -> pd.DataFrame:
+    """`count` usage events as the tracker writes them, spread over the 30 days before today (UTC)."""
+    rng = np.random.default_rng(seed)
+    user_ids = np.array([f"user-{n:04d}" for n in range(USERS)])
+    user_tenants = rng.choice(np.array(TENANTS), USERS)
+    user_accounts = rng.choice(np.array([a for a, _ in ACCOUNT_TYPES]), USERS, p=[p for _, p in ACCOUNT_TYPES])
+    users = rng.integers(0, USERS, count)
+    model_index = rng.choice(len(MODELS), count, p=[share for *_, share in MODELS])
+    providers = np.array([p for p, _, _ in MODELS])[model_index]
+    models = np.array([m for _, m, _ in MODELS])[model_index]
+
+    end = np.datetime64(dt.datetime.now(dt.timezone.utc).date().isoformat(), "ms")
+    start = end - np.timedelta64(DAYS, "D")
+    offsets = np.sort(rng.integers(0, int((end - start) / np.timedelta64(1, "ms")), count))
+    timestamps = np.char.add(np.datetime_as_string(start + offsets.astype("timedelta64[ms]"), unit="ms"), "Z")
+
+    input_tokens = rng.lognormal(6.8, 0.9, count).astype(np.int64) + 1
+    output_tokens = rng.lognormal(5.6, 0.7, count).astype(np.int64) + 1
+    caches = np.isin(providers, ("openai", "anthropic"))
+    cache_read = (input_tokens * rng.choice([0.0, 0.0, 0.3, 0.6], count) * caches).astype(np.int64)
+    reasoning = np.where(models == "grok-3-mini", (output_tokens * 0.4).astype(np.int64), 0)
+    failed = rng.random(count) < ERROR_SHARE
+    lessons = rng.integers(1, 400, count)
+    with_metadata = rng.random(count) < 0.2
+
+    return pd.DataFrame({
+        "event_id": _uuids(rng, count),
+        "ts": timestamps,
+        "user_id": user_ids[users],
+        "tenant_id": user_tenants[users],
+        "use_case": rng.choice(np.array(USE_CASES), count),
+        "account_type": user_accounts[users],
+        "provider": providers,
+        "model": models,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_read_tokens": cache_read,
+        "reasoning_tokens": reasoning,
+        "estimated_tokens": ((input_tokens + output_tokens) * rng.uniform(0.85, 1.3, count)).astype(np.int64),
+        "usage_estimated": failed,
+        "latency_ms": np.round(rng.uniform(300, 9000, count), 1),
+        "status": np.where(failed, "error", "ok"),
+        "error": np.where(failed, rng.choice(np.array(ERRORS), count), None),
+        "attempt_id": _uuids(rng, count),
+        "source": "bench",
+        "metadata": [{"lesson_id": int(n)} if keep else {} for n, keep in zip(lessons, with_metadata)],
+    })
+
+
+WRITE_ROWS = 100_000  # written in slices so the generator's own memory stays small
+
+
+def write_jsonl(frame: pd.DataFrame, path: Path) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for start in range(0, len(frame), WRITE_ROWS):
+            lines = frame.iloc[start:start + WRITE_ROWS].to_json(orient="records", lines=True, force_ascii=False)
+            f.write(lines if lines.endswith("\n") else lines + "\n")
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with path.open("w", encoding="utf-8", newline="") as f:
+        for start in range(0, len(frame), WRITE_ROWS):
+            cells = frame.iloc[start:start + WRITE_ROWS].copy()
+            cells["usage_estimated"] = np.where(cells["usage_estimated"], "true", "false")
+            cells["metadata"] = [json.dumps(m, separators=(",", ":")) if m else "" for m in cells["metadata"]]
+            cells.to_csv(f, index=False, header=start == 0)
+
+
+WRITERS = {"jsonl": write_jsonl, "csv": write_csv}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory.
+
+    VmHWM, not getrusage's ru_maxrss: Linux carries the parent's RSS at fork into the child's
+    ru_maxrss across exec, so a child of the (large) generator would report the generator's memory.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; other systems: approximate
+
+
+def child_ingest(file: Path) -> dict:
+    """Runs in a fresh process whose LLMCOST_HOME is the store under test."""
+    from llmcost import store
+    from llmcost.config import load_settings
+    from llmcost.ingest import ingest
+
+    settings = load_settings()
+    settings.ensure_dirs()
+    start = time.perf_counter()
+    result = ingest(settings, [file])
+    seconds = time.perf_counter() - start
+    rss = peak_rss_mb()
+    with store.reading(settings.db_path) as db:
+        stored, distinct = db.execute("SELECT count(*), count(DISTINCT event_id) FROM usage_events").fetchall()[0]
+        priced_by = dict(db.execute("SELECT price_source, count(*) FROM usage_events GROUP BY ALL").fetchall())
+    return {
+        "seconds": seconds, "peak_rss_mb": rss, "read": result.read, "stored": result.stored,
+        "duplicates": result.duplicates, "failed": result.failed, "failed_reasons": result.failed_reasons,
+        "rows_in_store": stored, "distinct_event_ids": distinct, "priced_by": priced_by,
+    }
+
+
+def child_raw(file: Path, fmt: str, db_path: Path) -> dict:
+    """The baseline: DuckDB reading the file straight into a plain table, no validation."""
+    import duckdb
+
+    db = duckdb.connect(str(db_path))
+    start = time.perf_counter()
+    db.execute(f"CREATE TABLE t AS SELECT * FROM {RAW_READERS[fmt]}(?)", [str(file)])
+    seconds = time.perf_counter() - start
+    rss = peak_rss_mb()
+    rows = db.execute("SELECT count(*) FROM t").fetchall()[0][0]
+    db.close()
+    return {"seconds": seconds, "peak_rss_mb": rss, "rows_in_store": rows}
+
+
+def run_child(args: list[str], env: dict[str, str], cwd: Path) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark step {' '.join(args)} failed (exit {done.returncode}):\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def child_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMCOST_")}
+    env["LLMCOST_HOME"] = str(home)
+    return env
+
+
+def measure(fmt: str, file: Path, generated: int, workdir: Path, repeat: int) -> dict:
+    """Time the baseline, the first ingest and the re-ingest of one file, each in its own process.
+
+    With repeat > 1 the baseline and the first ingest keep their fastest run (each into a fresh store),
+    which steadies the figures on a shared machine.
+    """
+    home, raw_db = workdir / f"home-{fmt}", workdir / f"raw-{fmt}.duckdb"
+    env = child_env(home)
+    raws, firsts = [], []
+    for _ in range(repeat):
+        shutil.rmtree(home, ignore_errors=True)
+        raw_db.unlink(missing_ok=True)
+        raws.append(run_child(["raw", str(file), fmt, str(raw_db)], env, workdir))
+        firsts.append(run_child(["ours", str(file)], env, workdir))
+    again = run_child(["ours", str(file)], env, workdir)
+    raw = min(raws, key=lambda r: r["seconds"])
+    first = min(firsts, key=lambda r: r["seconds"])
+    row = {
+        "format": fmt,
+        "events": generated,
+        "repeat": repeat,
+        "file_mb": file.stat().st_size / 2**20,
+        "raw_s": raw["seconds"],
+        "raw_events_per_s": generated / raw["seconds"],
+        "raw_peak_rss_mb": raw["peak_rss_mb"],
+        "ingest_s": first["seconds"],
+        "ingest_events_per_s": generated / first["seconds"],
+        "ingest_peak_rss_mb": first["peak_rss_mb"],
+        "ratio": first["seconds"] / raw["seconds"],
+        "reingest_s": again["seconds"],
+        "reingest_read": again["read"],
+        "reingest_stored": again["stored"],
+        "reingest_peak_rss_mb": again["peak_rss_mb"],
+        "generated": generated,
+        "stored": first["stored"],
+        "failed": first["failed"],
+        "failed_reasons": first["failed_reasons"],
+        "rows_in_store": again["rows_in_store"],
+        "distinct_event_ids": again["distinct_event_ids"],
+        "raw_rows": raw["rows_in_store"],
+        "priced_by": again["priced_by"],
+    }
+    row["exactly_once"] = (
+        all(f["stored"] == f["rows_in_store"] == f["distinct_event_ids"] == generated for f in firsts)
+        and row["rows_in_store"] == row["distinct_event_ids"] == generated
+        and row["reingest_stored"] == 0
+    )
+    shutil.rmtree(home)
+    raw_db.unlink()
+    file.unlink()
+    return row
+
+
+def code_version() -> dict[str, str]:
+    """Which ingestion code produced the figures: the commit and a hash of every llmcost module ingest loads."""
+    import llmcost
+
+    importlib.import_module("llmcost.ingest")  # the package exports a function by that name; load the module
+    files = sorted({Path(m.__file__) for name, m in sys.modules.items()
+                    if name.startswith("llmcost") and getattr(m, "__file__", None)})
+    digest = hashlib.sha1(b"".join(path.read_bytes() for path in files))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(llmcost.__file__).parent,
+                            capture_output=True, text=True)
+    return {"commit": commit.stdout.strip() or "unknown", "ingest_modules_sha1": digest.hexdigest()[:12]}
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    checks = []
+    for r in rows:
+        label = f"{r['format']} {r['events']:,}"
+        checks.append({"target": f"ingest within {RATIO_TARGET:g}x of raw DuckDB ({label})",
+                       "figure": f"{r['ratio']:.1f}x", "met": r["ratio"] <= RATIO_TARGET})
+        checks.append({"target": f"re-ingest of the unchanged file near zero, < {REINGEST_TARGET_S} s ({label})",
+                       "figure": f"{r['reingest_s']:.3f} s", "met": r["reingest_s"] < REINGEST_TARGET_S})
+        checks.append({"target": f"every event stored exactly once ({label})",
+                       "figure": f"{r['rows_in_store']:,} of {r['generated']:,}", "met": r["exactly_once"]})
+    return checks
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'format':<6} {'events':>9} {'file':>8} {'raw DuckDB':>17} {'llmcost ingest':>17} {'ratio':>6} "
+          f"{'re-ingest':>10} {'stored':>9} {'peak RSS':>9}")
+    for r in rows:
+        print(f"{r['format']:<6} {r['events']:>9,} {r['file_mb']:>5.0f} MB "
+              f"{r['raw_events_per_s']:>11,.0f} ev/s {r['ingest_events_per_s']:>11,.0f} ev/s {r['ratio']:>5.1f}x "
+              f"{r['reingest_s']:>8.3f} s {r['rows_in_store']:>9,} {r['ingest_peak_rss_mb']:>6.0f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,1000000", help="comma-separated event counts")
+    parser.add_argument("--formats", default=",".join(FORMATS), help="jsonl, csv or both")
+    parser.add_argument("--repeat", type=int, default=1, help="keep the fastest of N runs of each timing")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ingest.json")
+    args = parser.parse_args()
+    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        parser.error(f"--formats: unknown {', '.join(unknown)} (use {' or '.join(FORMATS)})")
+
+    code = code_version()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="llmcost-bench-ingest-") as tmp:
+        workdir = Path(tmp)
+        for size in sizes:
+            started = time.perf_counter()
+            frame = generate_events(size)
+            files = {fmt: workdir / f"events-{size}.{fmt}" for fmt in formats}
+            for fmt, file in files.items():
+                WRITERS[fmt](frame, file)
+            del frame
+            print(f"generated {size:,} events in {time.perf_counter() - started:.1f} s", flush=True)
+            for fmt, file in files.items():
+                row = measure(fmt, file, size, workdir, max(1, args.repeat))
+                print(f"  {fmt}: stored {row['rows_in_store']:,} of {row['generated']:,} generated "
+                      f"(exactly once: {row['exactly_once']}), ingest {row['ingest_s']:.2f} s, "
+                      f"raw DuckDB {row['raw_s']:.2f} s, re-ingest {row['reingest_s']:.3f} s", flush=True)
+                rows.append(row)
+    code["changed_during_run"] = code_version() != code
+    print()
+    print_table(rows)
+    if code["changed_during_run"]:
+        print("WARNING: llmcost's ingestion modules changed during the run; the figures mix two versions")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "benchmark": "ingest", "python": sys.version.split()[0], "machine": platform.machine(),
+        "cpus": os.cpu_count(), "duckdb": version("duckdb"), "genai_prices": version("genai-prices"),
+        "code": code, "rows": rows, "targets": targets(rows),
+    }, indent=2))
+    print(f"wrote {args.out}")
+    if not all(r["exactly_once"] for r in rows):
+        sys.exit("FAILED: the store does not hold every generated event exactly once")
+
+
+def child_main(argv: list[str]) -> None:
+    logging.disable(logging.WARNING)
+    kind, file, *rest = argv
+    if kind == "ours":
+        outcome = child_ingest(Path(file))
+    else:
+        fmt, db_path = rest
+        outcome = child_raw(Path(file), fmt, Path(db_path))
+    print(json.dumps(outcome))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        child_main(sys.argv[2:])
+    else:
+        main()

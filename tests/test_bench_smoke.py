@@ -1,0 +1,77 @@
+"""The ingest benchmark runs end to end on a small size and proves exactly-once; no timing is asserted."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+ROW_KEYS = {
+    "format", "events", "file_mb", "raw_s", "raw_events_per_s", "raw_peak_rss_mb", "ingest_s", "ingest_events_per_s",
+    "ingest_peak_rss_mb", "ratio", "reingest_s", "reingest_read", "reingest_stored", "generated", "stored",
+    "rows_in_store", "distinct_event_ids", "exactly_once", "priced_by",
+}
+
+
+@pytest.fixture(scope="module")
+def ingest_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "ingest.json"
+    done = subprocess.run([sys.executable, str(BENCH / "ingest.py"), "--sizes", "2000", "--out", str(out)],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    return json.loads(out.read_text()), done.stdout
+
+
+def test_ingest_benchmark_writes_every_figure_for_both_formats(ingest_results):
+    results, _ = ingest_results
+    assert results["benchmark"] == "ingest"
+    assert {"python", "cpus", "duckdb", "genai_prices", "rows", "targets"} <= results.keys()
+    assert [(r["format"], r["events"]) for r in results["rows"]] == [("jsonl", 2000), ("csv", 2000)]
+    for row in results["rows"]:
+        assert ROW_KEYS <= row.keys()
+        assert row["raw_s"] > 0 and row["ingest_s"] > 0 and row["ingest_peak_rss_mb"] > 0
+    assert {t["target"].split(" (")[0] for t in results["targets"]} == {
+        "ingest within 2x of raw DuckDB",
+        "re-ingest of the unchanged file near zero, < 0.5 s",
+        "every event stored exactly once",
+    }
+
+
+def test_ingest_benchmark_stores_every_generated_event_exactly_once(ingest_results):
+    results, stdout = ingest_results
+    for row in results["rows"]:
+        assert row["stored"] == row["generated"] == row["rows_in_store"] == row["distinct_event_ids"] == 2000
+        assert row["raw_rows"] == 2000
+        assert (row["reingest_read"], row["reingest_stored"]) == (0, 0)
+        assert row["failed"] == 0 and row["exactly_once"] is True
+        # the unknown self-hosted model is priced at the default rate, the rest from the price table
+        assert set(row["priced_by"]) == {"price-table", "default-rate"}
+        assert sum(row["priced_by"].values()) == 2000
+    assert "stored 2,000 of 2,000 generated" in stdout
+
+
+def test_run_all_renders_the_benchmarks_page_from_results(ingest_results, tmp_path):
+    results, _ = ingest_results
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    (results_dir / "ingest.json").write_text(json.dumps(results))
+    (results_dir / "tracker_overhead.json").write_text(json.dumps({"benchmark": "tracker_overhead", "rows": [
+        {"fsync": False, "calls": 100, "untracked_p50_ms": 0.004, "tracked_p50_ms": 0.34, "overhead_p50_ms": 0.336,
+         "overhead_p99_ms": 1.4, "overhead_mean_ms": 0.4},
+        {"fsync": True, "calls": 100, "untracked_p50_ms": 0.004, "tracked_p50_ms": 1.6, "overhead_p50_ms": 1.596,
+         "overhead_p99_ms": 13.0, "overhead_mean_ms": 2.8},
+    ]}))
+    page_path = tmp_path / "benchmarks.md"
+    done = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--docs-only", "--results", str(results_dir),
+                           "--docs", str(page_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    page = page_path.read_text()
+    for heading in ("## Machine", "## Targets", "## Tracker overhead per call", "## Ingest"):
+        assert heading in page
+    assert "| tracker overhead p50 < 1 ms (fsync off) | 0.336 ms | ✅ met |" in page
+    assert "| tracker overhead p50 < 1 ms (fsync on) | 1.596 ms | ❌ not met |" in page
+    assert "| every event stored exactly once (jsonl 2,000) | 2,000 of 2,000 | ✅ met |" in page
+    assert "dashboard process < 1 GB at 10M events | not run | — |" in page
+    assert "## Dashboard queries" not in page
