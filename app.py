@@ -1,0 +1,23 @@
+"""llmcost's dashboard: `streamlit run app.py` (or `make run`).
+
+The navigation and the shared sidebar filters live here; each page is a thin script in `pages/`.
+"""
+
+import streamlit as st
+
+from llmcost import dashboard_ui as ui
+
+st.set_page_config(page_title="llmcost", page_icon=":material/paid:", layout="wide")
+
+PAGES = [
+    st.Page("pages/01_overview.py", title="Overview", icon=":material/monitoring:", default=True),
+    st.Page("pages/02_use_cases.py", title="Use cases", url_path="use-cases", icon=":material/category:"),
+    st.Page("pages/03_users.py", title="Users and tenants", url_path="users", icon=":material/group:"),
+    st.Page("pages/04_failed_logs.py", title="Failed logs", url_path="failed-logs", icon=":material/report:"),
+    st.Page("pages/05_integrity.py", title="Integrity", url_path="integrity", icon=":material/fact_check:"),
+    st.Page("pages/06_budgets.py", title="Budgets and alerts", url_path="budgets", icon=":material/savings:"),
+]
+
+page = st.navigation(PAGES)
+ui.sidebar(ui.settings_or_stop())
+page.run()

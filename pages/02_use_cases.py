@@ -1,0 +1,35 @@
+"""Use cases: calls, tokens and cost per use case, the month-to-date verification table, models."""
+
+import streamlit as st
+
+from llmcost import charts
+from llmcost import dashboard_queries as dq
+from llmcost import dashboard_ui as ui
+
+context = ui.context()
+settings, filters = context.settings, context.filters
+TOKENS = ["calls", "input_tokens", "output_tokens", "total_tokens"]
+
+st.title("Use cases")
+data = ui.load(dq.use_cases, settings, context.today, filters)
+if data is None:
+    ui.stop_without_data()
+
+st.caption(f"{filters.start:%Y-%m-%d} to {filters.end:%Y-%m-%d}")
+chart, numbers = st.columns([2, 3])
+chart.plotly_chart(charts.cost_bars(data.by_use_case, "use_case", "Cost by use case"), key="use_cases_chart")
+with numbers:
+    ui.table(data.by_use_case, "use_cases_table", file_name="use-cases.csv", money=["cost_usd"], counts=TOKENS)
+
+st.subheader(f"Month to date ({context.today:%B %Y}): cost verification")
+st.caption("Calls, tokens and cost per use case from the first of the month to today, with the total: "
+           "compare it with the providers' bills.")
+ui.table(dq.with_total_row(data.month_to_date, "use_case"), "use_cases_month_to_date",
+         file_name=f"use-cases-{context.today:%Y-%m}-to-date.csv", money=["cost_usd"], counts=TOKENS)
+
+st.subheader("Models and providers")
+use_case = st.selectbox("Use case", [None, *data.by_use_case["use_case"].tolist()], key="use_cases_drill",
+                        format_func=lambda name: "All use cases" if name is None else name)
+models = ui.load(dq.models, settings, filters, use_case)
+ui.table(models, "use_cases_models", file_name="models.csv", money=["cost_usd"],
+         counts=["calls", "total_tokens", "default_rate_calls"])

@@ -1,0 +1,47 @@
+"""Failed logs: every record that could not be stored normally, and replaying the fallback log."""
+
+import streamlit as st
+
+from llmcost import dashboard_queries as dq
+from llmcost import dashboard_ui as ui
+from llmcost import formatting as fmt
+
+REPLAY_MESSAGE = "failed_replay_message"
+STATUS_LABELS = {"unrecovered": "Not recovered", "recovered": "Recovered", "all": "All"}
+
+context = ui.context()
+settings, filters = context.settings, context.filters
+
+st.title("Failed logs")
+st.caption("Calls whose record went to the fallback log, lines that could not be read, and calls stored "
+           "without a user or tenant. A fallback-log record is recovered once its event is in the store.")
+
+status_column, kinds_column = st.columns(2)
+status = status_column.selectbox("Status", list(STATUS_LABELS), format_func=STATUS_LABELS.get, key="failed_status")
+kinds = kinds_column.multiselect("Kinds", dq.FAILED_KINDS, key="failed_kinds", placeholder="All kinds")
+query = dq.FailedLogQuery(status=status, kinds=tuple(kinds))
+data = ui.load(dq.failed, settings, filters, settings.timezone, query)
+if data is None:
+    ui.stop_without_data()
+
+unrecovered, matching, replay = st.columns([1, 1, 2], vertical_alignment="bottom")
+unrecovered.metric("Not recovered (all days)", fmt.number(data.unrecovered))
+matching.metric("Matching these filters", fmt.number(data.matching))
+fallback_exists = settings.fallback_log.is_file()
+replay.button("Replay the fallback log", key="failed_replay", on_click=ui.ingest_now,
+              args=(settings, REPLAY_MESSAGE, [settings.fallback_log]), disabled=not fallback_exists,
+              help="Ingest the fallback log now: its events are stored once and their failed logs marked recovered.")
+ui.show_message(REPLAY_MESSAGE)
+if not fallback_exists:
+    st.caption("There is no fallback log at the configured path, so nothing to replay.")
+
+if data.matching > len(data.rows):
+    st.caption(f"Showing the newest {fmt.number(len(data.rows))} of {fmt.number(data.matching)}; "
+               "the CSV holds the rows shown.")
+ui.table(data.rows, "failed_table", file_name="failed-logs.csv", counts=["estimated_tokens"],
+         times=["logged_at", "recovered_at"], timezone=settings.timezone)
+
+st.subheader("Not recovered, by error")
+ui.table(data.unrecovered_by_error, "failed_by_error", file_name="failed-logs-by-error.csv",
+         counts=["records", "estimated_tokens"], times=["first_logged_at", "last_logged_at"],
+         timezone=settings.timezone)

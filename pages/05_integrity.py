@@ -1,0 +1,51 @@
+"""Integrity: is every call logged? The same checks as `llmcost check`, over its last seven days."""
+
+import datetime as dt
+
+import streamlit as st
+
+from llmcost import charts
+from llmcost import dashboard_ui as ui
+from llmcost import formatting as fmt
+from llmcost import integrity
+from llmcost.errors import LLMCostError
+
+LEVEL_BOXES = {"ok": st.success, "skipped": st.info, "info": st.info}
+MONEY_COLUMNS = ("cost_usd",)
+TIME_COLUMNS = ("ts", "last_call_at", "first_seen", "last_seen", "first_logged_at", "last_logged_at")
+
+context = ui.context()
+settings = context.settings
+
+st.title("Integrity")
+if not settings.db_path.is_file():
+    ui.stop_without_data()
+try:
+    report = integrity.run_checks(settings, context.today, now=dt.datetime.now(dt.timezone.utc))
+except LLMCostError as error:
+    st.error(ui.plain(error))
+    st.stop()
+
+st.caption(f"The checks `llmcost check` runs, for the {integrity.CHECK_WINDOW_DAYS} days to "
+           f"{report.today:%Y-%m-%d}; checked at {fmt.local_time(report.checked_at, settings.timezone)}. "
+           "The sidebar's filters do not apply here.")
+figures = st.columns(len(report.checks))
+for column, check in zip(figures, report.checks):
+    column.metric(check.name.replace("_", " ").capitalize(), fmt.number(check.count),
+                  help=ui.plain(check.title))
+
+for check in report.checks:
+    st.subheader(check.title)
+    LEVEL_BOXES.get(check.level, st.warning)(ui.plain(check.summary))
+    if check.name == "coverage" and not check.rows.empty:
+        st.plotly_chart(charts.coverage(check.rows), key="integrity_coverage_chart")
+    if check.rows.empty:
+        continue
+    columns = list(check.rows.columns)
+    ui.table(
+        check.rows, f"integrity_{check.name}", file_name=f"integrity-{check.name}.csv",
+        money=[c for c in columns if c in MONEY_COLUMNS],
+        counts=[c for c in columns if c.endswith(("tokens", "calls", "logged", "attempted", "records", "in_flight"))
+                or c in ("attempted", "age_seconds")],
+        times=[c for c in columns if c in TIME_COLUMNS], timezone=settings.timezone,
+    )

@@ -1,0 +1,116 @@
+"""Budgets and alerts: the limits, today's state per account type, alert history and kill switches."""
+
+import dataclasses
+
+import pandas as pd
+import streamlit as st
+
+from llmcost import dashboard_queries as dq
+from llmcost import dashboard_ui as ui
+from llmcost import alerts
+from llmcost import formatting as fmt
+from llmcost.control import ControlState
+
+KILL_SWITCH_MESSAGE = "budgets_kill_switch_message"
+
+context = ui.context()
+settings, filters = context.settings, context.filters
+
+
+def switch_off() -> None:
+    state = st.session_state
+    use_case, reason = state.get("budgets_disable_use_case"), (state.get("budgets_disable_reason") or "").strip()
+    if not use_case:
+        state[KILL_SWITCH_MESSAGE] = ("warning", "Choose the use case to disable.")
+    elif not reason:
+        state[KILL_SWITCH_MESSAGE] = ("warning", "Give a reason: it is shown to whoever sees the refused calls.")
+    elif not state.get("budgets_disable_confirm"):
+        state[KILL_SWITCH_MESSAGE] = ("warning",
+                                      "Tick the confirmation: every call of this use case will be refused.")
+    else:
+        with ControlState(settings.control_db) as switches:
+            switches.disable(use_case, reason, by="dashboard")
+        state["budgets_disable_reason"], state["budgets_disable_confirm"] = "", False
+        state[KILL_SWITCH_MESSAGE] = ("success", f"Disabled {ui.plain(use_case)}: its calls are refused from now on.")
+
+
+def switch_on() -> None:
+    state = st.session_state
+    use_case = state.get("budgets_enable_use_case")
+    if not use_case:
+        state[KILL_SWITCH_MESSAGE] = ("warning", "Choose the use case to enable.")
+    elif not state.get("budgets_enable_confirm"):
+        state[KILL_SWITCH_MESSAGE] = ("warning", "Tick the confirmation to enable it again.")
+    else:
+        with ControlState(settings.control_db) as switches:
+            switches.enable(use_case)
+        state["budgets_enable_confirm"] = False
+        state[KILL_SWITCH_MESSAGE] = ("success", f"Enabled {ui.plain(use_case)}: its calls are allowed again.")
+
+
+st.title("Budgets and alerts")
+data = ui.load(dq.budgets, settings, context.today, filters)
+
+st.subheader("Daily limits per user, by account type")
+st.caption(ui.dollars(
+    f"Users without an account type count as `{settings.default_account_type}`. System-wide levels per day: "
+    f"warning {fmt.money(settings.system.warning_usd)}, critical {fmt.money(settings.system.critical_usd)}, "
+    f"shutdown {fmt.money(settings.system.shutdown_usd)}."))
+ui.table(dq.limits_table(settings), "budgets_limits", file_name="limits.csv",
+         money=["daily_cost_usd", "alert_above_usd"], counts=["daily_tokens"])
+
+if data is None:
+    ui.stop_without_data()
+
+st.subheader(f"Today ({context.today:%Y-%m-%d}) per account type")
+level = dq.level_reached(data.system_cost_today, dq.system_levels(settings))
+st.metric("System-wide spend today", fmt.money(data.system_cost_today),
+          help="Level reached: " + (level or "none"))
+ui.table(dq.account_type_state(dq.limit_usage(data.today, settings)), "budgets_today",
+         file_name="account-types-today.csv", money=["cost_today"],
+         counts=["active_users", "over_limit", "tokens_today"])
+
+st.subheader("Thresholds crossed today")
+crossed = pd.DataFrame([dataclasses.asdict(alert) for alert in alerts.evaluate(settings, context.today)])
+if crossed.empty:
+    st.success("No threshold crossed today.", icon=":material/check_circle:")
+else:
+    ui.table(crossed, "budgets_crossed_today", file_name="thresholds-crossed-today.csv")
+
+st.subheader("Alert history")
+ui.table(data.alerts, "budgets_alerts", file_name="alerts.csv", counts=["attempts"], times=["raised_at"],
+         timezone=settings.timezone)
+
+st.subheader("Kill switches")
+with ControlState(settings.control_db) as switches:
+    disabled = switches.disabled()
+    halted = switches.halt_reason(context.today, settings.system.shutdown_usd)
+if halted:
+    st.error("Every tracked call is refused today (emergency shutdown); `llmcost resume` lifts it.",
+             icon=":material/block:")
+    st.text(halted)
+disabled_table = pd.DataFrame(
+    [{"use_case": name, **details} for name, details in disabled.items()],
+    columns=["use_case", "reason", "disabled_at", "disabled_by"],
+)
+if disabled_table.empty:
+    st.success("Every use case is enabled.", icon=":material/check_circle:")
+else:
+    ui.table(disabled_table, "budgets_disabled", file_name="disabled-use-cases.csv")
+
+known = sorted(set(settings.use_cases) | set(data.use_cases) | set(disabled))
+switch_off_column, switch_on_column = st.columns(2)
+with switch_off_column:
+    st.markdown("**Disable a use case**")
+    st.selectbox("Use case", [name for name in known if name not in disabled], index=None,
+                 key="budgets_disable_use_case", placeholder="Choose a use case")
+    st.text_input("Reason", key="budgets_disable_reason", max_chars=500)
+    st.checkbox("I understand every call of this use case will be refused", key="budgets_disable_confirm")
+    st.button("Disable", key="budgets_disable", on_click=switch_off, type="primary")
+with switch_on_column:
+    st.markdown("**Enable a use case**")
+    st.selectbox("Disabled use case", list(disabled), index=None, key="budgets_enable_use_case",
+                 placeholder="Choose a disabled use case")
+    st.checkbox("Enable it again", key="budgets_enable_confirm")
+    st.button("Enable", key="budgets_enable", on_click=switch_on)
+ui.show_message(KILL_SWITCH_MESSAGE)
