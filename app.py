@@ -18,6 +18,7 @@ PAGES = [
     st.Page("pages/06_budgets.py", title="Budgets and alerts", url_path="budgets", icon=":material/savings:"),
 ]
 
+ui.leave_legacy_multipage_mode()
 page = st.navigation(PAGES)
 ui.sidebar(ui.settings_or_stop())
 page.run()

@@ -109,6 +109,15 @@ def test_overview_in_a_real_browser(settings, chromium, dashboard):
                "input_tokens": 1000, "output_tokens": 500}
     fallback.append(settings.fallback_log, waiting, "OSError: [Errno 28] No space left on device")
 
+    # A deep link as the server's very first request still gets app.py's navigation, not Streamlit's
+    # legacy menu built from the file names in pages/.
+    first = chromium.new_page()
+    first.goto(dashboard.rstrip("/") + "/users")
+    first.get_by_role("heading", name="Users and tenants").wait_for(timeout=30_000)
+    menu = [link.inner_text() for link in first.get_by_test_id("stSidebarNavLink").all()]
+    assert any("Budgets and alerts" in label for label in menu) and not any(l.strip() == "app" for l in menu)
+    first.close()
+
     page = chromium.new_page(viewport={"width": 1400, "height": 2200}, accept_downloads=True)
     page.goto(dashboard)
     page.get_by_role("heading", name="Overview").wait_for(timeout=30_000)
