@@ -61,7 +61,9 @@ FIELDS = (
 CLEAN_KEYS = [f.name for f in FIELDS]
 # Keys a usage event may have that the clean path leaves to pydantic (provider-reported cost).
 PYDANTIC_ONLY_KEYS = ("cost_usd", "price_source")
-ISO_TS = r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})?"
+# Hours 00-23 and offsets up to ±14:00 only: DuckDB reads 24:00 and +99:00 where pydantic refuses them.
+ISO_TS = (r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[T ]([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?"
+          r"(Z|[+-](0\d|1[0-4]):[0-5]\d)?")
 
 
 def lines_table(chunk: bytes, start_offset: int) -> pa.Table:
@@ -187,7 +189,10 @@ def split_json(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, id_prefix: str
     relation = f"""
         SELECT l.idx, l.off, p.known_keys, {fields}
         FROM chunk_lines l LEFT JOIN (
-            SELECT idx, list_has_all($keys, json_keys(line)) AS known_keys, json_transform(line, $transform) AS s
+            -- known keys, each once: with a key given twice DuckDB reads the first value and json.loads the last
+            SELECT idx, list_has_all($keys, json_keys(line)) AND len(json_keys(line)) = len(list_distinct(json_keys(line)))
+                       AS known_keys,
+                   json_transform(line, $transform) AS s
             FROM chunk_lines
             WHERE line IS NOT NULL AND strpos(line, '\\u0000') = 0  -- an escaped NUL: pydantic rejects it
               AND json_valid(line) AND json_type(line) = 'OBJECT'

@@ -9,11 +9,15 @@ class ConfigError(LLMCostError):
     """The configuration (llmcost.toml, LLMCOST_* variables, a price-override file) is invalid."""
 
 
-class StoreLockedError(LLMCostError):
+class StoreError(LLMCostError):
+    """The DuckDB store cannot be opened (a folder in its place, no permission, no space)."""
+
+
+class StoreLockedError(StoreError):
     """The DuckDB store stayed locked by another process for longer than the bounded wait."""
 
 
-class StoreCorruptError(LLMCostError):
+class StoreCorruptError(StoreError):
     """The DuckDB store file cannot be opened as a database; `llmcost rebuild` recreates it from the files."""
 
 

@@ -7,7 +7,12 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError,
+    model_validator,
+)
 
 PRICE_SOURCES = ("provider", "price-table", "override", "default-rate")
 UNATTRIBUTED = "(unattributed)"
@@ -24,6 +29,38 @@ EARLIEST_TS = datetime(2015, 1, 1, tzinfo=timezone.utc)
 MAX_CLOCK_SKEW = timedelta(days=1)
 
 
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("contains a NUL character")
+    return value
+
+
+def _no_boolean(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+def _plausible_utc(value: datetime) -> datetime:
+    """A naive time is UTC; the time must be after 2015 and at most a day ahead of now."""
+    try:
+        value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("is out of the range of dates") from None
+    if value < EARLIEST_TS:
+        raise ValueError(f"{value.isoformat()} is before {EARLIEST_TS.date()}: not a real LLM call")
+    if value > datetime.now(timezone.utc) + MAX_CLOCK_SKEW:
+        raise ValueError(f"{value.isoformat()} is in the future (more than {MAX_CLOCK_SKEW} ahead of now)")
+    return value
+
+
+# Names are stripped of surrounding whitespace; free text (error, metadata keys and values) is kept as given.
+Name = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_no_nul)]
+Text = Annotated[str, AfterValidator(_no_nul)]
+Count = Annotated[int, BeforeValidator(_no_boolean), Field(ge=0, le=MAX_TOKENS_PER_CALL)]
+UtcTime = Annotated[datetime, AfterValidator(_plausible_utc)]
+
+
 class UsageEvent(BaseModel):
     """One LLM call's usage.
 
@@ -32,31 +69,31 @@ class UsageEvent(BaseModel):
     knows a total. `cost_usd` is computed by `llmcost.pricing` when absent; `price_source` says how.
     """
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
-    event_id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1, max_length=200)
-    ts: datetime
-    user_id: str = Field(min_length=1, max_length=500)
-    tenant_id: str = Field(min_length=1, max_length=500)
-    use_case: str = Field(min_length=1, max_length=500)
-    account_type: str | None = Field(default=None, max_length=200)
-    provider: str | None = Field(default=None, max_length=200)
-    model: str | None = Field(default=None, max_length=500)
-    input_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL)
-    output_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL)
-    cache_read_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL)
-    cache_write_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL)
-    reasoning_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_PER_CALL)
-    total_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS_PER_CALL)
-    estimated_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS_PER_CALL)
+    event_id: Name = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1, max_length=200)
+    ts: UtcTime
+    user_id: Name = Field(min_length=1, max_length=500)
+    tenant_id: Name = Field(min_length=1, max_length=500)
+    use_case: Name = Field(min_length=1, max_length=500)
+    account_type: Name | None = Field(default=None, max_length=200)
+    provider: Name | None = Field(default=None, max_length=200)
+    model: Name | None = Field(default=None, max_length=500)
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    cache_read_tokens: Count = 0
+    cache_write_tokens: Count = 0
+    reasoning_tokens: Count = 0
+    total_tokens: Count | None = None
+    estimated_tokens: Count | None = None
     usage_estimated: bool = False
-    latency_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    latency_ms: Annotated[float, BeforeValidator(_no_boolean)] | None = Field(default=None, ge=0, allow_inf_nan=False)
     status: Literal["ok", "error"] = "ok"
-    error: str | None = Field(default=None, max_length=10_000)
+    error: Text | None = Field(default=None, max_length=10_000)
     cost_usd: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False, max_digits=18, decimal_places=12)
     price_source: Literal["provider", "price-table", "override", "default-rate"] | None = None
-    attempt_id: str | None = Field(default=None, max_length=200)
-    source: str | None = Field(default=None, max_length=1000)
+    attempt_id: Name | None = Field(default=None, max_length=200)
+    source: Name | None = Field(default=None, max_length=1000)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -66,33 +103,6 @@ class UsageEvent(BaseModel):
         if isinstance(data, dict) and None in data.values():
             return {k: v for k, v in data.items() if v is not None}
         return data
-
-    @field_validator("ts")
-    @classmethod
-    def _aware_utc(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
-
-    @field_validator("ts")
-    @classmethod
-    def _plausible_time(cls, value: datetime) -> datetime:
-        if value < EARLIEST_TS:
-            raise ValueError(f"{value.isoformat()} is before {EARLIEST_TS.date()}: not a real LLM call")
-        latest = datetime.now(timezone.utc) + MAX_CLOCK_SKEW
-        if value > latest:
-            raise ValueError(f"{value.isoformat()} is in the future (more than {MAX_CLOCK_SKEW} ahead of now)")
-        return value
-
-    @field_validator(
-        "event_id", "user_id", "tenant_id", "use_case", "account_type", "provider", "model", "error",
-        "attempt_id", "source",
-    )
-    @classmethod
-    def _no_nul(cls, value: str | None) -> str | None:
-        if value is not None and "\x00" in value:
-            raise ValueError("contains a NUL character")
-        return value
 
     @model_validator(mode="after")
     def _totals(self) -> UsageEvent:

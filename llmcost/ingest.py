@@ -20,7 +20,7 @@ import duckdb
 
 from . import store
 from .config import Settings
-from .records import Batch, parse_lines
+from .records import Batch, overlong_line, parse_lines
 
 BATCH_BYTES = 32 * 1024 * 1024
 FIRST_LINE_LIMIT = 64 * 1024
@@ -103,13 +103,15 @@ def sources_for_paths(settings: Settings, paths: Iterable[str | Path]) -> list[S
 
 
 def _first_line_key(path: Path) -> str | None:
-    """A fingerprint of the file's first complete line, to notice a file replaced under the same name."""
+    """A fingerprint of the file: its path and first complete line. A file replaced under the same name
+    gets a new one; two files never share one (ids of records without an event_id derive from it)."""
     with path.open("rb") as f:
         head = f.read(FIRST_LINE_LIMIT)
     end = head.find(b"\n")
-    if end < 0:
-        return None if len(head) < FIRST_LINE_LIMIT else hashlib.sha1(head).hexdigest()
-    return hashlib.sha1(head[: end + 1]).hexdigest()
+    if end < 0 and len(head) < FIRST_LINE_LIMIT:
+        return None
+    first = head if end < 0 else head[: end + 1]
+    return hashlib.sha1(str(path).encode() + b"\n" + first).hexdigest()
 
 
 def _read_offset(db: duckdb.DuckDBPyConnection, path: Path) -> tuple[str | None, int, int]:
@@ -162,28 +164,24 @@ def _ingest_file(settings, source: Source, pricer, progress, lock_timeout) -> In
             with source.path.open("rb") as f:
                 f.seek(offset)
                 chunk = f.read(BATCH_BYTES)
+            at_end = len(chunk) < BATCH_BYTES
             end = chunk.rfind(b"\n")
-            if end < 0:
+            if end >= 0:
+                batch = parse_lines(db, chunk[: end + 1], start_offset=offset, file_key=key, source=source,
+                                    csv_header=header, settings=settings, pricer=pricer, at_end=at_end)
+            elif at_end:
                 _touch_source(db, source, key, offset, records)
-                return result
-            chunk = chunk[: end + 1]
-            batch = parse_lines(
-                db,
-                chunk,
-                start_offset=offset,
-                file_key=key,
-                source=source,
-                csv_header=header,
-                settings=settings,
-                pricer=pricer,
-            )
-            batch_result = _store_batch(db, batch, source, key, offset + len(chunk), records + batch.lines)
-            result.add(batch_result)
+                return result  # the last line is still being written
+            else:
+                batch = overlong_line(source, key, offset, chunk)
+                if batch is None:
+                    return result  # no end to that line yet
+            result.add(_store_batch(db, batch, source, key, offset + batch.consumed, records + batch.lines))
             result.files = 1
-            offset += len(chunk)
+            offset += batch.consumed
         if progress:
             progress(str(source.path), offset, size)
-        if offset >= size or len(chunk) < BATCH_BYTES // 2:
+        if offset >= size or at_end:
             return result
 
 
@@ -254,16 +252,16 @@ def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, re
                 """
                 INSERT INTO failed_logs
                 SELECT f.failed_id, f.kind, f.logged_at, f.use_case, f.estimated_tokens, f.error, f.user_id,
-                       f.tenant_id, f.source, f.raw, f.event_id,
-                       f.event_id IS NOT NULL AND EXISTS (SELECT 1 FROM usage_events u WHERE u.event_id = f.event_id),
-                       CASE WHEN f.event_id IS NOT NULL AND EXISTS
-                            (SELECT 1 FROM usage_events u WHERE u.event_id = f.event_id) THEN ? END
-                FROM failed f
+                       f.tenant_id, f.source, f.raw, f.event_id, r.stored, CASE WHEN r.stored THEN ? END
+                FROM failed f, LATERAL (SELECT
+                    (f.event_id IS NOT NULL AND EXISTS (SELECT 1 FROM usage_events u WHERE u.event_id = f.event_id))
+                    OR (f.attempt_id IS NOT NULL
+                        AND EXISTS (SELECT 1 FROM call_attempts c WHERE c.attempt_id = f.attempt_id)) AS stored) r
                 WHERE NOT EXISTS (SELECT 1 FROM failed_logs x WHERE x.failed_id = f.failed_id)
                 """,
                 [now],
             )
-            unstored = batch.failed[batch.failed["event_id"].isna()]
+            unstored = batch.failed[batch.failed["event_id"].isna() & batch.failed["attempt_id"].isna()]
             result.failed_reasons = [str(r) for r in unstored["error"].head(MAX_REASONS)]
         result.failed = batch.invalid
         result.recovered = batch.from_fallback

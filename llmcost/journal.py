@@ -32,16 +32,33 @@ def encode_line(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, default=_json_default, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
+def ends_torn(fd: int) -> bool:
+    """True when the file's last line has no newline (a writer died or the disk filled mid-line)."""
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+
+
+def write_whole_line(fd: int, line: bytes) -> None:
+    """One write of a whole line; a short write (disk full mid-line) is undone, so no torn line is left
+    for the next record to be glued onto. Raises OSError when the line could not be written."""
+    size = os.fstat(fd).st_size
+    written = os.write(fd, line)
+    if written != len(line):
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            raise OSError(28, f"No space left on device (short write: {written} of {len(line)} bytes)")
+
+
 def append_line(path: Path, line: bytes, *, fsync: bool, lock: bool = False) -> None:
     """Append one encoded line with a single write; raise OSError when the file cannot take it."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         if lock:
             fcntl.flock(fd, fcntl.LOCK_EX)
-        written = os.write(fd, line)
-        if written != len(line):
-            # A short write on a regular file means the disk filled mid-record: the line is torn.
-            raise OSError(28, f"short write ({written} of {len(line)} bytes)")
+        if ends_torn(fd):  # a writer was killed mid-line: start a line of our own
+            line = b"\n" + line
+        write_whole_line(fd, line)
         if fsync:
             os.fsync(fd)
     finally:
@@ -57,6 +74,7 @@ class Journal:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._fd_key: tuple[str, int] | None = None
+        self._torn = False
 
     def path_for(self, day: dt.date) -> Path:
         host = socket.gethostname().replace("/", "_")[:60] or "host"
@@ -68,9 +86,17 @@ class Journal:
         today = dt.datetime.now(dt.timezone.utc).date()
         with self._lock:
             fd = self._descriptor(today)
-            written = os.write(fd, line)
-            if written != len(line):
-                raise OSError(28, f"short write to journal ({written} of {len(line)} bytes)")
+            if self._torn:
+                line = b"\n" + line
+            try:
+                write_whole_line(fd, line)
+            except OSError:
+                try:
+                    self._torn = ends_torn(fd)  # a short write that could not be undone
+                except OSError:
+                    self._torn = True
+                raise
+            self._torn = False
             if self.fsync:
                 os.fsync(fd)
             return self.path_for(today)
@@ -80,8 +106,9 @@ class Journal:
         if self._fd is None or self._fd_key != key:
             self.close_locked()
             self.journal_dir.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path_for(today), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = os.open(self.path_for(today), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             self._fd_key = key
+            self._torn = ends_torn(self._fd)
         return self._fd
 
     def close_locked(self) -> None:

@@ -24,7 +24,7 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import bulk
-from .events import TOKEN_FIELDS, UNATTRIBUTED, UsageEvent, describe_validation_error
+from .events import TOKEN_FIELDS, UNATTRIBUTED, Count, Name, UsageEvent, UtcTime, describe_validation_error
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from .pricing import Pricer
 
 MAX_RAW_CHARS = 1_000_000
+MAX_QUOTED_LINES = 1_000  # a quoted CSV cell spanning more lines than this is taken as a broken line
+csv.field_size_limit(64 * 1024 * 1024)  # the default 128 KB would abort on one large cell
 IDENTITY_FIELDS = ("user_id", "tenant_id", "use_case")
 
 EVENT_COLUMNS = [
@@ -46,26 +48,26 @@ ATTEMPT_COLUMNS = [
 ]
 FAILED_COLUMNS = [
     "failed_id", "kind", "logged_at", "use_case", "estimated_tokens", "error", "user_id", "tenant_id", "source",
-    "raw", "event_id",
+    "raw", "event_id", "attempt_id",  # attempt_id: a call attempt rescued from the fallback log
 ]
 
 
 class AttemptRecord(BaseModel):
     """The tracker's write-ahead record of a call about to be made."""
 
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="ignore")
 
     record: str
-    attempt_id: str = Field(min_length=1, max_length=200)
-    ts: dt.datetime
-    user_id: str | None = None
-    tenant_id: str | None = None
-    use_case: str | None = None
-    account_type: str | None = None
-    provider: str | None = None
-    model: str | None = None
-    estimated_tokens: int | None = Field(default=None, ge=0)
-    source: str | None = None
+    attempt_id: Name = Field(min_length=1, max_length=200)
+    ts: UtcTime
+    user_id: Name | None = Field(default=None, max_length=500)
+    tenant_id: Name | None = Field(default=None, max_length=500)
+    use_case: Name | None = Field(default=None, max_length=500)
+    account_type: Name | None = Field(default=None, max_length=200)
+    provider: Name | None = Field(default=None, max_length=200)
+    model: Name | None = Field(default=None, max_length=500)
+    estimated_tokens: Count | None = None
+    source: Name | None = Field(default=None, max_length=1000)
 
 
 @dataclass
@@ -76,8 +78,9 @@ class Batch:
     events: int = 0            # rows in batch_events, before de-duplication
     attempts: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ATTEMPT_COLUMNS))
     failed: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAILED_COLUMNS))
+    consumed: int = 0          # bytes of the chunk read (less than all when a CSV record waits for its end)
     invalid: int = 0           # records that could not be stored at all
-    from_fallback: int = 0     # fallback-log events that were valid (stored or already there)
+    from_fallback: int = 0     # fallback-log records (events, call attempts) that were valid
 
 
 def stable_id(file_key: str, offset: int | str, kind: str = "event") -> str:
@@ -137,7 +140,7 @@ class _Parser:
         self.from_fallback = 0
 
     def fail(self, offset: int, kind: str, error: str, raw: str, obj: dict | None = None,
-             event_id: str | None = None, logged_at: dt.datetime | None = None) -> None:
+             event_id: str | None = None, logged_at: dt.datetime | None = None, attempt_id: str | None = None) -> None:
         obj = obj or {}
         self.failed.append({
             "failed_id": stable_id(self.file_key, offset, "failed"),
@@ -151,6 +154,7 @@ class _Parser:
             "source": str(self.source.path),
             "raw": raw,
             "event_id": event_id,
+            "attempt_id": attempt_id,
         })
 
     def event(self, offset: int, obj: dict[str, Any], raw: str) -> tuple[UsageEvent | None, str | None]:
@@ -204,16 +208,21 @@ class _Parser:
         try:
             logged_at = dt.datetime.fromisoformat(str(obj.get("timestamp")))
             logged_at = logged_at.astimezone(dt.timezone.utc).replace(tzinfo=None) if logged_at.tzinfo else logged_at
-        except ValueError:
+        except (ValueError, OverflowError):  # no usable time: the entry is dated when it is read
             logged_at = None
         if not isinstance(inner, dict):
             self.invalid += 1
             self.fail(offset, "fallback", f"{original_error}; the entry has no event object", raw, logged_at=logged_at)
             return
         if inner.get("record") == "attempt":
-            self.handle_attempt(offset, inner, raw)
-            self.fail(offset, "fallback", original_error, raw, inner, event_id=None, logged_at=logged_at)
-            self.failed[-1]["event_id"] = None
+            attempt_id, reason = self.attempt(inner)
+            if attempt_id is None:
+                self.invalid += 1
+                self.fail(offset, "fallback", f"{original_error}; cannot be stored: {reason}", raw, inner,
+                          logged_at=logged_at)
+            else:
+                self.from_fallback += 1
+                self.fail(offset, "fallback", original_error, raw, inner, logged_at=logged_at, attempt_id=attempt_id)
             return
         event, reason = self.event(offset, inner, raw)
         if event is None:
@@ -225,17 +234,41 @@ class _Parser:
         self.fail(offset, "fallback", original_error, raw, inner, event_id=event.event_id, logged_at=logged_at)
 
     def handle_attempt(self, offset: int, obj: dict[str, Any], raw: str) -> None:
+        attempt_id, reason = self.attempt(obj)
+        if attempt_id is None:
+            self.invalid += 1
+            self.fail(offset, "invalid", reason, raw, obj)
+
+    def attempt(self, obj: dict[str, Any]) -> tuple[str | None, str | None]:
+        """Validate and keep a call attempt; returns (attempt_id, None) or (None, reason)."""
         try:
             attempt = AttemptRecord.model_validate(obj)
         except ValidationError as error:
-            self.invalid += 1
-            self.fail(offset, "invalid", f"call attempt: {describe_validation_error(error)}", raw, obj)
-            return
+            return None, f"call attempt: {describe_validation_error(error)}"
         row = attempt.model_dump(exclude={"record"})
-        ts = attempt.ts if attempt.ts.tzinfo else attempt.ts.replace(tzinfo=dt.timezone.utc)
-        row["ts"] = ts
         row["source"] = row["source"] or self.source_label
         self.attempts.append(row)
+        return attempt.attempt_id, None
+
+
+def overlong_line(source: Source, file_key: str, offset: int, head: bytes) -> Batch | None:
+    """A line longer than a whole batch: kept in failed_logs with its start, or None while it has no end yet."""
+    length = len(head)
+    with open(source.path, "rb") as f:
+        f.seek(offset + length)
+        while block := f.read(1 << 20):
+            end = block.find(b"\n")
+            if end >= 0:
+                length += end + 1
+                break
+            length += len(block)
+        else:
+            return None
+    parser = _Parser(source, file_key, None)
+    parser.fail(offset, "invalid", f"a line of {length:,} bytes is longer than a record may be "
+                f"({len(head):,} bytes)", _raw_text(head[:MAX_RAW_CHARS]))
+    return Batch(lines=1, invalid=1, consumed=length,
+                 failed=pd.DataFrame(parser.failed, columns=FAILED_COLUMNS))
 
 
 def _first_line(path) -> bytes:
@@ -243,23 +276,74 @@ def _first_line(path) -> bytes:
         return f.readline()
 
 
-def _decode_line(raw: bytes, csv_header: list[str] | None) -> Any:
-    """The record on one line (a dict, or any JSON value), or a ValueError saying why it is unreadable."""
+def _decode_line(raw: bytes) -> Any:
+    """The record on one JSON line (a dict, or any JSON value), or a ValueError saying why it is unreadable."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         return ValueError(f"line is not valid UTF-8 (byte {error.start})")
-    if csv_header is not None:
-        values = next(csv.reader(io.StringIO(text)), [])
-        if len(values) > len(csv_header):
-            return ValueError(f"CSV row has {len(values)} cells, the header {len(csv_header)}")
-        return {k: v for k, v in zip(csv_header, values) if v != ""}
     try:
         return json.loads(text)
     except RecursionError:
         return ValueError("not valid JSON: nested too deeply")
     except ValueError as error:
         return ValueError(f"not valid JSON: {error}")
+
+
+class _OpenQuote(Exception):
+    """A quoted CSV cell is still open at the end of the text given."""
+
+
+def _csv_row(text: str, csv_header: list[str]) -> dict[str, str]:
+    """One CSV record as a dict; raises _OpenQuote, or ValueError saying what is wrong."""
+    try:
+        rows = list(csv.reader(io.StringIO(text), strict=True))
+    except csv.Error as error:
+        if "unexpected end of data" in str(error):
+            raise _OpenQuote from None
+        raise ValueError(f"not valid CSV: {error}") from None
+    values = rows[0] if rows else []
+    if len(rows) > 1 or len(values) > len(csv_header):
+        raise ValueError(f"CSV row has {sum(len(r) for r in rows)} cells, the header {len(csv_header)}")
+    return {k: v for k, v in zip(csv_header, values) if v != ""}
+
+
+def _csv_records(raws: list[bytes], offsets: list[int], csv_header: list[str], *, whole_chunk: bool,
+                 at_end: bool) -> tuple[list[tuple[int, Any, bytes]], int]:
+    """(offset, record or ValueError, raw bytes) for CSV lines, joining lines inside a quoted cell.
+
+    Returns the records and how many of the lines they used: a record whose quote is still open at the
+    end of the text waits for the rest of it (when `at_end`), unless it already spans MAX_QUOTED_LINES
+    lines, which is read as a broken line instead.
+    """
+    records, i = [], 0
+    while i < len(raws):
+        if not raws[i].strip():
+            records.append((offsets[i], None, raws[i]))
+            i += 1
+            continue
+        end = i + 1
+        while True:
+            raw = b"".join(raws[i:end])
+            try:
+                record: Any = _csv_row(raw.decode("utf-8"), csv_header)
+            except UnicodeDecodeError as error:
+                record = ValueError(f"line is not valid UTF-8 (byte {error.start})")
+            except ValueError as error:
+                record = error
+            except _OpenQuote:
+                if whole_chunk and end < len(raws) and end - i < MAX_QUOTED_LINES:
+                    end += 1
+                    continue
+                if whole_chunk and end - i < MAX_QUOTED_LINES and (at_end or i > 0):
+                    return records, i  # the rest of this record is still to be written, or in the next chunk
+                raw = raws[i]
+                end = i + 1
+                record = ValueError("not valid CSV: a quoted cell is never closed")
+            break
+        records.append((offsets[i], record, raw))
+        i = end
+    return records, len(raws)
 
 
 def _csv_cells(db: duckdb.DuckDBPyConnection, chunk: bytes, lines: pa.Table, csv_header: list[str],
@@ -307,30 +391,35 @@ def _csv_cells(db: duckdb.DuckDBPyConnection, chunk: bytes, lines: pa.Table, csv
 
 
 def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes, *, start_offset: int, file_key: str, source: Source,
-                csv_header: list[str] | None, settings: Settings, pricer: Pricer) -> Batch:
+                csv_header: list[str] | None, settings: Settings, pricer: Pricer, at_end: bool = True) -> Batch:
     """Validate and price one chunk of whole lines; its events land in the temp table `batch_events`."""
     parser = _Parser(source, file_key, settings)
     lines = bulk.lines_table(chunk, start_offset)
     options = dict(id_prefix=stable_id(file_key, ""), source_label=parser.source_label, timezone=settings.timezone)
+    consumed = len(chunk)
     if csv_header is None:
         clean, others = bulk.split_json(db, lines, **options)
-        slow = zip(others.column("off").to_pylist(), others.column("raw").to_pylist())
+        slow = [(offset, None if not raw.strip() else _decode_line(raw), raw)
+                for offset, raw in zip(others.column("off").to_pylist(), others.column("raw").to_pylist())]
     else:
         cells, slow_idx = _csv_cells(db, chunk, lines, csv_header, _first_line(source.path))
+        clean = None
         if cells is not None and cells.num_rows:
             clean, rejected = bulk.split_csv(db, cells, **options)
             slow_idx |= set(rejected)
-        else:
-            clean = None
         ordered = pa.array(sorted(slow_idx), type=pa.int64())
-        slow = zip(lines.column("off").take(ordered).to_pylist(), lines.column("raw").take(ordered).to_pylist())
+        slow, used = _csv_records(lines.column("raw").take(ordered).to_pylist(),
+                                  lines.column("off").take(ordered).to_pylist(), csv_header,
+                                  whole_chunk=cells is None, at_end=at_end)
+        if used < len(ordered):  # only when every line is on this path, so `used` counts lines of the chunk
+            consumed = lines.column("off")[used].as_py() - start_offset
+            lines = lines.slice(0, used)
 
     blank = 0
-    for offset, raw in slow:
-        if not raw.strip():
+    for offset, obj, raw in slow:
+        if obj is None:
             blank += 1
             continue
-        obj = _decode_line(raw, csv_header)
         if isinstance(obj, Exception):
             parser.invalid += 1
             parser.fail(offset, "invalid", str(obj), _raw_text(raw))
@@ -342,7 +431,8 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes, *, start_offset: in
         frames.append(_priced_clean_rows(clean, lines, parser, pricer))
     if parser.events:
         frames.append(_priced_slow_rows(parser, settings, pricer))
-    batch = Batch(lines=lines.num_rows - blank, invalid=parser.invalid, from_fallback=parser.from_fallback)
+    records = (clean.num_rows if clean is not None else 0) + len(slow) - blank
+    batch = Batch(lines=records, invalid=parser.invalid, from_fallback=parser.from_fallback, consumed=consumed)
     batch.events = _load_batch_events(db, frames)
     if parser.attempts:
         attempts = pd.DataFrame(parser.attempts)

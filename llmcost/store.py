@@ -16,13 +16,13 @@ from pathlib import Path
 
 import duckdb
 
-from .errors import StoreCorruptError, StoreLockedError
+from .errors import StoreCorruptError, StoreError, StoreLockedError
 from .migrations import migrate
 
 DEFAULT_LOCK_TIMEOUT = 30.0
 _LOCK_MARKERS = ("could not set lock", "conflicting lock", "database is locked", "resource temporarily unavailable")
 _CORRUPT_MARKERS = ("not a valid duckdb database", "is not a valid", "failed to read database header",
-                    "corrupt", "invalid magic", "checksum")
+                    "corrupt", "invalid magic", "checksum", "could not read enough bytes")
 
 
 def _is_lock_error(error: Exception) -> bool:
@@ -65,7 +65,10 @@ def connect(path: Path, *, read_only: bool = False, timeout: float = DEFAULT_LOC
                     f"the store {path} is not a readable DuckDB database ({error}); "
                     "run `llmcost rebuild` to recreate it from the journals and the fallback log"
                 ) from error
-            raise
+            raise StoreError(
+                f"cannot open the store {path}: {error} (check that the path is a file you can write, "
+                "or point LLMCOST_DB / --db elsewhere; nothing is lost: the journals keep every record)"
+            ) from error
     db.execute("SET TimeZone = 'UTC'")
     if not read_only:
         migrate(db)

@@ -220,7 +220,7 @@ def test_journal_unwritable_sends_records_to_the_fallback_log_and_ingest_stores_
     assert len(lines) == 10 and all("error" in line and "event" in line for line in lines)
     result = ingest(settings, [settings.fallback_log])
     assert (result.stored, result.attempts, result.failed) == (5, 5, 0)
-    assert stored(settings, "SELECT count(*) FROM failed_logs WHERE recovered")[0][0] == 5
+    assert stored(settings, "SELECT count(*) FROM failed_logs WHERE recovered")[0][0] == 10  # 5 attempts, 5 events
 
 
 def test_strict_mode_reraises_after_the_record_is_safe(settings):
