@@ -20,6 +20,7 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 
 from .events import EARLIEST_TS, MAX_CLOCK_SKEW, MAX_TOKENS_PER_CALL
 
+SCAN_BATCH_ROWS = 8192
 # A cost above this does not fit DECIMAL(18, 12); no single LLM call costs a million dollars.
 MAX_COST_PICO = 10**18
 
@@ -83,8 +84,10 @@ def lines_table(chunk: bytes, start_offset: int) -> pa.Table:
             except UnicodeDecodeError:
                 decoded.append(None)
         text = pa.array(decoded, type=pa.large_string())
-    return pa.table({"idx": np.arange(len(starts), dtype=np.int64), "off": starts + start_offset, "raw": lines,
-                     "line": text})
+    table = pa.table({"idx": np.arange(len(starts), dtype=np.int64), "off": starts + start_offset, "raw": lines,
+                      "line": text})
+    # Several record batches, so DuckDB scans them on every core.
+    return pa.Table.from_batches(table.to_batches(max_chunksize=SCAN_BATCH_ROWS))
 
 
 def _field_test(f: Field, v: str, t: str | None) -> str:
