@@ -198,6 +198,7 @@ def split_json(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, id_prefix: str
                    json_transform(line, $transform) AS s
             FROM chunk_lines
             WHERE line IS NOT NULL AND strpos(line, '\\u0000') = 0  -- an escaped NUL: pydantic rejects it
+              AND NOT regexp_matches(line, '\\\\u[dD][89a-fA-F]')  -- surrogate escapes: json.loads judges them
               AND json_valid(line) AND json_type(line) = 'OBJECT'
         ) p ON l.idx = p.idx
     """

@@ -32,13 +32,20 @@ def _pending_rows(settings: Settings, day: dt.date, offsets: dict[str, int]) -> 
     if settings.fallback_log.is_file():
         paths.append(settings.fallback_log)
     for path in paths:
+        if not path.is_file():  # a device or a folder where a journal should be: nothing to read
+            continue
         try:
-            with path.open("rb") as f:
-                f.seek(offsets.get(str(path.resolve()), 0))
-                data = f.read()
+            rows.extend(_rows_of_day(path, offsets.get(str(path.resolve()), 0), settings, day))
         except OSError:
             continue
-        for line in data.splitlines():
+    return rows
+
+
+def _rows_of_day(path, offset: int, settings: Settings, day: dt.date):
+    """(user_id, tokens, cost) of the usage records of `day` in a file after `offset`, read line by line."""
+    with path.open("rb") as f:
+        f.seek(offset)
+        for line in f:
             try:
                 record = json.loads(line)
                 if isinstance(record.get("event"), dict):
@@ -51,10 +58,9 @@ def _pending_rows(settings: Settings, day: dt.date, offsets: dict[str, int]) -> 
                     continue
                 tokens = int(record.get("total_tokens") or 0) or int(record.get("input_tokens") or 0) + int(
                     record.get("output_tokens") or 0)
-                rows.append((record["user_id"], tokens, Decimal(str(record.get("cost_usd") or 0))))
-            except (ValueError, TypeError, KeyError, AttributeError, InvalidOperation):
+                yield record["user_id"], tokens, Decimal(str(record.get("cost_usd") or 0))
+            except (ValueError, TypeError, KeyError, AttributeError, InvalidOperation, OverflowError):
                 continue  # ingestion keeps bad lines in failed_logs; they carry no reliable spend
-    return rows
 
 
 def spend_rows(settings: Settings, day: dt.date) -> list[tuple[str, int, Decimal]]:

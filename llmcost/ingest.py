@@ -72,7 +72,8 @@ class Source:
 
 def configured_sources(settings: Settings) -> list[Source]:
     """The journal folder, the fallback log and the inbox folder, in that order."""
-    sources = [Source(p, "journal") for p in sorted(settings.journal_dir.glob("*.jsonl"))]
+    # Regular files only: a device in the journal folder (say a link to /dev/full) never ends.
+    sources = [Source(p, "journal") for p in sorted(settings.journal_dir.glob("*.jsonl")) if p.is_file()]
     if settings.fallback_log.is_file():
         sources.append(Source(settings.fallback_log, "fallback"))
     if settings.inbox_dir.is_dir():
@@ -283,7 +284,7 @@ def pending(settings: Settings) -> dict[str, int]:
                 "SELECT path, file_key, bytes_consumed FROM ingest_sources WHERE kind IN ('journal', 'fallback')"
             ).fetchall():
                 offsets[path] = (key, consumed)
-    journal_sources = [Source(p, "journal") for p in sorted(settings.journal_dir.glob("*.jsonl"))]
+    journal_sources = [Source(p, "journal") for p in sorted(settings.journal_dir.glob("*.jsonl")) if p.is_file()]
     fallback_sources = [Source(settings.fallback_log, "fallback")] if settings.fallback_log.is_file() else []
     for source in journal_sources + fallback_sources:
         key, consumed = offsets.get(str(source.path.resolve()), offsets.get(str(source.path), (None, 0)))

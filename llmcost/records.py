@@ -97,10 +97,15 @@ def _raw_text(line: bytes) -> str:
     return text
 
 
+def _printable(text: str) -> str:
+    """Text that can be stored: NUL and lone UTF-16 surrogates written as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
 def _clip(value: Any, limit: int = 500) -> str | None:
     if value is None:
         return None
-    text = str(value).replace("\x00", "\\x00")
+    text = _printable(str(value))
     return text[:limit] if text.strip() else None
 
 
@@ -204,7 +209,7 @@ class _Parser:
 
     def handle_fallback(self, offset: int, obj: dict[str, Any], raw: str) -> None:
         inner = obj.get("event")
-        original_error = str(obj.get("error") or "unknown error")[:10_000]
+        original_error = _printable(str(obj.get("error") or "unknown error"))[:10_000]
         try:
             logged_at = dt.datetime.fromisoformat(str(obj.get("timestamp")))
             logged_at = logged_at.astimezone(dt.timezone.utc).replace(tzinfo=None) if logged_at.tzinfo else logged_at
@@ -283,11 +288,19 @@ def _decode_line(raw: bytes) -> Any:
     except UnicodeDecodeError as error:
         return ValueError(f"line is not valid UTF-8 (byte {error.start})")
     try:
-        return json.loads(text)
+        record = json.loads(text)
     except RecursionError:
         return ValueError("not valid JSON: nested too deeply")
     except ValueError as error:
         return ValueError(f"not valid JSON: {error}")
+    if "\\u" in text:  # an escape may have made a lone UTF-16 surrogate, which no UTF-8 text can hold
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return ValueError("not valid JSON text: contains a lone UTF-16 surrogate escape (such as \\ud800)")
+        except RecursionError:
+            return ValueError("not valid JSON: nested too deeply")
+    return record
 
 
 class _OpenQuote(Exception):
@@ -326,9 +339,13 @@ def _csv_records(raws: list[bytes], offsets: list[int], csv_header: list[str], *
         while True:
             raw = b"".join(raws[i:end])
             try:
-                record: Any = _csv_row(raw.decode("utf-8"), csv_header)
+                raw.decode("utf-8")
+                not_utf8 = None
             except UnicodeDecodeError as error:
-                record = ValueError(f"line is not valid UTF-8 (byte {error.start})")
+                not_utf8 = ValueError(f"line is not valid UTF-8 (byte {error.start})")
+            try:
+                # Bytes that are not UTF-8 still take part in finding where the record ends.
+                record: Any = _csv_row(raw.decode("utf-8", "replace"), csv_header)
             except ValueError as error:
                 record = error
             except _OpenQuote:
@@ -340,6 +357,7 @@ def _csv_records(raws: list[bytes], offsets: list[int], csv_header: list[str], *
                 raw = raws[i]
                 end = i + 1
                 record = ValueError("not valid CSV: a quoted cell is never closed")
+            record = not_utf8 or record
             break
         records.append((offsets[i], record, raw))
         i = end

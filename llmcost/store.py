@@ -25,14 +25,17 @@ _CORRUPT_MARKERS = ("not a valid duckdb database", "is not a valid", "failed to 
                     "corrupt", "invalid magic", "checksum", "could not read enough bytes")
 
 
-def _is_lock_error(error: Exception) -> bool:
-    text = str(error).lower()
-    return any(marker in text for marker in _LOCK_MARKERS)
+def _error_text(error: Exception, path: Path) -> str:
+    """The error's text without the store's path, which may itself contain a marker word."""
+    return str(error).replace(str(path), "<store>").lower()
 
 
-def _is_corrupt_error(error: Exception) -> bool:
-    text = str(error).lower()
-    return any(marker in text for marker in _CORRUPT_MARKERS)
+def _is_lock_error(error: Exception, path: Path) -> bool:
+    return any(marker in _error_text(error, path) for marker in _LOCK_MARKERS)
+
+
+def _is_corrupt_error(error: Exception, path: Path) -> bool:
+    return any(marker in _error_text(error, path) for marker in _CORRUPT_MARKERS)
 
 
 def connect(path: Path, *, read_only: bool = False, timeout: float = DEFAULT_LOCK_TIMEOUT) -> duckdb.DuckDBPyConnection:
@@ -51,7 +54,7 @@ def connect(path: Path, *, read_only: bool = False, timeout: float = DEFAULT_LOC
             db = duckdb.connect(str(path), read_only=read_only)
             break
         except (duckdb.IOException, duckdb.Error) as error:
-            if _is_lock_error(error):
+            if _is_lock_error(error, path):
                 if time.monotonic() >= deadline:
                     raise StoreLockedError(
                         f"the store {path} stayed locked by another process for {timeout:.0f} s "
@@ -60,7 +63,7 @@ def connect(path: Path, *, read_only: bool = False, timeout: float = DEFAULT_LOC
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.5)
                 continue
-            if _is_corrupt_error(error):
+            if _is_corrupt_error(error, path):
                 raise StoreCorruptError(
                     f"the store {path} is not a readable DuckDB database ({error}); "
                     "run `llmcost rebuild` to recreate it from the journals and the fallback log"
