@@ -189,18 +189,27 @@ def split_json(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, id_prefix: str
     """(clean typed rows with idx and off, the other lines as idx/off/raw) for one chunk of JSON Lines."""
     db.register("chunk_lines", lines.select(["idx", "off", "line"]))
     fields = ", ".join(f"s.{f.name}->>'$' AS v_{f.name}, json_type(s.{f.name}) AS t_{f.name}" for f in FIELDS)
+    # One pass over the lines; the JSON functions only see lines that are JSON objects. An escaped NUL
+    # (pydantic refuses it) and surrogate escapes (json.loads judges them) go to pydantic. Known keys must
+    # each come once: with a key given twice DuckDB reads the first value and json.loads the last.
     relation = f"""
-        SELECT l.idx, l.off, p.known_keys, {fields}
-        FROM chunk_lines l LEFT JOIN (
-            -- known keys, each once: with a key given twice DuckDB reads the first value and json.loads the last
-            SELECT idx, list_has_all($keys, json_keys(line)) AND len(json_keys(line)) = len(list_distinct(json_keys(line)))
+        SELECT idx, off, known_keys, {fields}
+        FROM (
+            SELECT idx, off,
+                   CASE WHEN parsed THEN list_has_all($keys, keys) AND len(keys) = len(list_distinct(keys)) END
                        AS known_keys,
-                   json_transform(line, $transform) AS s
-            FROM chunk_lines
-            WHERE line IS NOT NULL AND strpos(line, '\\u0000') = 0  -- an escaped NUL: pydantic rejects it
-              AND NOT regexp_matches(line, '\\\\u[dD][89a-fA-F]')  -- surrogate escapes: json.loads judges them
-              AND json_valid(line) AND json_type(line) = 'OBJECT'
-        ) p ON l.idx = p.idx
+                   CASE WHEN parsed THEN json_transform(line, $transform) END AS s
+            FROM (
+                SELECT idx, off, line, parsed, CASE WHEN parsed THEN json_keys(line) END AS keys
+                FROM (
+                    SELECT idx, off, line,
+                           coalesce(left(ltrim(line), 1) = '{{' AND strpos(line, '\\u0000') = 0
+                                    AND (strpos(line, '\\u') = 0 OR NOT regexp_matches(line, '\\\\u[dD][89a-fA-F]'))
+                                    AND json_valid(line), false) AS parsed
+                    FROM chunk_lines
+                )
+            )
+        )
     """
     metadata = "CASE WHEN t_metadata = 'OBJECT' AND v_metadata <> '{}' THEN json(v_metadata) END"
     params = {**_params(id_prefix, source_label, timezone), "keys": CLEAN_KEYS, "transform": TRANSFORM}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from .config import Settings
 from .records import Batch, overlong_line, parse_lines
 
 BATCH_BYTES = 32 * 1024 * 1024
+HOLD_SECONDS = 3.0
 FIRST_LINE_LIMIT = 64 * 1024
 MAX_REASONS = 5
 
@@ -155,35 +157,44 @@ def _ingest_file(settings, source: Source, pricer, progress, lock_timeout) -> In
         return result  # empty, or a first line still being written
     header = _csv_header(source.path) if source.is_csv else None
     size = source.path.stat().st_size
-    while True:
+    finished = False
+    while not finished:
+        # Hold the write connection for a few seconds of batches at most, so readers in other
+        # processes get in between, without paying a checkpoint after every batch.
         with store.writing(settings.db_path, timeout=lock_timeout) as db:
-            known_key, offset, records = _read_offset(db, source.path)
-            if known_key is not None and (known_key != key or offset > size):
-                offset, records = 0, 0  # replaced or truncated: read again; event_id de-duplication keeps it exactly-once
-            if source.is_csv and offset == 0:
-                offset = len(_first_line_bytes(source.path))
-            with source.path.open("rb") as f:
-                f.seek(offset)
-                chunk = f.read(BATCH_BYTES)
-            at_end = len(chunk) < BATCH_BYTES
-            end = chunk.rfind(b"\n")
-            if end >= 0:
-                batch = parse_lines(db, chunk[: end + 1], start_offset=offset, file_key=key, source=source,
-                                    csv_header=header, settings=settings, pricer=pricer, at_end=at_end)
-            elif at_end:
-                _touch_source(db, source, key, offset, records)
-                return result  # the last line is still being written
-            else:
-                batch = overlong_line(source, key, offset, chunk)
-                if batch is None:
-                    return result  # no end to that line yet
-            result.add(_store_batch(db, batch, source, key, offset + batch.consumed, records + batch.lines))
-            result.files = 1
-            offset += batch.consumed
-        if progress:
-            progress(str(source.path), offset, size)
-        if offset >= size or at_end:
-            return result
+            held_until = time.monotonic() + HOLD_SECONDS
+            while not finished and time.monotonic() < held_until:
+                offset, finished = _next_batch(db, settings, source, key, header, size, pricer, result)
+                if progress:
+                    progress(str(source.path), offset, size)
+    return result
+
+
+def _next_batch(db, settings, source: Source, key: str, header, size: int, pricer, result: IngestResult):
+    """Ingest the next batch of a file in one transaction; returns (offset reached, whether the file is done)."""
+    known_key, offset, records = _read_offset(db, source.path)
+    if known_key is not None and (known_key != key or offset > size):
+        offset, records = 0, 0  # replaced or truncated: read again; event_id de-duplication keeps it exactly-once
+    if source.is_csv and offset == 0:
+        offset = len(_first_line_bytes(source.path))
+    with source.path.open("rb") as f:
+        f.seek(offset)
+        chunk = f.read(BATCH_BYTES)
+    at_end = len(chunk) < BATCH_BYTES
+    end = chunk.rfind(b"\n")
+    if end >= 0:
+        batch = parse_lines(db, chunk[: end + 1], start_offset=offset, file_key=key, source=source,
+                            csv_header=header, settings=settings, pricer=pricer, at_end=at_end)
+    elif at_end:
+        _touch_source(db, source, key, offset, records)
+        return offset, True  # the last line is still being written
+    else:
+        batch = overlong_line(source, key, offset, chunk)
+        if batch is None:
+            return offset, True  # no end to that line yet
+    result.add(_store_batch(db, batch, source, key, offset + batch.consumed, records + batch.lines))
+    offset += batch.consumed
+    return offset, offset >= size or at_end
 
 
 def _first_line_bytes(path: Path) -> bytes:
