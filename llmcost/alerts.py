@@ -123,8 +123,9 @@ def _when(day: dt.date, today: dt.date) -> str:
 def evaluate(settings: Settings, day: dt.date | None = None, *, now: dt.datetime | None = None) -> list[Alert]:
     """Every threshold crossed on `day` (default: today in the configured time zone), highest level first.
 
-    System-wide spend, per-user limits by account type, and unrecovered failed logs. An empty or
-    missing store gives no alerts.
+    System-wide spend, per-user limits by account type, tenants' and use cases' daily spend where
+    thresholds are configured (`tenant_daily_usd`, `use_case_daily_usd`), and unrecovered failed logs.
+    An empty or missing store gives no alerts.
     """
     today = today_in(settings, now)
     day = day or today
@@ -133,14 +134,43 @@ def evaluate(settings: Settings, day: dt.date | None = None, *, now: dt.datetime
             return []
         spend = db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM usage_events WHERE day = ?", [day]).fetchall()[0][0]
         users = _users_over_limits(db, settings, day)
+        groups = {scope: _spend_by(db, column, day) for scope, column in GROUP_COLUMNS.items()
+                  if _group_thresholds(settings, scope)}
         failed = db.execute(
             "SELECT kind, COUNT(*) FROM failed_logs WHERE NOT recovered GROUP BY kind ORDER BY kind"
         ).fetchall()
     alerts = _system_alert(settings, day, today, Decimal(spend))
     alerts += [_user_alert(settings, day, today, row) for row in users]
+    alerts += [_group_alert(settings, scope, day, today, name, spend)
+               for scope, rows in groups.items() for name, spend in rows]
     alerts += [_failed_log_alert(day, kind, count) for kind, count in failed]
     alerts = [a for a in alerts if a is not None]
     return sorted(alerts, key=lambda a: (-a.rank, a.scope, a.scope_id))
+
+
+GROUP_COLUMNS = {"tenant": "tenant_id", "use_case": "use_case"}  # constants, never user input
+
+
+def _group_thresholds(settings: Settings, scope: str) -> dict[str, Decimal]:
+    return settings.tenant_daily_usd if scope == "tenant" else settings.use_case_daily_usd
+
+
+def _spend_by(db, column: str, day: dt.date) -> list[tuple[str, Decimal]]:
+    return [(name, Decimal(spend)) for name, spend in db.execute(
+        f"SELECT {column}, SUM(cost_usd) FROM usage_events WHERE day = ? GROUP BY 1 ORDER BY 1", [day]
+    ).fetchall()]
+
+
+def _group_alert(settings: Settings, scope: str, day: dt.date, today: dt.date, name: str,
+                 spend: Decimal) -> Alert | None:
+    thresholds = _group_thresholds(settings, scope)
+    threshold = thresholds.get(name, thresholds.get("*"))
+    if threshold is None or spend <= threshold:
+        return None
+    label = "Tenant" if scope == "tenant" else "Use case"
+    message = (f"{label} {name} spent {format_usd_against(spend, threshold)} {_when(day, today)}, above its daily "
+               f"threshold of {format_usd(threshold)}")
+    return Alert(day, "warning", scope, name, "cost_usd", spend, threshold, message + ".")
 
 
 def system_level(settings: Settings, spend: Decimal) -> tuple[str, Decimal] | None:

@@ -108,6 +108,9 @@ class Settings:
     email: EmailSettings = field(default_factory=EmailSettings)
     slack: SlackSettings = field(default_factory=SlackSettings)
     notifier_retries: int = 3
+    # Daily spend (USD) above which a tenant or a use case raises a warning; "*" applies to every one.
+    tenant_daily_usd: dict[str, Decimal] = field(default_factory=dict)
+    use_case_daily_usd: dict[str, Decimal] = field(default_factory=dict)
     config_file: Path | None = None
 
     @property
@@ -155,6 +158,12 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+
+
+def _amounts(raw: Any, key: str) -> dict[str, Decimal]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key} must be a table of name = amount in USD (\"*\" for every one)")
+    return {str(name): _decimal(value, f"{key}.{name}") for name, value in raw.items()}
 
 
 def _limits(raw: dict[str, Any]) -> dict[str, AccountLimit]:
@@ -281,5 +290,7 @@ def load_settings(
         email=email,
         slack=slack,
         notifier_retries=int(raw.get("notifier_retries", 3)),
+        tenant_daily_usd=_amounts(raw.get("tenant_daily_usd", {}), "tenant_daily_usd"),
+        use_case_daily_usd=_amounts(raw.get("use_case_daily_usd", {}), "use_case_daily_usd"),
         config_file=config_path.resolve() if config_path else None,
     )

@@ -215,3 +215,29 @@ def test_format_usd(amount, shown):
 )
 def test_amounts_beside_a_threshold_never_read_as_equal(figure, threshold, shown):
     assert alerts.format_usd_against(Decimal(figure), Decimal(threshold)) == shown
+
+
+def test_tenant_and_use_case_thresholds_from_the_config_file(tmp_path):
+    from llmcost.config import load_settings
+
+    config = tmp_path / "llmcost.toml"
+    config.write_text('[tenant_daily_usd]\n"tenant-a" = "5"\n"*" = "20"\n[use_case_daily_usd]\nchat_tutor = "3.50"\n')
+    settings = load_settings(config=config)
+    insert(settings.db_path, "usage_events", [
+        event(NOON, "4", tenant_id="tenant-a", use_case="scaffolder", account_type="super_admin"),
+        event(NOON, "1.01", tenant_id="tenant-a", use_case="scaffolder", account_type="super_admin", user_id="b"),
+        event(NOON, "19", tenant_id="tenant-b", use_case="chat_tutor", account_type="super_admin", user_id="c"),
+        event(NOON, "3.50", tenant_id="tenant-c", use_case="auto_populate", account_type="super_admin", user_id="d"),
+    ])
+    found = {(a.scope, a.scope_id): a for a in alerts.evaluate(settings, DAY) if a.scope in ("tenant", "use_case")}
+    # tenant-a: $5.01 > its own $5; tenant-b: $19 under the "*" $20; chat_tutor: $19 > $3.50; scaffolder: none set
+    assert set(found) == {("tenant", "tenant-a"), ("use_case", "chat_tutor")}
+    assert found[("tenant", "tenant-a")].figure == Decimal("5.01")
+    assert found[("tenant", "tenant-a")].message == (
+        "Tenant tenant-a spent $5.01 on 2025-03-10, above its daily threshold of $5.00.")
+    assert found[("use_case", "chat_tutor")].threshold == Decimal("3.50")
+
+
+def test_no_tenant_or_use_case_alert_without_thresholds(settings):
+    insert(settings.db_path, "usage_events", [event(NOON, "150", account_type="super_admin")])
+    assert [a for a in alerts.evaluate(settings, DAY) if a.scope in ("tenant", "use_case")] == []
