@@ -6,6 +6,7 @@ import datetime as dt
 import functools
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import click
@@ -95,6 +96,8 @@ def watch(settings, interval, once):
                     click.echo(f"{dt.datetime.now():%H:%M:%S} {result.summary()}")
             except LLMCostError as error:  # a lock held too long: report and try again next round
                 click.echo(f"{dt.datetime.now():%H:%M:%S} ingest skipped: {error}", err=True)
+            except Exception:  # a bug must not stop the watcher: the files keep every record for the next round
+                click.echo(f"{dt.datetime.now():%H:%M:%S} ingest failed:\n{traceback.format_exc()}", err=True)
             if once:
                 return
             time.sleep(interval)

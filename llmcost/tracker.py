@@ -24,8 +24,9 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 from . import fallback
@@ -44,7 +45,8 @@ CHARS_PER_TOKEN = 4  # a deliberate, documented approximation: no tokenizer down
 DEFAULT_EXPECTED_OUTPUT_TOKENS = 256
 MISMATCH_RATIO = Decimal("0.20")
 
-_identity: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("llmcost_identity", default={})
+_identity: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "llmcost_identity", default=MappingProxyType({}))
 _current_call: contextvars.ContextVar[TrackedCall | None] = contextvars.ContextVar("llmcost_call", default=None)
 
 
