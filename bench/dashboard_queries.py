@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
+
+from memory import peak_rss_mb
 
 DAYS = 90
 RANGE_DAYS = 30  # the sidebar's default range
@@ -43,17 +44,6 @@ MODELS = (
     ("google", "gemini-2.0-flash", 20, "0.20"), ("self-hosted", "tutor-ft-llama-70b", 4, "5.00"),
 )
 USE_CASES = ("content_analyzer", "auto_populate", "chat_tutor", "scaffolder", "interaction_generator")
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (VmHWM: getrusage would carry the parent's peak across exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def generate_store(db_path: Path, events: int, last_day: dt.date) -> float:

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from memory import peak_rss_mb
 
 SEED = 20261129
 TENANTS = tuple(f"district-{n:02d}" for n in range(1, 13))
@@ -136,21 +136,6 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 
 WRITERS = {"jsonl": write_jsonl, "csv": write_csv}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory.
-
-    VmHWM, not getrusage's ru_maxrss: Linux carries the parent's RSS at fork into the child's
-    ru_maxrss across exec, so a child of the (large) generator would report the generator's memory.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; other systems: approximate
 
 
 def child_ingest(file: Path) -> dict:

@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from .formatting import money
 from .config import Settings
 from .events import UNATTRIBUTED
 from .store import reading
@@ -77,15 +78,8 @@ class Alert:
 
 
 def format_usd(amount: Decimal) -> str:
-    """Dollars with cents and thousands separators; fractions of a cent shown when the amount is that small."""
-    if amount < 0:
-        return "-" + format_usd(-amount)
-    if amount == 0:
-        return "$0.00"
-    if amount < Decimal("0.01"):
-        small = amount.quantize(Decimal("0.000001"), ROUND_HALF_UP)
-        return f"${small.normalize():f}" if small else "<$0.000001"
-    return f"${amount.quantize(Decimal('0.01'), ROUND_HALF_UP):,.2f}"
+    """Dollars as the dashboard shows them (`llmcost.formatting.money`): cents, fractions of a cent when small."""
+    return money(amount)
 
 
 def format_usd_against(figure: Decimal, threshold: Decimal) -> str:

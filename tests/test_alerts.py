@@ -202,7 +202,7 @@ def test_today_follows_the_configured_time_zone(settings):
 @pytest.mark.parametrize(
     ("amount", "shown"),
     [("0", "$0.00"), ("52.1", "$52.10"), ("1234567.891", "$1,234,567.89"), ("0.0042", "$0.0042"),
-     ("0.000000001", "<$0.000001"), ("-3.5", "-$3.50"), ("0.005", "$0.005")],
+     ("0.000000001", "<$0.00000001"), ("-3.5", "-$3.50"), ("0.005", "$0.0050")],
 )
 def test_format_usd(amount, shown):
     assert alerts.format_usd(Decimal(amount)) == shown
