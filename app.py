@@ -9,13 +9,15 @@ from llmcost import dashboard_ui as ui
 
 st.set_page_config(page_title="llmcost", page_icon=":material/paid:", layout="wide")
 
+# Each page's URL comes from its file name (/use_cases, /failed_logs, ...), the same URL Streamlit's legacy
+# pages/ mode gives it, so a deep link still finds its page on the first request after the server starts.
 PAGES = [
     st.Page("pages/01_overview.py", title="Overview", icon=":material/monitoring:", default=True),
-    st.Page("pages/02_use_cases.py", title="Use cases", url_path="use-cases", icon=":material/category:"),
-    st.Page("pages/03_users.py", title="Users and tenants", url_path="users", icon=":material/group:"),
-    st.Page("pages/04_failed_logs.py", title="Failed logs", url_path="failed-logs", icon=":material/report:"),
-    st.Page("pages/05_integrity.py", title="Integrity", url_path="integrity", icon=":material/fact_check:"),
-    st.Page("pages/06_budgets.py", title="Budgets and alerts", url_path="budgets", icon=":material/savings:"),
+    st.Page("pages/02_use_cases.py", title="Use cases", icon=":material/category:"),
+    st.Page("pages/03_users.py", title="Users and tenants", icon=":material/group:"),
+    st.Page("pages/04_failed_logs.py", title="Failed logs", icon=":material/report:"),
+    st.Page("pages/05_integrity.py", title="Integrity", icon=":material/fact_check:"),
+    st.Page("pages/06_budgets.py", title="Budgets and alerts", icon=":material/savings:"),
 ]
 
 ui.leave_legacy_multipage_mode()

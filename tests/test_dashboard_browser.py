@@ -112,8 +112,9 @@ def test_overview_in_a_real_browser(settings, chromium, dashboard):
     # A deep link as the server's very first request still gets app.py's navigation, not Streamlit's
     # legacy menu built from the file names in pages/.
     first = chromium.new_page()
-    first.goto(dashboard.rstrip("/") + "/users")
-    first.get_by_role("heading", name="Users and tenants").wait_for(timeout=30_000)
+    first.goto(dashboard.rstrip("/") + "/failed_logs")
+    first.get_by_role("heading", name="Failed logs").wait_for(timeout=30_000)
+    assert first.get_by_text("Page not found").count() == 0
     menu = [link.inner_text() for link in first.get_by_test_id("stSidebarNavLink").all()]
     assert any("Budgets and alerts" in label for label in menu) and not any(l.strip() == "app" for l in menu)
     first.close()
@@ -124,10 +125,12 @@ def test_overview_in_a_real_browser(settings, chromium, dashboard):
     banner = page.get_by_text("2 LLM calls failed to log — cost data may be incomplete")
     banner.wait_for(timeout=30_000)
     values = page.get_by_test_id("stMetricValue")
-    values.first.wait_for()
-    assert values.nth(0).inner_text() == "$1.25"  # today: $1.25 + $0.004
-    assert values.nth(1).inner_text() == "2"
-    assert values.nth(2).inner_text() == "21,000"
+    # Streamlit draws the page in steps: wait for each figure rather than read the first one drawn.
+    from playwright.sync_api import expect
+
+    expect(values.nth(0)).to_have_text("$1.25", timeout=30_000)  # today: $1.25 + $0.004
+    expect(values.nth(1)).to_have_text("2", timeout=30_000)
+    expect(values.nth(2)).to_have_text("21,000", timeout=30_000)
     assert page.get_by_text("Waiting in the fallback log").is_visible()
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -137,7 +140,7 @@ def test_overview_in_a_real_browser(settings, chromium, dashboard):
     page.get_by_text("Ingested:").wait_for(timeout=30_000)
     page.wait_for_function(
         "() => document.querySelectorAll('[data-testid=stMetricValue]')[1]?.innerText === '3'", timeout=30_000)
-    assert values.nth(0).inner_text() == "$1.26"  # plus gpt-4o's 1,000 in and 500 out: $0.0075
+    expect(values.nth(0)).to_have_text("$1.26", timeout=30_000)  # plus gpt-4o's 1,000 in and 500 out: $0.0075
     assert store_rows(settings, "SELECT count(*) FROM usage_events WHERE event_id = 'from-fallback'") == [(1,)]
 
     page.get_by_text("Daily figures by use case").click()
