@@ -122,7 +122,6 @@ def m001_initial(db: duckdb.DuckDBPyConnection) -> None:
         )
         """
     )
-    db.execute("CREATE TABLE store_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
 
 
 def applied(db: duckdb.DuckDBPyConnection) -> set[str]:

@@ -388,3 +388,14 @@ def test_control_state_lost_is_rebuilt_from_store_and_journal(settings):
             pytest.fail("the rebuilt state must know the 90,000 tokens already spent")
     assert ControlState(settings.control_db).user_spend(
         __import__("datetime").datetime.now(settings.tz).date(), "builder")[0] == 90_000
+
+
+def test_context_manager_stream_form_records_usage_from_the_final_chunk(tracker, settings, provider):
+    client = openai_client(provider)
+    with tracker.call(use_case="chat_tutor", user_id="u", tenant_id="t", provider="openai", model="gpt-4o") as call:
+        stream = client.chat.completions.create(model="gpt-4o", stream=True, stream_options={"include_usage": True},
+                                                messages=[{"role": "user", "content": "hi"}])
+        chunks = list(call.stream(stream))
+    assert len(chunks) == 22  # 20 words, the stop chunk, the usage chunk
+    event = usage_records(settings)[0]
+    assert (event["input_tokens"], event["output_tokens"], event["usage_estimated"]) == (120, 20, False)
