@@ -21,6 +21,7 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 from .events import EARLIEST_TS, MAX_CLOCK_SKEW, MAX_TOKENS_PER_CALL
 
 SCAN_BATCH_ROWS = 8192
+ROW_GROUP_ROWS = 122_880  # DuckDB's default row group size
 # A cost above this does not fit DECIMAL(18, 12); no single LLM call costs a million dollars.
 MAX_COST_PICO = 10**18
 
@@ -33,6 +34,7 @@ class Field:
     nullable: bool = False
     min_length: int = 0
     max_length: int = 0
+    stripped: bool = True  # pydantic strips whitespace from names; free text is kept as given
 
 
 FIELDS = (
@@ -54,17 +56,17 @@ FIELDS = (
     Field("usage_estimated", "bool"),
     Field("latency_ms", "float", nullable=True),
     Field("status", "status"),
-    Field("error", "str", nullable=True, max_length=10_000),
+    Field("error", "str", nullable=True, max_length=10_000, stripped=False),
     Field("attempt_id", "str", nullable=True, max_length=200),
     Field("source", "str", nullable=True, min_length=1, max_length=1000),
     Field("metadata", "object"),
 )
-CLEAN_KEYS = [f.name for f in FIELDS]
 # Keys a usage event may have that the clean path leaves to pydantic (provider-reported cost).
 PYDANTIC_ONLY_KEYS = ("cost_usd", "price_source")
 # Hours 00-23 and offsets up to ±14:00 only: DuckDB reads 24:00 and +99:00 where pydantic refuses them.
 ISO_TS = (r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[T ]([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?"
           r"(Z|[+-](0\d|1[0-4]):[0-5]\d)?")
+
 
 
 def lines_table(chunk: bytes, start_offset: int) -> pa.Table:
@@ -90,43 +92,41 @@ def lines_table(chunk: bytes, start_offset: int) -> pa.Table:
     return pa.Table.from_batches(table.to_batches(max_chunksize=SCAN_BATCH_ROWS))
 
 
-def _field_test(f: Field, v: str, t: str | None) -> str:
-    """SQL that is true when field `f` (value text `v`, JSON type `t`, or None for CSV cells) is clean."""
-    absent = f"{v} IS NULL" if t is None else f"{t} IS NULL"
-    is_null = "false" if t is None else f"{t} = 'NULL'"
-    typed = {
-        "str": "true" if t is None else f"{t} = 'VARCHAR'",
-        "ts": "true" if t is None else f"{t} = 'VARCHAR'",
-        "status": "true" if t is None else f"{t} = 'VARCHAR'",
-        "int": f"regexp_full_match({v}, '[0-9]{{1,10}}')" if t is None else
-               f"{t} IN ('UBIGINT', 'BIGINT') AND strlen({v}) <= 10",
-        "float": f"regexp_full_match({v}, '[0-9]{{1,12}}(\\.[0-9]{{1,9}})?')" if t is None else
-                 f"{t} IN ('UBIGINT', 'BIGINT', 'DOUBLE')",
-        "bool": f"{v} IN ('true', 'false')" if t is None else f"{t} = 'BOOLEAN'",
-        "object": f"json_valid({v}) AND json_type({v}) = 'OBJECT'" if t is None else f"{t} = 'OBJECT'",
-    }[f.kind]
-    value = {
-        # Printable ASCII at both ends: pydantic's whitespace stripping would change nothing.
-        "str": f"strlen({v}) BETWEEN {f.min_length} AND {f.max_length} AND ({v} = '' OR "
-               f"(unicode({v}) BETWEEN 33 AND 126 AND unicode(right({v}, 1)) BETWEEN 33 AND 126)) "
-               f"AND strpos({v}, chr(0)) = 0",
+def _value_test(f: Field, v: str) -> str:
+    """SQL that is true when `v`, the text of field `f`'s value, is what pydantic keeps unchanged."""
+    if f.kind == "str":
+        test = f"strlen({v}) BETWEEN {f.min_length} AND {f.max_length} AND strpos({v}, chr(0)) = 0"
+        if f.stripped:  # printable ASCII at both ends: pydantic's whitespace stripping would change nothing
+            test += f" AND ({v} = '' OR (unicode({v}) BETWEEN 33 AND 126 AND unicode({v}[-1]) BETWEEN 33 AND 126))"
+        return test
+    return {
         "ts": f"regexp_full_match({v}, '{ISO_TS}') AND TRY_CAST({v} AS TIMESTAMPTZ) BETWEEN $lo AND $hi",
         "status": f"{v} IN ('ok', 'error')",
-        "int": f"TRY_CAST({v} AS BIGINT) BETWEEN 0 AND {MAX_TOKENS_PER_CALL}",
-        "float": f"TRY_CAST({v} AS DOUBLE) >= 0 AND isfinite(TRY_CAST({v} AS DOUBLE))",
-        "bool": "true",
-        "object": "true",
+        "int": f"regexp_full_match({v}, '[0-9]{{1,10}}') AND TRY_CAST({v} AS BIGINT) <= {MAX_TOKENS_PER_CALL}",
+        "float": f"regexp_full_match({v}, '[0-9]{{1,12}}(\\.[0-9]{{1,9}})?') AND isfinite(TRY_CAST({v} AS DOUBLE))",
+        "bool": f"{v} IN ('true', 'false')",
+        "object": f"CASE WHEN json_valid({v}) THEN json_type({v}) = 'OBJECT' END",
     }[f.kind]
-    present = f"(({typed}) AND ({value}))"
-    if f.required:
-        return present
-    if f.nullable:
-        return f"({absent} OR {is_null} OR {present})"
-    return f"({absent} OR {present})"
 
 
-def _clean_test(typed: bool) -> str:
-    tests = [_field_test(f, f"v_{f.name}", f"t_{f.name}" if typed else None) for f in FIELDS]
+def _field_test(f: Field, from_json: bool) -> str:
+    """SQL that is true when field `f` is clean: absent (or null), or present with the right type and value.
+
+    A CSV cell is text, as pydantic reads it. A JSON value comes as its JSON text `j_<field>` (strings
+    quoted, numbers as numbers) with its string value in `v_<field>`: a name must be a JSON string,
+    and a count digits, so a string of digits for a count (which pydantic would coerce) goes to pydantic.
+    """
+    v = f"v_{f.name}"
+    if from_json and f.kind in TEXT_KINDS:
+        j = f"j_{f.name}"
+        absent, present = f"({j} IS NULL OR {j} = 'null')", f"prefix({j}, '\"') AND {_value_test(f, v)}"
+    else:
+        absent, present = f"{v} IS NULL", _value_test(f, v)
+    return f"(NOT {absent} AND {present})" if f.required else f"({absent} OR ({present}))"
+
+
+def _clean_test(from_json: bool) -> str:
+    tests = [_field_test(f, from_json) for f in FIELDS]
     tokens = {n: f"coalesce(TRY_CAST(v_{n} AS BIGINT), 0)" for n in
               ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")}
     parts = f"({tokens['input_tokens']} + {tokens['output_tokens']})"
@@ -139,7 +139,7 @@ def _clean_test(typed: bool) -> str:
     return " AND ".join(tests)
 
 
-def _typed_columns(metadata_sql: str) -> str:
+def _typed_columns() -> str:
     """The usage_events columns (but cost) from a clean row's field texts."""
     ts = "TRY_CAST(v_ts AS TIMESTAMPTZ)"
     ints = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
@@ -160,70 +160,80 @@ def _typed_columns(metadata_sql: str) -> str:
         "v_error AS error",
         "v_attempt_id AS attempt_id",
         "coalesce(v_source, $source_label) AS source",
-        f"{metadata_sql} AS metadata",
+        "CASE WHEN v_metadata <> '{}' THEN json(v_metadata)::VARCHAR END AS metadata",
     ]
     return ",\n".join(columns)
 
 
-TRANSFORM = "{" + ", ".join(f'"{f.name}": "JSON"' for f in FIELDS) + "}"
+TEXT_KINDS = ("str", "ts", "status")
+JSON_PATHS = [f"$.{f.name}" for f in FIELDS]
+CLEAN_ROWS = "clean_rows"
 
 
-def _split(db: duckdb.DuckDBPyConnection, relation_sql: str, typed: bool, metadata_sql: str,
-           params: dict) -> tuple[pa.Table, pa.Table]:
-    """Run the clean test and the typing over a relation of v_/t_ columns: (clean typed rows, other idx)."""
-    table = db.sql(
+def _stage(db: duckdb.DuckDBPyConnection, relation_sql: str, from_json: bool, params: dict) -> np.ndarray:
+    """Keep the clean rows of a relation of v_ columns, typed, in the temp table clean_rows; returns their idx."""
+    # Nothing depends on the order rows are staged in (duplicates are settled by file offset), and
+    # keeping it would make DuckDB read a registered Arrow table on one thread. The store's own
+    # inserts keep it: unordered inserts leave part-filled row groups that each checkpoint rewrites.
+    db.execute("SET preserve_insertion_order = false")
+    try:
+        _create_clean_rows(db, relation_sql, from_json, params)
+    finally:
+        db.execute("RESET preserve_insertion_order")
+    return db.sql(f"SELECT idx FROM {CLEAN_ROWS}").to_arrow_table().column("idx").to_numpy()
+
+
+def _create_clean_rows(db: duckdb.DuckDBPyConnection, relation_sql: str, from_json: bool, params: dict) -> None:
+    db.execute(
         f"""
-        SELECT idx, off, coalesce(known_keys AND {_clean_test(typed)}, false) AS clean, {_typed_columns(metadata_sql)}
+        CREATE OR REPLACE TEMP TABLE {CLEAN_ROWS} AS
+        SELECT idx, off, {_typed_columns()}
         FROM ({relation_sql})
+        WHERE coalesce(known_keys AND {_clean_test(from_json)}, false)
         """,
-        params=params,
-    ).to_arrow_table()
-    flags = table.column("clean")
-    clean = table.filter(flags).drop_columns(["clean"])
-    others = table.filter(pa.compute.invert(flags)).select(["idx"]).sort_by("idx")
-    return clean, others
+        params,
+    )
 
 
-def split_json(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, id_prefix: str, source_label: str,
-               timezone: str) -> tuple[pa.Table, pa.Table]:
-    """(clean typed rows with idx and off, the other lines as idx/off/raw) for one chunk of JSON Lines."""
+def stage_json(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, id_prefix: str, source_label: str,
+               timezone: str) -> np.ndarray:
+    """Type the clean lines of a chunk of JSON Lines into the temp table clean_rows; returns their idx."""
     db.register("chunk_lines", lines.select(["idx", "off", "line"]))
-    fields = ", ".join(f"s.{f.name}->>'$' AS v_{f.name}, json_type(s.{f.name}) AS t_{f.name}" for f in FIELDS)
-    # One pass over the lines; the JSON functions only see lines that are JSON objects. An escaped NUL
-    # (pydantic refuses it) and surrogate escapes (json.loads judges them) go to pydantic. Known keys must
-    # each come once: with a key given twice DuckDB reads the first value and json.loads the last.
+    fragments = ", ".join(f"f[{n}] AS j_{f.name}" for n, f in enumerate(FIELDS, start=1))
+    values = ", ".join(
+        (f"CASE WHEN prefix(j_{f.name}, '\"') THEN CASE WHEN strpos(j_{f.name}, '\\') = 0 "
+         f"THEN j_{f.name}[2:-2] ELSE j_{f.name}->>'$' END END" if f.kind in TEXT_KINDS
+         else f"nullif(j_{f.name}, 'null')") + f" AS v_{f.name}"
+        for f in FIELDS
+    )
+    # Each line has as many keys as known keys found in it only when every key is known and given
+    # once (with a key given twice DuckDB reads the first value, json.loads the last).
+    found = " + ".join(f"(j_{f.name} IS NOT NULL)::INTEGER" for f in FIELDS)
+    texts = ", ".join(f"j_{f.name}" for f in FIELDS if f.kind in TEXT_KINDS)
+    # The JSON functions only see lines that look like objects; TRY turns what is not JSON into NULL.
+    # An escaped NUL (pydantic refuses it) and surrogate escapes (json.loads judges them) go to pydantic.
     relation = f"""
-        SELECT idx, off, known_keys, {fields}
+        SELECT idx, off, coalesce(key_count = {found}, false) AS known_keys, {texts}, {values}
         FROM (
-            SELECT idx, off,
-                   CASE WHEN parsed THEN list_has_all($keys, keys) AND len(keys) = len(list_distinct(keys)) END
-                       AS known_keys,
-                   CASE WHEN parsed THEN json_transform(line, $transform) END AS s
+            SELECT idx, off, key_count, {fragments}
             FROM (
-                SELECT idx, off, line, parsed, CASE WHEN parsed THEN json_keys(line) END AS keys
-                FROM (
-                    SELECT idx, off, line,
-                           coalesce(left(ltrim(line), 1) = '{{' AND strpos(line, '\\u0000') = 0
-                                    AND (strpos(line, '\\u') = 0 OR NOT regexp_matches(line, '\\\\u[dD][89a-fA-F]'))
-                                    AND json_valid(line), false) AS parsed
-                    FROM chunk_lines
-                )
+                SELECT idx, off, TRY(len(json_keys(line))) AS key_count, TRY(json_extract(line, $paths)) AS f
+                FROM chunk_lines
+                WHERE prefix(line, '{{') AND strpos(line, '\\u0000') = 0
+                      AND (strpos(line, '\\u') = 0 OR NOT regexp_matches(line, '\\\\u[dD][89a-fA-F]'))
             )
         )
     """
-    metadata = "CASE WHEN t_metadata = 'OBJECT' AND v_metadata <> '{}' THEN json(v_metadata) END"
-    params = {**_params(id_prefix, source_label, timezone), "keys": CLEAN_KEYS, "transform": TRANSFORM}
+    params = {**_params(id_prefix, source_label, timezone), "paths": JSON_PATHS}
     try:
-        clean, other_idx = _split(db, relation, True, metadata, params)
+        return _stage(db, relation, True, params)
     finally:
         db.unregister("chunk_lines")
-    others = lines.select(["idx", "off", "raw"]).take(other_idx.column("idx"))
-    return clean, others
 
 
-def split_csv(db: duckdb.DuckDBPyConnection, cells: pa.Table, *, id_prefix: str, source_label: str,
-              timezone: str) -> tuple[pa.Table, list[int]]:
-    """(clean typed rows, idx of the other rows) for CSV rows given as text columns named like the fields."""
+def stage_csv(db: duckdb.DuckDBPyConnection, cells: pa.Table, *, id_prefix: str, source_label: str,
+              timezone: str) -> np.ndarray:
+    """Type the clean rows of CSV cells (text columns named like the fields) into clean_rows; returns their idx."""
     db.register("chunk_cells", cells)
     present = set(cells.column_names)
     values = ", ".join(
@@ -232,11 +242,9 @@ def split_csv(db: duckdb.DuckDBPyConnection, cells: pa.Table, *, id_prefix: str,
     )
     relation = f"SELECT idx, off, true AS known_keys, {values} FROM chunk_cells"
     try:
-        metadata = "CASE WHEN v_metadata IS NOT NULL AND v_metadata <> '{}' THEN json(v_metadata) END"
-        clean, others = _split(db, relation, False, metadata, _params(id_prefix, source_label, timezone))
+        return _stage(db, relation, False, _params(id_prefix, source_label, timezone))
     finally:
         db.unregister("chunk_cells")
-    return clean, others.column("idx").to_pylist()
 
 
 def _params(id_prefix: str, source_label: str, timezone: str) -> dict:

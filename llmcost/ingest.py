@@ -21,9 +21,9 @@ import duckdb
 
 from . import store
 from .config import Settings
-from .records import Batch, overlong_line, parse_lines
+from .records import Batch, drop_batch_events, overlong_line, parse_lines
 
-BATCH_BYTES = 32 * 1024 * 1024
+BATCH_BYTES = 64 * 1024 * 1024
 HOLD_SECONDS = 3.0
 FIRST_LINE_LIMIT = 64 * 1024
 MAX_REASONS = 5
@@ -183,7 +183,7 @@ def _next_batch(db, settings, source: Source, key: str, header, size: int, price
     at_end = len(chunk) < BATCH_BYTES
     end = chunk.rfind(b"\n")
     if end >= 0:
-        batch = parse_lines(db, chunk[: end + 1], start_offset=offset, file_key=key, source=source,
+        batch = parse_lines(db, memoryview(chunk)[: end + 1], start_offset=offset, file_key=key, source=source,
                             csv_header=header, settings=settings, pricer=pricer, at_end=at_end)
     elif at_end:
         _touch_source(db, source, key, offset, records)
@@ -239,12 +239,13 @@ def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, re
                 FROM batch_events b
                 WHERE NOT EXISTS (SELECT 1 FROM usage_events u WHERE u.event_id = b.event_id)
                 {first_of_each}
+                ORDER BY off
                 """,
                 [now],
             )
             result.stored = db.execute("SELECT count(*) FROM usage_events").fetchall()[0][0] - before
             result.duplicates = batch.events - result.stored
-        db.execute("DROP TABLE IF EXISTS batch_events")
+        drop_batch_events(db)
         if len(batch.attempts):
             attempts = batch.attempts  # noqa: F841
             before = db.execute("SELECT count(*) FROM call_attempts").fetchall()[0][0]

@@ -364,7 +364,7 @@ def _csv_records(raws: list[bytes], offsets: list[int], csv_header: list[str], *
     return records, len(raws)
 
 
-def _csv_cells(db: duckdb.DuckDBPyConnection, chunk: bytes, lines: pa.Table, csv_header: list[str],
+def _csv_cells(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, lines: pa.Table, csv_header: list[str],
                header_line: bytes) -> tuple[pa.Table | None, set[int]]:
     """CSV rows the bulk path may take, as text columns, and the idx of rows it may not.
 
@@ -381,7 +381,8 @@ def _csv_cells(db: duckdb.DuckDBPyConnection, chunk: bytes, lines: pa.Table, csv
     filled = pa.compute.invert(pa.compute.equal(pa.compute.utf8_trim_whitespace(text), ""))
     rows_at = lines.filter(filled).select(["idx", "off"])
     with tempfile.NamedTemporaryFile(suffix=".csv") as chunk_file:
-        chunk_file.write(header_line + chunk)
+        chunk_file.write(header_line)
+        chunk_file.write(chunk)
         chunk_file.flush()
         try:
             cells = db.sql(
@@ -408,23 +409,32 @@ def _csv_cells(db: duckdb.DuckDBPyConnection, chunk: bytes, lines: pa.Table, csv
     return cells.drop_columns(pydantic_only), slow | blank
 
 
-def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes, *, start_offset: int, file_key: str, source: Source,
+def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, start_offset: int, file_key: str, source: Source,
                 csv_header: list[str] | None, settings: Settings, pricer: Pricer, at_end: bool = True) -> Batch:
-    """Validate and price one chunk of whole lines; its events land in the temp table `batch_events`."""
+    """Validate and price one chunk of whole lines; its events wait in the temp view `batch_events`."""
     parser = _Parser(source, file_key, settings)
     lines = bulk.lines_table(chunk, start_offset)
     options = dict(id_prefix=stable_id(file_key, ""), source_label=parser.source_label, timezone=settings.timezone)
     consumed = len(chunk)
+    clean_idx = None
     if csv_header is None:
-        clean, others = bulk.split_json(db, lines, **options)
+        clean_idx, cut = _whole_row_groups(db, bulk.stage_json(db, lines, **options), lines.num_rows, at_end)
+        if cut is not None:
+            consumed = lines.column("off")[cut].as_py() - start_offset
+            lines = lines.slice(0, cut)
+        other_idx = _all_but(lines.num_rows, clean_idx)
         slow = [(offset, None if not raw.strip() else _decode_line(raw), raw)
-                for offset, raw in zip(others.column("off").to_pylist(), others.column("raw").to_pylist())]
+                for offset, raw in zip(lines.column("off").take(other_idx).to_pylist(),
+                                       lines.column("raw").take(other_idx).to_pylist())]
     else:
         cells, slow_idx = _csv_cells(db, chunk, lines, csv_header, _first_line(source.path))
-        clean = None
         if cells is not None and cells.num_rows:
-            clean, rejected = bulk.split_csv(db, cells, **options)
-            slow_idx |= set(rejected)
+            clean_idx, cut = _whole_row_groups(db, bulk.stage_csv(db, cells, **options), lines.num_rows, at_end)
+            slow_idx |= set(np.setdiff1d(cells.column("idx").to_numpy(), clean_idx).tolist())
+            if cut is not None:
+                slow_idx = {i for i in slow_idx if i < cut}
+                consumed = lines.column("off")[cut].as_py() - start_offset
+                lines = lines.slice(0, cut)
         ordered = pa.array(sorted(slow_idx), type=pa.int64())
         slow, used = _csv_records(lines.column("raw").take(ordered).to_pylist(),
                                   lines.column("off").take(ordered).to_pylist(), csv_header,
@@ -444,14 +454,11 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes, *, start_offset: in
         else:
             parser.handle(offset, obj, _raw_text(raw))
 
-    frames = []
-    if clean is not None and clean.num_rows:
-        frames.append(_priced_clean_rows(clean, lines, parser, pricer))
-    if parser.events:
-        frames.append(_priced_slow_rows(parser, settings, pricer))
-    records = (clean.num_rows if clean is not None else 0) + len(slow) - blank
+    clean_prices = _price_clean_rows(db, lines, parser, pricer) if clean_idx is not None and len(clean_idx) else None
+    slow_events = _priced_slow_rows(parser, settings, pricer) if parser.events else None
+    records = (len(clean_idx) if clean_idx is not None else 0) + len(slow) - blank
     batch = Batch(lines=records, invalid=parser.invalid, from_fallback=parser.from_fallback, consumed=consumed)
-    batch.events = _load_batch_events(db, frames)
+    batch.events = _load_batch_events(db, clean_prices, slow_events)
     if parser.attempts:
         attempts = pd.DataFrame(parser.attempts)
         attempts["day"] = _days(attempts["ts"], settings)
@@ -460,6 +467,31 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes, *, start_offset: in
     if parser.failed:
         batch.failed = pd.DataFrame(parser.failed, columns=FAILED_COLUMNS).drop_duplicates("failed_id")
     return batch
+
+
+def _whole_row_groups(db: duckdb.DuckDBPyConnection, clean_idx: np.ndarray, line_count: int,
+                      at_end: bool) -> tuple[np.ndarray, int | None]:
+    """Keep a whole number of DuckDB row groups of clean rows; the lines after the last kept row wait
+    for the next batch. Returns (the kept idx, the first line left over, or None when all are kept).
+
+    A batch that ends in a part-filled row group costs a rewrite of that group at the next checkpoint;
+    cutting the batch there leaves only the file's last batch part-filled.
+    """
+    if at_end or len(clean_idx) < bulk.ROW_GROUP_ROWS:
+        return clean_idx, None
+    ordered = np.sort(clean_idx)
+    keep = len(ordered) - len(ordered) % bulk.ROW_GROUP_ROWS
+    cut = int(ordered[keep - 1]) + 1
+    if cut >= line_count:
+        return clean_idx, None
+    db.execute(f"DELETE FROM {bulk.CLEAN_ROWS} WHERE idx >= ?", [cut])
+    return ordered[:keep], cut
+
+
+def _all_but(count: int, taken: np.ndarray) -> pa.Array:
+    rest = np.ones(count, dtype=bool)
+    rest[taken] = False
+    return pa.array(np.flatnonzero(rest))
 
 
 def _too_costly(pico: np.ndarray) -> np.ndarray:
@@ -472,22 +504,24 @@ def _cost_reason(pico: int) -> str:
             "($999,999.99); check the token counts")
 
 
-def _priced_clean_rows(clean: pa.Table, lines: pa.Table, parser: _Parser, pricer: Pricer) -> pa.Table:
-    frame = clean.select(["provider", "model", "ts", *TOKEN_FIELDS, "total_tokens"]).to_pandas()
+def _price_clean_rows(db: duckdb.DuckDBPyConnection, lines: pa.Table, parser: _Parser, pricer: Pricer) -> pa.Table:
+    """(idx, cost_pico, price_source) for the staged clean rows; a row costing more than the store holds fails."""
+    frame = db.sql(
+        f"SELECT idx, off, provider, model, ts, {', '.join(TOKEN_FIELDS)}, total_tokens FROM {bulk.CLEAN_ROWS}"
+    ).to_arrow_table().to_pandas()
     pico, sources = pricer.price_frame_pico(frame)
+    idx = frame["idx"].to_numpy()
     too_costly = _too_costly(pico)
     if too_costly.any():
         for position in np.flatnonzero(too_costly).tolist():
-            idx = clean.column("idx")[position].as_py()
             parser.invalid += 1
-            parser.fail(clean.column("off")[position].as_py(), "invalid", _cost_reason(pico[position]),
-                        _raw_text(lines.column("raw")[idx].as_py()))
+            parser.fail(int(frame["off"].iat[position]), "invalid", _cost_reason(pico[position]),
+                        _raw_text(lines.column("raw")[int(idx[position])].as_py()))
         keep = ~too_costly
-        clean, pico = clean.filter(pa.array(keep)), pico[keep]
+        idx, pico = idx[keep], pico[keep]
         sources = [s for s, k in zip(sources, keep) if k]
-    clean = clean.append_column("cost_pico", pa.array(pico.astype(np.int64), type=pa.int64()))
-    clean = clean.append_column("price_source", pa.array(sources, type=pa.string()))
-    return clean.select(["off", *EVENT_COLUMNS])
+    return pa.table({"idx": pa.array(idx, type=pa.int64()), "cost_pico": pa.array(pico.astype(np.int64), type=pa.int64()),
+                     "price_source": pa.array(sources, type=pa.string())})
 
 
 def _priced_slow_rows(parser: _Parser, settings: Settings, pricer: Pricer) -> pa.Table:
@@ -521,21 +555,38 @@ def _priced_slow_rows(parser: _Parser, settings: Settings, pricer: Pricer) -> pa
     return pa.Table.from_pandas(frame[["off", *EVENT_COLUMNS]], preserve_index=False)
 
 
-def _load_batch_events(db: duckdb.DuckDBPyConnection, frames: list[pa.Table]) -> int:
+BATCH_EVENTS = "batch_events"
+_BATCH_TABLES = ("clean_prices", "slow_events", bulk.CLEAN_ROWS)
+
+
+def _load_batch_events(db: duckdb.DuckDBPyConnection, clean_prices: pa.Table | None,
+                       slow_events: pa.Table | None) -> int:
+    """Make the view batch_events over the priced clean rows and the pydantic path's rows; returns its size."""
     columns = ", ".join(["off", *EVENT_COLUMNS])
-    db.execute(
-        "CREATE OR REPLACE TEMP TABLE batch_events AS SELECT * FROM usage_events LIMIT 0"
-    )
-    db.execute("ALTER TABLE batch_events DROP COLUMN ingested_at")
-    db.execute("ALTER TABLE batch_events DROP COLUMN cost_usd")
-    db.execute("ALTER TABLE batch_events ADD COLUMN cost_pico BIGINT")
-    db.execute("ALTER TABLE batch_events ADD COLUMN off BIGINT")
-    for n, frame in enumerate(frames):
-        name = f"batch_part_{n}"
-        db.register(name, frame)
-        db.execute(f"INSERT INTO batch_events ({columns}) SELECT {columns} FROM {name}")
-        db.unregister(name)
-    return sum(frame.num_rows for frame in frames)
+    db.execute("CREATE OR REPLACE TEMP TABLE slow_events AS SELECT * FROM usage_events LIMIT 0")
+    db.execute("ALTER TABLE slow_events DROP COLUMN ingested_at")
+    db.execute("ALTER TABLE slow_events DROP COLUMN cost_usd")
+    db.execute("ALTER TABLE slow_events ADD COLUMN cost_pico BIGINT")
+    db.execute("ALTER TABLE slow_events ADD COLUMN off BIGINT")
+    parts = [f"SELECT {columns} FROM slow_events"]
+    if slow_events is not None:
+        db.register("slow_part", slow_events)
+        db.execute(f"INSERT INTO slow_events ({columns}) SELECT {columns} FROM slow_part")
+        db.unregister("slow_part")
+    if clean_prices is not None:
+        db.register("clean_prices_part", clean_prices)
+        db.execute("CREATE OR REPLACE TEMP TABLE clean_prices AS SELECT * FROM clean_prices_part")
+        db.unregister("clean_prices_part")
+        parts.append(f"SELECT {columns} FROM {bulk.CLEAN_ROWS} JOIN clean_prices USING (idx)")
+    db.execute(f"CREATE OR REPLACE TEMP VIEW {BATCH_EVENTS} AS " + " UNION ALL ".join(parts))
+    return (slow_events.num_rows if slow_events is not None else 0) + \
+        (clean_prices.num_rows if clean_prices is not None else 0)
+
+
+def drop_batch_events(db: duckdb.DuckDBPyConnection) -> None:
+    db.execute(f"DROP VIEW IF EXISTS {BATCH_EVENTS}")
+    for table in _BATCH_TABLES:
+        db.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def _naive_utc(series: pd.Series) -> pd.Series:
