@@ -21,6 +21,7 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 from .events import EARLIEST_TS, MAX_CLOCK_SKEW, MAX_TOKENS_PER_CALL
 
 SCAN_BATCH_ROWS = 8192
+NEWLINE_SCAN_BYTES = 4 * 1024 * 1024
 ROW_GROUP_ROWS = 122_880  # DuckDB's default row group size
 # A cost above this does not fit DECIMAL(18, 12); no single LLM call costs a million dollars.
 MAX_COST_PICO = 10**18
@@ -71,7 +72,10 @@ ISO_TS = (r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[T ]([01]\d|2[0-3]):[0-5]
 
 def lines_table(chunk: bytes, start_offset: int) -> pa.Table:
     """Each line of a chunk that ends with a newline, with its byte offset in the file, without a copy per line."""
-    positions = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
+    data = np.frombuffer(chunk, dtype=np.uint8)
+    # Slice by slice, so the comparison reuses a small buffer instead of touching a chunk-sized one.
+    positions = np.concatenate([np.flatnonzero(data[at:at + NEWLINE_SCAN_BYTES] == 10) + at
+                                for at in range(0, len(data), NEWLINE_SCAN_BYTES)] or [np.zeros(0, np.int64)])
     starts = np.concatenate(([0], positions[:-1] + 1)).astype(np.int64)
     bounds = np.concatenate((starts, [len(chunk)])).astype(np.int64)
     lines = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(starts),
@@ -92,18 +96,24 @@ def lines_table(chunk: bytes, start_offset: int) -> pa.Table:
     return pa.Table.from_batches(table.to_batches(max_chunksize=SCAN_BATCH_ROWS))
 
 
-def _value_test(f: Field, v: str) -> str:
-    """SQL that is true when `v`, the text of field `f`'s value, is what pydantic keeps unchanged."""
+def _value_test(f: Field, v: str, from_json: bool) -> str:
+    """SQL that is true when `v`, the text of field `f`'s value, is what pydantic keeps unchanged.
+
+    Numbers and the time are judged on their text, and read once as n_<field> and t_ts (`_read_once`).
+    """
     if f.kind == "str":
-        test = f"strlen({v}) BETWEEN {f.min_length} AND {f.max_length} AND strpos({v}, chr(0)) = 0"
+        # JSON text holds a NUL only as the escape \u0000, and stage_json leaves such lines to pydantic.
+        test = f"strlen({v}) BETWEEN {f.min_length} AND {f.max_length}"
+        if not from_json:
+            test += f" AND strpos({v}, chr(0)) = 0"
         if f.stripped:  # printable ASCII at both ends: pydantic's whitespace stripping would change nothing
             test += f" AND ({v} = '' OR (unicode({v}) BETWEEN 33 AND 126 AND unicode({v}[-1]) BETWEEN 33 AND 126))"
         return test
     return {
-        "ts": f"regexp_full_match({v}, '{ISO_TS}') AND TRY_CAST({v} AS TIMESTAMPTZ) BETWEEN $lo AND $hi",
+        "ts": f"regexp_full_match({v}, '{ISO_TS}') AND t_ts BETWEEN $lo AND $hi",
         "status": f"{v} IN ('ok', 'error')",
-        "int": f"regexp_full_match({v}, '[0-9]{{1,10}}') AND TRY_CAST({v} AS BIGINT) <= {MAX_TOKENS_PER_CALL}",
-        "float": f"regexp_full_match({v}, '[0-9]{{1,12}}(\\.[0-9]{{1,9}})?') AND isfinite(TRY_CAST({v} AS DOUBLE))",
+        "int": f"regexp_full_match({v}, '[0-9]{{1,10}}') AND n_{f.name} <= {MAX_TOKENS_PER_CALL}",
+        "float": f"regexp_full_match({v}, '[0-9]{{1,12}}(\\.[0-9]{{1,9}})?') AND isfinite(n_{f.name})",
         "bool": f"{v} IN ('true', 'false')",
         "object": f"CASE WHEN json_valid({v}) THEN json_type({v}) = 'OBJECT' END",
     }[f.kind]
@@ -119,43 +129,49 @@ def _field_test(f: Field, from_json: bool) -> str:
     v = f"v_{f.name}"
     if from_json and f.kind in TEXT_KINDS:
         j = f"j_{f.name}"
-        absent, present = f"({j} IS NULL OR {j} = 'null')", f"prefix({j}, '\"') AND {_value_test(f, v)}"
+        absent, present = f"({j} IS NULL OR {j} = 'null')", f"prefix({j}, '\"') AND {_value_test(f, v, True)}"
     else:
-        absent, present = f"{v} IS NULL", _value_test(f, v)
+        absent, present = f"{v} IS NULL", _value_test(f, v, from_json)
     return f"(NOT {absent} AND {present})" if f.required else f"({absent} OR ({present}))"
+
+
+TOKEN_NAMES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 
 
 def _clean_test(from_json: bool) -> str:
     tests = [_field_test(f, from_json) for f in FIELDS]
-    tokens = {n: f"coalesce(TRY_CAST(v_{n} AS BIGINT), 0)" for n in
-              ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")}
+    tokens = {n: f"coalesce(n_{n}, 0)" for n in TOKEN_NAMES}
     parts = f"({tokens['input_tokens']} + {tokens['output_tokens']})"
     tests += [
         f"({tokens['input_tokens']} = 0 OR {tokens['cache_read_tokens']} + {tokens['cache_write_tokens']} "
         f"<= {tokens['input_tokens']})",
         f"({tokens['output_tokens']} = 0 OR {tokens['reasoning_tokens']} <= {tokens['output_tokens']})",
-        f"(TRY_CAST(v_total_tokens AS BIGINT) IS NULL OR {parts} = 0 OR TRY_CAST(v_total_tokens AS BIGINT) >= {parts})",
+        f"(n_total_tokens IS NULL OR {parts} = 0 OR n_total_tokens >= {parts})",
     ]
     return " AND ".join(tests)
 
 
+def _read_once() -> str:
+    """The time and the numbers, read from their text once for both the clean test and the typed columns."""
+    columns = ["TRY_CAST(v_ts AS TIMESTAMPTZ) AS t_ts"]
+    columns += [f"TRY_CAST(v_{f.name} AS BIGINT) AS n_{f.name}" for f in FIELDS if f.kind == "int"]
+    columns += [f"TRY_CAST(v_{f.name} AS DOUBLE) AS n_{f.name}" for f in FIELDS if f.kind == "float"]
+    return ", ".join(columns)
+
+
 def _typed_columns() -> str:
     """The usage_events columns (but cost) from a clean row's field texts."""
-    ts = "TRY_CAST(v_ts AS TIMESTAMPTZ)"
-    ints = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
     columns = [
         "coalesce(v_event_id, $id_prefix || off::VARCHAR) AS event_id",
-        f"({ts} AT TIME ZONE 'UTC') AS ts",
-        f"({ts} AT TIME ZONE $tz)::DATE AS day",
+        "(t_ts AT TIME ZONE 'UTC') AS ts",
+        "(t_ts AT TIME ZONE $tz)::DATE AS day",
         "v_user_id AS user_id", "v_tenant_id AS tenant_id", "v_use_case AS use_case",
         "v_account_type AS account_type", "v_provider AS provider", "v_model AS model",
-        *(f"coalesce(TRY_CAST(v_{n} AS BIGINT), 0) AS {n}" for n in ints),
-        "coalesce(TRY_CAST(v_total_tokens AS BIGINT), "
-        "coalesce(TRY_CAST(v_input_tokens AS BIGINT), 0) + coalesce(TRY_CAST(v_output_tokens AS BIGINT), 0)) "
-        "AS total_tokens",
-        "TRY_CAST(v_estimated_tokens AS BIGINT) AS estimated_tokens",
+        *(f"coalesce(n_{n}, 0) AS {n}" for n in TOKEN_NAMES),
+        "coalesce(n_total_tokens, coalesce(n_input_tokens, 0) + coalesce(n_output_tokens, 0)) AS total_tokens",
+        "n_estimated_tokens AS estimated_tokens",
         "coalesce(v_usage_estimated = 'true', false) AS usage_estimated",
-        "TRY_CAST(v_latency_ms AS DOUBLE) AS latency_ms",
+        "n_latency_ms AS latency_ms",
         "coalesce(v_status, 'ok') AS status",
         "v_error AS error",
         "v_attempt_id AS attempt_id",
@@ -188,7 +204,7 @@ def _create_clean_rows(db: duckdb.DuckDBPyConnection, relation_sql: str, from_js
         f"""
         CREATE OR REPLACE TEMP TABLE {CLEAN_ROWS} AS
         SELECT idx, off, {_typed_columns()}
-        FROM ({relation_sql})
+        FROM (SELECT *, {_read_once()} FROM ({relation_sql}))
         WHERE coalesce(known_keys AND {_clean_test(from_json)}, false)
         """,
         params,
@@ -201,9 +217,7 @@ def stage_json(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, id_prefix: str
     db.register("chunk_lines", lines.select(["idx", "off", "line"]))
     fragments = ", ".join(f"f[{n}] AS j_{f.name}" for n, f in enumerate(FIELDS, start=1))
     values = ", ".join(
-        (f"CASE WHEN prefix(j_{f.name}, '\"') THEN CASE WHEN strpos(j_{f.name}, '\\') = 0 "
-         f"THEN j_{f.name}[2:-2] ELSE j_{f.name}->>'$' END END" if f.kind in TEXT_KINDS
-         else f"nullif(j_{f.name}, 'null')") + f" AS v_{f.name}"
+        (f"j_{f.name}->>'$'" if f.kind in TEXT_KINDS else f"nullif(j_{f.name}, 'null')") + f" AS v_{f.name}"
         for f in FIELDS
     )
     # Each line has as many keys as known keys found in it only when every key is known and given
