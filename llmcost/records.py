@@ -378,8 +378,8 @@ def _csv_cells(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, lines: 
     text = lines.column("line")
     if text.null_count:
         return None, everything
-    filled = pa.compute.invert(pa.compute.equal(pa.compute.utf8_trim_whitespace(text), ""))
-    rows_at = lines.filter(filled).select(["idx", "off"])
+    blank = _blank_lines(chunk, lines)
+    rows_at = lines.select(["idx", "off"]).filter(pa.array(~blank))
     with tempfile.NamedTemporaryFile(suffix=".csv") as chunk_file:
         chunk_file.write(header_line)
         chunk_file.write(chunk)
@@ -405,8 +405,19 @@ def _csv_cells(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, lines: 
         cells = cells.filter(pa.compute.invert(reported))
     else:
         slow = set()
-    blank = everything - set(rows_at.column("idx").to_pylist())
-    return cells.drop_columns(pydantic_only), slow | blank
+    return cells.drop_columns(pydantic_only), slow | set(np.flatnonzero(blank).tolist())
+
+
+def _blank_lines(chunk: bytes | memoryview, lines: pa.Table) -> np.ndarray:
+    """Which lines hold only whitespace (a mask); only lines starting with a space or a non-ASCII byte are read."""
+    offsets = lines.column("off").to_numpy()
+    first_bytes = np.frombuffer(chunk, dtype=np.uint8)[offsets - offsets[0]]
+    maybe = np.flatnonzero((first_bytes <= 32) | (first_bytes >= 128))
+    blank = np.zeros(lines.num_rows, dtype=bool)
+    if len(maybe):
+        trimmed = pa.compute.utf8_trim_whitespace(lines.column("line").take(pa.array(maybe)))
+        blank[maybe[pa.compute.equal(trimmed, "").to_numpy(zero_copy_only=False)]] = True
+    return blank
 
 
 def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, start_offset: int, file_key: str, source: Source,
@@ -430,7 +441,10 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, sta
         cells, slow_idx = _csv_cells(db, chunk, lines, csv_header, _first_line(source.path))
         if cells is not None and cells.num_rows:
             clean_idx, cut = _whole_row_groups(db, bulk.stage_csv(db, cells, **options), lines.num_rows, at_end)
-            slow_idx |= set(np.setdiff1d(cells.column("idx").to_numpy(), clean_idx).tolist())
+            cell_idx = cells.column("idx").to_numpy()
+            staged = np.zeros(lines.num_rows, dtype=bool)
+            staged[clean_idx] = True
+            slow_idx |= set(cell_idx[~staged[cell_idx]].tolist())
             if cut is not None:
                 slow_idx = {i for i in slow_idx if i < cut}
                 consumed = lines.column("off")[cut].as_py() - start_offset
