@@ -415,7 +415,7 @@ def _blank_lines(chunk: bytes | memoryview, lines: pa.Table) -> np.ndarray:
     maybe = np.flatnonzero((first_bytes <= 32) | (first_bytes >= 128))
     blank = np.zeros(lines.num_rows, dtype=bool)
     if len(maybe):
-        trimmed = pa.compute.utf8_trim_whitespace(lines.column("line").take(pa.array(maybe)))
+        trimmed = pa.compute.utf8_trim_whitespace(pa.array(_pick(lines.column("line"), maybe), pa.large_string()))
         blank[maybe[pa.compute.equal(trimmed, "").to_numpy(zero_copy_only=False)]] = True
     return blank
 
@@ -435,8 +435,7 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, sta
             lines = lines.slice(0, cut)
         other_idx = _all_but(lines.num_rows, clean_idx)
         slow = [(offset, None if not raw.strip() else _decode_line(raw), raw)
-                for offset, raw in zip(lines.column("off").take(other_idx).to_pylist(),
-                                       lines.column("raw").take(other_idx).to_pylist())]
+                for offset, raw in zip(_pick(lines.column("off"), other_idx), _pick(lines.column("raw"), other_idx))]
     else:
         cells, slow_idx = _csv_cells(db, chunk, lines, csv_header, _first_line(source.path))
         if cells is not None and cells.num_rows:
@@ -449,9 +448,8 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, sta
                 slow_idx = {i for i in slow_idx if i < cut}
                 consumed = lines.column("off")[cut].as_py() - start_offset
                 lines = lines.slice(0, cut)
-        ordered = pa.array(sorted(slow_idx), type=pa.int64())
-        slow, used = _csv_records(lines.column("raw").take(ordered).to_pylist(),
-                                  lines.column("off").take(ordered).to_pylist(), csv_header,
+        ordered = sorted(slow_idx)
+        slow, used = _csv_records(_pick(lines.column("raw"), ordered), _pick(lines.column("off"), ordered), csv_header,
                                   whole_chunk=cells is None, at_end=at_end)
         if used < len(ordered):  # only when every line is on this path, so `used` counts lines of the chunk
             consumed = lines.column("off")[used].as_py() - start_offset
@@ -502,10 +500,17 @@ def _whole_row_groups(db: duckdb.DuckDBPyConnection, clean_idx: np.ndarray, line
     return ordered[:keep], cut
 
 
-def _all_but(count: int, taken: np.ndarray) -> pa.Array:
+def _all_but(count: int, taken: np.ndarray) -> np.ndarray:
     rest = np.ones(count, dtype=bool)
     rest[taken] = False
-    return pa.array(np.flatnonzero(rest))
+    return np.flatnonzero(rest)
+
+
+def _pick(column: pa.ChunkedArray, idx) -> list:
+    """The values at `idx`; a few are read one by one, since `take` on a chunked column copies it whole."""
+    if len(idx) <= 10_000:
+        return [column[int(i)].as_py() for i in idx]
+    return column.take(pa.array(idx, type=pa.int64())).to_pylist()
 
 
 def _too_costly(pico: np.ndarray) -> np.ndarray:
