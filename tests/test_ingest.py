@@ -276,3 +276,54 @@ def test_journal_and_fallback_appends_from_several_processes_stay_whole(settings
     result = ingest(settings)
     assert (result.stored, result.failed) == (2 * workers * per_worker, 0)
     assert query(settings, "SELECT count(DISTINCT event_id) FROM usage_events")[0][0] == 2 * workers * per_worker
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_batches_cut_at_whole_row_groups_store_every_record_once(settings, tmp_path, monkeypatch, fmt):
+    # A batch keeps whole row groups of clean rows and leaves the lines after the last one for the
+    # next batch; with tiny groups and batches, every file below is cut many times over.
+    import llmcost.bulk as bulk_module
+    import llmcost.ingest as ingest_module
+    import llmcost.records as records_module
+
+    cuts = []
+    original_cut = records_module._whole_row_groups
+
+    def counting_cut(*args):
+        kept, cut = original_cut(*args)
+        cuts.append(cut)
+        return kept, cut
+
+    monkeypatch.setattr(records_module, "_whole_row_groups", counting_cut)
+    monkeypatch.setattr(bulk_module, "ROW_GROUP_ROWS", 7)
+    monkeypatch.setattr(ingest_module, "BATCH_BYTES", 4096)
+    monkeypatch.setattr(ingest_module, "CSV_BATCH_BYTES", 2048)
+    records = []
+    for n in range(300):
+        records.append(event(n, **({"user_id": f" padded-{n}"} if n % 17 == 0 else {})))  # pydantic's path
+        if n % 23 == 0:
+            records.append(None)  # an invalid line
+        if n % 31 == 0:
+            records.append("")  # a blank line
+    path = tmp_path / f"events.{fmt}"
+    if fmt == "jsonl":
+        path.write_bytes(b"".join(b"not json\n" if r is None else b"\n" if r == "" else encode_line(r)
+                                  for r in records))
+    else:
+        columns = list(event(0))
+        broken = event(0, event_id="broken", ts="not a time")  # whole CSV, so the chunk still parses as CSV
+        rows = [",".join(columns)] + ["" if r == "" else ",".join(str((r or broken)[c]) for c in columns)
+                                      for r in records]
+        path.write_text("\n".join(rows) + "\n")
+
+    result = ingest(settings, [path])
+    assert sum(cut is not None for cut in cuts) >= 10
+    invalid = sum(r is None for r in records)
+    assert (result.stored, result.failed, result.duplicates) == (300, invalid, 0)
+    assert result.read == 300 + invalid
+    assert query(settings, "SELECT count(*), count(DISTINCT event_id) FROM usage_events")[0] == (300, 300)
+    assert count(settings, "failed_logs") == invalid
+    assert query(settings, "SELECT bytes_consumed FROM ingest_sources")[0][0] == path.stat().st_size
+    assert query(settings, "SELECT count(*) FROM usage_events WHERE user_id LIKE 'padded-%'")[0][0] == 18
+    again = ingest(settings, [path])
+    assert (again.read, again.stored) == (0, 0)
