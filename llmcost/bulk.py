@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 
-from .events import EARLIEST_TS, MAX_CLOCK_SKEW, MAX_TOKENS_PER_CALL
+from .events import EARLIEST_TS, MAX_CLOCK_SKEW, MAX_TOKENS_PER_CALL, PRICE_SOURCES
 
 SCAN_BATCH_ROWS = 8192
 NEWLINE_SCAN_BYTES = 4 * 1024 * 1024
@@ -30,7 +30,7 @@ MAX_COST_PICO = 10**18
 @dataclass(frozen=True)
 class Field:
     name: str
-    kind: str  # str | int | float | bool | ts | status | object
+    kind: str  # str | int | float | bool | ts | status | cost | price_source | object
     required: bool = False
     nullable: bool = False
     min_length: int = 0
@@ -58,12 +58,12 @@ FIELDS = (
     Field("latency_ms", "float", nullable=True),
     Field("status", "status"),
     Field("error", "str", nullable=True, max_length=10_000, stripped=False),
+    Field("cost_usd", "cost", nullable=True),
+    Field("price_source", "price_source", nullable=True),
     Field("attempt_id", "str", nullable=True, max_length=200),
     Field("source", "str", nullable=True, min_length=1, max_length=1000),
     Field("metadata", "object"),
 )
-# Keys a usage event may have that the clean path leaves to pydantic (provider-reported cost).
-PYDANTIC_ONLY_KEYS = ("cost_usd", "price_source")
 # Hours 00-23 and offsets up to ±14:00 only: DuckDB reads 24:00 and +99:00 where pydantic refuses them.
 ISO_TS = (r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[T ]([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?"
           r"(Z|[+-](0\d|1[0-4]):[0-5]\d)?")
@@ -112,6 +112,9 @@ def _value_test(f: Field, v: str, from_json: bool) -> str:
     return {
         "ts": f"regexp_full_match({v}, '{ISO_TS}') AND t_ts BETWEEN $lo AND $hi",
         "status": f"{v} IN ('ok', 'error')",
+        # A cost as text with at most 12 decimals and 6 whole digits is a Decimal that fits DECIMAL(18, 12).
+        "cost": f"regexp_full_match({v}, '[0-9]{{1,6}}(\\.[0-9]{{1,12}})?')",
+        "price_source": f"{v} IN ({', '.join(repr(s) for s in PRICE_SOURCES)})",
         "int": f"regexp_full_match({v}, '[0-9]{{1,10}}') AND n_{f.name} <= {MAX_TOKENS_PER_CALL}",
         "float": f"regexp_full_match({v}, '[0-9]{{1,12}}(\\.[0-9]{{1,9}})?') AND isfinite(n_{f.name})",
         "bool": f"{v} IN ('true', 'false')",
@@ -177,11 +180,14 @@ def _typed_columns() -> str:
         "v_attempt_id AS attempt_id",
         "coalesce(v_source, $source_label) AS source",
         "CASE WHEN v_metadata <> '{}' THEN json(v_metadata)::VARCHAR END AS metadata",
+        # A cost the record gives (the tracker's own, or the provider's) is kept as given.
+        "CAST(CAST(v_cost_usd AS DECIMAL(18, 12)) * 1000000000000 AS BIGINT) AS reported_pico",
+        "CASE WHEN v_cost_usd IS NOT NULL THEN coalesce(v_price_source, 'provider') END AS reported_source",
     ]
     return ",\n".join(columns)
 
 
-TEXT_KINDS = ("str", "ts", "status")
+TEXT_KINDS = ("str", "ts", "status", "cost", "price_source")
 JSON_PATHS = [f"$.{f.name}" for f in FIELDS]
 CLEAN_ROWS = "clean_rows"
 

@@ -373,7 +373,7 @@ def _csv_cells(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, lines: 
     """
     everything = set(range(lines.num_rows))
     known = {f.name for f in bulk.FIELDS}
-    if not set(csv_header) <= known | set(bulk.PYDANTIC_ONLY_KEYS) or len(set(csv_header)) != len(csv_header):
+    if not set(csv_header) <= known or len(set(csv_header)) != len(csv_header):
         return None, everything  # unknown or repeated columns: pydantic names them, row by row
     text = lines.column("line")
     if text.null_count:
@@ -396,16 +396,7 @@ def _csv_cells(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, lines: 
         return None, everything
     cells = pa.Table.from_arrays([rows_at.column("idx"), rows_at.column("off"), *cells.columns],
                                  names=["idx", "off", *cells.column_names])
-    pydantic_only = [name for name in bulk.PYDANTIC_ONLY_KEYS if name in csv_header]
-    if pydantic_only:
-        reported = pa.compute.or_(*[pa.compute.fill_null(pa.compute.not_equal(cells.column(name), ""), False)
-                                    for name in pydantic_only]) if len(pydantic_only) > 1 else \
-            pa.compute.fill_null(pa.compute.not_equal(cells.column(pydantic_only[0]), ""), False)
-        slow = set(cells.filter(reported).column("idx").to_pylist())
-        cells = cells.filter(pa.compute.invert(reported))
-    else:
-        slow = set()
-    return cells.drop_columns(pydantic_only), slow | set(np.flatnonzero(blank).tolist())
+    return cells, set(np.flatnonzero(blank).tolist())
 
 
 def _blank_lines(chunk: bytes | memoryview, lines: pa.Table) -> np.ndarray:
@@ -524,23 +515,34 @@ def _cost_reason(pico: int) -> str:
 
 
 def _price_clean_rows(db: duckdb.DuckDBPyConnection, lines: pa.Table, parser: _Parser, pricer: Pricer) -> pa.Table:
-    """(idx, cost_pico, price_source) for the staged clean rows; a row costing more than the store holds fails."""
-    frame = db.sql(
-        f"SELECT idx, off, provider, model, ts, {', '.join(TOKEN_FIELDS)}, total_tokens FROM {bulk.CLEAN_ROWS}"
-    ).to_arrow_table().to_pandas()
-    pico, sources = pricer.price_frame_pico(frame)
+    """(idx, cost_pico, price_source) for the staged clean rows: the cost a record gives, or its price.
+
+    A priced row costing more than the store holds is kept as failed instead.
+    """
+    table = db.sql(
+        f"SELECT idx, off, provider, model, ts, {', '.join(TOKEN_FIELDS)}, total_tokens, reported_pico, reported_source "
+        f"FROM {bulk.CLEAN_ROWS}"
+    ).to_arrow_table()
+    reported = table.column("reported_pico")
+    # Through Arrow, not pandas: a column of int64 with nulls would become float64 there and lose digits.
+    pico = pa.compute.fill_null(reported, 0).to_numpy().astype(object)
+    sources = np.array(table.column("reported_source").to_pylist(), dtype=object)
+    unpriced = np.flatnonzero(reported.is_null().to_numpy(zero_copy_only=False))
+    frame = table.drop_columns(["reported_pico", "reported_source"]).to_pandas()
     idx = frame["idx"].to_numpy()
-    too_costly = _too_costly(pico)
-    if too_costly.any():
-        for position in np.flatnonzero(too_costly).tolist():
-            parser.invalid += 1
-            parser.fail(int(frame["off"].iat[position]), "invalid", _cost_reason(pico[position]),
-                        _raw_text(lines.column("raw")[int(idx[position])].as_py()))
-        keep = ~too_costly
-        idx, pico = idx[keep], pico[keep]
-        sources = [s for s, k in zip(sources, keep) if k]
-    return pa.table({"idx": pa.array(idx, type=pa.int64()), "cost_pico": pa.array(pico.astype(np.int64), type=pa.int64()),
-                     "price_source": pa.array(sources, type=pa.string())})
+    too_costly = np.zeros(len(frame), dtype=bool)
+    if len(unpriced):
+        computed, computed_sources = pricer.price_frame_pico(frame.iloc[unpriced])
+        pico[unpriced], sources[unpriced] = computed, computed_sources
+        too_costly[unpriced] = _too_costly(computed)
+    for position in np.flatnonzero(too_costly).tolist():
+        parser.invalid += 1
+        parser.fail(int(frame["off"].iat[position]), "invalid", _cost_reason(pico[position]),
+                    _raw_text(lines.column("raw")[int(idx[position])].as_py()))
+    keep = ~too_costly
+    return pa.table({"idx": pa.array(idx[keep], type=pa.int64()),
+                     "cost_pico": pa.array(pico[keep].astype(np.int64), type=pa.int64()),
+                     "price_source": pa.array(sources[keep], type=pa.string())})
 
 
 def _priced_slow_rows(parser: _Parser, settings: Settings, pricer: Pricer) -> pa.Table:

@@ -22,6 +22,8 @@ CLEAN = [
      "usage_estimated": True, "estimated_tokens": 1400, "attempt_id": "a1", "metadata": {"lesson": 42}},
     {**BASE, "ts": "2026-11-20T12:00:00+02:00", "total_tokens": 1600, "provider": None, "model": None},
     {**BASE, "user_id": "u-ü-\u00e9\"quoted\"", "error": "line one\nline two \\ end ", "model": "gpt-4o"},  # escapes
+    {**BASE, "cost_usd": "0.000123456789", "price_source": "price-table"},  # as the tracker journals it
+    {**BASE, "cost_usd": "999999.999999999999"},                             # the provider's, at the limit
     {**BASE, "metadata": None, "input_tokens": None, "status": None, "event_id": None},  # null reads as absent
     {k: v for k, v in BASE.items() if k not in ("event_id", "input_tokens", "output_tokens")} | {"total_tokens": 1988},
 ]
@@ -47,7 +49,12 @@ NOT_CLEAN = [
     {**BASE, "input_tokens": 10**12},
     {**BASE, "cache_read_tokens": 2000},                # more cached than input
     {**BASE, "total_tokens": 10},                       # less than input + output
-    {**BASE, "cost_usd": "0.01"},                       # provider-reported cost: pydantic's Decimal
+    {**BASE, "cost_usd": 0.01},                         # a cost as a number: pydantic's Decimal decides
+    {**BASE, "cost_usd": "1e-3"},
+    {**BASE, "cost_usd": "-0.5"},
+    {**BASE, "cost_usd": "0.1234567890123"},            # 13 decimals
+    {**BASE, "cost_usd": "1234567.5"},                  # 7 whole digits
+    {**BASE, "cost_usd": "0.5", "price_source": "guess"},
     {**BASE, "status": "failed"},
     {**BASE, "ts": "2026-11-20"},                       # a date alone: pydantic decides
     {**BASE, "ts": "1999-01-01T00:00:00Z"},
@@ -85,6 +92,8 @@ def test_clean_records_take_the_bulk_path_with_pydantics_values():
                      "attempt_id", "source"):
             assert row[name] == expected[name], name
         assert (json.loads(row["metadata"]) if row["metadata"] else {}) == expected["metadata"]
+        reported = None if expected["cost_usd"] is None else int(expected["cost_usd"].scaleb(12))
+        assert (row["reported_pico"], row["reported_source"]) == (reported, expected["price_source"])
 
 
 @pytest.mark.parametrize("record", NOT_CLEAN, ids=lambda r: json.dumps(r)[:60])
