@@ -1,15 +1,16 @@
-"""Ingest speed: events per second from JSON Lines and CSV into the store, against raw DuckDB on the same files.
+"""Ingest speed: events per second from files into the store, against raw DuckDB on the same files.
 
-For each size and format the script generates realistic usage events (providers and models the price
-table knows plus a self-hosted one it does not, 500 users in 12 tenants, 30 days of timestamps), then
-times, each in a fresh process:
+For each size the script generates realistic usage events (providers and models the price table knows
+plus a self-hosted one it does not, 500 users in 12 tenants, 30 days of timestamps) and writes them as
+JSON Lines, as CSV, and as the tracker's journal (a write-ahead call attempt before each event, and the
+event's own cost). For each file it times, each in a fresh process:
 - raw DuckDB: connect, `CREATE TABLE t AS SELECT * FROM read_json(file)` / `read_csv(file)` into a fresh file,
   close (the baseline; timed from connect to close, as the ingest is);
 - `llmcost.ingest.ingest(settings, [file])` into a fresh store (validates, prices, de-duplicates every record);
 - the same ingest again on the unchanged file (should cost next to nothing).
 It checks that the store holds every generated event exactly once, and reports each process's peak RSS.
 
-    python bench/ingest.py [--sizes 100000,1000000] [--formats jsonl,csv] [--repeat 3] [--out FILE.json]
+    python bench/ingest.py [--sizes 100000,1000000] [--formats jsonl,csv,journal] [--repeat 3] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ USERS = 500
 DAYS = 30
 ERROR_SHARE = 0.015
 ERRORS = ("APITimeoutError: Request timed out.", "RateLimitError: 429 Too Many Requests")
-FORMATS = ("jsonl", "csv")
-RAW_READERS = {"jsonl": "read_json", "csv": "read_csv"}
+FORMATS = ("jsonl", "csv", "journal")
+RAW_READERS = {"jsonl": "read_json", "csv": "read_csv", "journal": "read_json"}
+SUFFIXES = {"jsonl": "jsonl", "csv": "csv", "journal": "journal.jsonl"}
 REINGEST_TARGET_S = 0.5
 RATIO_TARGET = 2.0
 
@@ -136,7 +138,27 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
             cells.to_csv(f, index=False, header=start == 0)
 
 
-WRITERS = {"jsonl": write_jsonl, "csv": write_csv}
+ATTEMPT_KEYS = ("attempt_id", "ts", "user_id", "tenant_id", "use_case", "account_type", "provider", "model",
+                "estimated_tokens", "source")
+
+
+def write_journal(frame: pd.DataFrame, path: Path) -> None:
+    """The file the tracker writes: per call a write-ahead attempt, then the event with its cost
+    (12-decimal text, as the tracker prices it) and price source, absent fields left out."""
+    with path.open("w", encoding="utf-8") as f:
+        for start in range(0, len(frame), WRITE_ROWS):
+            part = frame.iloc[start:start + WRITE_ROWS]
+            attempts = part[list(ATTEMPT_KEYS)].assign(record="attempt")[["record", *ATTEMPT_KEYS]]
+            pico = part["input_tokens"].to_numpy() * 2_500_000 + part["output_tokens"].to_numpy() * 10_000_000
+            events = part.assign(cost_usd=[f"{p // 10**12}.{p % 10**12:012d}" for p in pico.tolist()],
+                                 price_source="price-table")
+            attempt_lines = attempts.to_json(orient="records", lines=True, force_ascii=False).splitlines()
+            event_lines = [line.replace(',"error":null', "") for line in
+                           events.to_json(orient="records", lines=True, force_ascii=False).splitlines()]
+            f.write("".join(a + "\n" + e + "\n" for a, e in zip(attempt_lines, event_lines)))
+
+
+WRITERS = {"jsonl": write_jsonl, "csv": write_csv, "journal": write_journal}
 
 
 def child_ingest(file: Path) -> dict:
@@ -154,10 +176,11 @@ def child_ingest(file: Path) -> dict:
     with store.reading(settings.db_path) as db:
         stored, distinct = db.execute("SELECT count(*), count(DISTINCT event_id) FROM usage_events").fetchall()[0]
         priced_by = dict(db.execute("SELECT price_source, count(*) FROM usage_events GROUP BY ALL").fetchall())
+        attempts = db.execute("SELECT count(DISTINCT attempt_id) FROM call_attempts").fetchall()[0][0]
     return {
         "seconds": seconds, "peak_rss_mb": rss, "read": result.read, "stored": result.stored,
         "duplicates": result.duplicates, "failed": result.failed, "failed_reasons": result.failed_reasons,
-        "rows_in_store": stored, "distinct_event_ids": distinct, "priced_by": priced_by,
+        "rows_in_store": stored, "distinct_event_ids": distinct, "priced_by": priced_by, "attempts_in_store": attempts,
     }
 
 
@@ -233,11 +256,13 @@ def measure(fmt: str, file: Path, generated: int, workdir: Path, repeat: int) ->
         "distinct_event_ids": again["distinct_event_ids"],
         "raw_rows": raw["rows_in_store"],
         "priced_by": again["priced_by"],
+        "attempts_in_store": again["attempts_in_store"],
     }
     row["exactly_once"] = (
         all(f["stored"] == f["rows_in_store"] == f["distinct_event_ids"] == generated for f in firsts)
         and row["rows_in_store"] == row["distinct_event_ids"] == generated
         and row["reingest_stored"] == 0
+        and row["attempts_in_store"] == (generated if fmt == "journal" else 0)
     )
     shutil.rmtree(home)
     raw_db.unlink()
@@ -283,7 +308,7 @@ def print_table(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated event counts")
-    parser.add_argument("--formats", default=",".join(FORMATS), help="jsonl, csv or both")
+    parser.add_argument("--formats", default=",".join(FORMATS), help="any of jsonl, csv, journal (the tracker's)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="keep the fastest of N runs of each timing (the machines are shared and noisy)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ingest.json")
@@ -292,7 +317,7 @@ def main() -> None:
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
-        parser.error(f"--formats: unknown {', '.join(unknown)} (use {' or '.join(FORMATS)})")
+        parser.error(f"--formats: unknown {', '.join(unknown)} (use {', '.join(FORMATS)})")
 
     code = code_version()
     rows = []
@@ -301,7 +326,7 @@ def main() -> None:
         for size in sizes:
             started = time.perf_counter()
             frame = generate_events(size)
-            files = {fmt: workdir / f"events-{size}.{fmt}" for fmt in formats}
+            files = {fmt: workdir / f"events-{size}.{SUFFIXES[fmt]}" for fmt in formats}
             for fmt, file in files.items():
                 WRITERS[fmt](frame, file)
             del frame

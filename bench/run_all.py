@@ -141,7 +141,9 @@ def ingest_section(result: dict) -> list[str]:
         "database file, close: no validation, no pricing, no de-duplication. llmcost ingest opens the store, "
         "validates every record, prices it, de-duplicates by `event_id`, records the file offset in the same "
         "transaction and closes the store; both are timed from opening to closing. Each figure is the fastest "
-        "of `repeat` runs, each in a fresh process; peak RSS is that whole process (Python, imports and all).",
+        "of `repeat` runs, each in a fresh process; peak RSS is that whole process (Python, imports and all). "
+        "`journal` is the file the tracker writes: a write-ahead call attempt before each event, and the "
+        "event's cost as the tracker priced it; raw DuckDB reads both kinds of line into one table.",
     ]
     code = result.get("code")
     if code:

@@ -64,6 +64,19 @@ FIELDS = (
     Field("source", "str", nullable=True, min_length=1, max_length=1000),
     Field("metadata", "object"),
 )
+# The tracker's write-ahead record of a call, {"record": "attempt", ...} (llmcost.records.AttemptRecord).
+ATTEMPT_FIELDS = (
+    Field("attempt_id", "str", required=True, min_length=1, max_length=200),
+    Field("ts", "ts", required=True),
+    Field("user_id", "str", nullable=True, max_length=500),
+    Field("tenant_id", "str", nullable=True, max_length=500),
+    Field("use_case", "str", nullable=True, max_length=500),
+    Field("account_type", "str", nullable=True, max_length=200),
+    Field("provider", "str", nullable=True, max_length=200),
+    Field("model", "str", nullable=True, max_length=500),
+    Field("estimated_tokens", "int", nullable=True),
+    Field("source", "str", nullable=True, max_length=1000),
+)
 # Hours 00-23 and offsets up to ±14:00 only: DuckDB reads 24:00 and +99:00 where pydantic refuses them.
 ISO_TS = (r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[T ]([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?"
           r"(Z|[+-](0\d|1[0-4]):[0-5]\d)?")
@@ -141,24 +154,25 @@ def _field_test(f: Field, from_json: bool) -> str:
 TOKEN_NAMES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 
 
-def _clean_test(from_json: bool) -> str:
-    tests = [_field_test(f, from_json) for f in FIELDS]
-    tokens = {n: f"coalesce(n_{n}, 0)" for n in TOKEN_NAMES}
-    parts = f"({tokens['input_tokens']} + {tokens['output_tokens']})"
-    tests += [
-        f"({tokens['input_tokens']} = 0 OR {tokens['cache_read_tokens']} + {tokens['cache_write_tokens']} "
-        f"<= {tokens['input_tokens']})",
-        f"({tokens['output_tokens']} = 0 OR {tokens['reasoning_tokens']} <= {tokens['output_tokens']})",
-        f"(n_total_tokens IS NULL OR {parts} = 0 OR n_total_tokens >= {parts})",
-    ]
+def _clean_test(fields: tuple[Field, ...], from_json: bool) -> str:
+    tests = [_field_test(f, from_json) for f in fields]
+    if fields is FIELDS:  # a usage event's token counts must add up, as UsageEvent checks
+        tokens = {n: f"coalesce(n_{n}, 0)" for n in TOKEN_NAMES}
+        parts = f"({tokens['input_tokens']} + {tokens['output_tokens']})"
+        tests += [
+            f"({tokens['input_tokens']} = 0 OR {tokens['cache_read_tokens']} + {tokens['cache_write_tokens']} "
+            f"<= {tokens['input_tokens']})",
+            f"({tokens['output_tokens']} = 0 OR {tokens['reasoning_tokens']} <= {tokens['output_tokens']})",
+            f"(n_total_tokens IS NULL OR {parts} = 0 OR n_total_tokens >= {parts})",
+        ]
     return " AND ".join(tests)
 
 
-def _read_once() -> str:
+def _read_once(fields: tuple[Field, ...]) -> str:
     """The time and the numbers, read from their text once for both the clean test and the typed columns."""
     columns = ["TRY_CAST(v_ts AS TIMESTAMPTZ) AS t_ts"]
-    columns += [f"TRY_CAST(v_{f.name} AS BIGINT) AS n_{f.name}" for f in FIELDS if f.kind == "int"]
-    columns += [f"TRY_CAST(v_{f.name} AS DOUBLE) AS n_{f.name}" for f in FIELDS if f.kind == "float"]
+    columns += [f"TRY_CAST(v_{f.name} AS BIGINT) AS n_{f.name}" for f in fields if f.kind == "int"]
+    columns += [f"TRY_CAST(v_{f.name} AS DOUBLE) AS n_{f.name}" for f in fields if f.kind == "float"]
     return ", ".join(columns)
 
 
@@ -187,52 +201,63 @@ def _typed_columns() -> str:
     return ",\n".join(columns)
 
 
+def _attempt_columns() -> str:
+    """The call_attempts columns (but ingested_at) from a clean attempt's field texts."""
+    return ",\n".join([
+        "v_attempt_id AS attempt_id", "(t_ts AT TIME ZONE 'UTC') AS ts", "(t_ts AT TIME ZONE $tz)::DATE AS day",
+        "v_user_id AS user_id", "v_tenant_id AS tenant_id", "v_use_case AS use_case",
+        "v_account_type AS account_type", "v_provider AS provider", "v_model AS model",
+        "n_estimated_tokens AS estimated_tokens", "coalesce(nullif(v_source, ''), $source_label) AS source",
+    ])
+
+
 TEXT_KINDS = ("str", "ts", "status", "cost", "price_source")
-JSON_PATHS = [f"$.{f.name}" for f in FIELDS]
 CLEAN_ROWS = "clean_rows"
+CLEAN_ATTEMPTS = "clean_attempts"
 
 
-def _stage(db: duckdb.DuckDBPyConnection, relation_sql: str, from_json: bool, params: dict) -> np.ndarray:
-    """Keep the clean rows of a relation of v_ columns, typed, in the temp table clean_rows; returns their idx."""
+def _stage(db: duckdb.DuckDBPyConnection, table: str, columns_sql: str, relation_sql: str, test_sql: str,
+           read_once_sql: str, params: dict) -> np.ndarray:
+    """Keep the rows of a relation of v_ columns that pass `test_sql`, typed, in the temp table `table`;
+    returns their idx."""
     # Nothing depends on the order rows are staged in (duplicates are settled by file offset), and
     # keeping it would make DuckDB read a registered Arrow table on one thread. The store's own
     # inserts keep it: unordered inserts leave part-filled row groups that each checkpoint rewrites.
     db.execute("SET preserve_insertion_order = false")
     try:
-        _create_clean_rows(db, relation_sql, from_json, params)
+        db.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE {table} AS
+            SELECT idx, off, {columns_sql}
+            FROM (SELECT *, {read_once_sql} FROM ({relation_sql}))
+            WHERE coalesce({test_sql}, false)
+            """,
+            params,
+        )
     finally:
         db.execute("RESET preserve_insertion_order")
-    return db.sql(f"SELECT idx FROM {CLEAN_ROWS}").to_arrow_table().column("idx").to_numpy()
+    return db.sql(f"SELECT idx FROM {table}").to_arrow_table().column("idx").to_numpy()
 
 
-def _create_clean_rows(db: duckdb.DuckDBPyConnection, relation_sql: str, from_json: bool, params: dict) -> None:
-    db.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE {CLEAN_ROWS} AS
-        SELECT idx, off, {_typed_columns()}
-        FROM (SELECT *, {_read_once()} FROM ({relation_sql}))
-        WHERE coalesce(known_keys AND {_clean_test(from_json)}, false)
-        """,
-        params,
-    )
+def _json_relation(fields: tuple[Field, ...], lead: tuple[str, ...] = (), where: str = "true") -> tuple[str, list]:
+    """(SQL, JSON paths) for the lines of chunk_lines as j_<key> (each known key's JSON text) and
+    v_<field> (its value as text), with known_keys true when the line has no other key.
 
-
-def stage_json(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, id_prefix: str, source_label: str,
-               timezone: str) -> np.ndarray:
-    """Type the clean lines of a chunk of JSON Lines into the temp table clean_rows; returns their idx."""
-    db.register("chunk_lines", lines.select(["idx", "off", "line"]))
-    fragments = ", ".join(f"f[{n}] AS j_{f.name}" for n, f in enumerate(FIELDS, start=1))
+    `lead` are further keys read as JSON text only (such as an attempt's "record").
+    """
+    names = [*lead, *(f.name for f in fields)]
+    fragments = ", ".join(f"f[{n}] AS j_{name}" for n, name in enumerate(names, start=1))
     values = ", ".join(
         (f"j_{f.name}->>'$'" if f.kind in TEXT_KINDS else f"nullif(j_{f.name}, 'null')") + f" AS v_{f.name}"
-        for f in FIELDS
+        for f in fields
     )
     # Each line has as many keys as known keys found in it only when every key is known and given
     # once (with a key given twice DuckDB reads the first value, json.loads the last).
-    found = " + ".join(f"(j_{f.name} IS NOT NULL)::INTEGER" for f in FIELDS)
-    texts = ", ".join(f"j_{f.name}" for f in FIELDS if f.kind in TEXT_KINDS)
+    found = " + ".join(f"(j_{name} IS NOT NULL)::INTEGER" for name in names)
+    texts = ", ".join([*(f"j_{name}" for name in lead), *(f"j_{f.name}" for f in fields if f.kind in TEXT_KINDS)])
     # The JSON functions only see lines that look like objects; TRY turns what is not JSON into NULL.
     # An escaped NUL (pydantic refuses it) and surrogate escapes (json.loads judges them) go to pydantic.
-    relation = f"""
+    sql = f"""
         SELECT idx, off, coalesce(key_count = {found}, false) AS known_keys, {texts}, {values}
         FROM (
             SELECT idx, off, key_count, {fragments}
@@ -241,12 +266,38 @@ def stage_json(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, id_prefix: str
                 FROM chunk_lines
                 WHERE prefix(line, '{{') AND strpos(line, '\\u0000') = 0
                       AND (strpos(line, '\\u') = 0 OR NOT regexp_matches(line, '\\\\u[dD][89a-fA-F]'))
+                      AND {where}
             )
         )
     """
-    params = {**_params(id_prefix, source_label, timezone), "paths": JSON_PATHS}
+    return sql, [f"$.{name}" for name in names]
+
+
+def stage_json(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, id_prefix: str, source_label: str,
+               timezone: str) -> np.ndarray:
+    """Type the clean usage events of a chunk of JSON Lines into the temp table clean_rows; returns their idx."""
+    relation, paths = _json_relation(FIELDS)
+    params = {**_params(id_prefix, source_label, timezone), "paths": paths}
+    db.register("chunk_lines", lines.select(["idx", "off", "line"]))
     try:
-        return _stage(db, relation, True, params)
+        return _stage(db, CLEAN_ROWS, _typed_columns(), relation, f"known_keys AND {_clean_test(FIELDS, True)}",
+                      _read_once(FIELDS), params)
+    finally:
+        db.unregister("chunk_lines")
+
+
+def stage_attempts(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, source_label: str,
+                   timezone: str) -> np.ndarray:
+    """Type the clean call attempts among the lines that are not staged usage events into the temp table
+    clean_attempts; returns their idx."""
+    relation, paths = _json_relation(ATTEMPT_FIELDS, lead=("record",),
+                                     where=f"strpos(line, '\"record\"') > 0 AND idx NOT IN (SELECT idx FROM {CLEAN_ROWS})")
+    params = {**_params("", source_label, timezone), "paths": paths}
+    del params["id_prefix"]
+    test = f"""known_keys AND j_record = '"attempt"' AND {_clean_test(ATTEMPT_FIELDS, True)}"""
+    db.register("chunk_lines", lines.select(["idx", "off", "line"]))
+    try:
+        return _stage(db, CLEAN_ATTEMPTS, _attempt_columns(), relation, test, _read_once(ATTEMPT_FIELDS), params)
     finally:
         db.unregister("chunk_lines")
 
@@ -262,7 +313,8 @@ def stage_csv(db: duckdb.DuckDBPyConnection, cells: pa.Table, *, id_prefix: str,
     )
     relation = f"SELECT idx, off, true AS known_keys, {values} FROM chunk_cells"
     try:
-        return _stage(db, relation, False, _params(id_prefix, source_label, timezone))
+        return _stage(db, CLEAN_ROWS, _typed_columns(), relation, f"known_keys AND {_clean_test(FIELDS, False)}",
+                      _read_once(FIELDS), _params(id_prefix, source_label, timezone))
     finally:
         db.unregister("chunk_cells")
 

@@ -21,7 +21,7 @@ import duckdb
 
 from . import store
 from .config import Settings
-from .records import Batch, drop_batch_events, overlong_line, parse_lines
+from .records import Batch, drop_batch_tables, overlong_line, parse_lines
 
 # A batch should hold a few of DuckDB's row groups (122,880 rows), so that the store's insert writes
 # them on every core: about 270k JSON lines, or 300k CSV rows (which are shorter).
@@ -249,16 +249,16 @@ def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, re
             )
             result.stored = db.execute("SELECT count(*) FROM usage_events").fetchall()[0][0] - before
             result.duplicates = batch.events - result.stored
-        drop_batch_events(db)
-        if len(batch.attempts):
-            attempts = batch.attempts  # noqa: F841
+        if batch.attempts:
             before = db.execute("SELECT count(*) FROM call_attempts").fetchall()[0][0]
             db.execute(
                 """
                 INSERT INTO call_attempts
                 SELECT attempt_id, ts, day, user_id, tenant_id, use_case, account_type, provider, model,
-                       estimated_tokens, source, ? FROM attempts a
+                       estimated_tokens, source, ? FROM batch_attempts a
                 WHERE NOT EXISTS (SELECT 1 FROM call_attempts c WHERE c.attempt_id = a.attempt_id)
+                QUALIFY row_number() OVER (PARTITION BY attempt_id ORDER BY off) = 1
+                ORDER BY off
                 """,
                 [now],
             )
@@ -280,6 +280,7 @@ def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, re
             )
             unstored = batch.failed[batch.failed["event_id"].isna() & batch.failed["attempt_id"].isna()]
             result.failed_reasons = [str(r) for r in unstored["error"].head(MAX_REASONS)]
+        drop_batch_tables(db)
         result.failed = batch.invalid
         result.recovered = batch.from_fallback
         _touch_source(db, source, key, new_offset, records)

@@ -72,11 +72,12 @@ class AttemptRecord(BaseModel):
 
 @dataclass
 class Batch:
-    """One chunk's records: events wait in the connection's temp table `batch_events`."""
+    """One chunk's records: events and call attempts wait in the connection's temp views
+    `batch_events` and `batch_attempts`."""
 
     lines: int = 0
     events: int = 0            # rows in batch_events, before de-duplication
-    attempts: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ATTEMPT_COLUMNS))
+    attempts: int = 0          # rows in batch_attempts, before de-duplication
     failed: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAILED_COLUMNS))
     consumed: int = 0          # bytes of the chunk read (less than all when a CSV record waits for its end)
     invalid: int = 0           # records that could not be stored at all
@@ -220,7 +221,7 @@ class _Parser:
             self.fail(offset, "fallback", f"{original_error}; the entry has no event object", raw, logged_at=logged_at)
             return
         if inner.get("record") == "attempt":
-            attempt_id, reason = self.attempt(inner)
+            attempt_id, reason = self.attempt(offset, inner)
             if attempt_id is None:
                 self.invalid += 1
                 self.fail(offset, "fallback", f"{original_error}; cannot be stored: {reason}", raw, inner,
@@ -239,12 +240,12 @@ class _Parser:
         self.fail(offset, "fallback", original_error, raw, inner, event_id=event.event_id, logged_at=logged_at)
 
     def handle_attempt(self, offset: int, obj: dict[str, Any], raw: str) -> None:
-        attempt_id, reason = self.attempt(obj)
+        attempt_id, reason = self.attempt(offset, obj)
         if attempt_id is None:
             self.invalid += 1
             self.fail(offset, "invalid", reason, raw, obj)
 
-    def attempt(self, obj: dict[str, Any]) -> tuple[str | None, str | None]:
+    def attempt(self, offset: int, obj: dict[str, Any]) -> tuple[str | None, str | None]:
         """Validate and keep a call attempt; returns (attempt_id, None) or (None, reason)."""
         try:
             attempt = AttemptRecord.model_validate(obj)
@@ -252,6 +253,7 @@ class _Parser:
             return None, f"call attempt: {describe_validation_error(error)}"
         row = attempt.model_dump(exclude={"record"})
         row["source"] = row["source"] or self.source_label
+        row["off"] = offset
         self.attempts.append(row)
         return attempt.attempt_id, None
 
@@ -419,12 +421,17 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, sta
     options = dict(id_prefix=stable_id(file_key, ""), source_label=parser.source_label, timezone=settings.timezone)
     consumed = len(chunk)
     clean_idx = None
+    attempt_idx = np.zeros(0, dtype=np.int64)
     if csv_header is None:
-        clean_idx, cut = _whole_row_groups(db, bulk.stage_json(db, lines, **options), lines.num_rows, at_end)
-        if cut is not None:
-            consumed = lines.column("off")[cut].as_py() - start_offset
-            lines = lines.slice(0, cut)
-        other_idx = _all_but(lines.num_rows, clean_idx)
+        if source.kind == "fallback":  # every line is a fallback entry: pydantic's path reads them
+            other_idx = np.arange(lines.num_rows)
+        else:
+            clean_idx, cut = _whole_row_groups(db, bulk.stage_json(db, lines, **options), lines.num_rows, at_end)
+            if cut is not None:
+                consumed = lines.column("off")[cut].as_py() - start_offset
+                lines = lines.slice(0, cut)
+            attempt_idx = bulk.stage_attempts(db, lines, source_label=parser.source_label, timezone=settings.timezone)
+            other_idx = _all_but(lines.num_rows, np.concatenate([clean_idx, attempt_idx]))
         slow = [(offset, None if not raw.strip() else _decode_line(raw), raw)
                 for offset, raw in zip(_pick(lines.column("off"), other_idx), _pick(lines.column("raw"), other_idx))]
     else:
@@ -459,14 +466,10 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, sta
 
     clean_prices = _price_clean_rows(db, lines, parser, pricer) if clean_idx is not None and len(clean_idx) else None
     slow_events = _priced_slow_rows(parser, settings, pricer) if parser.events else None
-    records = (len(clean_idx) if clean_idx is not None else 0) + len(slow) - blank
+    records = (len(clean_idx) if clean_idx is not None else 0) + len(attempt_idx) + len(slow) - blank
     batch = Batch(lines=records, invalid=parser.invalid, from_fallback=parser.from_fallback, consumed=consumed)
     batch.events = _load_batch_events(db, clean_prices, slow_events)
-    if parser.attempts:
-        attempts = pd.DataFrame(parser.attempts)
-        attempts["day"] = _days(attempts["ts"], settings)
-        attempts["ts"] = _naive_utc(attempts["ts"])
-        batch.attempts = attempts.drop_duplicates("attempt_id")[ATTEMPT_COLUMNS]
+    batch.attempts = _load_batch_attempts(db, parser, settings, staged=len(attempt_idx))
     if parser.failed:
         batch.failed = pd.DataFrame(parser.failed, columns=FAILED_COLUMNS).drop_duplicates("failed_id")
     return batch
@@ -577,7 +580,8 @@ def _priced_slow_rows(parser: _Parser, settings: Settings, pricer: Pricer) -> pa
 
 
 BATCH_EVENTS = "batch_events"
-_BATCH_TABLES = ("clean_prices", "slow_events", bulk.CLEAN_ROWS)
+BATCH_ATTEMPTS = "batch_attempts"
+_BATCH_TABLES = ("clean_prices", "slow_events", "slow_attempts", bulk.CLEAN_ROWS, bulk.CLEAN_ATTEMPTS)
 
 
 def _load_batch_events(db: duckdb.DuckDBPyConnection, clean_prices: pa.Table | None,
@@ -604,8 +608,29 @@ def _load_batch_events(db: duckdb.DuckDBPyConnection, clean_prices: pa.Table | N
         (clean_prices.num_rows if clean_prices is not None else 0)
 
 
-def drop_batch_events(db: duckdb.DuckDBPyConnection) -> None:
-    db.execute(f"DROP VIEW IF EXISTS {BATCH_EVENTS}")
+def _load_batch_attempts(db: duckdb.DuckDBPyConnection, parser: _Parser, settings: Settings, staged: int) -> int:
+    """Make the view batch_attempts over the staged call attempts and the pydantic path's; returns its size."""
+    columns = ", ".join(["off", *ATTEMPT_COLUMNS])
+    parts = []
+    if parser.attempts:
+        attempts = pd.DataFrame(parser.attempts)
+        attempts["day"] = _days(attempts["ts"], settings)
+        attempts["ts"] = _naive_utc(attempts["ts"])
+        db.register("slow_attempts_part", attempts[["off", *ATTEMPT_COLUMNS]])
+        db.execute("CREATE OR REPLACE TEMP TABLE slow_attempts AS SELECT * FROM slow_attempts_part")
+        db.unregister("slow_attempts_part")
+        parts.append(f"SELECT {columns} FROM slow_attempts")
+    if staged:
+        parts.append(f"SELECT {columns} FROM {bulk.CLEAN_ATTEMPTS}")
+    if parts:
+        db.execute(f"CREATE OR REPLACE TEMP VIEW {BATCH_ATTEMPTS} AS " + " UNION ALL ".join(parts))
+    return len(parser.attempts) + staged
+
+
+def drop_batch_tables(db: duckdb.DuckDBPyConnection) -> None:
+    """Drop what parse_lines left in the connection for one batch."""
+    for view in (BATCH_EVENTS, BATCH_ATTEMPTS):
+        db.execute(f"DROP VIEW IF EXISTS {view}")
     for table in _BATCH_TABLES:
         db.execute(f"DROP TABLE IF EXISTS {table}")
 

@@ -165,3 +165,68 @@ def test_csv_rows_split_by_duckdb_fall_back_to_pydantic_when_unusual(settings, t
         assert db.execute("SELECT count(*) FROM usage_events WHERE event_id = 'g'").fetchall()[0][0] == 1
         reasons = " ".join(r[0] for r in db.execute("SELECT error FROM failed_logs").fetchall())
     assert "CSV row has 7 cells, the header 6" in reasons
+
+
+ATTEMPT = {"record": "attempt", "attempt_id": "a1", "ts": "2026-11-20T10:00:00.5Z", "user_id": "u1", "tenant_id": "t1",
+           "use_case": "chat_tutor", "account_type": None, "provider": "openai", "model": "gpt-4o",
+           "estimated_tokens": 1400, "source": "svc"}  # as the tracker journals it
+CLEAN_ATTEMPTS = [
+    ATTEMPT,
+    {**ATTEMPT, "source": None, "estimated_tokens": None, "ts": "2026-11-20T05:00:00-05:00"},
+    {k: v for k, v in ATTEMPT.items() if k not in ("user_id", "model", "source")},
+    {**ATTEMPT, "source": ""},  # an empty source reads as none: the file's label
+]
+OTHER_ATTEMPTS = [
+    {**ATTEMPT, "extra": 1},                  # pydantic ignores it; the bulk path leaves it to pydantic
+    {**ATTEMPT, "attempt_id": " padded "},
+    {**ATTEMPT, "estimated_tokens": "12"},
+    {**ATTEMPT, "attempt_id": 5},
+    {**ATTEMPT, "record": "attempts"},
+    {**ATTEMPT, "ts": "yesterday"},
+    {**ATTEMPT, "user_id": ["u1"]},
+    {**ATTEMPT, "attempt_id": ""},
+]
+
+
+def test_clean_call_attempts_take_the_bulk_path_with_pydantics_values():
+    from llmcost.records import AttemptRecord
+
+    records = [{**r, "attempt_id": f"{r['attempt_id']}-{n}"} for n, r in enumerate(CLEAN_ATTEMPTS)] + OTHER_ATTEMPTS + [BASE]
+    chunk = b"".join(json.dumps(r).encode() + b"\n" for r in records)
+    db = duckdb.connect()
+    db.execute("SET TimeZone = 'UTC'")
+    lines = bulk.lines_table(chunk, 0)
+    events = bulk.stage_json(db, lines, id_prefix="key:", source_label="file:x.jsonl", timezone="America/New_York")
+    attempts = bulk.stage_attempts(db, lines, source_label="file:x.jsonl", timezone="America/New_York")
+    assert events.tolist() == [len(records) - 1]
+    assert sorted(attempts.tolist()) == list(range(len(CLEAN_ATTEMPTS)))
+    rows = db.sql(f"SELECT * FROM {bulk.CLEAN_ATTEMPTS} ORDER BY idx").to_arrow_table().to_pylist()
+    for record, row in zip(records, rows):
+        expected = AttemptRecord.model_validate(record).model_dump()
+        assert row["ts"] == expected["ts"].astimezone(__import__("datetime").timezone.utc).replace(tzinfo=None)
+        assert row["day"] == expected["ts"].astimezone(__import__("zoneinfo").ZoneInfo("America/New_York")).date()
+        assert row["source"] == (expected["source"] or "file:x.jsonl")
+        for name in ("attempt_id", "user_id", "tenant_id", "use_case", "account_type", "provider", "model",
+                     "estimated_tokens"):
+            assert row[name] == expected[name], name
+
+
+def test_call_attempts_store_alike_on_both_paths(settings, tmp_path):
+    # The same attempts as journal lines (the bulk path, where clean) and in fallback-log entries
+    # (always pydantic's path) must leave the same rows in call_attempts.
+    records = [{**r, "attempt_id": f"{r['attempt_id']}-{n}"} if r["attempt_id"] and isinstance(r["attempt_id"], str)
+               else r for n, r in enumerate(CLEAN_ATTEMPTS + OTHER_ATTEMPTS)]
+    direct = tmp_path / "journal-like.jsonl"
+    direct.write_text("".join(json.dumps(r) + "\n" for r in records))
+    ingest(settings, [direct])
+    with store.reading(settings.db_path) as db:
+        from_lines = db.execute("SELECT * EXCLUDE (ingested_at, source) FROM call_attempts ORDER BY attempt_id").fetchall()
+    settings.db_path.unlink()
+    wrapped = tmp_path / "fallback-like.jsonl"
+    wrapped.write_text("".join(json.dumps({"timestamp": "2026-11-20T10:00:00Z", "error": "disk full", "event": r}) + "\n"
+                               for r in records))
+    ingest(settings, [wrapped])
+    with store.reading(settings.db_path) as db:
+        from_fallback = db.execute("SELECT * EXCLUDE (ingested_at, source) FROM call_attempts ORDER BY attempt_id").fetchall()
+    assert len(from_lines) == len(CLEAN_ATTEMPTS) + 3  # extra key, padded id and "12" are pydantic's to accept
+    assert from_lines == from_fallback
