@@ -1,11 +1,15 @@
-"""Validating usage events in bulk inside DuckDB.
+"""Validating usage events and call attempts in bulk inside DuckDB.
 
-Most records are plain: the right keys, the right JSON types, values in range. A conservative
-"clean" test written in SQL picks those out, and DuckDB types them for the whole batch at once;
-pricing then runs once per batch. Every other record (odd types, coercions, missing identity,
-fallback entries, attempts, anything the SQL test is unsure of) goes through the exact pydantic
-path in `llmcost.records`, which stores it or says why not. The clean test only accepts records
-that `UsageEvent` accepts unchanged, so both paths store the same values.
+Most records are plain: the right keys, each once, the right JSON types, values in range. A conservative
+"clean" test written in SQL picks those out, and DuckDB types them for the whole batch at once; pricing
+then runs once per batch. Every other record (odd types, coercions, missing identity, fallback entries,
+anything the SQL test is unsure of) goes through the exact pydantic path in `llmcost.records`, which
+stores it or says why not. The clean test only accepts records that `UsageEvent` (or `AttemptRecord`)
+accepts unchanged, so both paths store the same values.
+
+A JSON line is read once into the JSON text of each known key (`json_extract`: a string keeps its
+quotes, so its type shows) and once for its number of keys: when that number equals the known keys
+found, the line has no other key and none twice.
 """
 
 from __future__ import annotations
@@ -276,7 +280,8 @@ def _json_relation(fields: tuple[Field, ...], lead: tuple[str, ...] = (), where:
 def stage_json(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, id_prefix: str, source_label: str,
                timezone: str) -> np.ndarray:
     """Type the clean usage events of a chunk of JSON Lines into the temp table clean_rows; returns their idx."""
-    relation, paths = _json_relation(FIELDS)
+    # A line with a "record" key is no usage event (a call attempt, say): it is not worth parsing here.
+    relation, paths = _json_relation(FIELDS, where="""strpos(line, '"record":') = 0""")
     params = {**_params(id_prefix, source_label, timezone), "paths": paths}
     db.register("chunk_lines", lines.select(["idx", "off", "line"]))
     try:

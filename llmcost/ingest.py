@@ -19,14 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import duckdb
 
-from . import store
+from . import bulk, store
 from .config import Settings
 from .records import Batch, drop_batch_tables, overlong_line, parse_lines
 
 # A batch should hold a few of DuckDB's row groups (122,880 rows), so that the store's insert writes
-# them on every core: about 270k JSON lines, or 300k CSV rows (which are shorter).
+# them on every core: about 270k JSON lines, or 300k CSV rows (which are shorter). Once a batch has
+# been cut at whole row groups, the next reads about ROW_GROUPS_PER_BATCH groups' worth of bytes.
 BATCH_BYTES = 128 * 1024 * 1024
 CSV_BATCH_BYTES = BATCH_BYTES // 2
+MAX_BATCH_BYTES = 2 * BATCH_BYTES
+MIN_BATCH_BYTES = 1024 * 1024
+ROW_GROUPS_PER_BATCH = 2
 HOLD_SECONDS = 3.0
 FIRST_LINE_LIMIT = 64 * 1024
 MAX_REASONS = 5
@@ -160,6 +164,7 @@ def _ingest_file(settings, source: Source, pricer, progress, lock_timeout) -> In
         return result  # empty, or a first line still being written
     header = _csv_header(source.path) if source.is_csv else None
     size = source.path.stat().st_size
+    limit = CSV_BATCH_BYTES if source.is_csv else BATCH_BYTES
     finished = False
     while not finished:
         # Hold the write connection for a few seconds of batches at most, so readers in other
@@ -167,14 +172,17 @@ def _ingest_file(settings, source: Source, pricer, progress, lock_timeout) -> In
         with store.writing(settings.db_path, timeout=lock_timeout) as db:
             held_until = time.monotonic() + HOLD_SECONDS
             while not finished and time.monotonic() < held_until:
-                offset, finished = _next_batch(db, settings, source, key, header, size, pricer, result)
+                offset, finished, limit = _next_batch(db, settings, source, key, header, size, pricer, result, limit)
                 if progress:
                     progress(str(source.path), offset, size)
     return result
 
 
-def _next_batch(db, settings, source: Source, key: str, header, size: int, pricer, result: IngestResult):
-    """Ingest the next batch of a file in one transaction; returns (offset reached, whether the file is done)."""
+def _next_batch(db, settings, source: Source, key: str, header, size: int, pricer, result: IngestResult, limit: int):
+    """Ingest the next batch of at most `limit` bytes of a file in one transaction.
+
+    Returns (offset reached, whether the file is done, how many bytes the next batch should read).
+    """
     known_key, offset, records = _read_offset(db, source.path)
     if known_key is not None and (known_key != key or offset > size):
         offset, records = 0, 0  # replaced or truncated: read again; event_id de-duplication keeps it exactly-once
@@ -182,7 +190,6 @@ def _next_batch(db, settings, source: Source, key: str, header, size: int, price
         offset = len(_first_line_bytes(source.path))
     with source.path.open("rb") as f:
         f.seek(offset)
-        limit = CSV_BATCH_BYTES if source.is_csv else BATCH_BYTES
         chunk = f.read(limit)
     at_end = len(chunk) < limit
     end = chunk.rfind(b"\n")
@@ -191,14 +198,18 @@ def _next_batch(db, settings, source: Source, key: str, header, size: int, price
                             csv_header=header, settings=settings, pricer=pricer, at_end=at_end)
     elif at_end:
         _touch_source(db, source, key, offset, records)
-        return offset, True  # the last line is still being written
+        return offset, True, limit  # the last line is still being written
     else:
         batch = overlong_line(source, key, offset, chunk)
         if batch is None:
-            return offset, True  # no end to that line yet
+            return offset, True, limit  # no end to that line yet
     result.add(_store_batch(db, batch, source, key, offset + batch.consumed, records + batch.lines))
     offset += batch.consumed
-    return offset, offset >= size or at_end
+    if batch.cut_at_row_group:
+        # A little more than the bytes that make the row groups wanted, so that little is read twice.
+        wanted = batch.consumed / batch.bulk_events * ROW_GROUPS_PER_BATCH * bulk.ROW_GROUP_ROWS * 1.03
+        limit = int(min(max(wanted, MIN_BATCH_BYTES), MAX_BATCH_BYTES))
+    return offset, offset >= size or at_end, limit
 
 
 def _first_line_bytes(path: Path) -> bytes:

@@ -82,6 +82,8 @@ class Batch:
     consumed: int = 0          # bytes of the chunk read (less than all when a CSV record waits for its end)
     invalid: int = 0           # records that could not be stored at all
     from_fallback: int = 0     # fallback-log records (events, call attempts) that were valid
+    cut_at_row_group: bool = False  # the batch stopped after whole row groups, before the chunk's end
+    bulk_events: int = 0       # events that took the bulk path
 
 
 def stable_id(file_key: str, offset: int | str, kind: str = "event") -> str:
@@ -420,6 +422,7 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, sta
     lines = bulk.lines_table(chunk, start_offset)
     options = dict(id_prefix=stable_id(file_key, ""), source_label=parser.source_label, timezone=settings.timezone)
     consumed = len(chunk)
+    cut = None
     clean_idx = None
     attempt_idx = np.zeros(0, dtype=np.int64)
     if csv_header is None:
@@ -467,7 +470,8 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, sta
     clean_prices = _price_clean_rows(db, lines, parser, pricer) if clean_idx is not None and len(clean_idx) else None
     slow_events = _priced_slow_rows(parser, settings, pricer) if parser.events else None
     records = (len(clean_idx) if clean_idx is not None else 0) + len(attempt_idx) + len(slow) - blank
-    batch = Batch(lines=records, invalid=parser.invalid, from_fallback=parser.from_fallback, consumed=consumed)
+    batch = Batch(lines=records, invalid=parser.invalid, from_fallback=parser.from_fallback, consumed=consumed,
+                  cut_at_row_group=cut is not None, bulk_events=len(clean_idx) if clean_idx is not None else 0)
     batch.events = _load_batch_events(db, clean_prices, slow_events)
     batch.attempts = _load_batch_attempts(db, parser, settings, staged=len(attempt_idx))
     if parser.failed:

@@ -298,6 +298,8 @@ def test_batches_cut_at_whole_row_groups_store_every_record_once(settings, tmp_p
     monkeypatch.setattr(bulk_module, "ROW_GROUP_ROWS", 7)
     monkeypatch.setattr(ingest_module, "BATCH_BYTES", 4096)
     monkeypatch.setattr(ingest_module, "CSV_BATCH_BYTES", 2048)
+    monkeypatch.setattr(ingest_module, "MIN_BATCH_BYTES", 1024)
+    monkeypatch.setattr(ingest_module, "MAX_BATCH_BYTES", 8192)
     records = []
     for n in range(300):
         records.append(event(n, **({"user_id": f" padded-{n}"} if n % 17 == 0 else {})))  # pydantic's path
