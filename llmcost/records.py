@@ -370,37 +370,70 @@ def _csv_records(raws: list[bytes], offsets: list[int], csv_header: list[str], *
 
 def _csv_cells(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, lines: pa.Table, csv_header: list[str],
                header_line: bytes) -> tuple[pa.Table | None, set[int]]:
-    """CSV rows the bulk path may take, as text columns, and the idx of rows it may not.
+    """CSV rows the bulk path may take, as text columns, and the idx of the lines it may not.
 
-    DuckDB's CSV reader splits the cells; when the chunk is not plain CSV (a quoted cell spanning
-    lines, a row with the wrong number of cells) every row goes to pydantic, which says why.
+    DuckDB's CSV reader splits the cells. A row it rejects (the wrong number of cells, bytes that are
+    not UTF-8) is left to pydantic, which says why; when the chunk is not plain CSV (a quoted cell
+    spanning lines) every row is.
     """
     everything = set(range(lines.num_rows))
     known = {f.name for f in bulk.FIELDS}
     if not set(csv_header) <= known or len(set(csv_header)) != len(csv_header):
         return None, everything  # unknown or repeated columns: pydantic names them, row by row
-    text = lines.column("line")
-    if text.null_count:
-        return None, everything
-    blank = _blank_lines(chunk, lines)
-    rows_at = lines.select(["idx", "off"]).filter(pa.array(~blank))
     with tempfile.NamedTemporaryFile(suffix=".csv") as chunk_file:
         chunk_file.write(header_line)
         chunk_file.write(chunk)
         chunk_file.flush()
         try:
-            cells = db.sql(
-                "SELECT * FROM read_csv($path, header = true, auto_detect = false, columns = $columns, "
-                "delim = ',', quote = '\"', escape = '\"', strict_mode = true, skip = 0)",
-                params={"path": chunk_file.name, "columns": {name: "VARCHAR" for name in csv_header}},
-            ).to_arrow_table()
+            cells, rejected_at = _read_csv_cells(db, chunk_file.name, csv_header, keep_rejects=False)
         except duckdb.Error:
+            try:  # some row is not plain CSV: read the others, and learn where the rejected ones start
+                cells, rejected_at = _read_csv_cells(db, chunk_file.name, csv_header, keep_rejects=True)
+            except duckdb.Error:
+                return None, everything
+    offsets = lines.column("off").to_numpy()
+    starts = offsets - offsets[0] + len(header_line)  # where each line starts in the file DuckDB read
+    slow = _blank_lines(chunk, lines)
+    if len(rejected_at):
+        # DuckDB gives where a rejected row starts, counting empty lines before it as part of the row:
+        # the row is the first line from there that is not empty (a line of spaces is a row of its own).
+        at_line = np.searchsorted(starts, rejected_at)
+        if at_line.max() >= len(starts) or (starts[at_line] != rejected_at).any():
             return None, everything
+        lengths = np.diff(np.append(offsets, offsets[0] + len(chunk)))
+        first = np.frombuffer(chunk, dtype=np.uint8)[offsets - offsets[0]]
+        empty = (lengths == 1) | ((lengths == 2) & (first == 13))
+        not_empty = np.flatnonzero(~empty)
+        rejected = np.searchsorted(not_empty, at_line)
+        if rejected.max() >= len(not_empty):
+            return None, everything
+        slow[not_empty[rejected]] = True
+    rows_at = lines.select(["idx", "off"]).filter(pa.array(~slow))
     if cells.num_rows != rows_at.num_rows:
         return None, everything
     cells = pa.Table.from_arrays([rows_at.column("idx"), rows_at.column("off"), *cells.columns],
                                  names=["idx", "off", *cells.column_names])
-    return cells, set(np.flatnonzero(blank).tolist())
+    return cells, set(np.flatnonzero(slow).tolist())
+
+
+def _read_csv_cells(db: duckdb.DuckDBPyConnection, path: str, csv_header: list[str],
+                    keep_rejects: bool) -> tuple[pa.Table, np.ndarray]:
+    """Every cell as text, and the byte offsets (0-based) at which the rows DuckDB rejected start."""
+    options = ("delim = ',', quote = '\"', escape = '\"', strict_mode = true, header = true, auto_detect = false, "
+               "columns = $columns")
+    if keep_rejects:
+        options += ", ignore_errors = true, store_rejects = true, rejects_table = 'csv_rejects', " \
+                   "rejects_scan = 'csv_reject_scans'"
+    columns = {"columns": {name: "VARCHAR" for name in csv_header}}
+    cells = db.sql(f"SELECT * FROM read_csv($path, {options})", params={"path": path, **columns}).to_arrow_table()
+    if not keep_rejects:
+        return cells, np.zeros(0, dtype=np.int64)
+    try:
+        starts = db.sql("SELECT DISTINCT line_byte_position - 1 AS row_start FROM csv_rejects ORDER BY row_start").to_arrow_table()
+    finally:
+        db.execute("DROP TABLE IF EXISTS csv_rejects")
+        db.execute("DROP TABLE IF EXISTS csv_reject_scans")
+    return cells, starts.column("row_start").to_numpy().astype(np.int64)
 
 
 def _blank_lines(chunk: bytes | memoryview, lines: pa.Table) -> np.ndarray:
@@ -411,7 +444,7 @@ def _blank_lines(chunk: bytes | memoryview, lines: pa.Table) -> np.ndarray:
     blank = np.zeros(lines.num_rows, dtype=bool)
     if len(maybe):
         trimmed = pa.compute.utf8_trim_whitespace(pa.array(_pick(lines.column("line"), maybe), pa.large_string()))
-        blank[maybe[pa.compute.equal(trimmed, "").to_numpy(zero_copy_only=False)]] = True
+        blank[maybe[pa.compute.fill_null(pa.compute.equal(trimmed, ""), False).to_numpy(zero_copy_only=False)]] = True
     return blank
 
 

@@ -230,3 +230,40 @@ def test_call_attempts_store_alike_on_both_paths(settings, tmp_path):
         from_fallback = db.execute("SELECT * EXCLUDE (ingested_at, source) FROM call_attempts ORDER BY attempt_id").fetchall()
     assert len(from_lines) == len(CLEAN_ATTEMPTS) + 3  # extra key, padded id and "12" are pydantic's to accept
     assert from_lines == from_fallback
+
+
+def test_csv_rows_duckdb_rejects_go_to_pydantic_and_the_rest_stay_in_bulk(settings, tmp_path, monkeypatch):
+    import llmcost.records as records_module
+
+    bulk_rows = []
+    original = records_module._csv_cells
+
+    def spy(*args):
+        cells, slow = original(*args)
+        bulk_rows.append(0 if cells is None else cells.num_rows)
+        return cells, slow
+
+    monkeypatch.setattr(records_module, "_csv_cells", spy)
+    good = "{n},2026-11-20T10:00:00Z,u{n},t1,chat_tutor,openai,gpt-4o,1000,500"
+    path = tmp_path / "usage.csv"
+    path.write_bytes(b"\n".join([
+        b"event_id,ts,user_id,tenant_id,use_case,provider,model,input_tokens,output_tokens",
+        *(good.format(n=n).encode() for n in range(3)),
+        b"short,2026-11-20T10:00:00Z,u1",                                          # too few cells
+        b"",
+        good.format(n=3).encode() + b",extra",                                     # too many
+        b"   ",
+        good.format(n=9).encode(),
+        b"",
+        good.format(n=4).encode().replace(b"chat_tutor", b"chat_\xfftutor"),      # not UTF-8
+        *(good.format(n=n).encode() for n in range(5, 9)),
+    ]) + b"\n")
+    result = ingest(settings, [path])
+    assert bulk_rows == [8]  # the 8 good rows were split by DuckDB, the bad ones left to pydantic
+    assert (result.read, result.stored, result.failed) == (11, 8, 3)
+    with store.reading(settings.db_path) as db:
+        stored = {r[0]: r[1] for r in db.execute("SELECT event_id, user_id FROM usage_events").fetchall()}
+        reasons = sorted(r[0] for r in db.execute("SELECT error FROM failed_logs").fetchall())
+    assert stored == {str(n): f"u{n}" for n in (0, 1, 2, 5, 6, 7, 8, 9)}
+    assert len(reasons) == 3 and "CSV row has 10 cells, the header 9" in reasons
+    assert any("not valid UTF-8" in r for r in reasons) and any("user_id" in r or "tenant_id" in r for r in reasons)
