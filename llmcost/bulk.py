@@ -113,6 +113,13 @@ def lines_table(chunk: bytes, start_offset: int) -> pa.Table:
     return pa.Table.from_batches(table.to_batches(max_chunksize=SCAN_BATCH_ROWS))
 
 
+def pick(column: pa.ChunkedArray, idx) -> list:
+    """The values at `idx`; a few are read one by one, since `take` on a chunked column copies it whole."""
+    if len(idx) <= 10_000:
+        return [column[int(i)].as_py() for i in idx]
+    return column.take(pa.array(idx, type=pa.int64())).to_pylist()
+
+
 def _value_test(f: Field, v: str, from_json: bool) -> str:
     """SQL that is true when `v`, the text of field `f`'s value, is what pydantic keeps unchanged.
 
@@ -295,8 +302,9 @@ def stage_attempts(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, source_lab
                    timezone: str) -> np.ndarray:
     """Type the clean call attempts among the lines that are not staged usage events into the temp table
     clean_attempts; returns their idx."""
+    staged_as_events = f"idx NOT IN (SELECT idx FROM {CLEAN_ROWS})"
     relation, paths = _json_relation(ATTEMPT_FIELDS, lead=("record",),
-                                     where=f"strpos(line, '\"record\"') > 0 AND idx NOT IN (SELECT idx FROM {CLEAN_ROWS})")
+                                     where=f"strpos(line, '\"record\"') > 0 AND {staged_as_events}")
     params = {**_params("", source_label, timezone), "paths": paths}
     del params["id_prefix"]
     test = f"""known_keys AND j_record = '"attempt"' AND {_clean_test(ATTEMPT_FIELDS, True)}"""

@@ -233,17 +233,17 @@ def test_call_attempts_store_alike_on_both_paths(settings, tmp_path):
 
 
 def test_csv_rows_duckdb_rejects_go_to_pydantic_and_the_rest_stay_in_bulk(settings, tmp_path, monkeypatch):
-    import llmcost.records as records_module
+    import llmcost.csv_rows as csv_module
 
     bulk_rows = []
-    original = records_module._csv_cells
+    original = csv_module.cells
 
     def spy(*args):
         cells, slow = original(*args)
         bulk_rows.append(0 if cells is None else cells.num_rows)
         return cells, slow
 
-    monkeypatch.setattr(records_module, "_csv_cells", spy)
+    monkeypatch.setattr(csv_module, "cells", spy)
     good = "{n},2026-11-20T10:00:00Z,u{n},t1,chat_tutor,openai,gpt-4o,1000,500"
     path = tmp_path / "usage.csv"
     path.write_bytes(b"\n".join([
