@@ -165,9 +165,10 @@ def _field_test(f: Field, from_json: bool) -> str:
 TOKEN_NAMES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 
 
-def _clean_test(fields: tuple[Field, ...], from_json: bool) -> str:
+def _clean_test(fields: tuple[Field, ...], from_json: bool, token_totals: bool = False) -> str:
+    """Every field clean; with `token_totals`, a usage event's token counts add up as UsageEvent checks."""
     tests = [_field_test(f, from_json) for f in fields]
-    if fields is FIELDS:  # a usage event's token counts must add up, as UsageEvent checks
+    if token_totals:
         tokens = {n: f"coalesce(n_{n}, 0)" for n in TOKEN_NAMES}
         parts = f"({tokens['input_tokens']} + {tokens['output_tokens']})"
         tests += [
@@ -289,11 +290,11 @@ def stage_json(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, id_prefix: str
     """Type the clean usage events of a chunk of JSON Lines into the temp table clean_rows; returns their idx."""
     # A line with a "record" key is no usage event (a call attempt, say): it is not worth parsing here.
     relation, paths = _json_relation(FIELDS, where="""strpos(line, '"record":') = 0""")
-    params = {**_params(id_prefix, source_label, timezone), "paths": paths}
+    params = {**_params(source_label, timezone, id_prefix), "paths": paths}
+    test = f"known_keys AND {_clean_test(FIELDS, True, token_totals=True)}"
     db.register("chunk_lines", lines.select(["idx", "off", "line"]))
     try:
-        return _stage(db, CLEAN_ROWS, _typed_columns(), relation, f"known_keys AND {_clean_test(FIELDS, True)}",
-                      _read_once(FIELDS), params)
+        return _stage(db, CLEAN_ROWS, _typed_columns(), relation, test, _read_once(FIELDS), params)
     finally:
         db.unregister("chunk_lines")
 
@@ -305,8 +306,7 @@ def stage_attempts(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, source_lab
     staged_as_events = f"idx NOT IN (SELECT idx FROM {CLEAN_ROWS})"
     relation, paths = _json_relation(ATTEMPT_FIELDS, lead=("record",),
                                      where=f"strpos(line, '\"record\"') > 0 AND {staged_as_events}")
-    params = {**_params("", source_label, timezone), "paths": paths}
-    del params["id_prefix"]
+    params = {**_params(source_label, timezone), "paths": paths}
     test = f"""known_keys AND j_record = '"attempt"' AND {_clean_test(ATTEMPT_FIELDS, True)}"""
     db.register("chunk_lines", lines.select(["idx", "off", "line"]))
     try:
@@ -324,15 +324,16 @@ def stage_csv(db: duckdb.DuckDBPyConnection, cells: pa.Table, *, id_prefix: str,
         (f"nullif(\"{f.name}\", '') AS v_{f.name}" if f.name in present else f"NULL::VARCHAR AS v_{f.name}")
         for f in FIELDS
     )
-    relation = f"SELECT idx, off, true AS known_keys, {values} FROM chunk_cells"
+    relation = f"SELECT idx, off, {values} FROM chunk_cells"
+    test = _clean_test(FIELDS, False, token_totals=True)  # a CSV header's columns are known keys, each once
     try:
-        return _stage(db, CLEAN_ROWS, _typed_columns(), relation, f"known_keys AND {_clean_test(FIELDS, False)}",
-                      _read_once(FIELDS), _params(id_prefix, source_label, timezone))
+        return _stage(db, CLEAN_ROWS, _typed_columns(), relation, test, _read_once(FIELDS),
+                      _params(source_label, timezone, id_prefix))
     finally:
         db.unregister("chunk_cells")
 
 
-def _params(id_prefix: str, source_label: str, timezone: str) -> dict:
+def _params(source_label: str, timezone: str, id_prefix: str | None = None) -> dict:
     now = dt.datetime.now(dt.timezone.utc)
-    return {"id_prefix": id_prefix, "source_label": source_label, "tz": timezone,
-            "lo": EARLIEST_TS, "hi": now + MAX_CLOCK_SKEW}
+    params = {"source_label": source_label, "tz": timezone, "lo": EARLIEST_TS, "hi": now + MAX_CLOCK_SKEW}
+    return params if id_prefix is None else {**params, "id_prefix": id_prefix}

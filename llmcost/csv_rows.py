@@ -91,10 +91,12 @@ def cells(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, lines: pa.Ta
     not UTF-8) is left to pydantic, which says why; when the chunk is not plain CSV (a quoted cell
     spanning lines) every row is.
     """
-    everything = set(range(lines.num_rows))
+    def everything() -> set[int]:
+        return set(range(lines.num_rows))
+
     known = {f.name for f in bulk.FIELDS}
     if not set(csv_header) <= known or len(set(csv_header)) != len(csv_header):
-        return None, everything  # unknown or repeated columns: pydantic names them, row by row
+        return None, everything()  # unknown or repeated columns: pydantic names them, row by row
     with tempfile.NamedTemporaryFile(suffix=".csv") as chunk_file:
         chunk_file.write(header_line)
         chunk_file.write(chunk)
@@ -105,7 +107,7 @@ def cells(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, lines: pa.Ta
             try:  # some row is not plain CSV: read the others, and learn where the rejected ones start
                 cells, rejected_at = _read_csv_cells(db, chunk_file.name, csv_header, keep_rejects=True)
             except duckdb.Error:
-                return None, everything
+                return None, everything()
     offsets = lines.column("off").to_numpy()
     starts = offsets - offsets[0] + len(header_line)  # where each line starts in the file DuckDB read
     slow = _blank_lines(chunk, lines)
@@ -114,18 +116,18 @@ def cells(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, lines: pa.Ta
         # the row is the first line from there that is not empty (a line of spaces is a row of its own).
         at_line = np.searchsorted(starts, rejected_at)
         if at_line.max() >= len(starts) or (starts[at_line] != rejected_at).any():
-            return None, everything
+            return None, everything()
         lengths = np.diff(np.append(offsets, offsets[0] + len(chunk)))
         first = np.frombuffer(chunk, dtype=np.uint8)[offsets - offsets[0]]
         empty = (lengths == 1) | ((lengths == 2) & (first == 13))
         not_empty = np.flatnonzero(~empty)
         rejected = np.searchsorted(not_empty, at_line)
         if rejected.max() >= len(not_empty):
-            return None, everything
+            return None, everything()
         slow[not_empty[rejected]] = True
     rows_at = lines.select(["idx", "off"]).filter(pa.array(~slow))
     if cells.num_rows != rows_at.num_rows:
-        return None, everything
+        return None, everything()
     cells = pa.Table.from_arrays([rows_at.column("idx"), rows_at.column("off"), *cells.columns],
                                  names=["idx", "off", *cells.column_names])
     return cells, set(np.flatnonzero(slow).tolist())
