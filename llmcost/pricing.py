@@ -34,7 +34,7 @@ Overrides win over the table.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation, localcontext
@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 from genai_prices import data_snapshot
 from genai_prices.types import ConditionalPrice, ModelInfo, ModelPrice, TieredPrices, TimeOfDateConstraint
 
@@ -397,20 +399,49 @@ class Pricer:
         if ts.isna().any():
             raise ValueError(f"ts is missing in row {frame.index[int(np.argmax(ts.isna().to_numpy()))]!r}")
         days = ts.dt.tz_localize(None).to_numpy().astype("datetime64[D]").astype(np.int64)
-
         providers, models = frame["provider"], frame["model"]
         first_rows, rows_by_group = _group_rows(providers, models, days)
+        groups = [(providers.iat[first], models.iat[first]) for first in first_rows]
+        pico, sources = self._price_groups(groups, rows_by_group, cols, lambda row: ts.iat[row].to_pydatetime())
+        return pico, sources.tolist()
 
-        pico = np.zeros(rows, dtype=np.int64)
-        sources = np.empty(rows, dtype=object)
+    def price_columns_pico(self, provider: pa.Array, model: pa.Array, ts: np.ndarray,
+                           tokens: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Like `price_frame_pico`, from columns: provider and model as Arrow string arrays (nulls
+        allowed), ts as UTC datetime64, and the token counts of `UsageEvent` as int64 arrays (0 where
+        not given; total_tokens 0 means input + output). Returns the costs and an object array of sources.
+        """
+        rows = len(ts)
+        if rows == 0:
+            return np.zeros(0, dtype=np.int64), np.empty(0, dtype=object)
+        provider_codes, provider_values = _codes(provider)
+        model_codes, model_values = _codes(model)
+        days = ts.astype("datetime64[D]").astype(np.int64)
+        day_codes = days - days.min()
+        key = (provider_codes * (len(model_values) + 1) + model_codes) * (int(day_codes.max()) + 1) + day_codes
+        _, first_rows, group_of_row = np.unique(key, return_index=True, return_inverse=True)
+        order = np.argsort(group_of_row, kind="stable")
+        bounds = np.cumsum(np.bincount(group_of_row))
+        rows_by_group = np.split(order, bounds[:-1])
+        groups = [(provider_values[provider_codes[first]], model_values[model_codes[first]]) for first in first_rows]
+        cols = _completed_tokens({name: tokens.get(name, np.zeros(rows, dtype=np.int64))
+                                  for name in (*_TOKEN_COLUMNS, "total_tokens")})
+        return self._price_groups(groups, rows_by_group, cols,
+                                  lambda row: ts[row].astype("datetime64[us]").item().replace(tzinfo=timezone.utc))
+
+    def _price_groups(self, groups: list[tuple[Any, Any]], rows_by_group: list[np.ndarray],
+                      cols: dict[str, np.ndarray], ts_of: Callable[[int], datetime]) -> tuple[np.ndarray, np.ndarray]:
+        """Costs (pico-dollars) and sources of rows grouped by (provider, model, UTC day); `ts_of(row)`
+        is a row's time, and one row's time stands for its group's unless prices change within a day."""
+        pico = np.zeros(len(cols["total"]), dtype=np.int64)
+        sources = np.empty(len(pico), dtype=object)
         exact: dict[int, Decimal] = {}
-        for group, first in enumerate(first_rows):
-            found = self._lookup(providers.iat[first], models.iat[first])
-            members = rows_by_group[group]
+        for (provider, model), members in zip(groups, rows_by_group):
+            found = self._lookup(provider, model)
             if isinstance(found, ModelInfo) and _prices_vary_within_a_day(found):
-                batches = self._split_by_rates(found, members, ts)
+                batches = self._split_by_rates(found, members, ts_of)
             else:
-                batches = [(self._rates_at(found, ts.iat[first].to_pydatetime()), members)]
+                batches = [(self._rates_at(found, ts_of(int(members[0]))), members)]
             for rates, batch in batches:
                 sources[batch] = rates.source
                 batch_cols = {name: values[batch] for name, values in cols.items()}
@@ -428,12 +459,13 @@ class Pricer:
                 pico = pico.astype(object)  # beyond int64: keep Python ints, still exact
             for row, value in values.items():
                 pico[row] = value
-        return pico, sources.tolist()
+        return pico, sources
 
-    def _split_by_rates(self, model: ModelInfo, members: np.ndarray, ts: pd.Series) -> list[tuple[_Rates, np.ndarray]]:
+    def _split_by_rates(self, model: ModelInfo, members: np.ndarray,
+                        ts_of: Callable[[int], datetime]) -> list[tuple[_Rates, np.ndarray]]:
         by_rates: dict[int, tuple[_Rates, list[int]]] = {}
         for row in members.tolist():
-            rates = self._rates_at(model, ts.iat[row].to_pydatetime())
+            rates = self._rates_at(model, ts_of(row))
             by_rates.setdefault(id(rates), (rates, []))[1].append(row)
         return [(rates, np.array(batch, dtype=np.int64)) for rates, batch in by_rates.values()]
 
@@ -527,15 +559,21 @@ def _token_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
         if column not in frame.columns:
             raw[column] = np.zeros(len(frame), dtype=np.int64)
             continue
-        values = pd.to_numeric(frame[column]).fillna(0).to_numpy(dtype=np.int64)
+        raw[column] = pd.to_numeric(frame[column]).fillna(0).to_numpy(dtype=np.int64)
+    return _completed_tokens(raw, row_label=lambda row: frame.index[row])
+
+
+def _completed_tokens(raw: Mapping[str, np.ndarray],
+                      row_label: Callable[[int], Any] = lambda row: row) -> dict[str, np.ndarray]:
+    """Token counts (int64 arrays named like UsageEvent's) completed the way `_Tokens.of` completes one event."""
+    for column, values in raw.items():
         negative = values < 0
         if negative.any():
             where = int(np.argmax(negative))
             raise ValueError(
-                f"{column} is negative ({values[where]}) in row {frame.index[where]!r}; "
+                f"{column} is negative ({values[where]}) in row {row_label(where)!r}; "
                 "token counts must be >= 0 (fix the caller)"
             )
-        raw[column] = values
     whole_input = np.maximum(raw["input_tokens"], raw["cache_read_tokens"] + raw["cache_write_tokens"])
     whole_output = np.maximum(raw["output_tokens"], raw["reasoning_tokens"])
     return {
@@ -546,6 +584,15 @@ def _token_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
         "reasoning": raw["reasoning_tokens"],
         "total": np.maximum(raw["total_tokens"], whole_input + whole_output),
     }
+
+
+def _codes(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[Any]]:
+    """Each value's code (int64, 0 for null) and the values the codes stand for (None at 0)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    encoded = pa.compute.dictionary_encode(values)
+    codes = pa.compute.fill_null(pa.compute.add(encoded.indices.cast(pa.int64()), 1), 0).to_numpy()
+    return codes, [None, *encoded.dictionary.to_pylist()]
 
 
 def _group_rows(providers: pd.Series, models: pd.Series, days: np.ndarray) -> tuple[list[int], list[np.ndarray]]:

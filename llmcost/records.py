@@ -323,8 +323,11 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, sta
             if cut is not None:
                 consumed = lines.column("off")[cut].as_py() - start_offset
                 lines = lines.slice(0, cut)
-            attempt_idx = bulk.stage_attempts(db, lines, source_label=parser.source_label, timezone=settings.timezone)
-            other_idx = _all_but(lines.num_rows, np.concatenate([clean_idx, attempt_idx]))
+            other_idx = _all_but(lines.num_rows, clean_idx)
+            if len(other_idx):  # lines left over: some may be call attempts
+                attempt_idx = bulk.stage_attempts(db, lines, source_label=parser.source_label,
+                                                  timezone=settings.timezone)
+                other_idx = _all_but(lines.num_rows, np.concatenate([clean_idx, attempt_idx]))
         offsets, raws = bulk.pick(lines.column("off"), other_idx), bulk.pick(lines.column("raw"), other_idx)
         slow = [(offset, None if not raw.strip() else _decode_line(raw), raw) for offset, raw in zip(offsets, raws)]
     else:
@@ -409,30 +412,46 @@ def _price_clean_rows(db: duckdb.DuckDBPyConnection, lines: pa.Table, parser: _P
 
     A priced row costing more than the store holds is kept as failed instead.
     """
+    token_columns = (*TOKEN_FIELDS, "total_tokens")
     table = db.sql(
-        f"SELECT idx, off, provider, model, ts, {', '.join(TOKEN_FIELDS)}, total_tokens, reported_pico, reported_source "
+        f"SELECT idx, off, provider, model, ts, {', '.join(token_columns)}, reported_pico, reported_source "
         f"FROM {bulk.CLEAN_ROWS}"
     ).to_arrow_table()
+    rows = table.num_rows
     reported = table.column("reported_pico")
     # Through Arrow, not pandas: a column of int64 with nulls would become float64 there and lose digits.
-    pico = pa.compute.fill_null(reported, 0).to_numpy().astype(object)
-    sources = np.array(table.column("reported_source").to_pylist(), dtype=object)
+    pico = pa.compute.fill_null(reported, 0).to_numpy()
     unpriced = np.flatnonzero(reported.is_null().to_numpy(zero_copy_only=False))
-    frame = table.drop_columns(["reported_pico", "reported_source"]).to_pandas()
-    idx = frame["idx"].to_numpy()
-    too_costly = np.zeros(len(frame), dtype=bool)
-    if len(unpriced):
-        computed, computed_sources = pricer.price_frame_pico(frame.iloc[unpriced])
-        pico[unpriced], sources[unpriced] = computed, computed_sources
+    too_costly = np.zeros(rows, dtype=bool)
+    if len(unpriced) == 0:
+        sources = table.column("reported_source")
+    else:
+        part = table if len(unpriced) == rows else table.take(unpriced)
+        tokens = {name: pa.compute.fill_null(part.column(name), 0).to_numpy() for name in token_columns}
+        computed, computed_sources = pricer.price_columns_pico(part.column("provider"), part.column("model"),
+                                                               part.column("ts").to_numpy(), tokens)
+        pico = pico.astype(computed.dtype)  # a writable copy, of Python ints when a cost is beyond int64
+        pico[unpriced] = computed
         too_costly[unpriced] = _too_costly(computed)
+        if len(unpriced) == rows:
+            sources = computed_sources
+        else:
+            sources = np.array(table.column("reported_source").to_pylist(), dtype=object)
+            sources[unpriced] = computed_sources
+    idx = table.column("idx").to_numpy()
     for position in np.flatnonzero(too_costly).tolist():
         parser.invalid += 1
-        parser.fail(int(frame["off"].iat[position]), "invalid", _cost_reason(pico[position]),
+        parser.fail(int(table.column("off")[position].as_py()), "invalid", _cost_reason(pico[position]),
                     _raw_text(lines.column("raw")[int(idx[position])].as_py()))
-    keep = ~too_costly
-    return pa.table({"idx": pa.array(idx[keep], type=pa.int64()),
-                     "cost_pico": pa.array(pico[keep].astype(np.int64), type=pa.int64()),
-                     "price_source": pa.array(sources[keep], type=pa.string())})
+    if too_costly.any():
+        keep = ~too_costly
+        idx, pico = idx[keep], pico[keep]
+        sources = np.asarray(sources.to_pylist() if isinstance(sources, pa.ChunkedArray) else sources,
+                             dtype=object)[keep]
+    return pa.table({"idx": pa.array(idx, type=pa.int64()),
+                     "cost_pico": pa.array(pico.astype(np.int64), type=pa.int64()),
+                     "price_source": sources if isinstance(sources, pa.ChunkedArray)
+                     else pa.array(sources, type=pa.string())})
 
 
 def _priced_slow_rows(parser: _Parser, settings: Settings, pricer: Pricer) -> pa.Table:

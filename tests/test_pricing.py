@@ -9,7 +9,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from anthropic.types import Usage as AnthropicUsage
 from genai_prices import Usage, calc_price
@@ -396,6 +398,31 @@ def test_price_frame_equals_price_row_by_row():
     assert by_row[17] == Decimal("2E-12")
     # sonar charges $12 per 1000 requests on top: (1000 * 1 + 10 * 1) / 1e6 + 12 / 1000 = 0.00101 + 0.012
     assert by_row[23] == Decimal("0.01301")
+
+
+def test_price_columns_equal_price_row_by_row():
+    """The ingest's columnar entry point: Arrow names (nulls too), UTC datetime64, int64 token counts."""
+    pricer = Pricer(overrides=OVERRIDES)
+    frame = _frame(MIXED_ROWS * 2)
+    tokens = {name: frame[name].fillna(0).to_numpy(dtype=np.int64) for name in
+              ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+               "total_tokens")}
+    ts = frame["ts"].dt.tz_localize(None).to_numpy().astype("datetime64[us]")
+
+    names = {column: [None if pd.isna(v) else v for v in frame[column]] for column in ("provider", "model")}
+    pico, sources = pricer.price_columns_pico(pa.array(names["provider"], pa.string()),
+                                              pa.chunked_array([pa.array(names["model"], pa.string())]), ts, tokens)
+
+    expected = _row_by_row(Pricer(overrides=OVERRIDES), frame)
+    assert [Decimal(int(p)).scaleb(-12) for p in pico] == [p.cost_usd for p in expected]
+    assert sources.tolist() == [p.price_source for p in expected]
+    assert len(set(sources.tolist())) == 3  # the table, overrides and the default rate all took part
+
+
+def test_price_columns_of_nothing():
+    pico, sources = Pricer().price_columns_pico(pa.array([], pa.string()), pa.array([], pa.string()),
+                                                np.zeros(0, dtype="datetime64[us]"), {})
+    assert (len(pico), len(sources)) == (0, 0)
 
 
 def test_price_frame_reads_naive_and_aware_timestamps_alike(pricer):
