@@ -78,6 +78,7 @@ def generate_store(db_path: Path, events: int, last_day: dt.date) -> float:
                        20 + hash(i, 'out') % 800 AS output_tokens
                 FROM range($events) AS r(i)
             )
+            SELECT *, hash(event_id) AS event_key FROM (  -- the key ingest gives each event (llmcost.migrations)
             SELECT uuid()::VARCHAR AS event_id, ts, CAST(ts AS DATE) AS day,
                    'user-' || user_no AS user_id, 'tenant-' || (user_no % $tenants) AS tenant_id,
                    {use_cases}[CAST(1 + hash(i, 'uc') % {len(USE_CASES)} AS BIGINT)] AS use_case,
@@ -88,7 +89,7 @@ def generate_store(db_path: Path, events: int, last_day: dt.date) -> float:
                    CASE WHEN b.provider = 'self-hosted' THEN 'default-rate' ELSE 'price-table' END AS price_source,
                    'bench' AS source, ts AS ingested_at
             FROM raw JOIN buckets b ON model_pick >= b.low AND model_pick < b.high
-            ORDER BY i
+            ORDER BY i)
             """,
             {"first": first, "span": span_seconds, "events": events, "users": USERS, "tenants": TENANTS},
         )

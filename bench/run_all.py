@@ -145,6 +145,12 @@ def ingest_section(result: dict) -> list[str]:
         "`journal` is the file the tracker writes: a write-ahead call attempt before each event, and the "
         "event's cost as the tracker priced it; raw DuckDB reads both kinds of line into one table.",
     ]
+    for r in result["rows"]:
+        if "grown_ingest_s" in r:
+            notes += ["", f"Into a store that already held {r['grown_existing']:,} other events, the {r['format']} "
+                      f"file of {r['events']:,} events took {r['grown_ingest_s']:.2f} s: {r['grown_vs_fresh']:.2f}x "
+                      "its first ingest into an empty store (finding duplicates reads one 64-bit key per stored "
+                      "event, and compares ids only where keys match)."]
     code = result.get("code")
     if code:
         changed = " (**the code changed during the run**)" if code.get("changed_during_run") else ""

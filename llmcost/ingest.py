@@ -21,6 +21,7 @@ import duckdb
 
 from . import bulk, store
 from .config import Settings
+from .migrations import KEYED_TABLES
 from .records import Batch, drop_batch_tables, overlong_line, parse_lines
 
 # A batch should hold a few of DuckDB's row groups (122,880 rows), so that the store's insert writes
@@ -254,9 +255,10 @@ def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, re
                        total_tokens, estimated_tokens, usage_estimated, latency_ms, status, error,
                        CAST(CAST(cost_pico AS DECIMAL(18, 0)) * CAST('0.000000000001' AS DECIMAL(18, 12))
                             AS DECIMAL(18, 12)),
-                       price_source, attempt_id, source, metadata, ?
+                       price_source, attempt_id, source, metadata, ?, hash(event_id)
                 FROM batch_events b
-                WHERE NOT EXISTS (SELECT 1 FROM usage_events u WHERE u.event_id = b.event_id)
+                WHERE NOT EXISTS (SELECT 1 FROM ({_stored_ids("usage_events", "batch_events")}) u
+                                  WHERE u.id = b.event_id)
                 {first_of_each}
                 """,
                 [now],
@@ -266,11 +268,12 @@ def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, re
         if batch.attempts:
             before = db.execute("SELECT count(*) FROM call_attempts").fetchall()[0][0]
             db.execute(
-                """
+                f"""
                 INSERT INTO call_attempts
                 SELECT attempt_id, ts, day, user_id, tenant_id, use_case, account_type, provider, model,
-                       estimated_tokens, source, ? FROM batch_attempts a
-                WHERE NOT EXISTS (SELECT 1 FROM call_attempts c WHERE c.attempt_id = a.attempt_id)
+                       estimated_tokens, source, ?, hash(attempt_id) FROM batch_attempts a
+                WHERE NOT EXISTS (SELECT 1 FROM ({_stored_ids("call_attempts", "batch_attempts")}) c
+                                  WHERE c.id = a.attempt_id)
                 QUALIFY row_number() OVER (PARTITION BY attempt_id ORDER BY off) = 1
                 ORDER BY off
                 """,
@@ -303,6 +306,14 @@ def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, re
         db.execute("ROLLBACK")
         raise
     return result
+
+
+def _stored_ids(table: str, batch: str) -> str:
+    """SQL for the ids in `table` (usage_events or call_attempts) whose key is the key of an id in
+    the view `batch`: only the narrow key column of the whole table is read to find them. The caller
+    compares the ids themselves."""
+    key, id_column = KEYED_TABLES[table]
+    return f"SELECT {id_column} AS id FROM {table} WHERE {key} IN (SELECT hash({id_column}) FROM {batch})"
 
 
 def pending(settings: Settings) -> dict[str, int]:

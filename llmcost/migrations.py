@@ -124,6 +124,42 @@ def m001_initial(db: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+# Each stored event (and call attempt) carries a 64-bit hash of its id. Telling whether a batch's ids
+# are stored already then reads that one narrow column of the whole table, and compares the ids
+# themselves only where a hash matches: checking the id strings of every stored row made each batch
+# cost more as the store grew (0.3 s per batch of 250k events at 4M stored).
+KEYED_TABLES = {"usage_events": ("event_key", "event_id"), "call_attempts": ("attempt_key", "attempt_id")}
+KEY_PROBE = "llmcost key probe"
+
+
+@migration
+def m002_id_keys(db: duckdb.DuckDBPyConnection) -> None:
+    for table, (key, id_column) in KEYED_TABLES.items():
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {key} UBIGINT")
+        db.execute(f"UPDATE {table} SET {key} = hash({id_column})")
+    db.execute("CREATE TABLE _llmcost_key_hash (probe UBIGINT NOT NULL)")
+    db.execute("INSERT INTO _llmcost_key_hash VALUES (hash(?))", [KEY_PROBE])
+
+
+def refresh_id_keys(db: duckdb.DuckDBPyConnection) -> None:
+    """Give every row its id key: rows written without one (by name, by an older version), and all
+    rows when this DuckDB hashes differently from the one that wrote the keys."""
+    if db.execute("SELECT probe = hash(?) FROM _llmcost_key_hash", [KEY_PROBE]).fetchall() != [(True,)]:
+        db.execute("BEGIN TRANSACTION")
+        try:
+            for table, (key, id_column) in KEYED_TABLES.items():
+                db.execute(f"UPDATE {table} SET {key} = hash({id_column})")
+            db.execute("DELETE FROM _llmcost_key_hash")
+            db.execute("INSERT INTO _llmcost_key_hash VALUES (hash(?))", [KEY_PROBE])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return
+    for table, (key, id_column) in KEYED_TABLES.items():
+        db.execute(f"UPDATE {table} SET {key} = hash({id_column}) WHERE {key} IS NULL")
+
+
 def applied(db: duckdb.DuckDBPyConnection) -> set[str]:
     db.execute("CREATE TABLE IF NOT EXISTS _llmcost_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
     return {row[0] for row in db.execute("SELECT name FROM _llmcost_migrations").fetchall()}

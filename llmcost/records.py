@@ -496,6 +496,7 @@ def _load_batch_events(db: duckdb.DuckDBPyConnection, clean_prices: pa.Table | N
     columns = ", ".join(["off", *EVENT_COLUMNS])
     db.execute("CREATE OR REPLACE TEMP TABLE slow_events AS SELECT * FROM usage_events LIMIT 0")
     db.execute("ALTER TABLE slow_events DROP COLUMN ingested_at")
+    db.execute("ALTER TABLE slow_events DROP COLUMN event_key")
     db.execute("ALTER TABLE slow_events DROP COLUMN cost_usd")
     db.execute("ALTER TABLE slow_events ADD COLUMN cost_pico BIGINT")
     db.execute("ALTER TABLE slow_events ADD COLUMN off BIGINT")

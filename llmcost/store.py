@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 
 from .errors import StoreCorruptError, StoreError, StoreLockedError
-from .migrations import migrate
+from .migrations import migrate, refresh_id_keys
 
 DEFAULT_LOCK_TIMEOUT = 30.0
 _LOCK_MARKERS = ("could not set lock", "conflicting lock", "database is locked", "resource temporarily unavailable")
@@ -75,6 +75,7 @@ def connect(path: Path, *, read_only: bool = False, timeout: float = DEFAULT_LOC
     db.execute("SET TimeZone = 'UTC'")
     if not read_only:
         migrate(db)
+        refresh_id_keys(db)
     return db
 
 

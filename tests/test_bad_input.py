@@ -685,7 +685,7 @@ def judged_both_ways(settings, record_text: str) -> tuple[dict | None, dict | No
 
 
 RECORD = json.dumps(good("EVENT"))
-NOT_CHECKED_HERE = {"event_id", "source", "ingested_at"}
+NOT_CHECKED_HERE = {"event_id", "event_key", "source", "ingested_at"}  # the key is a hash of the event_id
 
 
 # bulk.py's promise: its clean test accepts only what UsageEvent accepts unchanged, so both paths agree.

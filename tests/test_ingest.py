@@ -329,3 +329,16 @@ def test_batches_cut_at_whole_row_groups_store_every_record_once(settings, tmp_p
     assert query(settings, "SELECT count(*) FROM usage_events WHERE user_id LIKE 'padded-%'")[0][0] == 18
     again = ingest(settings, [path])
     assert (again.read, again.stored) == (0, 0)
+
+
+def test_an_event_stored_by_another_writer_is_a_duplicate_when_a_file_brings_it_again(settings, tmp_path):
+    # Rows written by name (by a tool, or a version before id keys) get their key when a writer next opens the store.
+    with store.writing(settings.db_path) as db:
+        db.execute("INSERT INTO usage_events (event_id, ts, day, user_id, tenant_id, use_case, cost_usd, "
+                   "price_source, ingested_at) VALUES ('evt-3', now(), today(), 'u', 't', 'c', 0, 'override', now())")
+    path = tmp_path / "again.jsonl"
+    write_jsonl(path, [event(n) for n in range(5)] + [event(3)])
+    result = ingest(settings, [path])
+    assert (result.read, result.stored, result.duplicates) == (6, 4, 2)
+    assert query(settings, "SELECT count(*), count(DISTINCT event_id), count(*) FILTER (event_key = hash(event_id)) "
+                           "FROM usage_events") == [(5, 5, 5)]

@@ -1,5 +1,7 @@
+import duckdb
+
 from llmcost import store
-from llmcost.migrations import MIGRATIONS, migrate
+from llmcost.migrations import KEY_PROBE, MIGRATIONS, applied, m001_initial, migrate
 
 
 def columns(db, table):
@@ -39,3 +41,41 @@ def test_reading_a_missing_store_yields_none(tmp_path):
     with store.reading(tmp_path / "missing.duckdb") as db:
         assert db is None
     assert not (tmp_path / "missing.duckdb").exists()
+
+
+def _keys(db, table, key, id_column):
+    return db.execute(f"SELECT {key} = hash({id_column}) AS right, count(*) FROM {table} GROUP BY ALL").fetchall()
+
+
+def test_a_store_from_before_id_keys_gets_them(tmp_path):
+    path = tmp_path / "old.duckdb"
+    db = duckdb.connect(str(path))
+    applied(db)
+    m001_initial(db)
+    db.execute("INSERT INTO _llmcost_migrations VALUES ('m001_initial', now()::TIMESTAMP)")
+    db.execute("INSERT INTO usage_events (event_id, ts, day, user_id, tenant_id, use_case, cost_usd, price_source, "
+               "ingested_at) SELECT 'evt-' || i, now(), today(), 'u', 't', 'c', 0, 'price-table', now() "
+               "FROM range(1000) r(i)")
+    db.execute("INSERT INTO call_attempts (attempt_id, ts, day, ingested_at) VALUES ('att-1', now(), today(), now())")
+    db.close()
+
+    with store.writing(path) as db:
+        assert "event_key" in columns(db, "usage_events") and "attempt_key" in columns(db, "call_attempts")
+        assert _keys(db, "usage_events", "event_key", "event_id") == [(True, 1000)]
+        assert _keys(db, "call_attempts", "attempt_key", "attempt_id") == [(True, 1)]
+
+
+def test_keys_are_given_to_rows_written_without_them_and_redone_when_hashing_changes(tmp_path):
+    path = tmp_path / "keys.duckdb"
+    with store.writing(path) as db:
+        db.execute("INSERT INTO usage_events (event_id, ts, day, user_id, tenant_id, use_case, cost_usd, "
+                   "price_source, ingested_at) VALUES ('by-name', now(), today(), 'u', 't', 'c', 0, 'override', now())")
+        assert _keys(db, "usage_events", "event_key", "event_id") == [(None, 1)]
+    with store.writing(path) as db:
+        assert _keys(db, "usage_events", "event_key", "event_id") == [(True, 1)]
+        # As if another DuckDB version had written the keys with another hash function.
+        db.execute("UPDATE usage_events SET event_key = 42")
+        db.execute("UPDATE _llmcost_key_hash SET probe = 42")
+    with store.writing(path) as db:
+        assert _keys(db, "usage_events", "event_key", "event_id") == [(True, 1)]
+        assert db.execute("SELECT probe = hash(?) FROM _llmcost_key_hash", [KEY_PROBE]).fetchall() == [(True,)]
