@@ -240,11 +240,11 @@ def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, re
     try:
         if batch.events:
             # Keep the first of each event_id in the batch, then only ids the store does not have yet.
-            repeats = db.execute("SELECT count(*) - count(DISTINCT event_id) FROM batch_events").fetchall()[0][0]
-            before = db.execute("SELECT count(*) FROM usage_events").fetchall()[0][0]
             # A window's output is unordered, and an unordered insert leaves part-filled row groups that
             # every checkpoint rewrites: after one the rows go in in file order. Without one the scan
             # of the batch keeps its order by itself, and sorting would cost a tenth of the insert.
+            repeats = db.execute("SELECT count(*) - count(DISTINCT event_id) FROM batch_events").fetchall()[0][0]
+            before = db.execute("SELECT count(*) FROM usage_events").fetchall()[0][0]
             first_of_each = ("QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY off) = 1 ORDER BY off"
                              if repeats else "")
             db.execute(
@@ -266,7 +266,10 @@ def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, re
             result.stored = db.execute("SELECT count(*) FROM usage_events").fetchall()[0][0] - before
             result.duplicates = batch.events - result.stored
         if batch.attempts:
+            repeats = db.execute("SELECT count(*) - count(DISTINCT attempt_id) FROM batch_attempts").fetchall()[0][0]
             before = db.execute("SELECT count(*) FROM call_attempts").fetchall()[0][0]
+            first_of_each = ("QUALIFY row_number() OVER (PARTITION BY attempt_id ORDER BY off) = 1 ORDER BY off"
+                             if repeats else "")
             db.execute(
                 f"""
                 INSERT INTO call_attempts
@@ -274,8 +277,7 @@ def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, re
                        estimated_tokens, source, ?, hash(attempt_id) FROM batch_attempts a
                 WHERE NOT EXISTS (SELECT 1 FROM ({_stored_ids("call_attempts", "batch_attempts")}) c
                                   WHERE c.id = a.attempt_id)
-                QUALIFY row_number() OVER (PARTITION BY attempt_id ORDER BY off) = 1
-                ORDER BY off
+                {first_of_each}
                 """,
                 [now],
             )
