@@ -85,3 +85,16 @@ def test_run_all_renders_the_benchmarks_page_from_results(ingest_results, tmp_pa
     assert "dashboard process < 1 GB at 10M events | not run | — |" in page
     assert "## Dashboard queries" not in page
     assert "Into a store that already held 8,000 other events, the jsonl file of 2,000 events took" in page
+
+
+def test_ingest_floor_benchmark_reads_every_record_of_both_formats(tmp_path):
+    out = tmp_path / "ingest_floor.json"
+    done = subprocess.run([sys.executable, str(BENCH / "ingest_floor.py"), "--sizes", "2000", "--repeat", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["format"], r["events"], r["rows_read"]) for r in rows] == [("jsonl", 2000, 2000), ("csv", 2000, 2000)]
+    for r in rows:
+        assert r["raw_s"] > 0 and r["read_exactly_s"] > 0 and r["write_s"] > 0
+        assert r["floor_ratio"] == pytest.approx((r["read_exactly_s"] + r["write_s"]) / r["raw_s"])
+    assert "floor" in done.stdout
