@@ -74,6 +74,7 @@ class Journal:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._fd_key: tuple[str, int] | None = None
+        self._fd_path: Path | None = None
         self._torn = False
 
     def path_for(self, day: dt.date) -> Path:
@@ -99,15 +100,16 @@ class Journal:
             self._torn = False
             if self.fsync:
                 os.fsync(fd)
-            return self.path_for(today)
+            return self._fd_path
 
     def _descriptor(self, today: dt.date) -> int:
         key = (today.isoformat(), os.getpid())  # a forked child must not share its parent's file
         if self._fd is None or self._fd_key != key:
             self.close_locked()
             self.journal_dir.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path_for(today), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-            self._fd_key = key
+            path = self.path_for(today)
+            self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd_key, self._fd_path = key, path
             self._torn = ends_torn(self._fd)
         return self._fd
 
@@ -118,6 +120,7 @@ class Journal:
             finally:
                 self._fd = None
                 self._fd_key = None
+                self._fd_path = None
 
     def close(self) -> None:
         with self._lock:

@@ -6,10 +6,13 @@ reasoning tokens, whatever the provider's own convention. Each provider shape ha
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
+
+from pydantic import BaseModel
 
 from .events import MAX_TOKENS_PER_CALL
 
@@ -243,16 +246,34 @@ def _field(source: Any, name: str) -> Any:
     """`name` (or its camelCase form) from a dict or an object; None when absent or unreadable."""
     if source is None:
         return None
-    head, *rest = name.split("_")
-    keys = (name, head + "".join(word.title() for word in rest)) if rest else (name,)
-    for key in keys:
-        try:
-            value = source.get(key) if isinstance(source, Mapping) else getattr(source, key, None)
-        except Exception:  # a property that raises is an odd shape, and odd shapes read as absent
-            value = None
+    for key in _spellings(name):
+        value = _get(source, key)
         if value is not None:
             return value
     return None
+
+
+@functools.lru_cache(maxsize=512)
+def _spellings(name: str) -> tuple[str, ...]:
+    head, *rest = name.split("_")
+    return (name, head + "".join(word.title() for word in rest)) if rest else (name,)
+
+
+def _get(source: Any, key: str) -> Any:
+    if isinstance(source, Mapping):
+        return source.get(key)
+    if isinstance(source, BaseModel):
+        # The SDKs' types are pydantic models: read their fields and extras directly, since a missing
+        # attribute costs an exception inside pydantic, and most names looked for are missing.
+        value = source.__dict__.get(key)
+        if value is None and source.__pydantic_extra__:
+            value = source.__pydantic_extra__.get(key)
+        if value is not None or not hasattr(type(source), key):
+            return value
+    try:
+        return getattr(source, key, None)
+    except Exception:  # a property that raises is an odd shape, and odd shapes read as absent
+        return None
 
 
 def _path(source: Any, *names: str) -> Any:
