@@ -363,11 +363,12 @@ class ControlState:
         tokens = _tokens(actual_tokens, "actual tokens")
         cost_pico = to_picodollars(actual_cost)
         with self._transaction() as conn:
-            row = conn.execute("SELECT day, user_id FROM reservation WHERE id = ?", (reservation_id,)).fetchone()
-            if row is None:
-                if not isinstance(reservation, Reservation):
-                    return False
+            if isinstance(reservation, Reservation):  # it names its day and user: no need to look them up
                 row = (reservation.day.isoformat(), reservation.user_id)
+            else:
+                row = conn.execute("SELECT day, user_id FROM reservation WHERE id = ?", (reservation_id,)).fetchone()
+                if row is None:
+                    return False
             finished = conn.execute(
                 "INSERT INTO finished_reservation (id, day) VALUES (?, ?) ON CONFLICT (id) DO NOTHING", (reservation_id, row[0])
             ).rowcount

@@ -259,6 +259,12 @@ def _spellings(name: str) -> tuple[str, ...]:
     return (name, head + "".join(word.title() for word in rest)) if rest else (name,)
 
 
+@functools.lru_cache(maxsize=4096)
+def _class_has(cls: type, key: str) -> bool:
+    """Whether a class defines `key` (a property, say): asked once per class and name."""
+    return hasattr(cls, key)
+
+
 def _get(source: Any, key: str) -> Any:
     if isinstance(source, Mapping):
         return source.get(key)
@@ -268,7 +274,7 @@ def _get(source: Any, key: str) -> Any:
         value = source.__dict__.get(key)
         if value is None and source.__pydantic_extra__:
             value = source.__pydantic_extra__.get(key)
-        if value is not None or not hasattr(type(source), key):
+        if value is not None or not _class_has(type(source), key):
             return value
     try:
         return getattr(source, key, None)
