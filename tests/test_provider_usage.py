@@ -293,6 +293,31 @@ def test_a_property_that_raises_reads_as_absent():
     assert extract_usage(Exploding()) is None
 
 
+def test_pydantic_models_are_read_by_field_extra_and_property():
+    """SDK types are pydantic models: fields and extras (xAI's flat shape on OpenAI's type) are read
+    directly, and a property the class defines is still asked."""
+    from pydantic import BaseModel, ConfigDict
+
+    class Usage(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        prompt_tokens: int
+        completion_tokens: int
+
+    class Response(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        usage_box: dict
+
+        @property
+        def usage(self):
+            return Usage(**self.usage_box)
+
+    response = Response(model="grok-3-mini", usage_box={"prompt_tokens": 90, "completion_tokens": 20,
+                                                        "reasoning_tokens": 35, "cached_prompt_text_tokens": 60})
+    assert extract_usage(response) == ExtractedUsage(
+        90, 55, cache_read_tokens=60, reasoning_tokens=35, model="grok-3-mini", provider="x-ai"
+    )
+
+
 def test_inconsistent_provider_details_are_clamped_so_the_event_stays_valid():
     response = {
         "model": "gpt-4o",
