@@ -22,7 +22,7 @@ import duckdb
 from . import bulk, store
 from .config import Settings
 from .migrations import KEYED_TABLES
-from .records import Batch, drop_batch_tables, overlong_line, parse_lines
+from .records import BATCH_ATTEMPTS, BATCH_EVENTS, Batch, drop_batch_tables, overlong_line, parse_lines
 
 # A batch should hold a few of DuckDB's row groups (122,880 rows), so that the store's insert writes
 # them on every core: about 270k JSON lines, or 300k CSV rows (which are shorter). Once a batch has
@@ -239,49 +239,10 @@ def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, re
     db.execute("BEGIN TRANSACTION")
     try:
         if batch.events:
-            # Keep the first of each event_id in the batch, then only ids the store does not have yet.
-            # A window's output is unordered, and an unordered insert leaves part-filled row groups that
-            # every checkpoint rewrites: after one the rows go in in file order. Without one the scan
-            # of the batch keeps its order by itself, and sorting would cost a tenth of the insert.
-            repeats = db.execute("SELECT count(*) - count(DISTINCT event_id) FROM batch_events").fetchall()[0][0]
-            before = db.execute("SELECT count(*) FROM usage_events").fetchall()[0][0]
-            first_of_each = ("QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY off) = 1 ORDER BY off"
-                             if repeats else "")
-            db.execute(
-                f"""
-                INSERT INTO usage_events
-                SELECT event_id, ts, day, user_id, tenant_id, use_case, account_type, provider, model,
-                       input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
-                       total_tokens, estimated_tokens, usage_estimated, latency_ms, status, error,
-                       CAST(CAST(cost_pico AS DECIMAL(18, 0)) * CAST('0.000000000001' AS DECIMAL(18, 12))
-                            AS DECIMAL(18, 12)),
-                       price_source, attempt_id, source, metadata, ?, hash(event_id)
-                FROM batch_events b
-                WHERE NOT EXISTS (SELECT 1 FROM ({_stored_ids("usage_events", "batch_events")}) u
-                                  WHERE u.id = b.event_id)
-                {first_of_each}
-                """,
-                [now],
-            )
-            result.stored = db.execute("SELECT count(*) FROM usage_events").fetchall()[0][0] - before
+            result.stored = _insert_new(db, "usage_events", BATCH_EVENTS, _EVENT_VALUES, now)
             result.duplicates = batch.events - result.stored
         if batch.attempts:
-            repeats = db.execute("SELECT count(*) - count(DISTINCT attempt_id) FROM batch_attempts").fetchall()[0][0]
-            before = db.execute("SELECT count(*) FROM call_attempts").fetchall()[0][0]
-            first_of_each = ("QUALIFY row_number() OVER (PARTITION BY attempt_id ORDER BY off) = 1 ORDER BY off"
-                             if repeats else "")
-            db.execute(
-                f"""
-                INSERT INTO call_attempts
-                SELECT attempt_id, ts, day, user_id, tenant_id, use_case, account_type, provider, model,
-                       estimated_tokens, source, ?, hash(attempt_id) FROM batch_attempts a
-                WHERE NOT EXISTS (SELECT 1 FROM ({_stored_ids("call_attempts", "batch_attempts")}) c
-                                  WHERE c.id = a.attempt_id)
-                {first_of_each}
-                """,
-                [now],
-            )
-            result.attempts = db.execute("SELECT count(*) FROM call_attempts").fetchall()[0][0] - before
+            result.attempts = _insert_new(db, "call_attempts", BATCH_ATTEMPTS, _ATTEMPT_VALUES, now)
         if len(batch.failed):
             failed = batch.failed  # noqa: F841
             db.execute(
@@ -310,12 +271,43 @@ def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, re
     return result
 
 
-def _stored_ids(table: str, batch: str) -> str:
-    """SQL for the ids in `table` (usage_events or call_attempts) whose key is the key of an id in
-    the view `batch`: only the narrow key column of the whole table is read to find them. The caller
-    compares the ids themselves."""
+_EVENT_VALUES = """
+    event_id, ts, day, user_id, tenant_id, use_case, account_type, provider, model,
+    input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
+    total_tokens, estimated_tokens, usage_estimated, latency_ms, status, error,
+    CAST(CAST(cost_pico AS DECIMAL(18, 0)) * CAST('0.000000000001' AS DECIMAL(18, 12)) AS DECIMAL(18, 12)),
+    price_source, attempt_id, source, metadata"""
+_ATTEMPT_VALUES = """
+    attempt_id, ts, day, user_id, tenant_id, use_case, account_type, provider, model, estimated_tokens, source"""
+
+
+def _insert_new(db, table: str, batch: str, values: str, now: dt.datetime) -> int:
+    """Insert the rows of the view `batch` whose id `table` (usage_events or call_attempts) does not
+    have yet, the first of each id in file order; `values` are the table's columns but the last two
+    (ingested_at and the id key). Returns how many rows went in."""
     key, id_column = KEYED_TABLES[table]
-    return f"SELECT {id_column} AS id FROM {table} WHERE {key} IN (SELECT hash({id_column}) FROM {batch})"
+    repeats = db.execute(f"SELECT count(*) - count(DISTINCT {id_column}) FROM {batch}").fetchall()[0][0]
+    # A window's output is unordered, and an unordered insert leaves part-filled row groups that every
+    # checkpoint rewrites: after one the rows go in in file order. Without one the scan of the batch
+    # keeps its order by itself, and sorting would cost a tenth of the insert.
+    first_of_each = (f"QUALIFY row_number() OVER (PARTITION BY {id_column} ORDER BY off) = 1 ORDER BY off"
+                     if repeats else "")
+    before = db.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+    # Ids already stored are found by their key first, so only the narrow key column of the whole
+    # table is read; the ids themselves are compared where keys match.
+    db.execute(
+        f"""
+        INSERT INTO {table}
+        SELECT {values}, ?, hash({id_column}) FROM {batch} b
+        WHERE NOT EXISTS (
+            SELECT 1 FROM (SELECT {id_column} FROM {table}
+                           WHERE {key} IN (SELECT hash({id_column}) FROM {batch})) stored
+            WHERE stored.{id_column} = b.{id_column})
+        {first_of_each}
+        """,
+        [now],
+    )
+    return db.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0] - before
 
 
 def pending(settings: Settings) -> dict[str, int]:

@@ -421,11 +421,10 @@ def _price_clean_rows(db: duckdb.DuckDBPyConnection, lines: pa.Table, parser: _P
     reported = table.column("reported_pico")
     # Through Arrow, not pandas: a column of int64 with nulls would become float64 there and lose digits.
     pico = pa.compute.fill_null(reported, 0).to_numpy()
+    sources = table.column("reported_source")
     unpriced = np.flatnonzero(reported.is_null().to_numpy(zero_copy_only=False))
     too_costly = np.zeros(rows, dtype=bool)
-    if len(unpriced) == 0:
-        sources = table.column("reported_source")
-    else:
+    if len(unpriced):
         part = table if len(unpriced) == rows else table.take(unpriced)
         tokens = {name: pa.compute.fill_null(part.column(name), 0).to_numpy() for name in token_columns}
         computed, computed_sources = pricer.price_columns_pico(part.column("provider"), part.column("model"),
@@ -433,11 +432,11 @@ def _price_clean_rows(db: duckdb.DuckDBPyConnection, lines: pa.Table, parser: _P
         pico = pico.astype(computed.dtype)  # a writable copy, of Python ints when a cost is beyond int64
         pico[unpriced] = computed
         too_costly[unpriced] = _too_costly(computed)
-        if len(unpriced) == rows:
-            sources = computed_sources
-        else:
-            sources = np.array(table.column("reported_source").to_pylist(), dtype=object)
-            sources[unpriced] = computed_sources
+        if len(unpriced) < rows:  # the other rows gave their own cost, and keep its source
+            merged = np.array(sources.to_pylist(), dtype=object)
+            merged[unpriced] = computed_sources
+            computed_sources = merged
+        sources = pa.array(computed_sources, type=pa.string())
     idx = table.column("idx").to_numpy()
     for position in np.flatnonzero(too_costly).tolist():
         parser.invalid += 1
@@ -445,13 +444,10 @@ def _price_clean_rows(db: duckdb.DuckDBPyConnection, lines: pa.Table, parser: _P
                     _raw_text(lines.column("raw")[int(idx[position])].as_py()))
     if too_costly.any():
         keep = ~too_costly
-        idx, pico = idx[keep], pico[keep]
-        sources = np.asarray(sources.to_pylist() if isinstance(sources, pa.ChunkedArray) else sources,
-                             dtype=object)[keep]
+        idx, pico, sources = idx[keep], pico[keep], sources.filter(pa.array(keep))
     return pa.table({"idx": pa.array(idx, type=pa.int64()),
                      "cost_pico": pa.array(pico.astype(np.int64), type=pa.int64()),
-                     "price_source": sources if isinstance(sources, pa.ChunkedArray)
-                     else pa.array(sources, type=pa.string())})
+                     "price_source": sources})
 
 
 def _priced_slow_rows(parser: _Parser, settings: Settings, pricer: Pricer) -> pa.Table:

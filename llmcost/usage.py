@@ -266,19 +266,19 @@ def _class_has(cls: type, key: str) -> bool:
 
 
 def _get(source: Any, key: str) -> Any:
-    if isinstance(source, Mapping):
-        return source.get(key)
-    if isinstance(source, BaseModel):
-        # The SDKs' types are pydantic models: read their fields and extras directly, since a missing
-        # attribute costs an exception inside pydantic, and most names looked for are missing.
-        value = source.__dict__.get(key)
-        if value is None and source.__pydantic_extra__:
-            value = source.__pydantic_extra__.get(key)
-        if value is not None or not _class_has(type(source), key):
-            return value
     try:
+        if isinstance(source, Mapping):
+            return source.get(key)
+        if isinstance(source, BaseModel):
+            # The SDKs' types are pydantic models: read their fields and extras directly, since a missing
+            # attribute costs an exception inside pydantic, and most names looked for are missing.
+            value = source.__dict__.get(key)
+            if value is None and source.__pydantic_extra__:
+                value = source.__pydantic_extra__.get(key)
+            if value is not None or not _class_has(type(source), key):
+                return value
         return getattr(source, key, None)
-    except Exception:  # a property that raises is an odd shape, and odd shapes read as absent
+    except Exception:  # a property or a get() that raises is an odd shape, and odd shapes read as absent
         return None
 
 
