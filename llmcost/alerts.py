@@ -25,6 +25,7 @@ import pandas as pd
 
 from .formatting import money
 from .config import Settings
+from .dismissal import OPEN_FAILED
 from .events import UNATTRIBUTED
 from .store import reading
 
@@ -131,7 +132,7 @@ def evaluate(settings: Settings, day: dt.date | None = None, *, now: dt.datetime
         groups = {scope: _spend_by(db, column, day) for scope, column in GROUP_COLUMNS.items()
                   if _group_thresholds(settings, scope)}
         failed = db.execute(
-            "SELECT kind, COUNT(*) FROM failed_logs WHERE NOT recovered GROUP BY kind ORDER BY kind"
+            f"SELECT kind, COUNT(*) FROM failed_logs WHERE {OPEN_FAILED} GROUP BY kind ORDER BY kind"
         ).fetchall()
     alerts = _system_alert(settings, day, today, Decimal(spend))
     alerts += [_user_alert(settings, day, today, row) for row in users]

@@ -191,7 +191,7 @@ def _read_once(fields: tuple[Field, ...]) -> str:
 def _typed_columns() -> str:
     """The usage_events columns (but cost) from a clean row's field texts."""
     columns = [
-        "coalesce(v_event_id, $id_prefix || off::VARCHAR) AS event_id",
+        "v_event_id AS event_id",  # NULL: llmcost.content_ids gives one from the line
         "(t_ts AT TIME ZONE 'UTC') AS ts",
         "(t_ts AT TIME ZONE $tz)::DATE AS day",
         "v_user_id AS user_id", "v_tenant_id AS tenant_id", "v_use_case AS use_case",
@@ -285,12 +285,12 @@ def _json_relation(fields: tuple[Field, ...], lead: tuple[str, ...] = (), where:
     return sql, [f"$.{name}" for name in names]
 
 
-def stage_json(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, id_prefix: str, source_label: str,
+def stage_json(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, source_label: str,
                timezone: str) -> np.ndarray:
     """Type the clean usage events of a chunk of JSON Lines into the temp table clean_rows; returns their idx."""
     # A line with a "record" key is no usage event (a call attempt, say): it is not worth parsing here.
     relation, paths = _json_relation(FIELDS, where="""strpos(line, '"record":') = 0""")
-    params = {**_params(source_label, timezone, id_prefix), "paths": paths}
+    params = {**_params(source_label, timezone), "paths": paths}
     test = f"known_keys AND {_clean_test(FIELDS, True, token_totals=True)}"
     db.register("chunk_lines", lines.select(["idx", "off", "line"]))
     try:
@@ -315,7 +315,7 @@ def stage_attempts(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, source_lab
         db.unregister("chunk_lines")
 
 
-def stage_csv(db: duckdb.DuckDBPyConnection, cells: pa.Table, *, id_prefix: str, source_label: str,
+def stage_csv(db: duckdb.DuckDBPyConnection, cells: pa.Table, *, source_label: str,
               timezone: str) -> np.ndarray:
     """Type the clean rows of CSV cells (text columns named like the fields) into clean_rows; returns their idx."""
     db.register("chunk_cells", cells)
@@ -328,12 +328,11 @@ def stage_csv(db: duckdb.DuckDBPyConnection, cells: pa.Table, *, id_prefix: str,
     test = _clean_test(FIELDS, False, token_totals=True)  # a CSV header's columns are known keys, each once
     try:
         return _stage(db, CLEAN_ROWS, _typed_columns(), relation, test, _read_once(FIELDS),
-                      _params(source_label, timezone, id_prefix))
+                      _params(source_label, timezone))
     finally:
         db.unregister("chunk_cells")
 
 
-def _params(source_label: str, timezone: str, id_prefix: str | None = None) -> dict:
+def _params(source_label: str, timezone: str) -> dict:
     now = dt.datetime.now(dt.timezone.utc)
-    params = {"source_label": source_label, "tz": timezone, "lo": EARLIEST_TS, "hi": now + MAX_CLOCK_SKEW}
-    return params if id_prefix is None else {**params, "id_prefix": id_prefix}
+    return {"source_label": source_label, "tz": timezone, "lo": EARLIEST_TS, "hi": now + MAX_CLOCK_SKEW}

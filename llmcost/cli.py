@@ -141,9 +141,11 @@ def export(settings, out, date_from, date_to, table):
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @settings_options
 def rebuild(settings, yes):
-    """Recreate the store from the journals, the fallback log and the inbox (the old file is kept aside)."""
-    from .ingest import ingest as run_ingest
+    """Recreate the store from the journals, the fallback log, the inbox and every other file the old store
+    had read that still exists (the old file is kept aside)."""
+    from .ingest import known_sources, replay
 
+    known = known_sources(settings)
     if not yes:
         click.confirm(f"Move {settings.db_path} aside and rebuild it from the files?", abort=True)
     if settings.db_path.exists():
@@ -153,8 +155,10 @@ def rebuild(settings, yes):
         if wal.exists():
             wal.rename(aside.with_name(aside.name + ".wal"))
         click.echo(f"Moved the old store to {aside}")
-    result = run_ingest(settings)
+    result, gone = replay(settings, known)
     click.echo(f"Rebuilt: {result.summary()}")
+    for path in gone:
+        click.echo(f"  gone: {path} (the old store had read it; its records are not in the new store)")
 
 
 @cli.command()
@@ -200,6 +204,7 @@ def resume(settings, day):
 @settings_options
 def status(settings):
     """Where the data lives, what the store holds and what waits to be ingested."""
+    from .dismissal import OPEN_FAILED
     from .ingest import last_synced, pending
 
     click.echo(f"data folder:   {settings.home}")
@@ -211,12 +216,34 @@ def status(settings):
             click.echo("The store does not exist yet: run `llmcost demo` or `llmcost ingest`.")
             return
         events, cost = db.execute("SELECT count(*), coalesce(sum(cost_usd), 0) FROM usage_events").fetchall()[0]
-        unrecovered = db.execute("SELECT count(*) FROM failed_logs WHERE NOT recovered").fetchall()[0][0]
+        unrecovered = db.execute(f"SELECT count(*) FROM failed_logs WHERE {OPEN_FAILED}").fetchall()[0][0]
     click.echo(f"events:        {events:,} (${cost:,.2f})")
     click.echo(f"failed logs:   {unrecovered:,} not recovered")
     waiting = pending(settings)
-    click.echo(f"waiting:       {waiting['journal']:,} journal and {waiting['fallback']:,} fallback-log records")
+    click.echo(f"waiting:       {waiting['journal']:,} journal, {waiting['fallback']:,} fallback-log and "
+               f"{waiting['inbox']:,} inbox records")
     click.echo(f"last synced:   {last_synced(settings) or 'never'} UTC")
+
+
+@cli.group()
+def failed():
+    """Failed logs: records that could not be stored normally."""
+
+
+@failed.command("dismiss")
+@click.argument("failed_ids", nargs=-1)
+@click.option("--source", default=None, help="Dismiss every open failed log read from this file (its path).")
+@click.option("--reason", required=True, help="Why they need nothing more (kept with them).")
+@click.option("--by", default=None, help="Who dismisses them (kept with them).")
+@settings_options
+def dismiss(settings, failed_ids, source, reason, by):
+    """Dismiss failed logs by id (or --source): they stay in the table, marked, and leave the warnings."""
+    from .dismissal import dismiss as dismiss_failed
+
+    if source:
+        source = str(Path(source).resolve())
+    count = dismiss_failed(settings, failed_ids, source=source, reason=reason, by=by)
+    click.echo(f"Dismissed {count:,} failed log(s)" + ("" if count else " (none open matched)"))
 
 
 for _command in cli_monitor.COMMANDS:

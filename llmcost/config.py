@@ -104,6 +104,7 @@ class Settings:
     use_cases: tuple[str, ...] = DEFAULT_USE_CASES
     silent_use_case_days: int = 2
     stale_attempt_seconds: int = 60
+    inbox_settle_seconds: float = 10.0  # an inbox file unchanged this long is finished (its last line counts)
     estimate_mismatch_ratio: Decimal = Decimal("0.20")
     email: EmailSettings = field(default_factory=EmailSettings)
     slack: SlackSettings = field(default_factory=SlackSettings)
@@ -286,6 +287,7 @@ def load_settings(
         use_cases=tuple(raw.get("use_cases", DEFAULT_USE_CASES)),
         silent_use_case_days=int(raw.get("silent_use_case_days", 2)),
         stale_attempt_seconds=int(raw.get("stale_attempt_seconds", 60)),
+        inbox_settle_seconds=float(raw.get("inbox_settle_seconds", 10)),
         estimate_mismatch_ratio=_decimal(raw.get("estimate_mismatch_ratio", "0.20"), "estimate_mismatch_ratio"),
         email=email,
         slack=slack,

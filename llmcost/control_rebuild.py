@@ -31,11 +31,11 @@ def _pending_rows(settings: Settings, day: dt.date, offsets: dict[str, int]) -> 
     paths = sorted(settings.journal_dir.glob("*.jsonl"))
     if settings.fallback_log.is_file():
         paths.append(settings.fallback_log)
-    for path in paths:
-        if not path.is_file():  # a device or a folder where a journal should be: nothing to read
-            continue
+    # By real path, once each: a journal folder reached through a link is the folder ingestion records.
+    real_paths = dict.fromkeys(path.resolve() for path in paths if path.is_file())
+    for path in real_paths:  # (not a device or a folder where a journal should be: nothing to read there)
         try:
-            rows.extend(_rows_of_day(path, offsets.get(str(path.resolve()), 0), settings, day))
+            rows.extend(_rows_of_day(path, offsets.get(str(path), 0), settings, day))
         except OSError:
             continue
     return rows

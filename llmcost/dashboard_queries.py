@@ -19,11 +19,12 @@ from zoneinfo import ZoneInfo
 import duckdb
 import pandas as pd
 
+from .dismissal import OPEN_FAILED
 from .store import reading
 
 ZERO = Decimal(0)
-FAILED_KINDS = ("fallback", "invalid", "unattributed")
-FAILED_STATUSES = ("unrecovered", "recovered", "all")
+FAILED_KINDS = ("fallback", "invalid", "unattributed", "conflict", "refused")
+FAILED_STATUSES = ("unrecovered", "recovered", "dismissed", "all")
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ def system_cost_on(db: duckdb.DuckDBPyConnection, day: dt.date) -> Decimal:
 
 
 def unrecovered_failed_logs(db: duckdb.DuckDBPyConnection) -> int:
-    return _rows(db, "SELECT count(*) FROM failed_logs WHERE NOT recovered")[0][0]
+    return _rows(db, f"SELECT count(*) FROM failed_logs WHERE {OPEN_FAILED}")[0][0]
 
 
 def last_synced(db: duckdb.DuckDBPyConnection) -> dt.datetime | None:
@@ -508,9 +509,8 @@ def failed_logs(db: duckdb.DuckDBPyConnection, filters: Filters, timezone: str,
     since, until = day_bounds_utc(filters.start, filters.end, timezone)
     clauses = ["logged_at >= $since", "logged_at < $until"]
     params: dict[str, Any] = {"since": since, "until": until}
-    if query.status != "all":
-        clauses.append("recovered = $recovered")
-        params["recovered"] = query.status == "recovered"
+    clauses += {"unrecovered": [OPEN_FAILED], "recovered": ["recovered"],
+                "dismissed": ["dismissed_at IS NOT NULL"], "all": []}[query.status]
     if query.kinds:
         clauses.append("list_contains($kinds, kind)")
         params["kinds"] = list(query.kinds)
@@ -523,7 +523,7 @@ def failed_logs(db: duckdb.DuckDBPyConnection, filters: Filters, timezone: str,
         db,
         f"""
         SELECT logged_at, use_case, estimated_tokens, error, user_id, tenant_id, source, kind,
-               recovered, recovered_at, failed_id
+               recovered, recovered_at, dismissed_at, dismissed_by, dismiss_reason, failed_id
         FROM failed_logs WHERE {where}
         ORDER BY logged_at DESC, failed_id LIMIT $limit
         """,
@@ -538,7 +538,7 @@ def unrecovered_by_error(db: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         """
         SELECT error, kind, count(*) AS records, sum(estimated_tokens) AS estimated_tokens,
                min(logged_at) AS first_logged_at, max(logged_at) AS last_logged_at
-        FROM failed_logs WHERE NOT recovered
+        FROM failed_logs WHERE """ + OPEN_FAILED + """
         GROUP BY error, kind ORDER BY records DESC, error
         """,
     )

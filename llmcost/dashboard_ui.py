@@ -219,6 +219,21 @@ def ingest_now(settings: Settings, message_key: str, paths: Sequence[Any] | None
     st.session_state[message_key] = ("success", "Ingested: " + result.summary())
 
 
+def dismiss_now(settings: Settings, message_key: str, failed_ids: Sequence[str], reason: str, by: str) -> None:
+    """Dismiss the chosen failed logs, then drop every cached figure. A button callback."""
+    from .dismissal import dismiss
+
+    try:
+        count = dismiss(settings, list(failed_ids), reason=reason, by=by)
+    except LLMCostError as error:
+        st.session_state[message_key] = ("error", "Not dismissed: " + plain(error))
+        return
+    for key in ("failed_dismiss_ids", "failed_dismiss_confirm"):
+        st.session_state.pop(key, None)
+    clear_cached_figures()
+    st.session_state[message_key] = ("success", f"Dismissed {count:,} failed log(s).")
+
+
 def show_message(message_key: str) -> None:
     """Show, once, what a button callback left in session state."""
     found = st.session_state.pop(message_key, None)

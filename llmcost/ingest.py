@@ -17,12 +17,17 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import duckdb
 
-from . import bulk, store
+from . import bulk, sources, store
 from .config import Settings
-from .migrations import KEYED_TABLES
-from .records import BATCH_ATTEMPTS, BATCH_EVENTS, Batch, drop_batch_tables, overlong_line, parse_lines
+from .errors import LLMCostError
+from .content_ids import LineIds
+from .migrations import KEYED_TABLES, event_content_hash
+from .records import (BATCH_ATTEMPTS, BATCH_EVENTS, Batch, drop_batch_tables, overlong_line, parse_lines,
+                      raw_text)
+from .sources import Source, is_usage_file, outside
 
 # A batch should hold a few of DuckDB's row groups (122,880 rows), so that the store's insert writes
 # them on every core: about 270k JSON lines, or 300k CSV rows (which are shorter). Once a batch has
@@ -33,7 +38,6 @@ MAX_BATCH_BYTES = 2 * BATCH_BYTES
 MIN_BATCH_BYTES = 1024 * 1024
 ROW_GROUPS_PER_BATCH = 2
 HOLD_SECONDS = 3.0
-FIRST_LINE_LIMIT = 64 * 1024
 MAX_REASONS = 5
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -70,39 +74,47 @@ class IngestResult:
         return text
 
 
-@dataclass(frozen=True)
-class Source:
-    path: Path
-    kind: str  # journal | fallback | inbox | file
-
-    @property
-    def is_csv(self) -> bool:
-        return self.path.suffix.lower() == ".csv"
-
-
 def configured_sources(settings: Settings) -> list[Source]:
-    """The journal folder, the fallback log and the inbox folder, in that order."""
+    """The journal folder, the fallback log and the inbox folder, in that order, each file once by its real path.
+
+    An inbox entry that links to a file outside the data folder is refused, not read.
+    """
     # Regular files only: a device in the journal folder (say a link to /dev/full) never ends.
-    sources = [Source(p, "journal") for p in sorted(settings.journal_dir.glob("*.jsonl")) if p.is_file()]
+    sources = [Source(p.resolve(), "journal") for p in sorted(settings.journal_dir.glob("*.jsonl")) if p.is_file()]
     if settings.fallback_log.is_file():
-        sources.append(Source(settings.fallback_log, "fallback"))
+        sources.append(Source(settings.fallback_log.resolve(), "fallback"))
     if settings.inbox_dir.is_dir():
-        sources.extend(
-            Source(p, "inbox")
-            for p in sorted(settings.inbox_dir.iterdir())
-            if p.is_file() and p.suffix.lower() in (".jsonl", ".json", ".ndjson", ".csv")
-        )
-    return sources
+        roots = tuple({settings.home.resolve(), settings.inbox_dir.resolve(), settings.journal_dir.resolve()})
+        for entry in sorted(settings.inbox_dir.iterdir()):
+            if not (entry.is_file() and is_usage_file(entry)):
+                continue
+            if entry.is_symlink() and outside(entry, roots):
+                sources.append(Source(entry.absolute(), "inbox", refusal=(
+                    f"a link to {entry.resolve()}, outside the data folder {settings.home}: not read "
+                    "(copy the file into the inbox, or ingest it by its path)")))
+            else:
+                sources.append(Source(entry.resolve(), "inbox"))
+    return _once_each(sources)
+
+
+def _once_each(sources: list[Source]) -> list[Source]:
+    seen: set[Path] = set()
+    unique = []
+    for source in sources:
+        if source.path not in seen:
+            seen.add(source.path)
+            unique.append(source)
+    return unique
 
 
 def sources_for_paths(settings: Settings, paths: Iterable[str | Path]) -> list[Source]:
-    """Explicit paths: files, or folders whose .jsonl/.csv files are read. Missing paths raise FileNotFoundError."""
+    """Explicit paths: files, or folders whose usage files are read. Missing paths raise FileNotFoundError."""
     fallback = settings.fallback_log.resolve()
     sources = []
     for raw in paths:
         path = Path(raw).resolve()
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in (".jsonl", ".ndjson", ".json", ".csv"))
+            files = sorted(p.resolve() for p in path.iterdir() if p.is_file() and is_usage_file(p))
         elif path.is_file():
             files = [path]
         else:
@@ -110,19 +122,7 @@ def sources_for_paths(settings: Settings, paths: Iterable[str | Path]) -> list[S
         for file in files:
             kind = "fallback" if file == fallback else "journal" if file.parent == settings.journal_dir.resolve() else "file"
             sources.append(Source(file, kind))
-    return sources
-
-
-def _first_line_key(path: Path) -> str | None:
-    """A fingerprint of the file: its path and first complete line. A file replaced under the same name
-    gets a new one; two files never share one (ids of records without an event_id derive from it)."""
-    with path.open("rb") as f:
-        head = f.read(FIRST_LINE_LIMIT)
-    end = head.find(b"\n")
-    if end < 0 and len(head) < FIRST_LINE_LIMIT:
-        return None
-    first = head if end < 0 else head[: end + 1]
-    return hashlib.sha1(str(path).encode() + b"\n" + first).hexdigest()
+    return _once_each(sources)
 
 
 def _read_offset(db: duckdb.DuckDBPyConnection, path: Path) -> tuple[str | None, int, int]:
@@ -132,12 +132,10 @@ def _read_offset(db: duckdb.DuckDBPyConnection, path: Path) -> tuple[str | None,
     return (row[0][0], row[0][1], row[0][2]) if row else (None, 0, 0)
 
 
-def _csv_header(path: Path) -> list[str] | None:
-    with path.open("r", encoding="utf-8", errors="replace", newline="") as f:
-        first = f.readline()
-    if not first.endswith("\n"):
+def _csv_header(line: bytes) -> list[str] | None:
+    if not line.endswith(b"\n"):
         return None
-    return next(csv.reader([first]))
+    return next(csv.reader([line.decode("utf-8", errors="replace")]))
 
 
 def ingest(
@@ -160,12 +158,32 @@ def ingest(
 
 def _ingest_file(settings, source: Source, pricer, progress, lock_timeout) -> IngestResult:
     result = IngestResult(files=1)
-    key = _first_line_key(source.path)
-    if key is None:
-        return result  # empty, or a first line still being written
-    header = _csv_header(source.path) if source.is_csv else None
-    size = source.path.stat().st_size
+    try:
+        if source.refusal:
+            raise sources.Unreadable(source.refusal)
+        with sources.readable(source) as readable:
+            _ingest_readable(settings, readable, pricer, progress, lock_timeout, result)
+    except sources.Unreadable as refusal:
+        with store.writing(settings.db_path, timeout=lock_timeout) as db:
+            _refuse(db, source, str(refusal), result)
+    return result
+
+
+def _ingest_readable(settings, source: Source, pricer, progress, lock_timeout, result: IngestResult) -> None:
+    size = source.data.stat().st_size
+    start = sources.content_start(source.data)
+    if size <= start:
+        return  # empty
+    # A dropped-in file that stopped changing is finished: its last line is whole even without a newline.
+    whole = source.finished and sources.settled(source.data, settings.inbox_settle_seconds)
+    header_line = sources.header_line(source.data) if source.is_csv else None
+    if header_line is not None and whole and not header_line.endswith(b"\n"):
+        header_line += b"\n"
+    header = _csv_header(header_line) if header_line is not None else None
+    if source.is_csv and header is None:
+        return  # the header is still being written
     limit = CSV_BATCH_BYTES if source.is_csv else BATCH_BYTES
+    reading = _Reading(source, header, header_line, start, size, whole)
     finished = False
     while not finished:
         # Hold the write connection for a few seconds of batches at most, so readers in other
@@ -173,83 +191,132 @@ def _ingest_file(settings, source: Source, pricer, progress, lock_timeout) -> In
         with store.writing(settings.db_path, timeout=lock_timeout) as db:
             held_until = time.monotonic() + HOLD_SECONDS
             while not finished and time.monotonic() < held_until:
-                offset, finished, limit = _next_batch(db, settings, source, key, header, size, pricer, result, limit)
+                offset, finished, limit = _next_batch(db, settings, reading, pricer, result, limit)
                 if progress:
                     progress(str(source.path), offset, size)
-    return result
 
 
-def _next_batch(db, settings, source: Source, key: str, header, size: int, pricer, result: IngestResult, limit: int):
+@dataclass(frozen=True)
+class _Reading:
+    source: Source
+    header: list[str] | None
+    header_line: bytes | None
+    start: int        # after a byte order mark
+    size: int
+    whole: bool       # the last line counts without a newline
+
+
+def _resume_point(db, reading: _Reading) -> tuple[int, int, bool]:
+    """(offset, records read, whether the file is read from its start): where the file's content was left."""
+    source = reading.source
+    known_key, offset, records = _read_offset(db, source.path)
+    begin = reading.start + len(reading.header_line or b"")
+    if known_key is None or not sources.same_content(known_key, str(source.path), source.data, offset, reading.size):
+        return begin, 0, True  # new, rewritten or truncated: its records get ids from their content
+    return max(offset, begin), records, offset < begin
+
+
+def _next_batch(db, settings, reading: _Reading, pricer, result: IngestResult, limit: int):
     """Ingest the next batch of at most `limit` bytes of a file in one transaction.
 
     Returns (offset reached, whether the file is done, how many bytes the next batch should read).
     """
-    known_key, offset, records = _read_offset(db, source.path)
-    if known_key is not None and (known_key != key or offset > size):
-        offset, records = 0, 0  # replaced or truncated: read again; event_id de-duplication keeps it exactly-once
-    if source.is_csv and offset == 0:
-        offset = len(_first_line_bytes(source.path))
-    with source.path.open("rb") as f:
+    source, size = reading.source, reading.size
+    offset, records, fresh = _resume_point(db, reading)
+    if fresh:
+        problem = sources.encoding_problem(source.data) or (source.finished and sources.not_usage_reason(
+            source.data, reading.start, reading.header, {f.name for f in bulk.FIELDS}))
+        if problem:
+            _refuse(db, source, problem, result, size=size)
+            return size, True, limit
+    ids = LineIds(db, str(source.path), reading.header_line, fresh)
+    with source.data.open("rb") as f:
         f.seek(offset)
         chunk = f.read(limit)
     at_end = len(chunk) < limit
+    if at_end and reading.whole and chunk and not chunk.endswith(b"\n"):
+        chunk += b"\n"
     end = chunk.rfind(b"\n")
     if end >= 0:
-        batch = parse_lines(db, memoryview(chunk)[: end + 1], start_offset=offset, file_key=key, source=source,
-                            csv_header=header, settings=settings, pricer=pricer, at_end=at_end)
+        batch = parse_lines(db, memoryview(chunk)[: end + 1], start_offset=offset, ids=ids, source=source,
+                            csv_header=reading.header, settings=settings, pricer=pricer, at_end=at_end)
     elif at_end:
-        _touch_source(db, source, key, offset, records)
+        ids.save()
+        _touch_source(db, source, offset, records)
         return offset, True, limit  # the last line is still being written
     else:
-        batch = overlong_line(source, key, offset, chunk)
+        batch = overlong_line(source, ids, offset, chunk)
         if batch is None:
             return offset, True, limit  # no end to that line yet
-    result.add(_store_batch(db, batch, source, key, offset + batch.consumed, records + batch.lines))
-    offset += batch.consumed
+    new_offset = min(offset + batch.consumed, size)
+    result.add(_store_batch(db, batch, source, ids, new_offset, records + batch.lines))
     if batch.cut_at_row_group:
         # A little more than the bytes that make the row groups wanted, so that little is read twice.
         wanted = batch.consumed / batch.bulk_events * ROW_GROUPS_PER_BATCH * bulk.ROW_GROUP_ROWS * 1.03
         limit = int(min(max(wanted, MIN_BATCH_BYTES), MAX_BATCH_BYTES))
-    return offset, offset >= size or at_end, limit
+    return new_offset, new_offset >= size or at_end, limit
 
 
-def _first_line_bytes(path: Path) -> bytes:
-    with path.open("rb") as f:
-        return f.readline()
-
-
-def _touch_source(db, source: Source, key: str, offset: int, records: int) -> None:
+def _touch_source(db, source: Source, offset: int, records: int) -> None:
     db.execute(
         """
         INSERT INTO ingest_sources VALUES (?, ?, ?, ?, ?, ?)
         ON CONFLICT (path) DO UPDATE SET file_key = excluded.file_key, bytes_consumed = excluded.bytes_consumed,
             records_read = excluded.records_read, last_synced_at = excluded.last_synced_at
         """,
-        [str(source.path), source.kind, key, offset, records, _utcnow()],
+        [str(source.path), source.kind, sources.fingerprint(source.data, offset), offset, records, _utcnow()],
     )
+
+
+def _refuse(db, source: Source, reason: str, result: IngestResult, size: int | None = None) -> None:
+    """Keep one failed_logs row saying why nothing of a file is read; with `size`, the file counts as
+    read until its content changes."""
+    failed_id = "refused:" + hashlib.sha1(f"{source.path}\n{reason}".encode()).hexdigest()[:24]
+    db.execute("BEGIN TRANSACTION")
+    try:
+        before = db.execute("SELECT count(*) FROM failed_logs").fetchall()[0][0]
+        db.execute(
+            """
+            INSERT INTO failed_logs (failed_id, kind, logged_at, error, source)
+            SELECT ?, 'refused', ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM failed_logs WHERE failed_id = ?)
+            """,
+            [failed_id, _utcnow(), reason, str(source.path), failed_id],
+        )
+        if db.execute("SELECT count(*) FROM failed_logs").fetchall()[0][0] > before:
+            result.failed += 1
+            result.failed_reasons.append(f"{source.path}: {reason}")
+        if size is not None:
+            _touch_source(db, source, size, 0)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
-def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, records: int) -> IngestResult:
+def _store_batch(db, batch: Batch, source: Source, ids: LineIds, new_offset: int, records: int) -> IngestResult:
     result = IngestResult(read=batch.lines)
     now = _utcnow()
     db.execute("BEGIN TRANSACTION")
     try:
         if batch.events:
             result.stored = _insert_new(db, "usage_events", BATCH_EVENTS, _EVENT_VALUES, now)
-            result.duplicates = batch.events - result.stored
+            conflicts = _conflicts(db) if result.stored < batch.events else []
+            result.duplicates = batch.events - result.stored - len(conflicts)
+            _keep_conflicts(db, source, conflicts, now, result)
         if batch.attempts:
             result.attempts = _insert_new(db, "call_attempts", BATCH_ATTEMPTS, _ATTEMPT_VALUES, now)
         if len(batch.failed):
             failed = batch.failed  # noqa: F841
             db.execute(
                 """
-                INSERT INTO failed_logs
+                INSERT INTO failed_logs BY NAME
                 SELECT f.failed_id, f.kind, f.logged_at, f.use_case, f.estimated_tokens, f.error, f.user_id,
-                       f.tenant_id, f.source, f.raw, f.event_id, r.stored, CASE WHEN r.stored THEN ? END
+                       f.tenant_id, f.source, f.raw, f.event_id, r.stored AS recovered,
+                       CASE WHEN r.stored THEN ?::TIMESTAMP END AS recovered_at
                 FROM failed f, LATERAL (SELECT
                     (f.event_id IS NOT NULL AND EXISTS (SELECT 1 FROM usage_events u WHERE u.event_id = f.event_id))
                     OR (f.attempt_id IS NOT NULL
@@ -259,11 +326,12 @@ def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, re
                 [now],
             )
             unstored = batch.failed[batch.failed["event_id"].isna() & batch.failed["attempt_id"].isna()]
-            result.failed_reasons = [str(r) for r in unstored["error"].head(MAX_REASONS)]
+            result.failed_reasons += [str(r) for r in unstored["error"].head(MAX_REASONS)]
         drop_batch_tables(db)
-        result.failed = batch.invalid
+        result.failed += batch.invalid
         result.recovered = batch.from_fallback
-        _touch_source(db, source, key, new_offset, records)
+        ids.save()
+        _touch_source(db, source, new_offset, records)
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
@@ -271,12 +339,51 @@ def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, re
     return result
 
 
+def _conflicts(db) -> list[tuple[str, int]]:
+    """(event_id, offset) of the batch's events whose id is stored with other content."""
+    return db.execute(
+        f"""
+        SELECT b.event_id, b.off FROM (SELECT event_id, off, {_BATCH_CONTENT_HASH} AS content_key
+                                       FROM {BATCH_EVENTS}) b
+        JOIN (SELECT event_id, content_key FROM usage_events
+              WHERE event_key IN (SELECT hash(event_id) FROM {BATCH_EVENTS})) s USING (event_id)
+        WHERE b.content_key <> s.content_key
+        ORDER BY b.off
+        """
+    ).fetchall()
+
+
+def _keep_conflicts(db, source: Source, conflicts: list[tuple[str, int]], now: dt.datetime,
+                    result: IngestResult) -> None:
+    """A record repeating a stored event_id with other content is no duplicate: it goes to failed_logs."""
+    for event_id, offset in conflicts:
+        with source.data.open("rb") as f:
+            f.seek(offset)
+            raw = raw_text(f.readline())
+        reason = (f"conflict: event_id {event_id} is stored already with other content (tokens, cost or "
+                  "identity); this record was not stored. The stored row is usage_events where event_id is "
+                  "this one, this record's text is in raw")
+        failed_id = f"conflict:{event_id}:{hashlib.sha1(raw.encode('utf-8', 'backslashreplace')).hexdigest()[:16]}"
+        inserted = db.execute(
+            """
+            INSERT INTO failed_logs (failed_id, kind, logged_at, error, source, raw, event_id)
+            SELECT ?, 'conflict', ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM failed_logs WHERE failed_id = ?)
+            RETURNING failed_id
+            """,
+            [failed_id, now, reason, str(source.path), raw, event_id, failed_id],
+        ).fetchall()
+        result.failed += 1
+        if inserted:
+            result.failed_reasons.append(reason)
+
+
+_COST_USD = "CAST(CAST(cost_pico AS DECIMAL(18, 0)) * CAST('0.000000000001' AS DECIMAL(18, 12)) AS DECIMAL(18, 12))"
 _EVENT_VALUES = """
     event_id, ts, day, user_id, tenant_id, use_case, account_type, provider, model,
     input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
-    total_tokens, estimated_tokens, usage_estimated, latency_ms, status, error,
-    CAST(CAST(cost_pico AS DECIMAL(18, 0)) * CAST('0.000000000001' AS DECIMAL(18, 12)) AS DECIMAL(18, 12)),
+    total_tokens, estimated_tokens, usage_estimated, latency_ms, status, error, """ + _COST_USD + """,
     price_source, attempt_id, source, metadata"""
+_BATCH_CONTENT_HASH = event_content_hash(_COST_USD)
 _ATTEMPT_VALUES = """
     attempt_id, ts, day, user_id, tenant_id, use_case, account_type, provider, model, estimated_tokens, source"""
 
@@ -286,6 +393,7 @@ def _insert_new(db, table: str, batch: str, values: str, now: dt.datetime) -> in
     have yet, the first of each id in file order; `values` are the table's columns but the last two
     (ingested_at and the id key). Returns how many rows went in."""
     key, id_column = KEYED_TABLES[table]
+    content = f", {_BATCH_CONTENT_HASH}" if table == "usage_events" else ""
     repeats = db.execute(f"SELECT count(*) - count(DISTINCT {id_column}) FROM {batch}").fetchall()[0][0]
     # A window's output is unordered, and an unordered insert leaves part-filled row groups that every
     # checkpoint rewrites: after one the rows go in in file order. Without one the scan of the batch
@@ -298,7 +406,7 @@ def _insert_new(db, table: str, batch: str, values: str, now: dt.datetime) -> in
     db.execute(
         f"""
         INSERT INTO {table}
-        SELECT {values}, ?, hash({id_column}) FROM {batch} b
+        SELECT {values}, ?, hash({id_column}){content} FROM {batch} b
         WHERE NOT EXISTS (
             SELECT 1 FROM (SELECT {id_column} FROM {table}
                            WHERE {key} IN (SELECT hash({id_column}) FROM {batch})) stored
@@ -311,28 +419,60 @@ def _insert_new(db, table: str, batch: str, values: str, now: dt.datetime) -> in
 
 
 def pending(settings: Settings) -> dict[str, int]:
-    """Records written to the journal folder and the fallback log but not ingested yet."""
-    counts = {"journal": 0, "fallback": 0}
+    """Records waiting in the journal folder, the fallback log and the inbox folder, not ingested yet."""
+    counts = {"journal": 0, "fallback": 0, "inbox": 0}
     offsets: dict[str, tuple[str, int]] = {}
     with store.reading(settings.db_path) as db:
         if db is not None:
             for path, key, consumed in db.execute(
-                "SELECT path, file_key, bytes_consumed FROM ingest_sources WHERE kind IN ('journal', 'fallback')"
-            ).fetchall():
+                "SELECT path, file_key, bytes_consumed FROM ingest_sources").fetchall():
                 offsets[path] = (key, consumed)
-    journal_sources = [Source(p, "journal") for p in sorted(settings.journal_dir.glob("*.jsonl")) if p.is_file()]
-    fallback_sources = [Source(settings.fallback_log, "fallback")] if settings.fallback_log.is_file() else []
-    for source in journal_sources + fallback_sources:
-        key, consumed = offsets.get(str(source.path.resolve()), offsets.get(str(source.path), (None, 0)))
+    for source in configured_sources(settings):
+        if source.refusal or source.is_gzip:
+            continue
         try:
-            if key is not None and key != _first_line_key(source.path):
-                consumed = 0
-            with source.path.open("rb") as f:
-                f.seek(consumed)
-                counts[source.kind] += sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+            counts[source.kind] += _waiting_records(source, offsets.get(str(source.path)))
         except OSError:
             continue
     return counts
+
+
+def _waiting_records(source: Source, known: tuple[str, int] | None) -> int:
+    size = source.data.stat().st_size
+    consumed = sources.content_start(source.data)
+    if known is not None and sources.same_content(known[0], str(source.path), source.data, known[1], size):
+        consumed = max(consumed, known[1])
+    elif source.is_csv:
+        consumed += len(sources.header_line(source.data))
+    waiting, last = 0, b"\n"
+    with source.data.open("rb") as f:
+        f.seek(consumed)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            waiting += block.count(b"\n")
+            last = block[-1:]
+    # A dropped-in file's last line without a newline is a record too, stored once the file settles.
+    return waiting + (1 if source.finished and last != b"\n" else 0)
+
+
+def known_sources(settings: Settings) -> list[Path]:
+    """Every file the store has read, as it records them (for a rebuild); [] when it cannot be read."""
+    try:
+        with store.reading(settings.db_path) as db:
+            if db is None:
+                return []
+            return [Path(p) for (p,) in db.execute("SELECT path FROM ingest_sources ORDER BY path").fetchall()]
+    except LLMCostError:
+        return []
+
+
+def replay(settings: Settings, known: list[Path]) -> tuple[IngestResult, list[Path]]:
+    """Ingest the configured sources, then every other file in `known` that still exists; returns the
+    result and the known files that are gone."""
+    result = ingest(settings)
+    present = [path for path in known if path.is_file()]
+    if present:
+        result.add(ingest(settings, present))
+    return result, [path for path in known if not path.is_file()]
 
 
 def last_synced(settings: Settings) -> dt.datetime | None:

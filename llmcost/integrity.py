@@ -32,6 +32,7 @@ import pandas as pd
 
 from .alerts import LEVEL_RANK, Alert, evaluate, format_count, format_usd, today_in
 from .config import Settings
+from .dismissal import OPEN_FAILED
 from .reconcile import reconcile
 from .reports import json_default, text_table
 from .store import reading
@@ -214,7 +215,7 @@ def stale_attempts(db, settings: Settings, start: dt.date, end: dt.date, stale_b
 _FAILED = """
 SELECT kind, error, COUNT(*) AS records, SUM(estimated_tokens) AS estimated_tokens,
        MIN(logged_at) AS first_logged_at, MAX(logged_at) AS last_logged_at
-FROM failed_logs WHERE NOT recovered
+FROM failed_logs WHERE """ + OPEN_FAILED + """
 GROUP BY kind, error ORDER BY records DESC, kind, error LIMIT ?
 """
 
@@ -224,7 +225,7 @@ def failed_logs(db) -> CheckResult:
     title = "Unrecovered failed logs"
     if db is None:
         return CheckResult("failed_logs", title, "ok", 0, "0 unrecovered failed logs (the store is empty)")
-    count = _scalar(db, "SELECT COUNT(*) FROM failed_logs WHERE NOT recovered", [])
+    count = _scalar(db, f"SELECT COUNT(*) FROM failed_logs WHERE {OPEN_FAILED}", [])
     rows = _frame(db, _FAILED, [MAX_ROWS])
     if not count:
         return CheckResult("failed_logs", title, "ok", 0, "0 unrecovered failed logs", rows)

@@ -141,6 +141,40 @@ def m002_id_keys(db: duckdb.DuckDBPyConnection) -> None:
     db.execute("INSERT INTO _llmcost_key_hash VALUES (hash(?))", [KEY_PROBE])
 
 
+# Each stored event keeps a 64-bit hash of what it says (who, when, which model, tokens, cost), so a
+# record that repeats a stored event_id is told apart cheaply: the same content is a plain duplicate,
+# other content a conflict kept in failed_logs. The source, metadata and timing are not part of it: the
+# same call journaled and also written to the fallback log differs only there.
+EVENT_CONTENT_COLUMNS = {
+    "ts": "TIMESTAMP", "user_id": "VARCHAR", "tenant_id": "VARCHAR", "use_case": "VARCHAR",
+    "account_type": "VARCHAR", "provider": "VARCHAR", "model": "VARCHAR", "input_tokens": "BIGINT",
+    "output_tokens": "BIGINT", "cache_read_tokens": "BIGINT", "cache_write_tokens": "BIGINT",
+    "reasoning_tokens": "BIGINT", "total_tokens": "BIGINT", "status": "VARCHAR", "cost_usd": "DECIMAL(18, 12)",
+}
+
+
+def event_content_hash(cost_usd: str = "cost_usd") -> str:
+    """SQL for an event's content hash; `cost_usd` is the SQL of its cost (a batch holds it in picodollars)."""
+    values = ", ".join(f"CAST({cost_usd if name == 'cost_usd' else name} AS {kind})"
+                       for name, kind in EVENT_CONTENT_COLUMNS.items())
+    return f"hash({values})"
+
+
+EVENT_CONTENT_HASH = event_content_hash()
+
+
+@migration
+def m003_source_identity_conflicts_dismissals(db: duckdb.DuckDBPyConnection) -> None:
+    db.execute("ALTER TABLE usage_events ADD COLUMN content_key UBIGINT")
+    db.execute(f"UPDATE usage_events SET content_key = {EVENT_CONTENT_HASH}")
+    # How many identical lines of a file were read so far, for ids derived from content (llmcost.content_ids).
+    db.execute("CREATE TABLE ingest_line_counts (path VARCHAR NOT NULL, line_hash VARCHAR NOT NULL, "
+               "seen INTEGER NOT NULL)")
+    db.execute("ALTER TABLE failed_logs ADD COLUMN dismissed_at TIMESTAMP")
+    db.execute("ALTER TABLE failed_logs ADD COLUMN dismissed_by VARCHAR")
+    db.execute("ALTER TABLE failed_logs ADD COLUMN dismiss_reason VARCHAR")
+
+
 def refresh_id_keys(db: duckdb.DuckDBPyConnection) -> None:
     """Give every row its id key: rows written without one (by name, by an older version), and all
     rows when this DuckDB hashes differently from the one that wrote the keys."""
@@ -149,6 +183,7 @@ def refresh_id_keys(db: duckdb.DuckDBPyConnection) -> None:
         try:
             for table, (key, id_column) in KEYED_TABLES.items():
                 db.execute(f"UPDATE {table} SET {key} = hash({id_column})")
+            db.execute(f"UPDATE usage_events SET content_key = {EVENT_CONTENT_HASH}")
             db.execute("DELETE FROM _llmcost_key_hash")
             db.execute("INSERT INTO _llmcost_key_hash VALUES (hash(?))", [KEY_PROBE])
             db.execute("COMMIT")
@@ -158,6 +193,7 @@ def refresh_id_keys(db: duckdb.DuckDBPyConnection) -> None:
         return
     for table, (key, id_column) in KEYED_TABLES.items():
         db.execute(f"UPDATE {table} SET {key} = hash({id_column}) WHERE {key} IS NULL")
+    db.execute(f"UPDATE usage_events SET content_key = {EVENT_CONTENT_HASH} WHERE content_key IS NULL")
 
 
 def applied(db: duckdb.DuckDBPyConnection) -> set[str]:

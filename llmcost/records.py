@@ -22,13 +22,14 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import bulk, csv_rows
+from . import bulk, csv_rows, sources
 from .events import TOKEN_FIELDS, UNATTRIBUTED, Count, Name, UsageEvent, UtcTime, describe_validation_error
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .ingest import Source
+    from .content_ids import LineIds
     from .pricing import Pricer
+    from .sources import Source
 
 MAX_RAW_CHARS = 1_000_000
 IDENTITY_FIELDS = ("user_id", "tenant_id", "use_case")
@@ -83,14 +84,7 @@ class Batch:
     bulk_events: int = 0       # events that took the bulk path
 
 
-def stable_id(file_key: str, offset: int | str, kind: str = "event") -> str:
-    """An id for a record that came without one: its file's fingerprint and byte offset, so reading the
-    file again never duplicates it. `llmcost.bulk` builds the same ids in SQL."""
-    prefix = "" if kind == "event" else f"{kind}:"
-    return f"{prefix}{file_key[:16]}:{offset}"
-
-
-def _raw_text(line: bytes) -> str:
+def raw_text(line: bytes) -> str:
     text = line.decode("utf-8", errors="backslashreplace").rstrip("\r\n").replace("\x00", "\\x00")
     if len(text) > MAX_RAW_CHARS:
         return text[:MAX_RAW_CHARS] + f"... [truncated: {len(text):,} characters in all]"
@@ -132,9 +126,9 @@ def _usage_hint(obj: dict[str, Any]) -> int | None:
 
 
 class _Parser:
-    def __init__(self, source: Source, file_key: str, settings: Settings):
+    def __init__(self, source: Source, ids: LineIds, settings: Settings):
         self.source = source
-        self.file_key = file_key
+        self.ids = ids
         self.settings = settings
         self.source_label = f"{source.kind}:{source.path.name}"
         self.now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -148,7 +142,7 @@ class _Parser:
              event_id: str | None = None, logged_at: dt.datetime | None = None, attempt_id: str | None = None) -> None:
         obj = obj or {}
         self.failed.append({
-            "failed_id": stable_id(self.file_key, offset, "failed"),
+            "failed_id": self.ids.failed_id(offset, raw),
             "kind": kind,
             "logged_at": logged_at or self.now,
             "use_case": _clip(obj.get("use_case")),
@@ -166,7 +160,7 @@ class _Parser:
         """Validate one usage event; returns (event, None) or (None, reason)."""
         obj = dict(obj)
         if obj.get("event_id") is None:
-            obj["event_id"] = stable_id(self.file_key, offset)
+            obj["event_id"] = self.ids.event_id(raw)
         if not obj.get("source"):
             obj["source"] = self.source_label
         missing = [name for name in IDENTITY_FIELDS if not str(obj.get(name) or "").strip()]
@@ -257,10 +251,10 @@ class _Parser:
         return attempt.attempt_id, None
 
 
-def overlong_line(source: Source, file_key: str, offset: int, head: bytes) -> Batch | None:
+def overlong_line(source: Source, ids: LineIds, offset: int, head: bytes) -> Batch | None:
     """A line longer than a whole batch: kept in failed_logs with its start, or None while it has no end yet."""
     length = len(head)
-    with open(source.path, "rb") as f:
+    with open(source.data, "rb") as f:
         f.seek(offset + length)
         while block := f.read(1 << 20):
             end = block.find(b"\n")
@@ -270,16 +264,11 @@ def overlong_line(source: Source, file_key: str, offset: int, head: bytes) -> Ba
             length += len(block)
         else:
             return None
-    parser = _Parser(source, file_key, None)
+    parser = _Parser(source, ids, None)
     parser.fail(offset, "invalid", f"a line of {length:,} bytes is longer than a record may be "
-                f"({len(head):,} bytes)", _raw_text(head[:MAX_RAW_CHARS]))
+                f"({len(head):,} bytes)", raw_text(head[:MAX_RAW_CHARS]))
     return Batch(lines=1, invalid=1, consumed=length,
                  failed=pd.DataFrame(parser.failed, columns=FAILED_COLUMNS))
-
-
-def _first_line(path) -> bytes:
-    with open(path, "rb") as f:
-        return f.readline()
 
 
 def _decode_line(raw: bytes) -> Any:
@@ -304,13 +293,13 @@ def _decode_line(raw: bytes) -> Any:
     return record
 
 
-def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, start_offset: int, file_key: str,
+def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, start_offset: int, ids: LineIds,
                 source: Source, csv_header: list[str] | None, settings: Settings, pricer: Pricer,
                 at_end: bool = True) -> Batch:
     """Validate and price one chunk of whole lines; its events wait in the temp view `batch_events`."""
-    parser = _Parser(source, file_key, settings)
+    parser = _Parser(source, ids, settings)
     lines = bulk.lines_table(chunk, start_offset)
-    options = dict(id_prefix=stable_id(file_key, ""), source_label=parser.source_label, timezone=settings.timezone)
+    options = dict(source_label=parser.source_label, timezone=settings.timezone)
     consumed = len(chunk)
     cut = None
     clean_idx = None
@@ -331,7 +320,7 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, sta
         offsets, raws = bulk.pick(lines.column("off"), other_idx), bulk.pick(lines.column("raw"), other_idx)
         slow = [(offset, None if not raw.strip() else _decode_line(raw), raw) for offset, raw in zip(offsets, raws)]
     else:
-        cells, slow_idx = csv_rows.cells(db, chunk, lines, csv_header, _first_line(source.path))
+        cells, slow_idx = csv_rows.cells(db, chunk, lines, csv_header, sources.header_line(source.data))
         if cells is not None and cells.num_rows:
             clean_idx, cut = _whole_row_groups(db, bulk.stage_csv(db, cells, **options), lines.num_rows, at_end)
             cell_idx = cells.column("idx").to_numpy()
@@ -349,6 +338,8 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, sta
             consumed = lines.column("off")[used].as_py() - start_offset
             lines = lines.slice(0, used)
 
+    if clean_idx is not None and len(clean_idx):
+        _give_generated_ids(db, lines, ids)
     blank = 0
     for offset, obj, raw in slow:
         if obj is None:
@@ -356,9 +347,9 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, sta
             continue
         if isinstance(obj, Exception):
             parser.invalid += 1
-            parser.fail(offset, "invalid", str(obj), _raw_text(raw))
+            parser.fail(offset, "invalid", str(obj), raw_text(raw))
         else:
-            parser.handle(offset, obj, _raw_text(raw))
+            parser.handle(offset, obj, raw_text(raw))
 
     clean_prices = _price_clean_rows(db, lines, parser, pricer) if clean_idx is not None and len(clean_idx) else None
     slow_events = _priced_slow_rows(parser, settings, pricer) if parser.events else None
@@ -370,6 +361,21 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, sta
     if parser.failed:
         batch.failed = pd.DataFrame(parser.failed, columns=FAILED_COLUMNS).drop_duplicates("failed_id")
     return batch
+
+
+def _give_generated_ids(db: duckdb.DuckDBPyConnection, lines: pa.Table, ids: LineIds) -> None:
+    """Ids from content for the staged clean rows that came without an event_id, in file order."""
+    idx = db.sql(f"SELECT idx FROM {bulk.CLEAN_ROWS} WHERE event_id IS NULL ORDER BY off").to_arrow_table()
+    if not idx.num_rows:
+        return
+    wanted = idx.column("idx").to_numpy()
+    generated = [ids.event_id(raw_text(raw)) for raw in bulk.pick(lines.column("raw"), wanted)]
+    db.register("generated_ids", pa.table({"idx": pa.array(wanted, pa.int64()), "gen_id": generated}))
+    try:
+        db.execute(f"UPDATE {bulk.CLEAN_ROWS} SET event_id = g.gen_id FROM generated_ids g "
+                   f"WHERE {bulk.CLEAN_ROWS}.idx = g.idx")
+    finally:
+        db.unregister("generated_ids")
 
 
 def _whole_row_groups(db: duckdb.DuckDBPyConnection, clean_idx: np.ndarray, line_count: int,
@@ -441,7 +447,7 @@ def _price_clean_rows(db: duckdb.DuckDBPyConnection, lines: pa.Table, parser: _P
     for position in np.flatnonzero(too_costly).tolist():
         parser.invalid += 1
         parser.fail(int(table.column("off")[position].as_py()), "invalid", _cost_reason(pico[position]),
-                    _raw_text(lines.column("raw")[int(idx[position])].as_py()))
+                    raw_text(lines.column("raw")[int(idx[position])].as_py()))
     if too_costly.any():
         keep = ~too_costly
         idx, pico, sources = idx[keep], pico[keep], sources.filter(pa.array(keep))
@@ -493,6 +499,7 @@ def _load_batch_events(db: duckdb.DuckDBPyConnection, clean_prices: pa.Table | N
     db.execute("CREATE OR REPLACE TEMP TABLE slow_events AS SELECT * FROM usage_events LIMIT 0")
     db.execute("ALTER TABLE slow_events DROP COLUMN ingested_at")
     db.execute("ALTER TABLE slow_events DROP COLUMN event_key")
+    db.execute("ALTER TABLE slow_events DROP COLUMN content_key")
     db.execute("ALTER TABLE slow_events DROP COLUMN cost_usd")
     db.execute("ALTER TABLE slow_events ADD COLUMN cost_pico BIGINT")
     db.execute("ALTER TABLE slow_events ADD COLUMN off BIGINT")

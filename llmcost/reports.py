@@ -18,6 +18,7 @@ from typing import Any
 
 from .alerts import LEVEL_RANK, format_count, format_usd, system_level, today_in
 from .config import Settings
+from .dismissal import OPEN_FAILED
 from .notify import Message
 from .store import reading
 
@@ -245,7 +246,7 @@ _PER_DAY = """
 SELECT day, COUNT(*), SUM(total_tokens), SUM(cost_usd) FROM usage_events WHERE day BETWEEN ? AND ? GROUP BY day
 """
 _FAILED = """
-SELECT COUNT(*), COUNT(*) FILTER (WHERE NOT recovered) FROM failed_logs WHERE logged_at >= ? AND logged_at < ?
+SELECT COUNT(*), COUNT(*) FILTER (WHERE """ + OPEN_FAILED + """) FROM failed_logs WHERE logged_at >= ? AND logged_at < ?
 """
 # One row per alert, whichever notifiers carried it.
 _ALERTS = """

@@ -7,7 +7,8 @@ from llmcost import dashboard_ui as ui
 from llmcost import formatting as fmt
 
 REPLAY_MESSAGE = "failed_replay_message"
-STATUS_LABELS = {"unrecovered": "Not recovered", "recovered": "Recovered", "all": "All"}
+DISMISS_MESSAGE = "failed_dismiss_message"
+STATUS_LABELS = {"unrecovered": "Not recovered", "recovered": "Recovered", "dismissed": "Dismissed", "all": "All"}
 
 context = ui.context()
 settings, filters = context.settings, context.filters
@@ -39,7 +40,21 @@ if data.matching > len(data.rows):
     st.caption(f"Showing the newest {fmt.number(len(data.rows))} of {fmt.number(data.matching)}; "
                "the CSV holds the rows shown.")
 ui.table(data.rows, "failed_table", file_name="failed-logs.csv", counts=["estimated_tokens"],
-         times=["logged_at", "recovered_at"], timezone=settings.timezone)
+         times=["logged_at", "recovered_at", "dismissed_at"], timezone=settings.timezone)
+
+open_ids = data.rows.loc[~data.rows["recovered"] & data.rows["dismissed_at"].isna(), "failed_id"].tolist()
+with st.expander("Dismiss failed logs that need nothing more", expanded=False):
+    st.caption("Dismissed entries stay in this table, marked with who dismissed them, when and why; they leave "
+               "the warning banner and the counts of entries not recovered.")
+    chosen = st.multiselect("Failed logs shown above", open_ids, key="failed_dismiss_ids",
+                            placeholder="Choose by failed_id")
+    reason = st.text_input("Why they need nothing more", key="failed_dismiss_reason")
+    by = st.text_input("Dismissed by", key="failed_dismiss_by")
+    confirmed = st.checkbox(f"Dismiss {len(chosen)} failed log(s)", key="failed_dismiss_confirm")
+    st.button("Dismiss", key="failed_dismiss", on_click=ui.dismiss_now,
+              args=(settings, DISMISS_MESSAGE, chosen, reason, by),
+              disabled=not (chosen and reason.strip() and confirmed))
+ui.show_message(DISMISS_MESSAGE)
 
 st.subheader("Not recovered, by error")
 ui.table(data.unrecovered_by_error, "failed_by_error", file_name="failed-logs-by-error.csv",

@@ -347,7 +347,7 @@ def test_a_fallback_line_torn_by_a_killed_writer_waits_and_is_stored_once_when_c
 
     first = ingest(settings)
     assert (first.read, first.stored, first.failed) == (3, 3, 0)
-    assert pending(settings) == {"journal": 0, "fallback": 0}
+    assert pending(settings) == {"journal": 0, "fallback": 0, "inbox": 0}
     assert ingest(settings).read == 0  # a second look does not half-parse it either
     assert stored_event_ids(settings) == ["whole-0", "whole-1", "whole-2"]
     assert not [row for row in failed_rows(settings) if "torn-0" in row[2]]

@@ -72,7 +72,7 @@ def test_a_torn_last_line_waits_until_it_is_whole(settings, tmp_path):
     write_jsonl(path, [event(1), line[:30]])
     result = ingest(settings, [path])
     assert result.stored == 1 and result.failed == 0
-    assert pending(settings) == {"journal": 0, "fallback": 0}  # an explicit file, not a configured source
+    assert pending(settings) == {"journal": 0, "fallback": 0, "inbox": 0}  # an explicit file, not a configured source
     write_jsonl(path, [line[30:]], mode="ab")
     result = ingest(settings, [path])
     assert result.stored == 1 and result.failed == 0
@@ -163,11 +163,11 @@ def test_a_replaced_file_is_read_again_without_duplicates(settings, tmp_path):
 def test_pending_counts_records_waiting_in_configured_sources(settings):
     write_jsonl(settings.journal_dir / "a.jsonl", [event(n) for n in range(3)])
     fallback.append(settings.fallback_log, event(10), "disk full")
-    assert pending(settings) == {"journal": 3, "fallback": 1}
+    assert pending(settings) == {"journal": 3, "fallback": 1, "inbox": 0}
     ingest(settings)
-    assert pending(settings) == {"journal": 0, "fallback": 0}
+    assert pending(settings) == {"journal": 0, "fallback": 0, "inbox": 0}
     write_jsonl(settings.journal_dir / "a.jsonl", [event(5)], mode="ab")
-    assert pending(settings) == {"journal": 1, "fallback": 0}
+    assert pending(settings) == {"journal": 1, "fallback": 0, "inbox": 0}
 
 
 KILL_MID_TRANSACTION = textwrap.dedent("""
@@ -339,6 +339,8 @@ def test_an_event_stored_by_another_writer_is_a_duplicate_when_a_file_brings_it_
     path = tmp_path / "again.jsonl"
     write_jsonl(path, [event(n) for n in range(5)] + [event(3)])
     result = ingest(settings, [path])
-    assert (result.read, result.stored, result.duplicates) == (6, 4, 2)
+    # The stored evt-3 says other things (user u, no tokens) than the file's: a conflict, kept in failed_logs once.
+    assert (result.read, result.stored, result.duplicates, result.failed) == (6, 4, 0, 2)
+    assert query(settings, "SELECT kind, event_id FROM failed_logs") == [("conflict", "evt-3")]
     assert query(settings, "SELECT count(*), count(DISTINCT event_id), count(*) FILTER (event_key = hash(event_id)) "
                            "FROM usage_events") == [(5, 5, 5)]
