@@ -158,6 +158,8 @@ def ingest(
 
 def _ingest_file(settings, source: Source, pricer, progress, lock_timeout) -> IngestResult:
     result = IngestResult(files=1)
+    if source.is_gzip and _read_since_settled(settings, source, lock_timeout):
+        return result
     try:
         if source.refusal:
             raise sources.Unreadable(source.refusal)
@@ -167,6 +169,16 @@ def _ingest_file(settings, source: Source, pricer, progress, lock_timeout) -> In
         with store.writing(settings.db_path, timeout=lock_timeout) as db:
             _refuse(db, source, str(refusal), result)
     return result
+
+
+def _read_since_settled(settings, source: Source, lock_timeout) -> bool:
+    """Whether a file was last read after it had stopped changing (a gzip file, which is decompressed
+    to be read, is then not decompressed again on every round)."""
+    with store.reading(settings.db_path, timeout=lock_timeout) as db:
+        row = db.execute("SELECT last_synced_at FROM ingest_sources WHERE path = ?",
+                         [str(source.path)]).fetchall() if db is not None else []
+    changed = dt.datetime.fromtimestamp(source.path.stat().st_mtime, dt.timezone.utc).replace(tzinfo=None)
+    return bool(row) and changed + dt.timedelta(seconds=settings.inbox_settle_seconds + 1) < row[0][0]
 
 
 def _ingest_readable(settings, source: Source, pricer, progress, lock_timeout, result: IngestResult) -> None:

@@ -379,3 +379,34 @@ def test_integrity_page_lists_a_stale_attempt(settings):
     assert_no_exception(app)
     stale = table(app, "integrity_stale_attempts")
     assert stale["attempt_id"].tolist() == ["lost-call"]
+
+
+def test_dismissing_a_failed_log_keeps_it_marked_in_the_table_and_takes_it_off_the_banner(settings):
+    day = today(settings)
+    insert(settings.db_path, "usage_events", [event(day, "1")])
+    noon = dt.datetime.combine(day, dt.time(12))
+    insert(settings.db_path, "failed_logs", [
+        failed_log(noon, failed_id="readme-1", kind="refused", error="not a usage file: README.md"),
+        failed_log(noon, failed_id="disk-1"),
+    ])
+    app = open_page(PAGES[3])
+    assert app.button(key="failed_dismiss").disabled
+    app.multiselect(key="failed_dismiss_ids").select("readme-1")
+    app.text_input(key="failed_dismiss_reason").input("ingested README.md by mistake")
+    app.text_input(key="failed_dismiss_by").input("ops")
+    app.run()
+    assert app.button(key="failed_dismiss").disabled  # not before the confirmation is ticked
+    app.checkbox(key="failed_dismiss_confirm").check().run()
+    app.button(key="failed_dismiss").click().run()
+    assert_no_exception(app)
+    assert any("Dismissed 1" in s.value for s in app.success)
+    with store.reading(settings.db_path) as db:
+        assert db.execute("SELECT failed_id, dismissed_by, dismiss_reason FROM failed_logs "
+                          "WHERE dismissed_at IS NOT NULL").fetchall() == [("readme-1", "ops",
+                                                                            "ingested README.md by mistake")]
+    assert table(app, "failed_table")["failed_id"].tolist() == ["disk-1"]  # "Not recovered" lists open ones
+    app.selectbox(key="failed_status").set_value("dismissed").run()
+    shown = table(app, "failed_table")
+    assert shown["failed_id"].tolist() == ["readme-1"] and shown["dismissed_by"].tolist() == ["ops"]
+    app.switch_page(PAGES[0]).run()
+    assert [e.value for e in app.error if BANNER in e.value] == [f"1 LLM call {BANNER}"]

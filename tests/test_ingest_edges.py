@@ -227,6 +227,10 @@ def test_gzip_files_are_read(settings):
     assert (result.stored, result.failed) == (5, 0)
     assert ingest(settings).stored == 0
     assert stored(settings) == (5, 5)
+    # A newer export under the same name is read again: its new records are stored, the old ones are duplicates.
+    with gzip.open(settings.inbox_dir / "calls.jsonl.gz", "wb") as f:
+        f.write(jsonl([record(n) for n in range(4)]))
+    assert (ingest(settings).stored, stored(settings)) == (1, (6, 6))
 
 
 def test_utf16_is_refused_once_with_a_clear_reason(settings):
