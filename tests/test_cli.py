@@ -44,7 +44,9 @@ def test_export_neutralises_formula_cells_and_matches_the_store(settings, tmp_pa
 
 def test_export_of_failed_logs_keeps_the_raw_text_neutralised(settings, tmp_path):
     source = tmp_path / "bad.jsonl"
-    source.write_text("=cmd|' /C calc'!A0\n")
+    # A valid record first: a file with no record among its first lines is refused whole (tests/test_ingest_edges.py).
+    source.write_text('{"ts": "2026-11-20T10:00:00Z", "user_id": "u", "tenant_id": "t", "use_case": "c"}\n'
+                      "=cmd|' /C calc'!A0\n")
     run("ingest", str(source))
     out = tmp_path / "failed.csv"
     run("export", "--out", str(out), "--table", "failed_logs")
