@@ -79,3 +79,24 @@ def test_keys_are_given_to_rows_written_without_them_and_redone_when_hashing_cha
     with store.writing(path) as db:
         assert _keys(db, "usage_events", "event_key", "event_id") == [(True, 1)]
         assert db.execute("SELECT probe = hash(?) FROM _llmcost_key_hash", [KEY_PROBE]).fetchall() == [(True,)]
+
+
+def test_a_store_from_before_content_identity_gets_content_keys_and_dismissal_columns(tmp_path):
+    from llmcost.migrations import EVENT_CONTENT_HASH, m002_id_keys
+
+    path = tmp_path / "m002.duckdb"
+    db = duckdb.connect(str(path))
+    applied(db)
+    m001_initial(db)
+    m002_id_keys(db)
+    db.execute("INSERT INTO _llmcost_migrations VALUES ('m001_initial', now()::TIMESTAMP), "
+               "('m002_id_keys', now()::TIMESTAMP)")
+    db.execute("INSERT INTO usage_events (event_id, ts, day, user_id, tenant_id, use_case, input_tokens, cost_usd, "
+               "price_source, ingested_at, event_key) SELECT 'evt-' || i, now(), today(), 'u', 't', 'c', i, 0.5, "
+               "'price-table', now(), hash('evt-' || i) FROM range(10) r(i)")
+    db.close()
+    with store.writing(path) as db:
+        assert db.execute(f"SELECT count(*) FILTER (content_key = {EVENT_CONTENT_HASH}), "
+                          "count(DISTINCT content_key) FROM usage_events").fetchall() == [(10, 10)]
+        assert {"dismissed_at", "dismissed_by", "dismiss_reason"} <= set(columns(db, "failed_logs"))
+        assert columns(db, "ingest_line_counts") == ["path", "line_hash", "seen"]
