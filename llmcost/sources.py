@@ -17,9 +17,12 @@ import shutil
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from . import store
+from .config import Settings
 
 FINGERPRINT_BYTES = 64 * 1024
 FINGERPRINT_VERSION = "v2:"
@@ -169,3 +172,90 @@ def readable(source: Source) -> Iterator[Source]:
         yield replace(source, read_from=Path(name))
     finally:
         Path(name).unlink(missing_ok=True)
+
+
+def configured_sources(settings: Settings) -> list[Source]:
+    """The journal folder, the fallback log and the inbox folder, in that order, each file once by its real path.
+
+    An inbox entry that links to a file outside the data folder is refused, not read.
+    """
+    # Regular files only: a device in the journal folder (say a link to /dev/full) never ends.
+    sources = [Source(p.resolve(), "journal") for p in sorted(settings.journal_dir.glob("*.jsonl")) if p.is_file()]
+    if settings.fallback_log.is_file():
+        sources.append(Source(settings.fallback_log.resolve(), "fallback"))
+    if settings.inbox_dir.is_dir():
+        roots = tuple({settings.home.resolve(), settings.inbox_dir.resolve(), settings.journal_dir.resolve()})
+        for entry in sorted(settings.inbox_dir.iterdir()):
+            if not (entry.is_file() and is_usage_file(entry)):
+                continue
+            if entry.is_symlink() and outside(entry, roots):
+                sources.append(Source(entry.absolute(), "inbox", refusal=(
+                    f"a link to {entry.resolve()}, outside the data folder {settings.home}: not read "
+                    "(copy the file into the inbox, or ingest it by its path)")))
+            else:
+                sources.append(Source(entry.resolve(), "inbox"))
+    return _once_each(sources)
+
+
+def _once_each(sources: list[Source]) -> list[Source]:
+    seen: set[Path] = set()
+    unique = []
+    for source in sources:
+        if source.path not in seen:
+            seen.add(source.path)
+            unique.append(source)
+    return unique
+
+
+def sources_for_paths(settings: Settings, paths: Iterable[str | Path]) -> list[Source]:
+    """Explicit paths: files, or folders whose usage files are read. Missing paths raise FileNotFoundError."""
+    fallback = settings.fallback_log.resolve()
+    sources = []
+    for raw in paths:
+        path = Path(raw).resolve()
+        if path.is_dir():
+            files = sorted(p.resolve() for p in path.iterdir() if p.is_file() and is_usage_file(p))
+        elif path.is_file():
+            files = [path]
+        else:
+            raise FileNotFoundError(f"no such file or folder: {raw}")
+        for file in files:
+            kind = "fallback" if file == fallback else "journal" if file.parent == settings.journal_dir.resolve() else "file"
+            sources.append(Source(file, kind))
+    return _once_each(sources)
+
+
+def pending(settings: Settings) -> dict[str, int]:
+    """Records waiting in the journal folder, the fallback log and the inbox folder, not ingested yet."""
+    counts = {"journal": 0, "fallback": 0, "inbox": 0}
+    offsets: dict[str, tuple[str, int]] = {}
+    with store.reading(settings.db_path) as db:
+        if db is not None:
+            for path, key, consumed in db.execute(
+                "SELECT path, file_key, bytes_consumed FROM ingest_sources").fetchall():
+                offsets[path] = (key, consumed)
+    for source in configured_sources(settings):
+        if source.refusal or source.is_gzip:
+            continue
+        try:
+            counts[source.kind] += _waiting_records(source, offsets.get(str(source.path)))
+        except OSError:
+            continue
+    return counts
+
+
+def _waiting_records(source: Source, known: tuple[str, int] | None) -> int:
+    size = source.data.stat().st_size
+    consumed = content_start(source.data)
+    if known is not None and same_content(known[0], str(source.path), source.data, known[1], size):
+        consumed = max(consumed, known[1])
+    elif source.is_csv:
+        consumed += len(header_line(source.data))
+    waiting, last = 0, b"\n"
+    with source.data.open("rb") as f:
+        f.seek(consumed)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            waiting += block.count(b"\n")
+            last = block[-1:]
+    # A dropped-in file's last line without a newline is a record too, stored once the file settles.
+    return waiting + (1 if source.finished and last != b"\n" else 0)
