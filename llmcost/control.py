@@ -32,34 +32,22 @@ Every failure is a `ControlStateError`.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
-import functools
-import logging
 import os
 import socket
-import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 
 from . import control_audit
-from .control_schema import migrate
-from .errors import BudgetExceededError, ControlStateError
+from .control_file import BUSY_TIMEOUT_SECONDS, WAL_SIZE_LIMIT_BYTES  # noqa: F401  (re-exported)
+from .control_file import DISABLE, ENABLE, HALT, RESUME, ControlFile, day_key, guarded, now_iso
+from .errors import BudgetExceededError
 
-log = logging.getLogger("llmcost")
-
-BUSY_TIMEOUT_SECONDS = 10.0
-WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
 _PICO_EXPONENT = 12
 _TWELVE_PLACES = Decimal(1).scaleb(-_PICO_EXPONENT)
-_CORRUPT_MARKERS = ("not a database", "malformed", "file is encrypted")
-_LOCK_MARKERS = ("locked", "busy")
-_SIDE_FILES = ("-wal", "-shm")
 
 # Per user: max(settled live, stored tracker events) + stored other events + live estimates in flight.
 _USER_SPEND = """
@@ -83,15 +71,6 @@ _ADD_SPEND = """
 INSERT INTO spend (day, user_id, tokens, cost_pico) VALUES (?, ?, ?, ?)
 ON CONFLICT (day, user_id) DO UPDATE SET tokens = tokens + excluded.tokens, cost_pico = cost_pico + excluded.cost_pico
 """
-_DISABLE = ("INSERT INTO kill_switch (use_case, reason, disabled_at, disabled_by) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (use_case) DO UPDATE SET reason = excluded.reason, "
-            "disabled_at = excluded.disabled_at, disabled_by = excluded.disabled_by")
-_ENABLE = "DELETE FROM kill_switch WHERE use_case = ?"
-_HALT = ("INSERT INTO halt (day, reason, halted_at, resumed_at) VALUES (?, ?, ?, NULL) "
-         "ON CONFLICT (day) DO UPDATE SET reason = excluded.reason, halted_at = excluded.halted_at, resumed_at = NULL")
-_RESUME = ("INSERT INTO halt (day, reason, halted_at, resumed_at) VALUES (?, NULL, NULL, ?) "
-           "ON CONFLICT (day) DO UPDATE SET resumed_at = excluded.resumed_at")
-
 
 def to_picodollars(amount: Decimal | int) -> int:
     """USD as whole picodollars; amounts finer than a picodollar (only estimates) round up, never down."""
@@ -108,22 +87,10 @@ def from_picodollars(picodollars: int) -> Decimal:
     return Decimal(picodollars).scaleb(-_PICO_EXPONENT).quantize(_TWELVE_PLACES)
 
 
-def _day_key(day: dt.date | str) -> str:
-    if isinstance(day, dt.datetime):
-        raise TypeError("day must be a date, not a datetime (convert it in the configured time zone first)")
-    if isinstance(day, dt.date):
-        return day.isoformat()
-    return dt.date.fromisoformat(day).isoformat()
-
-
 def _tokens(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
     return value
-
-
-def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def format_usd(amount: Decimal) -> str:
@@ -162,14 +129,6 @@ def _owner() -> str:
     return f"{socket.gethostname()}/{namespace}"
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return stat.st_dev, stat.st_ino
-
-
 @dataclass(frozen=True)
 class Reservation:
     """A call's estimate held against a user's day until `settle` or `release`.
@@ -188,269 +147,40 @@ class Reservation:
     generation: str = ""
 
 
-def _guarded(method):
-    """Use the file now at the path, and turn every SQLite or file error into a ControlStateError."""
-
-    @functools.wraps(method)
-    def guarded(self, *args, **kwargs):
-        try:
-            self._ready()
-            return method(self, *args, **kwargs)
-        except sqlite3.Error as error:
-            raise self._state_error(error) from error
-        except OSError as error:
-            raise ControlStateError(f"cannot use the control file {self.path}: {error} (check the folder's "
-                                    "permissions and free space, or point control_db elsewhere)") from error
-
-    return guarded
-
-
-class ControlState:
-    """The control file: open it once per process and share it between threads."""
+class ControlState(ControlFile):
+    """The control file's state: open it once per process and share it between threads."""
 
     def __init__(self, path: Path | str, *, busy_timeout: float | None = None, audit_path: Path | None = None,
                  lazy: bool = False):
-        self.path = Path(path)
-        self.audit_path = Path(audit_path) if audit_path else control_audit.audit_path_for(self.path)
-        self.busy_timeout = busy_timeout
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
-        self._open_lock = threading.Lock()
-        self._epoch = 0
-        self._file: tuple[int, int] | None = None
-        self._generation = ""
         self._owner = _owner()
         self._started: tuple[int, str | None] | None = None  # (pid, its start time): read once per process
-        self.recreated = False
-        self.set_aside: Path | None = None
-        if not lazy:
-            self.open()
-
-    # -- the file ----------------------------------------------------------------------------
-
-    @_guarded
-    def open(self) -> None:
-        """Open (creating and migrating when needed) now rather than at the first operation."""
-
-    @property
-    def generation(self) -> str:
-        return self._generation
-
-    def _timeout(self) -> float:
-        return BUSY_TIMEOUT_SECONDS if self.busy_timeout is None else self.busy_timeout
-
-    def _ready(self) -> None:
-        """Switch to the file at the path when it is not the one open (deleted, replaced, or never opened)."""
-        if self._file is not None and _identity(self.path) == self._file:
-            return
-        with self._open_lock:
-            if self._file is not None and _identity(self.path) == self._file:
-                return
-            if self._file is not None:
-                log.warning("llmcost: the control file %s was deleted or replaced while in use; "
-                            "switching to the file now at that path", self.path)
-            self._open_file()
-
-    def _open_file(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._file_lock():
-            self._drop_foreign_side_files()
-            self._epoch += 1
-            try:
-                conn = self._connection()
-                self._check_and_migrate(conn)
-            except sqlite3.DatabaseError as error:
-                if not _is_corrupt(error):
-                    raise
-                self._set_aside_corrupt_file(error)
-                conn = self._connection()
-                self._check_and_migrate(conn)
-            self._file = _identity(self.path)
-            self._record_side_file_owner()
-            self._generation = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0]
-
-    def _check_and_migrate(self, conn: sqlite3.Connection) -> None:
-        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
-        verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
-        if verdict != "ok":
-            raise sqlite3.DatabaseError(f"database disk image is malformed (quick_check: {verdict})")
-        migrate(conn, on_new_file=self._restore_from_audit)
-
-    @contextmanager
-    def _file_lock(self) -> Iterator[None]:
-        """Serialize opening, setting aside and recreating the file between processes."""
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-    def _side_owner_path(self) -> Path:
-        return Path(f"{self.path}.lock")
-
-    def _drop_foreign_side_files(self) -> None:
-        """Move aside -wal/-shm files left by a file that was deleted or replaced: SQLite would apply them to
-        the new file. The lock file records which file (device, inode) they belong to."""
-        recorded = self._side_owner_path().read_text().strip() if self._side_owner_path().exists() else ""
-        current = _identity(self.path)
-        if not recorded or recorded == repr(current):
-            return
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-        for suffix in _SIDE_FILES:
-            source = Path(f"{self.path}{suffix}")
-            if source.exists():
-                source.rename(Path(f"{self.path}.orphan-{stamp}{suffix}"))
-
-    def _record_side_file_owner(self) -> None:
-        self._side_owner_path().write_text(repr(self._file))
-
-    def _set_aside_corrupt_file(self, error: Exception) -> None:
-        self._close_connections()
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-        target = Path(f"{self.path}.corrupt-{stamp}")
-        for suffix in ("", *_SIDE_FILES):
-            source = Path(f"{self.path}{suffix}")
-            if source.exists():
-                source.rename(Path(f"{target}{suffix}"))
-        self._side_owner_path().write_text("")
-        self.recreated = True
-        self.set_aside = target
-        self._epoch += 1
-        log.error("llmcost: the control file %s is corrupt (%s); moved it to %s and started a new one: kill "
-                  "switches and halts come back from the audit log %s, today's spend from the store and journals",
-                  self.path, error, target, self.audit_path)
-        try:
-            control_audit.append(self.audit_path, "control_file_set_aside", control_file=str(self.path),
-                                 moved_to=str(target), reason=str(error), by="llmcost")
-        except OSError as audit_error:
-            log.error("llmcost: could not record the corrupt control file in the audit log %s: %s",
-                      self.audit_path, audit_error)
-
-    def _restore_from_audit(self, conn: sqlite3.Connection) -> None:
-        """Replay the audit log's kill switches, halts and resumes into a new file, in their order."""
-        restored = 0
-        for entry in control_audit.entries(self.audit_path):
-            action, at = entry["action"], entry.get("at") or _now_iso()
-            try:
-                if action == "disable":
-                    conn.execute(_DISABLE, (entry["use_case"], entry.get("reason") or "no reason given", at, entry.get("by")))
-                elif action == "enable":
-                    conn.execute(_ENABLE, (entry["use_case"],))
-                elif action == "halt":
-                    conn.execute(_HALT, (_day_key(entry["day"]), entry.get("reason") or "halted by an operator", at))
-                elif action == "resume":
-                    conn.execute(_RESUME, (_day_key(entry["day"]), at))
-                else:
-                    continue
-            except (KeyError, TypeError, ValueError):
-                log.warning("llmcost: audit entry skipped while restoring the control file: %s", entry)
-                continue
-            restored += 1
-        if restored:
-            log.warning("llmcost: new control file %s: restored %d kill switch, halt and resume entries from %s",
-                        self.path, restored, self.audit_path)
-
-    def _state_error(self, error: sqlite3.Error) -> ControlStateError:
-        text = str(error).lower()
-        if any(marker in text for marker in _LOCK_MARKERS):
-            return ControlStateError(
-                f"the control file {self.path} stayed locked by another process for {self._timeout():g} s ({error}); "
-                "a process holds a long write transaction on it (an `sqlite3` shell, a backup tool): end it")
-        if _is_corrupt(error):
-            self._file = None  # the next operation reopens the file, which sets a corrupt one aside
-            return ControlStateError(f"the control file {self.path} is unreadable ({error}); "
-                                     "it is moved aside and recreated at the next call")
-        return ControlStateError(f"the control file {self.path} failed: {error}")
-
-    # -- connections -------------------------------------------------------------------------
-
-    def _connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.key == (os.getpid(), self._epoch):
-            return conn
-        if conn is not None and self._local.key[0] == os.getpid():
-            self._forget(conn)  # this thread's connection to a file no longer at the path
-        timeout = self._timeout()
-        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so the read and the write are one lock.
-        conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        # NORMAL in WAL survives a process crash; a power cut may drop the last commits, which `rebuild` restores.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
-        self._local.conn = conn
-        self._local.key = (os.getpid(), self._epoch)
-        with self._connections_lock:
-            self._connections.append(conn)
-        return conn
-
-    def _forget(self, conn: sqlite3.Connection) -> None:
-        with self._connections_lock:
-            if conn in self._connections:
-                self._connections.remove(conn)
-        conn.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    def _close_connections(self) -> None:
-        with self._connections_lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            conn.close()
-        self._local = threading.local()
-
-    def close(self) -> None:
-        """Close every connection this object opened (in any thread)."""
-        self._close_connections()
-        self._file = None
+        super().__init__(path, busy_timeout=busy_timeout, audit_path=audit_path, lazy=lazy)
 
     def __enter__(self) -> ControlState:
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def _audit(self, action: str, **fields) -> None:
-        """Journal an operator's action; the action stands even when the audit log cannot take it."""
-        try:
-            control_audit.append(self.audit_path, action, **fields)
-        except OSError as error:
-            log.error("llmcost: %s done, but the control audit log %s cannot take it (%s): it would not survive "
-                      "the loss of %s", action, self.audit_path, error, self.path)
-
     # -- kill switches -----------------------------------------------------------------------
 
-    @_guarded
+    @guarded
     def disable(self, use_case: str, reason: str, by: str | None = None) -> None:
         """Switch a use case off for every process until `enable` (journaled in the audit log)."""
         if not use_case:
             raise ValueError("use_case must not be empty")
         reason, by = reason or "no reason given", by or control_audit.default_actor()
         with self._transaction() as conn:
-            conn.execute(_DISABLE, (use_case, reason, _now_iso(), by))
+            conn.execute(DISABLE, (use_case, reason, now_iso(), by))
             self._audit("disable", use_case=use_case, reason=reason, by=by)
 
-    @_guarded
+    @guarded
     def enable(self, use_case: str, by: str | None = None, reason: str | None = None) -> bool:
         """Switch a use case back on; False when it was not disabled."""
         with self._transaction() as conn:
-            changed = conn.execute(_ENABLE, (use_case,)).rowcount > 0
+            changed = conn.execute(ENABLE, (use_case,)).rowcount > 0
             if changed:
                 self._audit("enable", use_case=use_case, reason=reason, by=by)
         return changed
 
-    @_guarded
+    @guarded
     def disabled(self) -> dict[str, dict]:
         """Every disabled use case with its reason, disabled_at and disabled_by."""
         rows = self._connection().execute(
@@ -458,33 +188,33 @@ class ControlState:
         ).fetchall()
         return {row[0]: {"reason": row[1], "disabled_at": row[2], "disabled_by": row[3]} for row in rows}
 
-    @_guarded
+    @guarded
     def disabled_reason(self, use_case: str) -> str | None:
         row = self._connection().execute("SELECT reason FROM kill_switch WHERE use_case = ?", (use_case,)).fetchone()
         return row[0] if row else None
 
     # -- emergency shutdown ------------------------------------------------------------------
 
-    @_guarded
+    @guarded
     def halt(self, day: dt.date | str, reason: str, by: str | None = None) -> None:
         """Refuse every call for the day until `resume` (also re-arms the automatic halt after a resume)."""
-        key, reason = _day_key(day), reason or "halted by an operator"
+        key, reason = day_key(day), reason or "halted by an operator"
         with self._transaction() as conn:
-            conn.execute(_HALT, (key, reason, _now_iso()))
+            conn.execute(HALT, (key, reason, now_iso()))
             self._audit("halt", day=key, reason=reason, by=by)
 
-    @_guarded
+    @guarded
     def resume(self, day: dt.date | str, by: str | None = None, reason: str | None = None) -> None:
         """Lift the day's halt entirely: the manual one, and the automatic one even as spend keeps growing."""
-        key = _day_key(day)
+        key = day_key(day)
         with self._transaction() as conn:
-            conn.execute(_RESUME, (key, _now_iso()))
+            conn.execute(RESUME, (key, now_iso()))
             self._audit("resume", day=key, reason=reason, by=by)
 
-    @_guarded
+    @guarded
     def halt_reason(self, day: dt.date | str, shutdown_usd: Decimal | None) -> str | None:
         """Why calls are refused for the day (a manual halt, or system spend at the shutdown level), else None."""
-        key = _day_key(day)
+        key = day_key(day)
         row = self._connection().execute("SELECT reason, resumed_at FROM halt WHERE day = ?", (key,)).fetchone()
         if row is not None:
             reason, resumed_at = row
@@ -502,7 +232,7 @@ class ControlState:
 
     # -- spend and reservations --------------------------------------------------------------
 
-    @_guarded
+    @guarded
     def reserve(
         self,
         day: dt.date | str,
@@ -522,7 +252,7 @@ class ControlState:
         Raises BudgetExceededError when `enforce` is set and the user's spend (see `user_spend`) plus
         this estimate would exceed `limit_tokens` or `limit_cost`; nothing is recorded then.
         """
-        key = _day_key(day)
+        key = day_key(day)
         tokens = _tokens(tokens, "estimated tokens")
         cost_pico = to_picodollars(cost)
         reservation_id = uuid.uuid4().hex
@@ -551,7 +281,7 @@ class ControlState:
             spent_tokens, from_picodollars(spent_pico), self._generation,
         )
 
-    @_guarded
+    @guarded
     def settle(self, reservation: Reservation | str, actual_tokens: int, actual_cost: Decimal) -> bool:
         """Replace a reservation's estimate with the actual figures; False when it was already settled or released.
 
@@ -575,7 +305,7 @@ class ControlState:
             conn.execute(_ADD_SPEND, (row[0], row[1], tokens, cost_pico))
         return True
 
-    @_guarded
+    @guarded
     def release(self, reservation: Reservation | str) -> bool:
         """Drop a reservation without spend (the call never happened); False when already settled or released."""
         reservation_id = reservation.id if isinstance(reservation, Reservation) else reservation
@@ -583,7 +313,7 @@ class ControlState:
             return conn.execute("DELETE FROM reservation WHERE id = ? AND released_at IS NULL",
                                 (reservation_id,)).rowcount > 0
 
-    @_guarded
+    @guarded
     def release_stale(self, older_than_seconds: float | None = None) -> int:
         """Release reservations of processes that have exited, and any older than the given age; return how many.
 
@@ -603,37 +333,37 @@ class ControlState:
             return sum(conn.execute("UPDATE reservation SET released_at = ? WHERE id = ? AND released_at IS NULL",
                                     (now, rid)).rowcount for rid in stale)
 
-    @_guarded
+    @guarded
     def maintain(self, today: dt.date, *, reservation_ttl_seconds: float | None) -> int:
         """Release stale reservations and forget days before yesterday; return how many reservations were released."""
         released = self.release_stale(reservation_ttl_seconds)
         self.prune(today - dt.timedelta(days=1))
         return released
 
-    @_guarded
+    @guarded
     def user_spend(self, day: dt.date | str, user_id: str) -> tuple[int, Decimal]:
         """The user's tokens and cost for the day: tracker calls (settled and in flight) and other stored events."""
-        tokens, pico = self._connection().execute(_USER_SPEND, {"day": _day_key(day), "user": user_id}).fetchone()
+        tokens, pico = self._connection().execute(_USER_SPEND, {"day": day_key(day), "user": user_id}).fetchone()
         return tokens, from_picodollars(pico)
 
-    @_guarded
+    @guarded
     def system_spend(self, day: dt.date | str) -> Decimal:
         """Everyone's cost for the day, by the same rule as `user_spend`."""
-        (pico,) = self._connection().execute(_SYSTEM_SPEND, {"day": _day_key(day)}).fetchone()
+        (pico,) = self._connection().execute(_SYSTEM_SPEND, {"day": day_key(day)}).fetchone()
         return from_picodollars(pico)
 
-    @_guarded
+    @guarded
     def in_flight(self, day: dt.date | str | None = None) -> int:
         """How many reservations are open (for the day, when given)."""
         sql = "SELECT COUNT(*) FROM reservation WHERE released_at IS NULL"
         if day is None:
             return self._connection().execute(sql).fetchone()[0]
-        return self._connection().execute(sql + " AND day = ?", (_day_key(day),)).fetchone()[0]
+        return self._connection().execute(sql + " AND day = ?", (day_key(day),)).fetchone()[0]
 
-    @_guarded
+    @guarded
     def set_store_spend(self, day: dt.date | str, rows: Iterable[tuple[str, int, Decimal, int, Decimal]]) -> None:
         """Keep the store's figures of the day: (user_id, tracker tokens, tracker cost, other tokens, other cost)."""
-        key = _day_key(day)
+        key = day_key(day)
         values = [(key, user, _tokens(tt, "tokens"), to_picodollars(tc), _tokens(et, "tokens"), to_picodollars(ec))
                   for user, tt, tc, et, ec in rows]
         with self._transaction() as conn:
@@ -642,13 +372,13 @@ class ControlState:
 
     # -- recovery ----------------------------------------------------------------------------
 
-    @_guarded
+    @guarded
     def needs_rebuild(self, day: dt.date | str) -> bool:
         """True until `rebuild` has filled this day's spend in this file (a new or recreated file needs it)."""
-        row = self._connection().execute("SELECT 1 FROM rebuilt_day WHERE day = ?", (_day_key(day),)).fetchone()
+        row = self._connection().execute("SELECT 1 FROM rebuilt_day WHERE day = ?", (day_key(day),)).fetchone()
         return row is None
 
-    @_guarded
+    @guarded
     def rebuild(
         self, day: dt.date | str, rows: Iterable[tuple[str, int, Decimal]], *, only_if_needed: bool = False
     ) -> bool:
@@ -659,7 +389,7 @@ class ControlState:
         process rebuilt the day first, so a settle recorded after that rebuild is never overwritten.
         In-flight reservations are kept.
         """
-        key = _day_key(day)
+        key = day_key(day)
         totals: dict[str, list[int]] = {}
         for user_id, tokens, cost in rows:
             total = totals.setdefault(user_id, [0, 0])
@@ -671,13 +401,13 @@ class ControlState:
             conn.execute("DELETE FROM spend WHERE day = ?", (key,))
             conn.executemany(_ADD_SPEND, [(key, user, tokens, pico) for user, (tokens, pico) in totals.items()])
             conn.execute("INSERT INTO rebuilt_day (day, rebuilt_at) VALUES (?, ?) "
-                         "ON CONFLICT (day) DO UPDATE SET rebuilt_at = excluded.rebuilt_at", (key, _now_iso()))
+                         "ON CONFLICT (day) DO UPDATE SET rebuilt_at = excluded.rebuilt_at", (key, now_iso()))
         return True
 
-    @_guarded
+    @guarded
     def prune(self, before_day: dt.date | str) -> None:
         """Forget spend, reservations and bookkeeping of days before the given one."""
-        key = _day_key(before_day)
+        key = day_key(before_day)
         with self._transaction() as conn:
             for table in ("spend", "store_spend", "reservation", "finished_reservation", "rebuilt_day", "halt"):
                 conn.execute(f"DELETE FROM {table} WHERE day < ?", (key,))  # table names are constants
@@ -687,10 +417,6 @@ def _is_running(pid: int, started: str | None) -> bool:
     if not _process_alive(pid):
         return False
     return started is None or _process_started(pid) in (None, started)
-
-
-def _is_corrupt(error: Exception) -> bool:
-    return any(marker in str(error).lower() for marker in _CORRUPT_MARKERS)
 
 
 def _budget_message(day: str, user_id: str, account_type: str | None, over: list[str]) -> str:

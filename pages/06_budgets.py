@@ -43,7 +43,7 @@ def switch_on() -> None:
         state[KILL_SWITCH_MESSAGE] = ("warning", "Tick the confirmation to enable it again.")
     else:
         with ControlState(settings.control_db) as switches:
-            switches.enable(use_case)
+            switches.enable(use_case, by="dashboard")
         state["budgets_enable_confirm"] = False
         state[KILL_SWITCH_MESSAGE] = ("success", f"Enabled {ui.plain(use_case)}: its calls are allowed again.")
 

@@ -19,7 +19,7 @@ import openai
 import pytest
 
 import llmcost
-from llmcost import control as control_module
+from llmcost import control_file
 from llmcost import control_audit, dashboard_queries, reports
 from llmcost.config import load_settings
 from llmcost.control import ControlState
@@ -132,7 +132,7 @@ USERS = 500
 CALLS_PER_DAY = 20_000
 # The bound README states: a few hundred bytes per user per kept day (today and yesterday) plus the
 # write-ahead log's size limit, whatever the number of calls.
-SIZE_BOUND = 2 * USERS * 400 + control_module.WAL_SIZE_LIMIT_BYTES + 512 * 1024
+SIZE_BOUND = 2 * USERS * 400 + control_file.WAL_SIZE_LIMIT_BYTES + 512 * 1024
 
 
 def control_file_size(path: Path) -> int:
@@ -320,7 +320,7 @@ for line in sys.stdin:
 
 @pytest.fixture
 def short_lock_wait(monkeypatch):
-    monkeypatch.setattr(control_module, "BUSY_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(control_file, "BUSY_TIMEOUT_SECONDS", 0.2)
 
 
 @pytest.fixture
