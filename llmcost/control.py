@@ -60,12 +60,24 @@ LEFT JOIN spend s ON s.day = :day AND s.user_id = :user
 LEFT JOIN store_spend st ON st.day = :day AND st.user_id = :user
 """
 _SYSTEM_SPEND = """
-SELECT COALESCE((SELECT SUM(max(COALESCE(s.cost_pico, 0), COALESCE(st.tracked_cost_pico, 0))
-                            + COALESCE(st.external_cost_pico, 0))
-                 FROM (SELECT user_id FROM spend WHERE day = :day UNION SELECT user_id FROM store_spend WHERE day = :day) u
-                 LEFT JOIN spend s ON s.day = :day AND s.user_id = u.user_id
-                 LEFT JOIN store_spend st ON st.day = :day AND st.user_id = u.user_id), 0)
+SELECT COALESCE((SELECT cost_pico FROM day_total WHERE day = :day), 0)
      + COALESCE((SELECT SUM(cost_pico) FROM reservation WHERE day = :day AND released_at IS NULL), 0)
+"""
+# day_total from scratch: the same rule as _USER_SPEND, summed over the day's users (without estimates in flight).
+_DAY_TOTAL = """
+INSERT INTO day_total (day, cost_pico)
+SELECT :day, COALESCE(SUM(max(live, tracked) + external), 0) FROM (
+    SELECT user_id, SUM(live) AS live, SUM(tracked) AS tracked, SUM(external) AS external FROM (
+        SELECT user_id, cost_pico AS live, 0 AS tracked, 0 AS external FROM spend WHERE day = :day
+        UNION ALL
+        SELECT user_id, 0, tracked_cost_pico, external_cost_pico FROM store_spend WHERE day = :day
+    ) GROUP BY user_id
+) WHERE true  -- SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
+ON CONFLICT (day) DO UPDATE SET cost_pico = excluded.cost_pico
+"""
+_LIVE_AND_TRACKED = """
+SELECT COALESCE((SELECT cost_pico FROM spend WHERE day = ? AND user_id = ?), 0),
+       COALESCE((SELECT tracked_cost_pico FROM store_spend WHERE day = ? AND user_id = ?), 0)
 """
 _ADD_SPEND = """
 INSERT INTO spend (day, user_id, tokens, cost_pico) VALUES (?, ?, ?, ?)
@@ -302,7 +314,7 @@ class ControlState(ControlFile):
                 if not conn.execute("INSERT INTO finished_reservation (id, day) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
                                     (reservation_id, row[0])).rowcount:
                     return False
-            conn.execute(_ADD_SPEND, (row[0], row[1], tokens, cost_pico))
+            _add_spend(conn, row[0], row[1], tokens, cost_pico)
         return True
 
     @guarded
@@ -369,6 +381,7 @@ class ControlState(ControlFile):
         with self._transaction() as conn:
             conn.execute("DELETE FROM store_spend WHERE day = ?", (key,))
             conn.executemany("INSERT INTO store_spend VALUES (?, ?, ?, ?, ?, ?)", values)
+            conn.execute(_DAY_TOTAL, {"day": key})
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -400,6 +413,7 @@ class ControlState(ControlFile):
                 return False
             conn.execute("DELETE FROM spend WHERE day = ?", (key,))
             conn.executemany(_ADD_SPEND, [(key, user, tokens, pico) for user, (tokens, pico) in totals.items()])
+            conn.execute(_DAY_TOTAL, {"day": key})
             conn.execute("INSERT INTO rebuilt_day (day, rebuilt_at) VALUES (?, ?) "
                          "ON CONFLICT (day) DO UPDATE SET rebuilt_at = excluded.rebuilt_at", (key, now_iso()))
         return True
@@ -409,8 +423,20 @@ class ControlState(ControlFile):
         """Forget spend, reservations and bookkeeping of days before the given one."""
         key = day_key(before_day)
         with self._transaction() as conn:
-            for table in ("spend", "store_spend", "reservation", "finished_reservation", "rebuilt_day", "halt"):
+            for table in ("spend", "store_spend", "day_total", "reservation", "finished_reservation", "rebuilt_day",
+                          "halt"):
                 conn.execute(f"DELETE FROM {table} WHERE day < ?", (key,))  # table names are constants
+
+
+def _add_spend(conn, day: str, user_id: str, tokens: int, cost_pico: int) -> None:
+    """Add a settled call to the user's live spend, and its effect on the day's total (per user the larger of
+    live and stored tracker spend counts, so the total grows only by what the larger one grows)."""
+    live, tracked = conn.execute(_LIVE_AND_TRACKED, (day, user_id, day, user_id)).fetchone()
+    conn.execute(_ADD_SPEND, (day, user_id, tokens, cost_pico))
+    delta = max(live + cost_pico, tracked) - max(live, tracked)
+    if delta:
+        conn.execute("INSERT INTO day_total (day, cost_pico) VALUES (?, ?) "
+                     "ON CONFLICT (day) DO UPDATE SET cost_pico = cost_pico + excluded.cost_pico", (day, delta))
 
 
 def _is_running(pid: int, started: str | None) -> bool:

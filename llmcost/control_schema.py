@@ -55,7 +55,8 @@ def m001_initial(conn: sqlite3.Connection) -> None:
 @migration
 def m002_owners_store_spend_generation(conn: sqlite3.Connection) -> None:
     # owner: host and pid namespace of the reserving process, so liveness is judged only where its pid means
-    # something; released_at: released as stale (no longer counted, still settled if its call ends); a reservation is never "finished" by a row any more (settle deletes it), so
+    # something; day_total: the day's system-wide settled figure, kept up to date so admission reads one row;
+    # released_at: released as stale (no longer counted, still settled if its call ends); a reservation is never "finished" by a row any more (settle deletes it), so
     # finished_reservation only keeps settles of reservations made in an earlier file (see ControlState.settle).
     _script(conn, """
     ALTER TABLE reservation ADD COLUMN owner TEXT NOT NULL DEFAULT '';
@@ -68,6 +69,8 @@ def m002_owners_store_spend_generation(conn: sqlite3.Connection) -> None:
         PRIMARY KEY (day, user_id)
     ) WITHOUT ROWID;
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE day_total (day TEXT PRIMARY KEY, cost_pico INTEGER NOT NULL);
+    INSERT INTO day_total (day, cost_pico) SELECT day, SUM(cost_pico) FROM spend GROUP BY day;
     DELETE FROM finished_reservation
     """)
     conn.execute("INSERT INTO meta (key, value) VALUES ('generation', ?)", (uuid.uuid4().hex,))
