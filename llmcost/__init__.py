@@ -3,6 +3,7 @@
 from .config import Settings, load_settings
 from .errors import (
     BudgetExceededError,
+    ControlStateError,
     LLMCostError,
     MissingIdentityError,
     SpendingHaltedError,
@@ -19,6 +20,7 @@ from .tracker import TrackedCall, Tracker
 
 __all__ = [
     "BudgetExceededError",
+    "ControlStateError",
     "IngestResult",
     "Price",
     "Pricer",

@@ -124,21 +124,24 @@ def evaluate(settings: Settings, day: dt.date | None = None, *, now: dt.datetime
     """
     today = today_in(settings, now)
     day = day or today
+    control_alerts = [_control_file_alert(settings, day, entry) for entry in _control_files_set_aside(settings, day)]
     with reading(settings.db_path) as db:
         if db is None:
-            return []
-        spend = db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM usage_events WHERE day = ?", [day]).fetchall()[0][0]
+            return control_alerts
         users = _users_over_limits(db, settings, day)
         groups = {scope: _spend_by(db, column, day) for scope, column in GROUP_COLUMNS.items()
                   if _group_thresholds(settings, scope)}
         failed = db.execute(
             f"SELECT kind, COUNT(*) FROM failed_logs WHERE {OPEN_FAILED} GROUP BY kind ORDER BY kind"
         ).fetchall()
-    alerts = _system_alert(settings, day, today, Decimal(spend))
+    from .control_rebuild import day_spend  # the figure the tracker's emergency shutdown compares, not only the store's
+
+    alerts = _system_alert(settings, day, today, day_spend(settings, day))
     alerts += [_user_alert(settings, day, today, row) for row in users]
     alerts += [_group_alert(settings, scope, day, today, name, spend)
                for scope, rows in groups.items() for name, spend in rows]
     alerts += [_failed_log_alert(day, kind, count) for kind, count in failed]
+    alerts += control_alerts
     alerts = [a for a in alerts if a is not None]
     return sorted(alerts, key=lambda a: (-a.rank, a.scope, a.scope_id))
 
@@ -271,3 +274,27 @@ def _failed_log_alert(day: dt.date, kind: str, count: int) -> Alert:
     message = (f"{format_count(count)} {calls} failed to log ({kind}, not recovered); "
                f"cost data may be incomplete: {hint}.")
     return Alert(day, "warning", "logging", kind, "failed_logs", Decimal(count), Decimal(0), message)
+
+
+def _control_files_set_aside(settings: Settings, day: dt.date) -> list[dict]:
+    """Audit entries of control files found corrupt and moved aside on `day`."""
+    from .control_audit import audit_path_for, entries
+
+    found = []
+    for entry in entries(audit_path_for(settings.control_db)):
+        if entry["action"] != "control_file_set_aside":
+            continue
+        try:
+            when = dt.datetime.fromisoformat(entry["at"]).astimezone(settings.tz).date()
+        except (KeyError, TypeError, ValueError):
+            continue
+        if when == day:
+            found.append(entry)
+    return found[-1:]  # one alert a day says it; the audit log lists each
+
+
+def _control_file_alert(settings: Settings, day: dt.date, entry: dict) -> Alert:
+    message = (f"The control file {settings.control_db} was corrupt and was moved to {entry.get('moved_to')} at "
+               f"{entry.get('at')} ({entry.get('reason')}); a new one was started with the kill switches and halts "
+               "of the audit log: check `llmcost status` and the dashboard's kill switches.")
+    return Alert(day, "critical", "logging", "control_file", "control_file", Decimal(1), Decimal(0), message)

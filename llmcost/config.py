@@ -25,6 +25,7 @@ from .errors import ConfigError
 
 ACCOUNT_ACTIONS = ("soft", "hard", "alert", "unlimited")
 ALERT_LEVELS = ("info", "warning", "critical", "shutdown")
+CONTROL_ERROR_POLICIES = ("refuse", "allow")
 DEFAULT_USE_CASES = ("content_analyzer", "auto_populate", "chat_tutor", "scaffolder", "interaction_generator")
 
 
@@ -105,6 +106,11 @@ class Settings:
     silent_use_case_days: int = 2
     stale_attempt_seconds: int = 60
     inbox_settle_seconds: float = 10.0  # an inbox file unchanged this long is finished (its last line counts)
+    # A reservation whose process is gone, or older than this, stops counting (checked every maintenance interval).
+    reservation_ttl_seconds: int = 3600
+    control_maintenance_seconds: int = 30
+    # When the control file cannot be used before a call: refuse it, or allow it unchecked (noted in its metadata).
+    on_control_error: str = "refuse"
     estimate_mismatch_ratio: Decimal = Decimal("0.20")
     email: EmailSettings = field(default_factory=EmailSettings)
     slack: SlackSettings = field(default_factory=SlackSettings)
@@ -265,6 +271,16 @@ def load_settings(
         if level not in ALERT_LEVELS:
             raise ConfigError(f"{name}: {level!r} is not one of {', '.join(ALERT_LEVELS)}")
 
+    on_control_error = raw.get("on_control_error", "refuse")
+    if on_control_error not in CONTROL_ERROR_POLICIES:
+        raise ConfigError(f"on_control_error: {on_control_error!r} is not one of {', '.join(CONTROL_ERROR_POLICIES)}")
+    control_seconds = {}
+    for key, default in (("reservation_ttl_seconds", 3600), ("control_maintenance_seconds", 30)):
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}: {value!r} must be a whole number of seconds >= 1")
+        control_seconds[key] = value
+
     limits = _limits(raw.get("limits", {}))
     default_account_type = raw.get("default_account_type", "student")
     if default_account_type not in limits:
@@ -288,6 +304,8 @@ def load_settings(
         silent_use_case_days=int(raw.get("silent_use_case_days", 2)),
         stale_attempt_seconds=int(raw.get("stale_attempt_seconds", 60)),
         inbox_settle_seconds=float(raw.get("inbox_settle_seconds", 10)),
+        on_control_error=on_control_error,
+        **control_seconds,
         estimate_mismatch_ratio=_decimal(raw.get("estimate_mismatch_ratio", "0.20"), "estimate_mismatch_ratio"),
         email=email,
         slack=slack,

@@ -5,98 +5,84 @@ DuckDB lets one process write at a time and a writer blocks readers elsewhere, w
 call must read this state and most must write it. Each check is a plain query, so a kill switch or halt
 set by any process is seen by the next call everywhere.
 
-Budgets are enforced by reservation: `reserve` reads a user's settled plus in-flight spend for the day
+Budgets are enforced by reservation: `reserve` reads a user's spend plus in-flight estimates for the day
 and records the call's estimate in one `BEGIN IMMEDIATE` transaction, so concurrent calls (threads or
 processes) are serialized and cannot all slip under a limit; `settle` swaps the estimate for the actual
 figures. Recorded spend can therefore exceed a hard limit only by the estimation error of calls in flight.
 
+A day's spend is one rule (`_USER_SPEND`, `_SYSTEM_SPEND`): per user, the larger of what trackers settled
+live and what the store holds of tracker calls (events with an attempt_id), plus the store's other events
+(inbox files, exports: kept here by `set_store_spend`), plus the estimates in flight. A tracker event is in
+both the live and the stored figure, so taking the larger never counts it twice.
+
 Money is stored as INTEGER picodollars (1e-12 USD), the precision of recorded costs, so sums are exact;
 SQLite's 64-bit integers hold up to about $9.2 million per row.
 
-If the file is lost or corrupt it is recreated empty; the tracker refills a day with `rebuild` from the
-store and journals (`needs_rebuild` says when). Kill switches and manual halts are not in the journals
-and are lost with the file.
+Size: kill switches and halts, one spend row per user per day for today and yesterday (`prune`), one row
+per call in flight, and released-as-stale rows until their day is pruned: it grows with users and
+concurrency, not with the number of calls. The write-ahead log is truncated to `WAL_SIZE_LIMIT_BYTES`.
+
+The file's identity (device, inode) is checked before each operation: a deleted or replaced file is
+noticed and the file now at the path is used. A new file gets the kill switches and halts back from the
+audit log (`llmcost.control_audit`); a corrupt one is moved aside with an ERROR and an audit entry, which
+`llmcost check` turns into an alert; spend is refilled by `rebuild` from the store and journals.
+Every failure is a `ControlStateError`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import sqlite3
-import threading
+import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 
+from . import control_audit
+from .control_file import BUSY_TIMEOUT_SECONDS, WAL_SIZE_LIMIT_BYTES  # noqa: F401  (re-exported)
+from .control_file import DISABLE, ENABLE, HALT, RESUME, ControlFile, day_key, guarded, now_iso
 from .errors import BudgetExceededError
 
-BUSY_TIMEOUT_SECONDS = 10.0
 _PICO_EXPONENT = 12
 _TWELVE_PLACES = Decimal(1).scaleb(-_PICO_EXPONENT)
-_CORRUPT_MARKERS = ("not a database", "malformed")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS kill_switch (
-    use_case TEXT PRIMARY KEY,
-    reason TEXT NOT NULL,
-    disabled_at TEXT NOT NULL,
-    disabled_by TEXT
-);
-CREATE TABLE IF NOT EXISTS halt (
-    day TEXT PRIMARY KEY,
-    reason TEXT,
-    halted_at TEXT,
-    resumed_at TEXT
-);
-CREATE TABLE IF NOT EXISTS spend (
-    day TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    tokens INTEGER NOT NULL,
-    cost_pico INTEGER NOT NULL,
-    PRIMARY KEY (day, user_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS reservation (
-    id TEXT PRIMARY KEY,
-    day TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    tenant_id TEXT NOT NULL,
-    use_case TEXT NOT NULL,
-    tokens INTEGER NOT NULL,
-    cost_pico INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    pid INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS reservation_by_day_user ON reservation (day, user_id);
-CREATE TABLE IF NOT EXISTS finished_reservation (
-    id TEXT PRIMARY KEY,
-    day TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rebuilt_day (
-    day TEXT PRIMARY KEY,
-    rebuilt_at TEXT NOT NULL
-);
-"""
-
+# Per user: max(settled live, stored tracker events) + stored other events + live estimates in flight.
 _USER_SPEND = """
 SELECT
-    COALESCE((SELECT tokens FROM spend WHERE day = :day AND user_id = :user), 0)
-      + COALESCE((SELECT SUM(tokens) FROM reservation WHERE day = :day AND user_id = :user), 0),
-    COALESCE((SELECT cost_pico FROM spend WHERE day = :day AND user_id = :user), 0)
-      + COALESCE((SELECT SUM(cost_pico) FROM reservation WHERE day = :day AND user_id = :user), 0)
+    max(COALESCE(s.tokens, 0), COALESCE(st.tracked_tokens, 0)) + COALESCE(st.external_tokens, 0) + r.tokens,
+    max(COALESCE(s.cost_pico, 0), COALESCE(st.tracked_cost_pico, 0)) + COALESCE(st.external_cost_pico, 0) + r.cost_pico
+FROM (SELECT COALESCE(SUM(tokens), 0) AS tokens, COALESCE(SUM(cost_pico), 0) AS cost_pico FROM reservation
+      WHERE day = :day AND user_id = :user AND released_at IS NULL) r
+LEFT JOIN spend s ON s.day = :day AND s.user_id = :user
+LEFT JOIN store_spend st ON st.day = :day AND st.user_id = :user
 """
 _SYSTEM_SPEND = """
-SELECT COALESCE((SELECT SUM(cost_pico) FROM spend WHERE day = :day), 0)
-     + COALESCE((SELECT SUM(cost_pico) FROM reservation WHERE day = :day), 0)
+SELECT COALESCE((SELECT cost_pico FROM day_total WHERE day = :day), 0)
+     + COALESCE((SELECT SUM(cost_pico) FROM reservation WHERE day = :day AND released_at IS NULL), 0)
+"""
+# day_total from scratch: the same rule as _USER_SPEND, summed over the day's users (without estimates in flight).
+_DAY_TOTAL = """
+INSERT INTO day_total (day, cost_pico)
+SELECT :day, COALESCE(SUM(max(live, tracked) + external), 0) FROM (
+    SELECT user_id, SUM(live) AS live, SUM(tracked) AS tracked, SUM(external) AS external FROM (
+        SELECT user_id, cost_pico AS live, 0 AS tracked, 0 AS external FROM spend WHERE day = :day
+        UNION ALL
+        SELECT user_id, 0, tracked_cost_pico, external_cost_pico FROM store_spend WHERE day = :day
+    ) GROUP BY user_id
+) WHERE true  -- SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
+ON CONFLICT (day) DO UPDATE SET cost_pico = excluded.cost_pico
+"""
+_LIVE_AND_TRACKED = """
+SELECT COALESCE((SELECT cost_pico FROM spend WHERE day = ? AND user_id = ?), 0),
+       COALESCE((SELECT tracked_cost_pico FROM store_spend WHERE day = ? AND user_id = ?), 0)
 """
 _ADD_SPEND = """
 INSERT INTO spend (day, user_id, tokens, cost_pico) VALUES (?, ?, ?, ?)
 ON CONFLICT (day, user_id) DO UPDATE SET tokens = tokens + excluded.tokens, cost_pico = cost_pico + excluded.cost_pico
 """
-
 
 def to_picodollars(amount: Decimal | int) -> int:
     """USD as whole picodollars; amounts finer than a picodollar (only estimates) round up, never down."""
@@ -113,22 +99,10 @@ def from_picodollars(picodollars: int) -> Decimal:
     return Decimal(picodollars).scaleb(-_PICO_EXPONENT).quantize(_TWELVE_PLACES)
 
 
-def _day_key(day: dt.date | str) -> str:
-    if isinstance(day, dt.datetime):
-        raise TypeError("day must be a date, not a datetime (convert it in the configured time zone first)")
-    if isinstance(day, dt.date):
-        return day.isoformat()
-    return dt.date.fromisoformat(day).isoformat()
-
-
 def _tokens(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
     return value
-
-
-def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def format_usd(amount: Decimal) -> str:
@@ -149,11 +123,30 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _process_started(pid: int) -> str | None:
+    """When the process started (clock ticks since boot, Linux), to tell a reused pid; None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _owner() -> str:
+    """This host and pid namespace: where a reservation's pid can be checked."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}/{namespace}"
+
+
 @dataclass(frozen=True)
 class Reservation:
     """A call's estimate held against a user's day until `settle` or `release`.
 
-    `spent_*_before` are the user's settled plus in-flight figures for the day before this reservation.
+    `spent_*_before` are the user's figures for the day before this reservation (see `user_spend`);
+    `generation` names the control file it was made in.
     """
 
     id: str
@@ -163,103 +156,43 @@ class Reservation:
     cost: Decimal
     spent_tokens_before: int
     spent_cost_before: Decimal
+    generation: str = ""
 
 
-class ControlState:
-    """The control file: open it once per process and share it between threads."""
+class ControlState(ControlFile):
+    """The control file's state: open it once per process and share it between threads."""
 
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
-        self.recreated = False
-        try:
-            self._create_schema()
-        except sqlite3.DatabaseError as e:
-            if not any(marker in str(e).lower() for marker in _CORRUPT_MARKERS):
-                raise
-            self._set_aside_corrupt_file()
-            self._create_schema()
-
-    # -- connections -------------------------------------------------------------------------
-
-    def _connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
-            return conn
-        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so the read and the write are one lock.
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
-        # NORMAL in WAL survives a process crash; a power cut may drop the last commits, which `rebuild` restores.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        self._local.conn = conn
-        self._local.pid = os.getpid()
-        with self._connections_lock:
-            self._connections.append(conn)
-        return conn
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    def _create_schema(self) -> None:
-        conn = self._connection()
-        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
-        with self._transaction() as conn:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-
-    def _set_aside_corrupt_file(self) -> None:
-        self.close()
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-        for suffix in ("", "-wal", "-shm"):
-            source = Path(f"{self.path}{suffix}")
-            if source.exists():
-                source.rename(Path(f"{self.path}.corrupt-{stamp}{suffix}"))
-        self.recreated = True
-
-    def close(self) -> None:
-        """Close every connection this object opened (in any thread)."""
-        with self._connections_lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            conn.close()
-        self._local = threading.local()
+    def __init__(self, path: Path | str, *, busy_timeout: float | None = None, audit_path: Path | None = None,
+                 lazy: bool = False):
+        self._owner = _owner()
+        self._started: tuple[int, str | None] | None = None  # (pid, its start time): read once per process
+        super().__init__(path, busy_timeout=busy_timeout, audit_path=audit_path, lazy=lazy)
 
     def __enter__(self) -> ControlState:
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
     # -- kill switches -----------------------------------------------------------------------
 
+    @guarded
     def disable(self, use_case: str, reason: str, by: str | None = None) -> None:
-        """Switch a use case off for every process until `enable`."""
+        """Switch a use case off for every process until `enable` (journaled in the audit log)."""
         if not use_case:
             raise ValueError("use_case must not be empty")
-        self._connection().execute(
-            "INSERT INTO kill_switch (use_case, reason, disabled_at, disabled_by) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (use_case) DO UPDATE SET reason = excluded.reason, "
-            "disabled_at = excluded.disabled_at, disabled_by = excluded.disabled_by",
-            (use_case, reason or "no reason given", _now_iso(), by),
-        )
+        reason, by = reason or "no reason given", by or control_audit.default_actor()
+        with self._transaction() as conn:
+            conn.execute(DISABLE, (use_case, reason, now_iso(), by))
+            self._audit("disable", use_case=use_case, reason=reason, by=by)
 
-    def enable(self, use_case: str) -> bool:
+    @guarded
+    def enable(self, use_case: str, by: str | None = None, reason: str | None = None) -> bool:
         """Switch a use case back on; False when it was not disabled."""
-        return self._connection().execute("DELETE FROM kill_switch WHERE use_case = ?", (use_case,)).rowcount > 0
+        with self._transaction() as conn:
+            changed = conn.execute(ENABLE, (use_case,)).rowcount > 0
+            if changed:
+                self._audit("enable", use_case=use_case, reason=reason, by=by)
+        return changed
 
+    @guarded
     def disabled(self) -> dict[str, dict]:
         """Every disabled use case with its reason, disabled_at and disabled_by."""
         rows = self._connection().execute(
@@ -267,31 +200,33 @@ class ControlState:
         ).fetchall()
         return {row[0]: {"reason": row[1], "disabled_at": row[2], "disabled_by": row[3]} for row in rows}
 
+    @guarded
     def disabled_reason(self, use_case: str) -> str | None:
         row = self._connection().execute("SELECT reason FROM kill_switch WHERE use_case = ?", (use_case,)).fetchone()
         return row[0] if row else None
 
     # -- emergency shutdown ------------------------------------------------------------------
 
-    def halt(self, day: dt.date | str, reason: str) -> None:
+    @guarded
+    def halt(self, day: dt.date | str, reason: str, by: str | None = None) -> None:
         """Refuse every call for the day until `resume` (also re-arms the automatic halt after a resume)."""
-        self._connection().execute(
-            "INSERT INTO halt (day, reason, halted_at, resumed_at) VALUES (?, ?, ?, NULL) "
-            "ON CONFLICT (day) DO UPDATE SET reason = excluded.reason, halted_at = excluded.halted_at, resumed_at = NULL",
-            (_day_key(day), reason or "halted by an operator", _now_iso()),
-        )
+        key, reason = day_key(day), reason or "halted by an operator"
+        with self._transaction() as conn:
+            conn.execute(HALT, (key, reason, now_iso()))
+            self._audit("halt", day=key, reason=reason, by=by)
 
-    def resume(self, day: dt.date | str) -> None:
+    @guarded
+    def resume(self, day: dt.date | str, by: str | None = None, reason: str | None = None) -> None:
         """Lift the day's halt entirely: the manual one, and the automatic one even as spend keeps growing."""
-        self._connection().execute(
-            "INSERT INTO halt (day, reason, halted_at, resumed_at) VALUES (?, NULL, NULL, ?) "
-            "ON CONFLICT (day) DO UPDATE SET resumed_at = excluded.resumed_at",
-            (_day_key(day), _now_iso()),
-        )
+        key = day_key(day)
+        with self._transaction() as conn:
+            conn.execute(RESUME, (key, now_iso()))
+            self._audit("resume", day=key, reason=reason, by=by)
 
+    @guarded
     def halt_reason(self, day: dt.date | str, shutdown_usd: Decimal | None) -> str | None:
         """Why calls are refused for the day (a manual halt, or system spend at the shutdown level), else None."""
-        key = _day_key(day)
+        key = day_key(day)
         row = self._connection().execute("SELECT reason, resumed_at FROM halt WHERE day = ?", (key,)).fetchone()
         if row is not None:
             reason, resumed_at = row
@@ -309,6 +244,7 @@ class ControlState:
 
     # -- spend and reservations --------------------------------------------------------------
 
+    @guarded
     def reserve(
         self,
         day: dt.date | str,
@@ -325,13 +261,16 @@ class ControlState:
     ) -> Reservation:
         """Hold a call's estimate against the user's day; with `enforce`, refuse it past a limit.
 
-        Raises BudgetExceededError when `enforce` is set and settled + in-flight + this estimate would
-        exceed `limit_tokens` or `limit_cost`; nothing is recorded then.
+        Raises BudgetExceededError when `enforce` is set and the user's spend (see `user_spend`) plus
+        this estimate would exceed `limit_tokens` or `limit_cost`; nothing is recorded then.
         """
-        key = _day_key(day)
+        key = day_key(day)
         tokens = _tokens(tokens, "estimated tokens")
         cost_pico = to_picodollars(cost)
         reservation_id = uuid.uuid4().hex
+        pid = os.getpid()
+        if self._started is None or self._started[0] != pid:
+            self._started = (pid, _process_started(pid))
         with self._transaction() as conn:
             spent_tokens, spent_pico = conn.execute(_USER_SPEND, {"day": key, "user": user_id}).fetchone()
             if enforce:
@@ -344,94 +283,126 @@ class ControlState:
                 if over:
                     raise BudgetExceededError(_budget_message(key, user_id, account_type, over))
             conn.execute(
-                "INSERT INTO reservation (id, day, user_id, tenant_id, use_case, tokens, cost_pico, created_at, pid) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (reservation_id, key, user_id, tenant_id, use_case, tokens, cost_pico, time.time(), os.getpid()),
+                "INSERT INTO reservation (id, day, user_id, tenant_id, use_case, tokens, cost_pico, created_at, pid, "
+                "owner, pid_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (reservation_id, key, user_id, tenant_id, use_case, tokens, cost_pico, time.time(), pid,
+                 self._owner, self._started[1]),
             )
         return Reservation(
             reservation_id, dt.date.fromisoformat(key), user_id, tokens, from_picodollars(cost_pico),
-            spent_tokens, from_picodollars(spent_pico),
+            spent_tokens, from_picodollars(spent_pico), self._generation,
         )
 
+    @guarded
     def settle(self, reservation: Reservation | str, actual_tokens: int, actual_cost: Decimal) -> bool:
         """Replace a reservation's estimate with the actual figures; False when it was already settled or released.
 
-        Given the Reservation itself (not only its id), the actuals are recorded even if the reservation
-        row was lost with a recreated control file.
+        A reservation released as stale is still settled (its call did end). Given the Reservation itself
+        (not only its id), the actuals are recorded once even when it was made in a control file that has
+        since been deleted or replaced.
         """
         reservation_id = reservation.id if isinstance(reservation, Reservation) else reservation
         tokens = _tokens(actual_tokens, "actual tokens")
         cost_pico = to_picodollars(actual_cost)
         with self._transaction() as conn:
-            if isinstance(reservation, Reservation):  # it names its day and user: no need to look them up
+            row = conn.execute("DELETE FROM reservation WHERE id = ? RETURNING day, user_id", (reservation_id,)).fetchone()
+            if row is None:
+                if not isinstance(reservation, Reservation) or reservation.generation == self._generation:
+                    return False  # settled or released in this file already
                 row = (reservation.day.isoformat(), reservation.user_id)
-            else:
-                row = conn.execute("SELECT day, user_id FROM reservation WHERE id = ?", (reservation_id,)).fetchone()
-                if row is None:
+                # Made in an earlier file: remember it was settled here, so a second settle is refused.
+                if not conn.execute("INSERT INTO finished_reservation (id, day) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+                                    (reservation_id, row[0])).rowcount:
                     return False
-            finished = conn.execute(
-                "INSERT INTO finished_reservation (id, day) VALUES (?, ?) ON CONFLICT (id) DO NOTHING", (reservation_id, row[0])
-            ).rowcount
-            if not finished:
-                return False
-            conn.execute("DELETE FROM reservation WHERE id = ?", (reservation_id,))
-            conn.execute(_ADD_SPEND, (row[0], row[1], tokens, cost_pico))
+            _add_spend(conn, row[0], row[1], tokens, cost_pico)
         return True
 
+    @guarded
     def release(self, reservation: Reservation | str) -> bool:
         """Drop a reservation without spend (the call never happened); False when already settled or released."""
         reservation_id = reservation.id if isinstance(reservation, Reservation) else reservation
         with self._transaction() as conn:
-            row = conn.execute("SELECT day FROM reservation WHERE id = ?", (reservation_id,)).fetchone()
-            if row is None:
-                return False
-            conn.execute("DELETE FROM reservation WHERE id = ?", (reservation_id,))
-            conn.execute("INSERT INTO finished_reservation (id, day) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
-                         (reservation_id, row[0]))
-        return True
+            return conn.execute("DELETE FROM reservation WHERE id = ? AND released_at IS NULL",
+                                (reservation_id,)).rowcount > 0
 
+    @guarded
     def release_stale(self, older_than_seconds: float | None = None) -> int:
-        """Release reservations of processes that have exited, and any older than the given age; return how many."""
-        conn = self._connection()
-        rows = conn.execute("SELECT id, pid, created_at FROM reservation").fetchall()
-        cutoff = time.time() - older_than_seconds if older_than_seconds is not None else None
-        stale = [rid for rid, pid, created_at in rows
-                 if not _process_alive(pid) or (cutoff is not None and created_at < cutoff)]
-        return sum(self.release(rid) for rid in stale)
+        """Release reservations of processes that have exited, and any older than the given age; return how many.
 
+        A pid is checked only on the host and pid namespace that made the reservation (elsewhere the age
+        alone decides), and a pid reused by a newer process counts as exited. Released reservations stop
+        counting; a call that does end later still settles its actual figures.
+        """
+        now = time.time()
+        cutoff = now - older_than_seconds if older_than_seconds is not None else None
+        rows = self._connection().execute(
+            "SELECT id, pid, created_at, owner, pid_started FROM reservation WHERE released_at IS NULL").fetchall()
+        stale = [rid for rid, pid, created_at, owner, started in rows
+                 if (cutoff is not None and created_at < cutoff) or (owner in (self._owner, "") and not _is_running(pid, started))]
+        if not stale:
+            return 0
+        with self._transaction() as conn:
+            return sum(conn.execute("UPDATE reservation SET released_at = ? WHERE id = ? AND released_at IS NULL",
+                                    (now, rid)).rowcount for rid in stale)
+
+    @guarded
+    def maintain(self, today: dt.date, *, reservation_ttl_seconds: float | None) -> int:
+        """Release stale reservations and forget days before yesterday; return how many reservations were released."""
+        released = self.release_stale(reservation_ttl_seconds)
+        self.prune(today - dt.timedelta(days=1))
+        return released
+
+    @guarded
     def user_spend(self, day: dt.date | str, user_id: str) -> tuple[int, Decimal]:
-        """The user's tokens and cost for the day, settled plus in flight."""
-        tokens, pico = self._connection().execute(_USER_SPEND, {"day": _day_key(day), "user": user_id}).fetchone()
+        """The user's tokens and cost for the day: tracker calls (settled and in flight) and other stored events."""
+        tokens, pico = self._connection().execute(_USER_SPEND, {"day": day_key(day), "user": user_id}).fetchone()
         return tokens, from_picodollars(pico)
 
+    @guarded
     def system_spend(self, day: dt.date | str) -> Decimal:
-        """Everyone's cost for the day, settled plus in flight."""
-        (pico,) = self._connection().execute(_SYSTEM_SPEND, {"day": _day_key(day)}).fetchone()
+        """Everyone's cost for the day, by the same rule as `user_spend`."""
+        (pico,) = self._connection().execute(_SYSTEM_SPEND, {"day": day_key(day)}).fetchone()
         return from_picodollars(pico)
 
+    @guarded
     def in_flight(self, day: dt.date | str | None = None) -> int:
         """How many reservations are open (for the day, when given)."""
+        sql = "SELECT COUNT(*) FROM reservation WHERE released_at IS NULL"
         if day is None:
-            return self._connection().execute("SELECT COUNT(*) FROM reservation").fetchone()[0]
-        return self._connection().execute("SELECT COUNT(*) FROM reservation WHERE day = ?", (_day_key(day),)).fetchone()[0]
+            return self._connection().execute(sql).fetchone()[0]
+        return self._connection().execute(sql + " AND day = ?", (day_key(day),)).fetchone()[0]
+
+    @guarded
+    def set_store_spend(self, day: dt.date | str, rows: Iterable[tuple[str, int, Decimal, int, Decimal]]) -> None:
+        """Keep the store's figures of the day: (user_id, tracker tokens, tracker cost, other tokens, other cost)."""
+        key = day_key(day)
+        values = [(key, user, _tokens(tt, "tokens"), to_picodollars(tc), _tokens(et, "tokens"), to_picodollars(ec))
+                  for user, tt, tc, et, ec in rows]
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM store_spend WHERE day = ?", (key,))
+            conn.executemany("INSERT INTO store_spend VALUES (?, ?, ?, ?, ?, ?)", values)
+            conn.execute(_DAY_TOTAL, {"day": key})
 
     # -- recovery ----------------------------------------------------------------------------
 
+    @guarded
     def needs_rebuild(self, day: dt.date | str) -> bool:
         """True until `rebuild` has filled this day's spend in this file (a new or recreated file needs it)."""
-        row = self._connection().execute("SELECT 1 FROM rebuilt_day WHERE day = ?", (_day_key(day),)).fetchone()
+        row = self._connection().execute("SELECT 1 FROM rebuilt_day WHERE day = ?", (day_key(day),)).fetchone()
         return row is None
 
+    @guarded
     def rebuild(
         self, day: dt.date | str, rows: Iterable[tuple[str, int, Decimal]], *, only_if_needed: bool = False
     ) -> bool:
-        """Replace the day's settled spend with (user_id, tokens, cost) rows read from the store and journals.
+        """Replace the day's settled spend with (user_id, tokens, cost) rows of tracker calls read from the store
+        and journals.
 
         Rows for the same user are summed. With `only_if_needed`, do nothing (and return False) when another
         process rebuilt the day first, so a settle recorded after that rebuild is never overwritten.
         In-flight reservations are kept.
         """
-        key = _day_key(day)
+        key = day_key(day)
         totals: dict[str, list[int]] = {}
         for user_id, tokens, cost in rows:
             total = totals.setdefault(user_id, [0, 0])
@@ -442,20 +413,39 @@ class ControlState:
                 return False
             conn.execute("DELETE FROM spend WHERE day = ?", (key,))
             conn.executemany(_ADD_SPEND, [(key, user, tokens, pico) for user, (tokens, pico) in totals.items()])
+            conn.execute(_DAY_TOTAL, {"day": key})
             conn.execute("INSERT INTO rebuilt_day (day, rebuilt_at) VALUES (?, ?) "
-                         "ON CONFLICT (day) DO UPDATE SET rebuilt_at = excluded.rebuilt_at", (key, _now_iso()))
+                         "ON CONFLICT (day) DO UPDATE SET rebuilt_at = excluded.rebuilt_at", (key, now_iso()))
         return True
 
+    @guarded
     def prune(self, before_day: dt.date | str) -> None:
         """Forget spend, reservations and bookkeeping of days before the given one."""
-        key = _day_key(before_day)
+        key = day_key(before_day)
         with self._transaction() as conn:
-            for table in ("spend", "reservation", "finished_reservation", "rebuilt_day", "halt"):
+            for table in ("spend", "store_spend", "day_total", "reservation", "finished_reservation", "rebuilt_day",
+                          "halt"):
                 conn.execute(f"DELETE FROM {table} WHERE day < ?", (key,))  # table names are constants
+
+
+def _add_spend(conn, day: str, user_id: str, tokens: int, cost_pico: int) -> None:
+    """Add a settled call to the user's live spend, and its effect on the day's total (per user the larger of
+    live and stored tracker spend counts, so the total grows only by what the larger one grows)."""
+    live, tracked = conn.execute(_LIVE_AND_TRACKED, (day, user_id, day, user_id)).fetchone()
+    conn.execute(_ADD_SPEND, (day, user_id, tokens, cost_pico))
+    delta = max(live + cost_pico, tracked) - max(live, tracked)
+    if delta:
+        conn.execute("INSERT INTO day_total (day, cost_pico) VALUES (?, ?) "
+                     "ON CONFLICT (day) DO UPDATE SET cost_pico = cost_pico + excluded.cost_pico", (day, delta))
+
+
+def _is_running(pid: int, started: str | None) -> bool:
+    if not _process_alive(pid):
+        return False
+    return started is None or _process_started(pid) in (None, started)
 
 
 def _budget_message(day: str, user_id: str, account_type: str | None, over: list[str]) -> str:
     who = f"user {user_id!r}" + (f" (account type {account_type!r})" if account_type else "")
     fix = f"raise [limits.{account_type}] in llmcost.toml" if account_type else "raise the limit in llmcost.toml"
     return f"daily budget exceeded for {who} on {day}: {'; '.join(over)} ({fix} or wait until tomorrow)"
-

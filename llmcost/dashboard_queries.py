@@ -200,6 +200,13 @@ def system_cost_on(db: duckdb.DuckDBPyConnection, day: dt.date) -> Decimal:
     return cost or ZERO
 
 
+def system_spend_today(settings, today: dt.date) -> Decimal:
+    """The day's system-wide spend as the tracker's emergency shutdown counts it (one rule for every surface)."""
+    from .control_rebuild import day_spend
+
+    return day_spend(settings, today)
+
+
 def unrecovered_failed_logs(db: duckdb.DuckDBPyConnection) -> int:
     return _rows(db, f"SELECT count(*) FROM failed_logs WHERE {OPEN_FAILED}")[0][0]
 

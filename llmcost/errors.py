@@ -21,6 +21,10 @@ class StoreCorruptError(StoreError):
     """The DuckDB store file cannot be opened as a database; `llmcost rebuild` recreates it from the files."""
 
 
+class ControlStateError(LLMCostError):
+    """The live control state (control.sqlite) cannot be read or written: locked too long, unreadable, or newer."""
+
+
 class MissingIdentityError(LLMCostError):
     """A tracked call lacks user_id and/or tenant_id."""
 

@@ -102,6 +102,9 @@ def ingest(
     total = IngestResult()
     for source in sources:
         total.add(_ingest_file(settings, source, pricer, progress, lock_timeout))
+    from .control_rebuild import after_ingest
+
+    after_ingest(settings)  # stored records count towards today's spend at once (`watch` runs this every round)
     return total
 
 

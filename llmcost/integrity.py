@@ -113,7 +113,8 @@ def run_checks(
     now: dt.datetime | None = None,
     export: str | Path | None = None,
 ) -> CheckReport:
-    """Run today's threshold evaluation and every check (see the module docstring). Reads only."""
+    """Run today's threshold evaluation and every check (see the module docstring). Reads the store only
+    (today's spend is also brought up to date in the control state, `llmcost.control_rebuild.day_spend`)."""
     now = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
     today = today or today_in(settings, now)
     start = today - dt.timedelta(days=CHECK_WINDOW_DAYS - 1)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from .control_rebuild import day_spend
 from .alerts import LEVEL_RANK, format_count, format_usd, system_level, today_in
 from .config import Settings
 from .dismissal import OPEN_FAILED
@@ -202,7 +203,8 @@ def _build(settings: Settings, kind: str, start: dt.date, end: dt.date) -> Repor
     for offset in range((end - start).days + 1):
         day = start + dt.timedelta(days=offset)
         calls, tokens, cost = figures["per_day"].get(day, (0, 0, ZERO))
-        crossed = system_level(settings, cost)
+        crossed = system_level(settings, day_spend(settings, day) if day >= today_in(settings) - dt.timedelta(days=1)
+                                         else cost)  # the days the tracker still counts live: its figure
         days.append({"day": day, "calls": calls, "total_tokens": tokens, "cost_usd": cost,
                      "level": crossed[0] if crossed else None, "threshold_usd": crossed[1] if crossed else None})
     return Report(

@@ -19,8 +19,10 @@ import atexit
 import contextlib
 import contextvars
 import datetime as dt
+import functools
 import logging
 import math
+import os
 import threading
 import time
 import uuid
@@ -33,7 +35,8 @@ from . import fallback
 from .budgets import BudgetDecision, check_before_call, release_after_refusal, settle_after_call
 from .config import Settings, load_settings
 from .control import ControlState
-from .errors import MissingIdentityError, TrackingUnavailableError, UsageNotRecordedError
+from .errors import (BudgetExceededError, ControlStateError, MissingIdentityError, SpendingHaltedError,
+                     TrackingUnavailableError, UsageNotRecordedError)
 from .events import UsageEvent
 from .journal import Journal
 from .pricing import Pricer
@@ -107,18 +110,23 @@ class TrackedCall:
         self.started_at = _utcnow()
         self._started_clock = time.perf_counter()
         day = self.started_at.astimezone(tracker.settings.tz).date()
-        tracker.ensure_control_rebuilt(day)
         estimated_cost = tracker.pricer.price(
             provider=self.provider, model=self.model, ts=self.started_at,
             input_tokens=min(self.estimated_input_tokens, self.estimated_tokens),
             output_tokens=max(self.estimated_tokens - self.estimated_input_tokens, 0),
         ).cost_usd
-        self.decision = check_before_call(
-            tracker.control, tracker.settings, day=day, user_id=self.user_id, tenant_id=self.tenant_id,
-            use_case=self.use_case, account_type=self.account_type, estimated_tokens=self.estimated_tokens,
-            estimated_cost=estimated_cost,
-        )
-        if self.decision.reason:
+        try:
+            self.decision = tracker.admit(
+                day=day, user_id=self.user_id, tenant_id=self.tenant_id, use_case=self.use_case,
+                account_type=self.account_type, estimated_tokens=self.estimated_tokens, estimated_cost=estimated_cost,
+            )
+        except ControlStateError as error:
+            if tracker.settings.on_control_error != "allow":
+                raise ControlStateError(f"call refused: {error} (set on_control_error = \"allow\" in llmcost.toml "
+                                        "to make calls unchecked while the control file is unusable)") from error
+            self.metadata["control_error"] = f"allowed unchecked (on_control_error = allow): {error}"
+            tracker.warn_once((day, "control_error"), "llmcost: %s; calls are allowed unchecked", error)
+        if self.decision is not None and self.decision.reason:
             self.metadata["budget"] = self.decision.reason
             tracker.warn_once((day, self.user_id, self.decision.action),
                               "llmcost: %s for user %s (%s action): call allowed", self.decision.reason,
@@ -132,7 +140,11 @@ class TrackedCall:
         try:
             tracker.write(attempt)  # in the fallback log is good enough for an attempt, even when strict
         except OSError as error:
-            release_after_refusal(tracker.control, self.decision)
+            if self.decision is not None:
+                try:
+                    release_after_refusal(tracker.control, self.decision)
+                except ControlStateError as control_error:  # released as stale later: its process moves on
+                    log.error("llmcost: reservation of refused call %s not released: %s", self.attempt_id, control_error)
             raise TrackingUnavailableError(
                 f"cannot record the call attempt anywhere (journal {tracker.settings.journal_dir} and fallback log "
                 f"{tracker.settings.fallback_log} both failed: {error}); the call was not made. "
@@ -200,9 +212,8 @@ class TrackedCall:
         finally:
             actual = self.event
             if self.decision is not None:
-                settle_after_call(tracker.control, self.decision,
-                                  actual.total_tokens if actual else self.estimated_tokens,
-                                  actual.cost_usd if actual else Decimal(0))
+                tracker.settle(self.decision, actual.total_tokens if actual else self.estimated_tokens,
+                               actual.cost_usd if actual else Decimal(0))
             tracker._unregister(self)
         return self.event
 
@@ -266,11 +277,15 @@ class Tracker:
         self.strict = strict
         self.source = source
         self.journal = Journal(self.settings.journal_dir, fsync=self.settings.fsync)
-        self.control = ControlState(self.settings.control_db)
+        # lazy: an unusable control file is met at the first call, and handled by `on_control_error` there
+        self.control = ControlState(self.settings.control_db, lazy=True)
         self.pricer = Pricer.from_settings(self.settings)
         self._lock = threading.Lock()
         self._in_flight: dict[str, TrackedCall] = {}
-        self._rebuilt_days: set[dt.date] = set()
+        self._rebuilt_days: set[tuple[str, dt.date]] = set()
+        self._next_maintenance = 0.0
+        self._store_seen: tuple | None = None
+        self._unsettled: list[tuple[BudgetDecision, int, Decimal]] = []
         self._warned: set[tuple] = set()
         self._auto_ingest: _AutoIngest | None = None
         if auto_ingest:
@@ -365,15 +380,69 @@ class Tracker:
         if journal_error is not None and self.strict:
             raise journal_error  # strict: the record is safe in the fallback log, and the caller asked to know
 
+    # -- the control state: admission and settling ---------------------------------------------
+    def admit(self, *, day: dt.date, user_id: str, tenant_id: str, use_case: str, account_type: str | None,
+              estimated_tokens: int, estimated_cost: Decimal) -> BudgetDecision:
+        """Kill switch, shutdown and budget for one call, after the control state's upkeep.
+
+        A refusal is checked once more after releasing stale reservations, so a call is never refused
+        for the estimate of a call whose process died. Raises ControlStateError when the file is unusable.
+        """
+        self.ensure_control_rebuilt(day)
+        self._upkeep(day)
+        check = functools.partial(
+            check_before_call, self.control, self.settings, day=day, user_id=user_id, tenant_id=tenant_id,
+            use_case=use_case, account_type=account_type, estimated_tokens=estimated_tokens,
+            estimated_cost=estimated_cost)
+        try:
+            return check()
+        except (BudgetExceededError, SpendingHaltedError):
+            if not self.control.release_stale(self.settings.reservation_ttl_seconds):
+                raise
+            return check()
+
+    def settle(self, decision: BudgetDecision, tokens: int, cost: Decimal) -> None:
+        """Settle a finished call; never raises: a failure is logged and retried before the next call."""
+        try:
+            settle_after_call(self.control, decision, tokens, cost)
+        except ControlStateError as error:
+            log.error("llmcost: a call's usage is journaled but its spend is not yet in the control state (%s); "
+                      "settled at the next call, or counted once the journal is ingested", error)
+            with self._lock:
+                self._unsettled.append((decision, tokens, cost))
+
+    def _upkeep(self, day: dt.date) -> None:
+        with self._lock:
+            unsettled, self._unsettled = self._unsettled, []
+        try:
+            while unsettled:
+                settle_after_call(self.control, *unsettled[0])
+                unsettled.pop(0)
+        finally:
+            with self._lock:
+                self._unsettled[:0] = unsettled
+        now = time.monotonic()
+        if now < self._next_maintenance:
+            return
+        self._next_maintenance = now + self.settings.control_maintenance_seconds
+        self.control.maintain(day, reservation_ttl_seconds=self.settings.reservation_ttl_seconds)
+        seen = _file_state(self.settings.db_path)
+        if seen != self._store_seen:  # the store changed: ingested records may count towards today
+            from .control_rebuild import refresh_store_spend
+
+            if refresh_store_spend(self.control, self.settings, day, timeout=0.5):
+                self._store_seen = seen
+
     def ensure_control_rebuilt(self, day: dt.date) -> None:
         """Fill the day's live spend from the store and journals when the control state was lost or is new."""
-        if day in self._rebuilt_days:
+        self.control.open()  # notices a replaced file, whose generation differs
+        key = (self.control.generation, day)
+        if key in self._rebuilt_days:
             return
-        if self.control.needs_rebuild(day):
-            from .control_rebuild import spend_rows
+        from .control_rebuild import rebuild_day
 
-            self.control.rebuild(day, spend_rows(self.settings, day), only_if_needed=True)
-        self._rebuilt_days.add(day)
+        rebuild_day(self.control, self.settings, day)
+        self._rebuilt_days.add(key)
 
     def warn_once(self, key: tuple, message: str, *args: Any) -> None:
         """Log a warning once per key (e.g. per user, day and limit), not on every call."""
@@ -396,6 +465,18 @@ class Tracker:
             self._auto_ingest.stop()
         self.journal.close()
         self.control.close()
+
+
+def _file_state(path) -> tuple:
+    """A DuckDB file's and its WAL's size and change time: whether the store changed since last looked at."""
+    state = []
+    for name in (str(path), f"{path}.wal"):
+        try:
+            stat = os.stat(name)
+            state.append((stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            state.append(None)
+    return tuple(state)
 
 
 class _AutoIngest:

@@ -72,9 +72,10 @@ if any((context.filters.tenants, context.filters.providers, context.filters.mode
     st.caption("These figures follow the tenant, provider and model filters.")
 
 st.subheader("System-wide spend today")
+system_spend_today = dq.system_spend_today(settings, context.today)
 levels = dq.system_levels(settings)
-reached = dq.level_reached(data.system_cost_today, levels)
-spend = fmt.money(data.system_cost_today)
+reached = dq.level_reached(system_spend_today, levels)
+spend = fmt.money(system_spend_today)
 if reached is None:
     st.success(ui.dollars(f"Today's spend {spend} is below the warning level ({fmt.money(levels['warning'])})."),
                icon=":material/check_circle:")

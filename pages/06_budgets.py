@@ -43,7 +43,7 @@ def switch_on() -> None:
         state[KILL_SWITCH_MESSAGE] = ("warning", "Tick the confirmation to enable it again.")
     else:
         with ControlState(settings.control_db) as switches:
-            switches.enable(use_case)
+            switches.enable(use_case, by="dashboard")
         state["budgets_enable_confirm"] = False
         state[KILL_SWITCH_MESSAGE] = ("success", f"Enabled {ui.plain(use_case)}: its calls are allowed again.")
 
@@ -63,8 +63,9 @@ if data is None:
     ui.stop_without_data()
 
 st.subheader(f"Today ({context.today:%Y-%m-%d}) per account type")
-level = dq.level_reached(data.system_cost_today, dq.system_levels(settings))
-st.metric("System-wide spend today", fmt.money(data.system_cost_today),
+system_spend_today = dq.system_spend_today(settings, context.today)
+level = dq.level_reached(system_spend_today, dq.system_levels(settings))
+st.metric("System-wide spend today", fmt.money(system_spend_today),
           help="Level reached: " + (level or "none"))
 ui.table(dq.account_type_state(dq.limit_usage(data.today, settings)), "budgets_today",
          file_name="account-types-today.csv", money=["cost_today"],

@@ -259,7 +259,11 @@ def test_release_stale_frees_reservations_of_exited_processes_and_old_ones(contr
     assert control.release_stale(older_than_seconds=3600) == 0
     time.sleep(0.05)
     assert control.release_stale(older_than_seconds=0.01) == 1
+    assert control.user_spend(DAY, "u1") == (0, Decimal("0"))
+    # Released as stale, not forgotten: a call that does end late still records what it spent, once.
+    assert control.settle(mine, 5, Decimal("2")) is True
     assert control.settle(mine, 5, Decimal("2")) is False
+    assert control.user_spend(DAY, "u1") == (5, Decimal("2"))
 
 
 # -- rebuild and pruning -------------------------------------------------------------------------
