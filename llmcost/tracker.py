@@ -92,6 +92,7 @@ class TrackedCall:
         self.decision: BudgetDecision | None = None
         self.usage: ExtractedUsage | None = None
         self.stream_usage: StreamUsage | None = None
+        self.stream_ended = False  # the stream was read to its end (not cut off, not left early)
         self.response: Any = None
         self.event: UsageEvent | None = None
         self._finished = False
@@ -176,6 +177,7 @@ class TrackedCall:
         for chunk in chunks:
             self.stream_usage.add(chunk)
             yield chunk
+        self.stream_ended = True
         self.usage = self.stream_usage.result() or self.usage
 
     def finish(self, exc: BaseException | None = None) -> UsageEvent | None:
@@ -206,6 +208,17 @@ class TrackedCall:
             tracker._unregister(self)
         return self.event
 
+    def _why_usage_is_missing(self) -> str:
+        """Why a call that raised nothing has no usage, naming the fix."""
+        if self.stream_usage is None:
+            return ("no usage recorded for this call (call.record was not given a response with usage): "
+                    "estimate used")
+        if self.stream_ended:
+            return ("the stream ended without usage, so the estimate was stored: OpenAI-style chat streams report "
+                    "usage only when asked, pass stream_options={'include_usage': True} to create() "
+                    "(a client wrapped by tracker.wrap adds it)")
+        return "the stream was left before its end, so its usage never arrived: estimate used"
+
     def _build_event(self, exc: BaseException | None) -> UsageEvent:
         usage = self.usage
         estimated = usage is None
@@ -219,8 +232,9 @@ class TrackedCall:
         if exc is not None:
             error = f"{type(exc).__name__}: {exc}"[:10_000]
         elif estimated:
-            error = "no usage recorded for this call (call.record was not given a response with usage): estimate used"
-            log.warning("llmcost: %s (use case %s)", error, self.use_case)
+            error = self._why_usage_is_missing()
+            self.metadata["usage_estimated_reason"] = error
+            log.warning("llmcost: %s (use case %s, model %s)", error, self.use_case, self.model)
         provider = self.provider or usage.provider
         model = self.model or usage.model
         ts = self.started_at
