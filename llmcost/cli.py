@@ -135,8 +135,8 @@ def demo(settings, days, seed, if_empty):
         result = load_demo(settings, days=days, seed=seed)
     if not result.read:  # the demo files of this seed and length were ingested before
         events = event_count(settings)
-        click.echo(f"The demo (seed {seed}, {days} days) is already loaded in {settings.db_path} ({events:,} events); "
-                   "nothing added. `llmcost demo --seed N` loads another.")
+        click.echo(f"The demo (seed {seed}, {days} days) is already loaded in {settings.db_path} "
+                   f"({events:,} events); nothing added. `llmcost demo --seed N` loads another.")
         return
     click.echo(f"Demo data: {result.summary()}")
 
@@ -152,8 +152,8 @@ def export(settings, out, date_from, date_to, table):
     from .export import export_table
 
     if date_from and date_to and date_from > date_to:
-        raise click.BadParameter(f"--from {date_from:%Y-%m-%d} is after --to {date_to:%Y-%m-%d}: no day is in between "
-                                 "(swap them)", param_hint="--from/--to")
+        raise click.BadParameter(f"--from {date_from:%Y-%m-%d} is after --to {date_to:%Y-%m-%d}: no day is in "
+                                 "between (swap them)", param_hint="--from/--to")
     store.require_store(settings.db_path)
     count = export_table(settings, out, table=table,
                          date_from=date_from.date() if date_from else None,
@@ -208,7 +208,8 @@ def enable(settings, use_case):
     if control.enable(use_case):
         click.echo(f"Enabled {use_case}")
     else:
-        click.echo(f"{use_case} was not disabled; nothing changed (disabled now: {', '.join(control.disabled()) or 'none'})")
+        disabled = ", ".join(control.disabled()) or "none"
+        click.echo(f"{use_case} was not disabled; nothing changed (disabled now: {disabled})")
 
 
 @cli.command()

@@ -291,6 +291,7 @@ def load_settings(
     if config_path is not None and not config_path.is_file():
         raise ConfigError(f"config file not found: {config_path}")
     raw = _read_config_file(config_path) if config_path else {}
+    in_file = f"{config_path.resolve()}: " if config_path else ""  # names the file in errors about its values
     if config_path:
         validate_config(raw, config_path.resolve())
     base = config_path.parent.resolve() if config_path else Path.cwd()
@@ -323,7 +324,9 @@ def load_settings(
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"timezone: unknown time zone {timezone!r} (use an IANA name such as 'Europe/Berlin')") from None
+        source = "LLMCOST_TIMEZONE" if env.get("LLMCOST_TIMEZONE") else f"{in_file}timezone"
+        raise ConfigError(
+            f"{source}: unknown time zone {timezone!r} (use an IANA name such as 'Europe/Berlin')") from None
 
     system_raw = raw.get("system", {})
     system = SystemLevels(
@@ -333,7 +336,7 @@ def load_settings(
         )
     )
     if not system.warning_usd <= system.critical_usd <= system.shutdown_usd:
-        raise ConfigError("system: warning_usd <= critical_usd <= shutdown_usd must hold")
+        raise ConfigError(f"{in_file}system: warning_usd <= critical_usd <= shutdown_usd must hold")
 
     email_raw = raw.get("email", {})
     recipients = email_raw.get("recipients", ())
@@ -359,7 +362,7 @@ def load_settings(
     limits = _limits(raw.get("limits", {}))
     default_account_type = raw.get("default_account_type", "student")
     if default_account_type not in limits:
-        raise ConfigError(f"default_account_type: {default_account_type!r} has no entry under [limits]")
+        raise ConfigError(f"{in_file}default_account_type: {default_account_type!r} has no entry under [limits]")
 
     return Settings(
         home=home_path,

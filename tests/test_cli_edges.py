@@ -237,3 +237,14 @@ def test_check_does_not_advise_ingest_for_failed_logs_that_can_never_be_stored(s
     failed_line = next(line for line in result.stdout.splitlines() if "failed to log (fallback" in line)
     assert "llmcost ingest" not in failed_line
     assert "cannot be stored" in failed_line and "llmcost export --table failed_logs" in failed_line
+
+
+@pytest.mark.parametrize("text, key", [
+    ('timezone = "Europe/Berln"\n', "timezone"),
+    ("[system]\nwarning_usd = 100\ncritical_usd = 50\n", "system"),
+    ('default_account_type = "teacher"\n', "default_account_type"),
+])
+def test_rules_across_keys_name_the_file_too(tmp_path, text, key):
+    config = write_config(tmp_path, text)
+    with pytest.raises(ConfigError, match=f"^{config}: {key}"):
+        load_settings(config=config)
