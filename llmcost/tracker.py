@@ -24,7 +24,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
@@ -171,12 +171,27 @@ class TrackedCall:
             self.model = self.usage.model
         return self.usage
 
-    def stream(self, chunks) -> Iterator[Any]:
-        """Pass a provider stream through, reading usage from its chunks (the final one carries it)."""
+    def stream(self, chunks) -> Iterator[Any] | AsyncIterator[Any]:
+        """Pass a provider stream through, reading usage from its chunks (the final one carries it).
+
+        An async stream (AsyncOpenAI, AsyncAnthropic) comes back as one to read with `async for`.
+        """
         self.stream_usage = StreamUsage(self.provider)
+        return self._passed_async(chunks) if hasattr(chunks, "__aiter__") else self._passed(chunks)
+
+    def _passed(self, chunks) -> Iterator[Any]:
         for chunk in chunks:
             self.stream_usage.add(chunk)
             yield chunk
+        self._stream_done()
+
+    async def _passed_async(self, chunks) -> AsyncIterator[Any]:
+        async for chunk in chunks:
+            self.stream_usage.add(chunk)
+            yield chunk
+        self._stream_done()
+
+    def _stream_done(self) -> None:
         self.stream_ended = True
         self.usage = self.stream_usage.result() or self.usage
 

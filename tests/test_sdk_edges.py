@@ -90,9 +90,10 @@ def test_wrapped_clients_record_the_exact_usage_of_every_api_sync_and_async(
 
     async def run_async():
         result = await create(**kwargs)
-        if stream:
-            return "".join([API_TEXT[api](item) async for item in result])
-        return "answer"
+        text = "".join([API_TEXT[api](item) async for item in result]) if stream else "answer"
+        await openai_client.close()
+        await anthropic_client.close()
+        return text
 
     with tracker.identity(user_id="u", tenant_id="t"):
         text = asyncio.run(run_async()) if asynchronous else read(create(**kwargs))
@@ -117,6 +118,7 @@ def test_an_async_stream_left_early_is_recorded_once_as_closed_early(tracker, se
                 seen += 1
                 if seen == 2:
                     break
+        await client.close()
         return seen
 
     with tracker.identity(user_id="u", tenant_id="t"):
@@ -133,7 +135,11 @@ def test_an_async_decorated_function_records_the_usage_of_the_response_it_return
     async def generate(prompt, user_id, tenant_id):
         return await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
 
-    asyncio.run(generate("make a quiz", user_id="teacher-7", tenant_id="school-2"))
+    async def main():
+        await generate("make a quiz", user_id="teacher-7", tenant_id="school-2")
+        await client.close()
+
+    asyncio.run(main())
     (event,) = usage_records(settings)
     assert (event["user_id"], event["input_tokens"], event["output_tokens"], event["usage_estimated"]) == (
         "teacher-7", 400, 200, False)
@@ -182,3 +188,20 @@ def test_a_stream_form_left_before_its_end_is_not_blamed_on_stream_options(track
     assert event["usage_estimated"] is True
     assert "before its end" in event["metadata"]["usage_estimated_reason"]
     assert "include_usage" not in event["metadata"]["usage_estimated_reason"]
+
+
+def test_the_context_manager_passes_an_async_stream_through_with_its_exact_usage(tracker, settings, provider):
+    client = clients(provider, asynchronous=True)[0]
+
+    async def main():
+        with tracker.call(use_case="chat_tutor", user_id="u", tenant_id="t", provider="openai",
+                          model="gpt-4o-mini") as call:
+            stream = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
+                                                          stream_options={"include_usage": True})
+            chunks = [chunk async for chunk in call.stream(stream)]
+        await client.close()
+        return chunks
+
+    assert len(asyncio.run(main())) == 22  # 20 words, the stop chunk, the usage chunk
+    (event,) = usage_records(settings)
+    assert (event["input_tokens"], event["output_tokens"], event["usage_estimated"]) == (400, 200, False)
