@@ -39,7 +39,9 @@ ACTION_WORDS = {
     "hard": ("hard limit", "further calls are refused"),
 }
 FAILED_LOG_HINTS = {
-    "fallback": "run `llmcost ingest` to store them from the fallback log",
+    # An unrecovered fallback entry was already read by ingest and could not be stored: ingesting again cannot help.
+    "fallback": ("they cannot be stored as they are; `llmcost export --table failed_logs --out failed.csv` "
+                 "lists each reason and raw record"),
     "invalid": "the failed_logs table gives each reason",
     "unattributed": "they lack user_id or tenant_id, so their cost is counted under (unattributed)",
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import sys
@@ -13,7 +14,7 @@ import click
 
 from . import cli_monitor, store
 from .config import load_settings
-from .errors import LLMCostError
+from .errors import LLMCostError, StoreMissingError
 
 
 def settings_options(fn):
@@ -28,10 +29,21 @@ def settings_options(fn):
         try:
             settings = load_settings(db=db, config=config)
             return fn(settings, *args, **kwargs)
+        except StoreMissingError as error:
+            raise cli_monitor.CommandFailed(str(error), cli_monitor.READER_FAILED_EXIT_CODE) from error
         except LLMCostError as error:
             raise click.ClickException(str(error)) from error
 
     return wrapper
+
+
+@contextlib.contextmanager
+def announcing_a_new_store(settings):
+    """Say so when the block created the store: only ingest, watch, demo and rebuild may, and never silently."""
+    existed = store.store_exists(settings.db_path)
+    yield
+    if not existed and store.store_exists(settings.db_path):
+        click.echo(f"Created a new store at {settings.db_path}")
 
 
 @click.group()
@@ -69,7 +81,8 @@ def ingest(settings, paths):
 
     settings.ensure_dirs()
     try:
-        result = run_ingest(settings, list(paths) or None, progress=_progress_printer())
+        with announcing_a_new_store(settings):
+            result = run_ingest(settings, list(paths) or None, progress=_progress_printer())
     except FileNotFoundError as error:
         raise click.ClickException(str(error)) from error
     click.echo(result.summary())
@@ -91,7 +104,8 @@ def watch(settings, interval, once):
     try:
         while True:
             try:
-                result = run_ingest(settings)
+                with announcing_a_new_store(settings):
+                    result = run_ingest(settings)
                 if result.read:
                     click.echo(f"{dt.datetime.now():%H:%M:%S} {result.summary()}")
             except LLMCostError as error:  # a lock held too long: report and try again next round
@@ -112,12 +126,18 @@ def watch(settings, interval, once):
 @settings_options
 def demo(settings, days, seed, if_empty):
     """Load a realistic demo store (tenants, users of every account type, several providers)."""
-    from .demo import load_demo, store_is_empty
+    from .demo import event_count, load_demo, store_is_empty
 
     if if_empty and not store_is_empty(settings):
         click.echo(f"The store {settings.db_path} already has events; demo not loaded.")
         return
-    result = load_demo(settings, days=days, seed=seed)
+    with announcing_a_new_store(settings):
+        result = load_demo(settings, days=days, seed=seed)
+    if not result.read:  # the demo files of this seed and length were ingested before
+        events = event_count(settings)
+        click.echo(f"The demo (seed {seed}, {days} days) is already loaded in {settings.db_path} "
+                   f"({events:,} events); nothing added. `llmcost demo --seed N` loads another.")
+        return
     click.echo(f"Demo data: {result.summary()}")
 
 
@@ -131,6 +151,10 @@ def export(settings, out, date_from, date_to, table):
     """Export a table as CSV (cells starting with =, +, -, @ are neutralised for spreadsheets)."""
     from .export import export_table
 
+    if date_from and date_to and date_from > date_to:
+        raise click.BadParameter(f"--from {date_from:%Y-%m-%d} is after --to {date_to:%Y-%m-%d}: no day is in "
+                                 "between (swap them)", param_hint="--from/--to")
+    store.require_store(settings.db_path)
     count = export_table(settings, out, table=table,
                          date_from=date_from.date() if date_from else None,
                          date_to=date_to.date() if date_to else None)
@@ -155,7 +179,8 @@ def rebuild(settings, yes):
         if wal.exists():
             wal.rename(aside.with_name(aside.name + ".wal"))
         click.echo(f"Moved the old store to {aside}")
-    result, gone = replay(settings, known)
+    with announcing_a_new_store(settings):
+        result, gone = replay(settings, known)
     click.echo(f"Rebuilt: {result.summary()}")
     for path in gone:
         click.echo(f"  gone: {path} (the old store had read it; its records are not in the new store)")
@@ -183,8 +208,12 @@ def enable(settings, use_case):
     from .control import ControlState
 
     settings.ensure_dirs()
-    ControlState(settings.control_db).enable(use_case)
-    click.echo(f"Enabled {use_case}")
+    control = ControlState(settings.control_db)
+    if control.enable(use_case):
+        click.echo(f"Enabled {use_case}")
+    else:
+        disabled = ", ".join(control.disabled()) or "none"
+        click.echo(f"{use_case} was not disabled; nothing changed (disabled now: {disabled})")
 
 
 @cli.command()
@@ -196,7 +225,12 @@ def resume(settings, day):
 
     settings.ensure_dirs()
     day = day.date() if day else dt.datetime.now(settings.tz).date()
-    ControlState(settings.control_db).resume(day)
+    control = ControlState(settings.control_db)
+    if control.halt_reason(day, settings.system.shutdown_usd) is None:
+        # Resuming now would also lift the automatic shutdown for the rest of the day before it ever fired.
+        click.echo(f"Spending is not halted for {day}; nothing to resume.")
+        return
+    control.resume(day)
     click.echo(f"Spending resumed for {day}")
 
 

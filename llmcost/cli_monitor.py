@@ -14,12 +14,13 @@ from typing import Any
 
 import click
 
-from . import integrity, notify, reconcile as reconciliation, reports, scheduler as schedule
+from . import integrity, notify, reconcile as reconciliation, reports, scheduler as schedule, store
 from .config import Settings, load_settings
 from .errors import LLMCostError
 
 CHECK_FAILED_EXIT_CODE = 3  # 0-2 are the levels found
 RECONCILE_FAILED_EXIT_CODE = 2  # 1 means "they differ"
+READER_FAILED_EXIT_CODE = 2  # a command that reads the store could not run (no store at the path given)
 
 
 class CommandFailed(click.ClickException):
@@ -54,6 +55,17 @@ def _settings(db: Path | None, config: Path | None, failed_exit_code: int = 1) -
         return load_settings(db=db or _inherited("db"), config=config or _inherited("config"))
     except LLMCostError as e:
         raise CommandFailed(str(e), failed_exit_code) from None
+
+
+def reader_settings(db: Path | None, config: Path | None,
+                    failed_exit_code: int = READER_FAILED_EXIT_CODE) -> Settings:
+    """Settings of a command that reads the store; no store at the path is an error, never an empty result."""
+    settings = _settings(db, config, failed_exit_code)
+    try:
+        store.require_store(settings.db_path)
+    except LLMCostError as e:
+        raise CommandFailed(str(e), failed_exit_code) from None
+    return settings
 
 
 def _report_deliveries(deliveries: Sequence[notify.Delivery]) -> None:
@@ -97,7 +109,7 @@ def _emit_report(built: reports.Report, fmt: str, send: bool, settings: Settings
 @_report_options
 def daily(day: dt.datetime | None, fmt: str, send: bool, db: Path | None, config: Path | None) -> None:
     """One day's calls, tokens and cost by use case, model, user and tenant."""
-    settings = _settings(db, config)
+    settings = reader_settings(db, config)
     try:
         built = reports.daily(settings, day.date() if day else None)
     except LLMCostError as e:
@@ -109,7 +121,7 @@ def daily(day: dt.datetime | None, fmt: str, send: bool, db: Path | None, config
 @_report_options
 def weekly(day: dt.datetime | None, fmt: str, send: bool, db: Path | None, config: Path | None) -> None:
     """The seven days ending on --date, day by day, with the change against the week before."""
-    settings = _settings(db, config)
+    settings = reader_settings(db, config)
     try:
         built = reports.weekly(settings, day.date() if day else None)
     except LLMCostError as e:
@@ -130,7 +142,7 @@ def check(ctx: click.Context, fmt: str, send: bool, export: Path | None, db: Pat
 
     Exit code: 0 all clear, 1 warning, 2 critical or shutdown, 3 the checks could not run.
     """
-    settings = _settings(db, config, CHECK_FAILED_EXIT_CODE)
+    settings = reader_settings(db, config, CHECK_FAILED_EXIT_CODE)
     try:
         result = integrity.run_checks(settings, export=export)
     except LLMCostError as e:
@@ -174,7 +186,7 @@ def reconcile(ctx: click.Context, export: Path, tolerance: Decimal, provider: st
 
     Accepted columns are listed in `llmcost.reconcile` (OpenAI's usage export is read as it is).
     """
-    settings = _settings(db, config, RECONCILE_FAILED_EXIT_CODE)
+    settings = reader_settings(db, config, RECONCILE_FAILED_EXIT_CODE)
     try:
         result = reconciliation.reconcile(settings, export, tolerance=tolerance, provider=provider,
                                           export_timezone=export_timezone)
@@ -189,6 +201,9 @@ def reconcile(ctx: click.Context, export: Path, tolerance: Decimal, provider: st
 def scheduler(db: Path | None, config: Path | None) -> None:
     """Run checks every 5 minutes and the daily (09:00) and weekly (Monday 09:00) reports, until stopped."""
     settings = _settings(db, config)
+    if not store.store_exists(settings.db_path):  # it may be created by `llmcost watch` started beside it
+        click.echo(f"No store at {settings.db_path} yet: checks and reports find nothing until `llmcost watch` "
+                   "or `llmcost ingest` creates it (check --db if it should exist).", err=True)
     click.echo(f"Scheduler running in {settings.timezone}: checks every {schedule.CHECK_EVERY_MINUTES} minutes, "
                f"reports at {schedule.REPORT_HOUR:02d}:00 (weekly on Mondays). Ctrl-C stops it.", err=True)
     schedule.run(settings)

@@ -9,12 +9,19 @@ Resolution order, first match wins, for every setting:
 4. defaults: everything under `./data`, UTC, the limits below.
 
 Paths in the config file are relative to the file's folder; `home` defaults to `./data`.
+The file's keys are the fields of `Settings` (and tables those of its nested settings), so a new setting is a
+new field; an unknown key or a value of the wrong type is a `ConfigError` naming the key, the closest valid
+key and the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -167,6 +174,89 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
 
 
+# Settings fields spelled differently in the file, and fields that are not settings a file gives.
+_FILE_NAMES = {"db_path": "db", "price_overrides_file": "price_overrides"}
+_NOT_IN_FILE = {"config_file", "account_type"}
+_CHOICES = {"action": ACCOUNT_ACTIONS, "min_level": ALERT_LEVELS, "security": ("starttls", "ssl", "none")}
+
+
+def _file_keys(settings_class: type) -> dict[str, Any]:
+    """{key in the config file: its type} for a settings dataclass."""
+    hints = typing.get_type_hints(settings_class)
+    return {_FILE_NAMES.get(f.name, f.name): hints[f.name] for f in dataclasses.fields(settings_class)
+            if f.name not in _NOT_IN_FILE}
+
+
+def validate_config(raw: dict[str, Any], path: Path) -> None:
+    """Raise ConfigError, naming the key, the closest valid key and the file, for an unknown key or a bad value."""
+    _check_table(raw, _file_keys(Settings), "", path)
+
+
+def _check_table(table: dict[str, Any], keys: dict[str, Any], prefix: str, path: Path) -> None:
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if key not in keys:
+            closest = difflib.get_close_matches(key, list(keys), n=1, cutoff=0.6)
+            hint = f"did you mean {closest[0]!r}?" if closest else f"valid keys here: {', '.join(sorted(keys))}"
+            raise ConfigError(f"{path}: unknown key {name!r} ({hint})")
+        _check_value(value, keys[key], name, path)
+
+
+def _check_value(value: Any, kind: Any, name: str, path: Path) -> None:
+    def wrong(expected: str) -> ConfigError:
+        return ConfigError(f"{path}: {name} = {value!r}: expected {expected}")
+
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):  # TOML has no null: an optional setting is its other type
+        kind = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise wrong(f"a table [{name}]")
+        _check_table(value, _file_keys(kind), f"{name}.", path)
+    elif origin is dict:
+        if not isinstance(value, dict):
+            raise wrong(f"a table [{name}] of name = value")
+        for key, item in value.items():
+            _check_value(item, args[1], f"{name}.{key}", path)
+    elif origin is tuple:
+        if not (isinstance(value, str) or isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise wrong('a list of names, such as ["a", "b"]')
+    elif kind is bool:
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise wrong("a whole number >= 0")
+    elif kind is Decimal:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise wrong("a number >= 0")
+        try:
+            _decimal(value, name)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+    elif not isinstance(value, str):
+        raise wrong("a text value in quotes")
+    choices = _CHOICES.get(name.rsplit(".", 1)[-1])
+    if choices and value not in choices:
+        raise wrong(f"one of {', '.join(choices)}")
+
+
+def _names(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """A list of names; a single name given as a string is one name, not its letters."""
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _env_whole_number(name: str) -> int | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a whole number (unset it or give a port such as 587)") from None
+
+
 def _amounts(raw: Any, key: str) -> dict[str, Decimal]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{key} must be a table of name = amount in USD (\"*\" for every one)")
@@ -208,6 +298,9 @@ def load_settings(
     if config_path is not None and not config_path.is_file():
         raise ConfigError(f"config file not found: {config_path}")
     raw = _read_config_file(config_path) if config_path else {}
+    in_file = f"{config_path.resolve()}: " if config_path else ""  # names the file in errors about its values
+    if config_path:
+        validate_config(raw, config_path.resolve())
     base = config_path.parent.resolve() if config_path else Path.cwd()
 
     def path_of(value: Any) -> Path:
@@ -238,7 +331,9 @@ def load_settings(
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"timezone: unknown time zone {timezone!r} (use an IANA name such as 'Europe/Berlin')") from None
+        source = "LLMCOST_TIMEZONE" if env.get("LLMCOST_TIMEZONE") else f"{in_file}timezone"
+        raise ConfigError(
+            f"{source}: unknown time zone {timezone!r} (use an IANA name such as 'Europe/Berlin')") from None
 
     system_raw = raw.get("system", {})
     system = SystemLevels(
@@ -248,18 +343,18 @@ def load_settings(
         )
     )
     if not system.warning_usd <= system.critical_usd <= system.shutdown_usd:
-        raise ConfigError("system: warning_usd <= critical_usd <= shutdown_usd must hold")
+        raise ConfigError(f"{in_file}system: warning_usd <= critical_usd <= shutdown_usd must hold")
 
     email_raw = raw.get("email", {})
     recipients = email_raw.get("recipients", ())
     email = EmailSettings(
         host=env.get("LLMCOST_SMTP_HOST") or email_raw.get("host"),
-        port=int(env.get("LLMCOST_SMTP_PORT") or email_raw.get("port", 587)),
+        port=_env_whole_number("LLMCOST_SMTP_PORT") or email_raw.get("port", 587),
         security=email_raw.get("security", "starttls"),
         username=env.get("LLMCOST_SMTP_USER") or email_raw.get("username"),
         password=env.get("LLMCOST_SMTP_PASSWORD") or email_raw.get("password"),
         sender=email_raw.get("sender", "llmcost@localhost"),
-        recipients=tuple([recipients] if isinstance(recipients, str) else recipients),
+        recipients=_names(recipients),
         min_level=email_raw.get("min_level", "critical"),
     )
     slack_raw = raw.get("slack", {})
@@ -284,7 +379,7 @@ def load_settings(
     limits = _limits(raw.get("limits", {}))
     default_account_type = raw.get("default_account_type", "student")
     if default_account_type not in limits:
-        raise ConfigError(f"default_account_type: {default_account_type!r} has no entry under [limits]")
+        raise ConfigError(f"{in_file}default_account_type: {default_account_type!r} has no entry under [limits]")
 
     return Settings(
         home=home_path,
@@ -300,7 +395,7 @@ def load_settings(
         limits=limits,
         default_account_type=default_account_type,
         system=system,
-        use_cases=tuple(raw.get("use_cases", DEFAULT_USE_CASES)),
+        use_cases=_names(raw.get("use_cases", DEFAULT_USE_CASES)),
         silent_use_case_days=int(raw.get("silent_use_case_days", 2)),
         stale_attempt_seconds=int(raw.get("stale_attempt_seconds", 60)),
         inbox_settle_seconds=float(raw.get("inbox_settle_seconds", 10)),

@@ -109,10 +109,12 @@ def demo_records(days: int, seed: int, now: dt.datetime) -> tuple[list[dict], li
                 journal.extend((_attempt(event), event))
     # The fallback log: calls whose journal write failed. Most carry a whole event and are recovered
     # by ingestion; two are damaged (a truncated token figure) and stay visible as failed logs.
-    for event in rng.sample([r for r in journal if "record" not in r], 6):
+    events = [r for r in journal if "record" not in r]  # few or none on a first day before 07:00
+    for event in rng.sample(events, min(6, len(events))):
         journal.remove(event)
         recovered.append(event)
-    for event in rng.sample([r for r in journal if "record" not in r], 2):
+    events = [r for r in journal if "record" not in r]
+    for event in rng.sample(events, min(2, len(events))):
         journal.remove(event)
         damaged = dict(event, input_tokens="12\u2026", output_tokens=None)
         broken.append(damaged)
@@ -127,11 +129,16 @@ def demo_records(days: int, seed: int, now: dt.datetime) -> tuple[list[dict], li
     return journal, recovered, broken
 
 
-def store_is_empty(settings: Settings) -> bool:
+def event_count(settings: Settings) -> int:
+    """Events in the store (0 when there is no store yet)."""
     with store.reading(settings.db_path) as db:
         if db is None:
-            return True
-        return db.execute("SELECT count(*) FROM usage_events").fetchall()[0][0] == 0
+            return 0
+        return db.execute("SELECT count(*) FROM usage_events").fetchall()[0][0]
+
+
+def store_is_empty(settings: Settings) -> bool:
+    return event_count(settings) == 0
 
 
 def load_demo(settings: Settings, days: int = 30, seed: int = 7, now: dt.datetime | None = None) -> IngestResult:
@@ -149,4 +156,4 @@ def load_demo(settings: Settings, days: int = 30, seed: int = 7, now: dt.datetim
         for event in broken:
             fallback.append(settings.fallback_log, event, "OSError: [Errno 5] Input/output error (journal disk)",
                             fsync=False)
-    return ingest(settings, [demo_file, settings.fallback_log])
+    return ingest(settings, [demo_file] + ([settings.fallback_log] if settings.fallback_log.exists() else []))

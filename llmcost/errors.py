@@ -17,6 +17,10 @@ class StoreLockedError(StoreError):
     """The DuckDB store stayed locked by another process for longer than the bounded wait."""
 
 
+class StoreMissingError(StoreError):
+    """No store at the configured path (a mistyped --db or LLMCOST_DB, or nothing ingested yet)."""
+
+
 class StoreCorruptError(StoreError):
     """The DuckDB store file cannot be opened as a database; `llmcost rebuild` recreates it from the files."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 
-from .errors import StoreCorruptError, StoreError, StoreLockedError
+from .errors import StoreCorruptError, StoreError, StoreLockedError, StoreMissingError
 from .migrations import migrate, refresh_id_keys
 
 DEFAULT_LOCK_TIMEOUT = 30.0
@@ -81,6 +81,15 @@ def connect(path: Path, *, read_only: bool = False, timeout: float = DEFAULT_LOC
 
 def store_exists(path: Path) -> bool:
     return Path(path).is_file() and Path(path).stat().st_size > 0
+
+
+def require_store(path: Path) -> None:
+    """Raise StoreMissingError unless a store exists at `path`, so a reader never shows a mistyped path as empty."""
+    if not store_exists(path):
+        raise StoreMissingError(
+            f"no store at {path} (check --db, LLMCOST_DB and `db` in llmcost.toml; `llmcost ingest`, "
+            "`llmcost demo` or `llmcost rebuild` creates one)"
+        )
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
@@ -95,6 +95,7 @@ class TrackedCall:
         self.decision: BudgetDecision | None = None
         self.usage: ExtractedUsage | None = None
         self.stream_usage: StreamUsage | None = None
+        self.stream_ended = False  # the stream was read to its end (not cut off, not left early)
         self.response: Any = None
         self.event: UsageEvent | None = None
         self._finished = False
@@ -182,12 +183,28 @@ class TrackedCall:
             self.model = self.usage.model
         return self.usage
 
-    def stream(self, chunks) -> Iterator[Any]:
-        """Pass a provider stream through, reading usage from its chunks (the final one carries it)."""
+    def stream(self, chunks) -> Iterator[Any] | AsyncIterator[Any]:
+        """Pass a provider stream through, reading usage from its chunks (the final one carries it).
+
+        An async stream (AsyncOpenAI, AsyncAnthropic) comes back as one to read with `async for`.
+        """
         self.stream_usage = StreamUsage(self.provider)
+        return self._passed_async(chunks) if hasattr(chunks, "__aiter__") else self._passed(chunks)
+
+    def _passed(self, chunks) -> Iterator[Any]:
         for chunk in chunks:
             self.stream_usage.add(chunk)
             yield chunk
+        self._stream_done()
+
+    async def _passed_async(self, chunks) -> AsyncIterator[Any]:
+        async for chunk in chunks:
+            self.stream_usage.add(chunk)
+            yield chunk
+        self._stream_done()
+
+    def _stream_done(self) -> None:
+        self.stream_ended = True
         self.usage = self.stream_usage.result() or self.usage
 
     def finish(self, exc: BaseException | None = None) -> UsageEvent | None:
@@ -217,6 +234,17 @@ class TrackedCall:
             tracker._unregister(self)
         return self.event
 
+    def _why_usage_is_missing(self) -> str:
+        """Why a call that raised nothing has no usage, naming the fix."""
+        if self.stream_usage is None:
+            return ("no usage recorded for this call (call.record was not given a response with usage): "
+                    "estimate used")
+        if self.stream_ended:
+            return ("the stream ended without usage, so the estimate was stored: OpenAI-style chat streams report "
+                    "usage only when asked, pass stream_options={'include_usage': True} to create() "
+                    "(a client wrapped by tracker.wrap adds it)")
+        return "the stream was left before its end, so its usage never arrived: estimate used"
+
     def _build_event(self, exc: BaseException | None) -> UsageEvent:
         usage = self.usage
         estimated = usage is None
@@ -230,8 +258,9 @@ class TrackedCall:
         if exc is not None:
             error = f"{type(exc).__name__}: {exc}"[:10_000]
         elif estimated:
-            error = "no usage recorded for this call (call.record was not given a response with usage): estimate used"
-            log.warning("llmcost: %s (use case %s)", error, self.use_case)
+            error = self._why_usage_is_missing()
+            self.metadata["usage_estimated_reason"] = error
+            log.warning("llmcost: %s (use case %s, model %s)", error, self.use_case, self.model)
         provider = self.provider or usage.provider
         model = self.model or usage.model
         ts = self.started_at

@@ -38,7 +38,7 @@ def track(tracker: Tracker, use_case: str, *, prompt_arg: str | None = None, **c
             options.setdefault("prompt", prompt)
             return tracker.call(use_case=use_case, **options)
 
-        if inspect.iscoroutinefunction(fn):
+        if is_async_callable(fn):
             @functools.wraps(fn)
             async def async_wrapper(*args, **kwargs):
                 with open_call(args, kwargs) as call:
@@ -124,8 +124,14 @@ def _call_for(tracker: Tracker, path: tuple[str, ...], defaults: dict[str, Any],
     return tracker.call(prompt=[p for p in prompt if p], **options)
 
 
+def is_async_callable(fn: Any) -> bool:
+    """True for an `async def`, also behind decorators: openai's and anthropic's `create` wrap theirs in a
+    plain function (functools.wraps), so `inspect.iscoroutinefunction` alone says False."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(inspect.unwrap(fn))
+
+
 def _tracked_create(tracker: Tracker, create, path: tuple[str, ...], defaults: dict[str, Any]):
-    if inspect.iscoroutinefunction(create):
+    if is_async_callable(create):
         @functools.wraps(create)
         async def async_tracked(*args, **kwargs):
             call = _call_for(tracker, path, defaults, kwargs).start()
@@ -134,11 +140,7 @@ def _tracked_create(tracker: Tracker, create, path: tuple[str, ...], defaults: d
             except BaseException as error:
                 call.finish(error)
                 raise
-            if kwargs.get("stream"):
-                return _AsyncTrackedStream(response, call)
-            call.record(response)
-            call.finish()
-            return response
+            return _settle(call, response, kwargs)
 
         return async_tracked
 
@@ -150,13 +152,30 @@ def _tracked_create(tracker: Tracker, create, path: tuple[str, ...], defaults: d
         except BaseException as error:
             call.finish(error)
             raise
-        if kwargs.get("stream"):
-            return _TrackedStream(response, call)
-        call.record(response)
-        call.finish()
-        return response
+        if inspect.isawaitable(response):  # an async method no inspection recognised: settle once it is awaited
+            return _settle_when_awaited(call, response, kwargs)
+        return _settle(call, response, kwargs)
 
     return tracked
+
+
+def _settle(call: TrackedCall, response: Any, kwargs: dict[str, Any]) -> Any:
+    """Record a plain response now; pass a stream through, recording its usage when it ends."""
+    if kwargs.get("stream"):
+        stream_class = _AsyncTrackedStream if hasattr(response, "__aiter__") else _TrackedStream
+        return stream_class(response, call)
+    call.record(response)
+    call.finish()
+    return response
+
+
+async def _settle_when_awaited(call: TrackedCall, awaitable: Any, kwargs: dict[str, Any]) -> Any:
+    try:
+        response = await awaitable
+    except BaseException as error:
+        call.finish(error)
+        raise
+    return _settle(call, response, kwargs)
 
 
 class StreamClosedEarly(Exception):
@@ -184,6 +203,7 @@ class _TrackedStream:
         except BaseException as error:
             self._call.finish(error)
             raise
+        self._call.stream_ended = True
         self._call.finish()
 
     def close(self) -> None:
@@ -221,18 +241,25 @@ class _AsyncTrackedStream(_TrackedStream):
             async for chunk in self._stream:
                 self._call.stream_usage.add(chunk)
                 yield chunk
+        except GeneratorExit:  # the consumer stopped reading (break, or the generator was closed)
+            self._finish_early()
+            raise
         except BaseException as error:
             self._call.finish(error)
             raise
+        self._call.stream_ended = True
         self._call.finish()
 
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc_info):
+    async def close(self) -> None:
         closer = getattr(self._stream, "close", None)
         if closer:
             result = closer()
             if inspect.isawaitable(result):
                 await result
         self._finish_early()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc_info):
+        await self.close()

@@ -6,6 +6,7 @@ Only the paid API cannot exist here; everything between our code and the wire is
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -30,6 +31,47 @@ def anthropic_message(model="claude-sonnet-4-5-20250929", input_tokens=700, outp
     }
 
 
+def responses_response(model="gpt-4o", input_tokens=400, output_tokens=200, cached=0, reasoning=0):
+    """A Responses API (`client.responses.create`) answer."""
+    return {
+        "id": "resp_test", "object": "response", "created_at": 1764400000, "model": model, "status": "completed",
+        "error": None, "incomplete_details": None, "instructions": None, "metadata": {}, "parallel_tool_calls": True,
+        "temperature": 1.0, "tool_choice": "auto", "tools": [], "top_p": 1.0,
+        "output": [{"type": "message", "id": "msg_r", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": "Hello!", "annotations": []}]}],
+        "usage": {"input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": cached},
+                  "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": reasoning},
+                  "total_tokens": input_tokens + output_tokens},
+    }
+
+
+def responses_events(response, words=5):
+    """(event name, payload) of a streamed Responses API answer: usage arrives on response.completed."""
+    running = {**response, "status": "in_progress", "output": [], "usage": None}
+    yield "response.created", {"type": "response.created", "sequence_number": 0, "response": running}
+    for n in range(words):
+        yield "response.output_text.delta", {"type": "response.output_text.delta", "sequence_number": n + 1,
+                                             "item_id": "msg_r", "output_index": 0, "content_index": 0,
+                                             "delta": f"word{n} ", "logprobs": []}
+    yield "response.completed", {"type": "response.completed", "sequence_number": words + 1, "response": response}
+
+
+def anthropic_events(message, words=5):
+    """(event name, payload) of a streamed Messages answer: input usage on message_start, output on message_delta."""
+    usage = message["usage"]
+    start_usage = {**usage, "output_tokens": 1}
+    yield "message_start", {"type": "message_start",
+                            "message": {**message, "content": [], "stop_reason": None, "usage": start_usage}}
+    yield "content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    for n in range(words):
+        yield "content_block_delta", {"type": "content_block_delta", "index": 0,
+                                      "delta": {"type": "text_delta", "text": f"word{n} "}}
+    yield "content_block_stop", {"type": "content_block_stop", "index": 0}
+    yield "message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                            "usage": {"output_tokens": usage["output_tokens"]}}
+    yield "message_stop", {"type": "message_stop"}
+
+
 def chat_chunks(model="gpt-4o", words=20, prompt_tokens=120, completion_tokens=20):
     base = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1764400000, "model": model}
     for n in range(words):
@@ -39,6 +81,13 @@ def chat_chunks(model="gpt-4o", words=20, prompt_tokens=120, completion_tokens=2
                                             "total_tokens": prompt_tokens + completion_tokens}}
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return  # a client that hung up (an async client closing its pool): not a fault of the fake
+        super().handle_error(request, client_address)
+
+
 class FakeProvider:
     """Serve canned responses; `mode` is 'ok', 'error' (HTTP 500) or 'cut' (a stream cut off mid-way)."""
 
@@ -46,6 +95,8 @@ class FakeProvider:
         self.mode = "ok"
         self.chat = chat_completion()
         self.message = anthropic_message()
+        self.response = responses_response()
+        self.stream_usage = (120, 20)  # (prompt, completion) tokens on a streamed chat answer's usage chunk
         self.requests: list[dict] = []
         provider = self
 
@@ -61,7 +112,13 @@ class FakeProvider:
                 if provider.mode == "error":
                     return self._json(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
                 if self.path.endswith("/messages"):
+                    if body.get("stream"):
+                        return self._events(anthropic_events(provider.message))
                     return self._json(200, provider.message)
+                if self.path.endswith("/responses"):
+                    if body.get("stream"):
+                        return self._events(responses_events(provider.response))
+                    return self._json(200, provider.response)
                 if body.get("stream"):
                     return self._stream(body)
                 return self._json(200, provider.chat)
@@ -79,7 +136,9 @@ class FakeProvider:
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("transfer-encoding", "chunked")
                 self.end_headers()
-                chunks = list(chat_chunks(body.get("model", "gpt-4o")))
+                prompt_tokens, completion_tokens = provider.stream_usage
+                chunks = list(chat_chunks(body.get("model", "gpt-4o"), prompt_tokens=prompt_tokens,
+                                          completion_tokens=completion_tokens))
                 if not (body.get("stream_options") or {}).get("include_usage"):
                     chunks = chunks[:-1]
                 if provider.mode == "cut":
@@ -96,7 +155,18 @@ class FakeProvider:
                 done = b"data: [DONE]\n\n"
                 self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            def _events(self, events):
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                for name, payload in events:
+                    data = f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode()
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
