@@ -239,7 +239,7 @@ def _store_batch(db, batch: Batch, source: Source, key: str, new_offset: int, re
     db.execute("BEGIN TRANSACTION")
     try:
         if batch.events:
-            result.stored = _insert_new(db, "usage_events", BATCH_EVENTS, _EVENT_VALUES, now)
+            result.stored = _insert_new(db, "usage_events", BATCH_EVENTS, _EVENT_VALUES, now, _EVENT_TARGETS)
             result.duplicates = batch.events - result.stored
         if batch.attempts:
             result.attempts = _insert_new(db, "call_attempts", BATCH_ATTEMPTS, _ATTEMPT_VALUES, now)
@@ -276,12 +276,16 @@ _EVENT_VALUES = """
     input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
     total_tokens, estimated_tokens, usage_estimated, latency_ms, status, error,
     CAST(CAST(cost_pico AS DECIMAL(18, 0)) * CAST('0.000000000001' AS DECIMAL(18, 12)) AS DECIMAL(18, 12)),
-    price_source, attempt_id, source, metadata"""
+    price_source, attempt_id, source, metadata, cache_write_1h_tokens, response_model, service_tier"""
 _ATTEMPT_VALUES = """
     attempt_id, ts, day, user_id, tenant_id, use_case, account_type, provider, model, estimated_tokens, source"""
+# The columns _EVENT_VALUES fills, named, since columns added by later migrations come after the id key.
+_EVENT_TARGETS = _EVENT_VALUES.replace(
+    "CAST(CAST(cost_pico AS DECIMAL(18, 0)) * CAST('0.000000000001' AS DECIMAL(18, 12)) AS DECIMAL(18, 12))",
+    "cost_usd")
 
 
-def _insert_new(db, table: str, batch: str, values: str, now: dt.datetime) -> int:
+def _insert_new(db, table: str, batch: str, values: str, now: dt.datetime, targets: str | None = None) -> int:
     """Insert the rows of the view `batch` whose id `table` (usage_events or call_attempts) does not
     have yet, the first of each id in file order; `values` are the table's columns but the last two
     (ingested_at and the id key). Returns how many rows went in."""
@@ -297,7 +301,7 @@ def _insert_new(db, table: str, batch: str, values: str, now: dt.datetime) -> in
     # table is read; the ids themselves are compared where keys match.
     db.execute(
         f"""
-        INSERT INTO {table}
+        INSERT INTO {table} ({targets or values}, ingested_at, {key})
         SELECT {values}, ?, hash({id_column}) FROM {batch} b
         WHERE NOT EXISTS (
             SELECT 1 FROM (SELECT {id_column} FROM {table}

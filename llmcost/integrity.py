@@ -14,6 +14,8 @@
 5. use_cases: each configured use case with its last call; one silent for more than
    `silent_use_case_days` days is reported (warning).
 6. default_rate: calls priced at the default rate because their model has no price (warning).
+6b. service_tier: calls served at a service tier (flex, priority, batch) whose price the table does
+   not carry for their model, so they were priced at the standard rate (warning).
 7. reconciliation: a provider's usage export against the store, when an export is given (warning when
    they differ); otherwise skipped (`llmcost reconcile EXPORT.csv` runs it on its own).
 """
@@ -32,6 +34,7 @@ import pandas as pd
 
 from .alerts import LEVEL_RANK, Alert, evaluate, format_count, format_usd, today_in
 from .config import Settings
+from .pricing import STANDARD_SERVICE_TIERS, Pricer
 from .reconcile import reconcile
 from .reports import json_default, text_table
 from .store import reading
@@ -126,6 +129,7 @@ def run_checks(
             estimate_mismatch(db, settings, start, today),
             use_cases(db, settings, start, today, naive_now),
             default_rate(db, settings, start, today),
+            service_tier(db, settings, start, today),
         ]
     checks.append(reconciliation(settings, export))
     alerts = evaluate(settings, today, now=now) + _check_alerts(settings, today, checks)
@@ -313,6 +317,37 @@ def default_rate(db, settings: Settings, start: dt.date, end: dt.date) -> CheckR
     summary = (f"{format_count(count)} calls have no known price and were charged the default rate: {models} "
                "(add their prices to the price-override file)")
     return CheckResult("default_rate", title, "warning", count, summary, rows)
+
+
+_SERVICE_TIERS = """
+SELECT provider, model, response_model, service_tier, day, COUNT(*) AS calls, SUM(cost_usd) AS cost_usd,
+       MIN(ts) AS first_seen
+FROM usage_events
+WHERE day BETWEEN ? AND ? AND service_tier IS NOT NULL AND NOT list_contains(?, lower(trim(service_tier)))
+      AND price_source IN ('price-table', 'override')
+GROUP BY ALL ORDER BY calls DESC, provider, model, service_tier, day
+"""
+
+
+def service_tier(db, settings: Settings, start: dt.date, end: dt.date) -> CheckResult:
+    """Check 6b: calls whose service tier has no price of its own, priced at the standard rate."""
+    title = "Calls at a service tier without its own price (priced at the standard rate)"
+    rows = _frame(db, _SERVICE_TIERS, [start, end, list(STANDARD_SERVICE_TIERS)]) if db is not None else pd.DataFrame()
+    if len(rows):
+        pricer = Pricer.from_settings(settings)
+        carried = [pricer.carries_service_tier(provider=r.provider, model=r.model, response_model=r.response_model,
+                                               service_tier=r.service_tier, ts=r.first_seen)
+                   for r in rows.itertuples()]
+        rows = rows[~np.array(carried, dtype=bool)].reset_index(drop=True)
+    count = int(rows["calls"].sum()) if len(rows) else 0
+    if not count:
+        return CheckResult("service_tier", title, "ok", 0, "0 calls at a service tier without its own price", rows)
+    tiers = ", ".join(sorted({f"{p or '?'}/{m or '?'} at {t}"
+                              for p, m, t in zip(rows["provider"], rows["model"], rows["service_tier"])}))
+    summary = (f"{format_count(count)} calls were served at a tier the price table has no price for and were "
+               f"charged the standard rate: {tiers} (the bill differs: flex and batch cost about half, priority more; "
+               "compare with the provider's invoice)")
+    return CheckResult("service_tier", title, "warning", count, summary, rows)
 
 
 def reconciliation(settings: Settings, export: str | Path | None) -> CheckResult:

@@ -231,6 +231,8 @@ class TrackedCall:
                 provider=provider, model=model, ts=ts, input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens, cache_read_tokens=usage.cache_read_tokens,
                 cache_write_tokens=usage.cache_write_tokens, reasoning_tokens=usage.reasoning_tokens,
+                cache_write_1h_tokens=usage.cache_write_1h_tokens, response_model=usage.model,
+                service_tier=usage.service_tier,
             )
             cost, price_source = price.cost_usd, price.price_source
         total = usage.input_tokens + usage.output_tokens
@@ -244,6 +246,8 @@ class TrackedCall:
             account_type=self.account_type, provider=provider, model=model,
             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
             cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens, response_model=usage.model,
+            service_tier=usage.service_tier,
             reasoning_tokens=usage.reasoning_tokens, estimated_tokens=self.estimated_tokens,
             usage_estimated=estimated, latency_ms=round((time.perf_counter() - self._started_clock) * 1000, 3),
             status="error" if exc is not None else "ok", error=error, cost_usd=cost, price_source=price_source,

@@ -30,8 +30,22 @@ def anthropic_message(model="claude-sonnet-4-5-20250929", input_tokens=700, outp
     }
 
 
-def chat_chunks(model="gpt-4o", words=20, prompt_tokens=120, completion_tokens=20):
-    base = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1764400000, "model": model}
+def anthropic_stream_events(message):
+    """The server-sent events of an Anthropic stream that answers `message` (usage as the API splits it)."""
+    usage = message["usage"]
+    start_usage = {**usage, "output_tokens": 1}
+    yield "message_start", {"type": "message_start", "message": {**message, "content": [], "stop_reason": None,
+                                                                 "usage": start_usage}}
+    yield "content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    yield "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello!"}}
+    yield "content_block_stop", {"type": "content_block_stop", "index": 0}
+    yield "message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                            "usage": {"output_tokens": usage["output_tokens"]}}
+    yield "message_stop", {"type": "message_stop"}
+
+
+def chat_chunks(model="gpt-4o", words=20, prompt_tokens=120, completion_tokens=20, **fields):
+    base = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1764400000, "model": model, **fields}
     for n in range(words):
         yield {**base, "choices": [{"index": 0, "delta": {"content": f"word{n} "}, "finish_reason": None}]}
     yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
@@ -46,6 +60,8 @@ class FakeProvider:
         self.mode = "ok"
         self.chat = chat_completion()
         self.message = anthropic_message()
+        self.chunk_fields: dict = {}  # merged into every chat chunk (a served model, a service_tier)
+        self.chunk_usage: dict = {}   # prompt_tokens / completion_tokens of the streamed chat usage
         self.requests: list[dict] = []
         provider = self
 
@@ -61,6 +77,8 @@ class FakeProvider:
                 if provider.mode == "error":
                     return self._json(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
                 if self.path.endswith("/messages"):
+                    if body.get("stream"):
+                        return self._events(anthropic_stream_events(provider.message))
                     return self._json(200, provider.message)
                 if body.get("stream"):
                     return self._stream(body)
@@ -79,7 +97,8 @@ class FakeProvider:
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("transfer-encoding", "chunked")
                 self.end_headers()
-                chunks = list(chat_chunks(body.get("model", "gpt-4o")))
+                chunks = list(chat_chunks(**{"model": body.get("model", "gpt-4o"), **provider.chunk_usage,
+                                             **provider.chunk_fields}))
                 if not (body.get("stream_options") or {}).get("include_usage"):
                     chunks = chunks[:-1]
                 if provider.mode == "cut":
@@ -95,6 +114,17 @@ class FakeProvider:
                     return
                 done = b"data: [DONE]\n\n"
                 self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+
+            def _events(self, events):
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                for name, data in events:
+                    payload = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
