@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 
 from .events import EARLIEST_TS, MAX_CLOCK_SKEW, MAX_TOKENS_PER_CALL, PRICE_SOURCES
-from .providers import PROVIDER_ALIASES
+from .providers import PROVIDER_ALIASES, known_providers
 
 SCAN_BATCH_ROWS = 8192
 NEWLINE_SCAN_BYTES = 4 * 1024 * 1024
@@ -197,16 +197,21 @@ def _read_once(fields: tuple[Field, ...]) -> str:
     return ", ".join(columns)
 
 
-def _canonical_provider_sql(v: str) -> str:
-    """`llmcost.providers.canonical_provider` in SQL, for an ASCII name without surrounding spaces."""
-    # The aliases are our own constants (lower-case letters, digits, '-', '_', '.'), never user text.
-    cases = " ".join(f"WHEN '{alias}' THEN '{name}'" for alias, name in PROVIDER_ALIASES.items())
-    return f"CASE WHEN {v} = '' THEN NULL ELSE (CASE lower({v}) {cases} ELSE lower({v}) END) END"
+def _stored_provider_sql(v: str) -> str:
+    """`llmcost.providers.stored_provider` in SQL, for an ASCII name without surrounding spaces."""
+    # The names are our own constants and genai-prices' provider ids (lower-case letters, digits, '-',
+    # '_', '.'), never user text; most rows name a provider as stored and take the first branch.
+    known = sorted(known_providers())
+    assert all(name.replace("-", "").replace("_", "").replace(".", "").isalnum() for name in (*known, *PROVIDER_ALIASES))
+    renamed = {**{name: name for name in known}, **PROVIDER_ALIASES}
+    cases = " ".join(f"WHEN '{alias}' THEN '{name}'" for alias, name in renamed.items())
+    listed = ", ".join(f"'{name}'" for name in known)
+    return f"CASE WHEN {v} IN ({listed}) THEN {v} ELSE (CASE lower({v}) {cases} ELSE {v} END) END"
 
 
 def _typed_columns() -> str:
     """The usage_events columns (but cost) from a clean row's field texts."""
-    provider = _canonical_provider_sql("v_provider")
+    provider = _stored_provider_sql("v_provider")
     columns = [
         "coalesce(v_event_id, $id_prefix || off::VARCHAR) AS event_id",
         "(t_ts AT TIME ZONE 'UTC') AS ts",
@@ -224,7 +229,7 @@ def _typed_columns() -> str:
         "v_attempt_id AS attempt_id",
         "coalesce(v_source, $source_label) AS source",
         # A provider stored under another name keeps the name given, as UsageEvent does.
-        f"CASE WHEN v_provider <> '' AND v_provider IS DISTINCT FROM {provider} "
+        f"CASE WHEN v_provider IS DISTINCT FROM {provider} "
         "THEN json_merge_patch(coalesce(v_metadata, '{}'), json_object('provider_original', v_provider))::VARCHAR "
         "WHEN v_metadata <> '{}' THEN json(v_metadata)::VARCHAR END AS metadata",
         # A cost the record gives (the tracker's own, or the provider's) is kept as given.

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from typing import Annotated
 
-from .providers import canonical_provider
+from .providers import stored_provider
 
 from pydantic import (
     AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError,
@@ -73,8 +73,8 @@ class UsageEvent(BaseModel):
     `total_tokens` may be given alone when a source only knows a total. `cost_usd` is computed by
     `llmcost.pricing` when absent; `price_source` says how.
 
-    `provider` is stored under its one name (`llmcost.providers`: 'Claude' -> 'anthropic'), the name
-    given kept as `metadata["provider_original"]`. `model` is the model requested, `response_model`
+    A known `provider` is stored under its one name (`llmcost.providers`: 'Claude' -> 'anthropic'), the
+    name given kept as `metadata["provider_original"]`; any other name is kept as given. `model` is the model requested, `response_model`
     the one the response names (a dated snapshot, say), `service_tier` the tier that served the call.
     """
 
@@ -118,10 +118,10 @@ class UsageEvent(BaseModel):
 
     @model_validator(mode="after")
     def _one_provider_name(self) -> UsageEvent:
-        canonical = canonical_provider(self.provider)
-        if canonical != self.provider and self.provider:
+        stored = stored_provider(self.provider)
+        if stored != self.provider:
             self.metadata = {**self.metadata, "provider_original": self.provider}
-        self.provider = canonical
+            self.provider = stored
         return self
 
     @model_validator(mode="after")

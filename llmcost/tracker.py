@@ -155,7 +155,8 @@ class TrackedCall:
     # -- during and after the call ---------------------------------------------------------------
     def record(self, response: Any = None, *, input_tokens: int | None = None, output_tokens: int | None = None,
                cache_read_tokens: int = 0, cache_write_tokens: int = 0, reasoning_tokens: int = 0,
-               cost_usd: Decimal | None = None, model: str | None = None) -> ExtractedUsage | None:
+               cost_usd: Decimal | None = None, model: str | None = None,
+               cache_write_1h_tokens: int = 0) -> ExtractedUsage | None:
         """Record the usage of the call: a provider response (object or dict), or the counts themselves."""
         if response is not None:
             self.response = response
@@ -165,6 +166,7 @@ class TrackedCall:
                 input_tokens=input_tokens or 0, output_tokens=output_tokens or 0,
                 cache_read_tokens=cache_read_tokens, cache_write_tokens=cache_write_tokens,
                 reasoning_tokens=reasoning_tokens, model=model, provider=self.provider, cost_usd=cost_usd,
+                cache_write_1h_tokens=cache_write_1h_tokens,
             )
         if self.usage is not None and self.usage.model and not self.model:
             self.model = self.usage.model

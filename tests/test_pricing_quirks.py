@@ -154,6 +154,13 @@ def test_anthropic_one_hour_cache_writes_are_billed_at_the_one_hour_rate(tracker
     assert row["cost_usd"] == expected
 
 
+def test_one_hour_writes_given_as_counts_are_priced_alike(tracker):
+    with tracker.call(provider="anthropic", model="claude-haiku-4-5", **IDENTITY) as call:
+        call.record(input_tokens=22_000, output_tokens=500, cache_write_tokens=20_000, cache_write_1h_tokens=20_000)
+    # 2,000 x $1 + 20,000 x $2 (1-hour writes) + 500 x $5 per million tokens = $0.0445
+    assert (call.event.cache_write_1h_tokens, call.event.cost_usd) == (20_000, Decimal("0.0445"))
+
+
 def test_one_hour_writes_travel_through_csv_ingest_reports_and_csv_export(settings, tmp_path):
     inbox = tmp_path / "usage.csv"
     with inbox.open("w", newline="") as f:
@@ -303,17 +310,17 @@ def test_ingest_normalises_providers_alike_on_the_bulk_and_pydantic_paths(settin
     assert ingest(settings, [path]).stored == len(lines)
     with store.reading(settings.db_path) as db:
         rows = {r[0]: r[1:] for r in db.execute("SELECT event_id, provider, metadata, cost_usd FROM usage_events").fetchall()}
-    expected = ["anthropic", "anthropic", "anthropic", "x-ai", "x-ai", "google", "self-hosted"]
+    expected = ["anthropic", "anthropic", "anthropic", "x-ai", "x-ai", "google", "Self-Hosted"]  # unknown: as given
     for n, (name, canonical) in enumerate(zip(names, expected)):
         assert rows[f"bulk-{n}"] == rows[f"slow-{n}"]
         provider_name, metadata, _ = rows[f"bulk-{n}"]
         assert provider_name == canonical
         kept = json.loads(metadata)
         assert kept == ({"team": "a", "provider_original": name.strip()} if name.strip() != canonical
-                        else {"team": "a"})
+                        else {"team": "a"})  # pydantic strips names before they are compared
     with store.reading(settings.db_path) as db:
         providers = [r[0] for r in db.execute("SELECT DISTINCT provider FROM usage_events ORDER BY 1").fetchall()]
-    assert providers == ["anthropic", "google", "self-hosted", "x-ai"]
+    assert providers == ["Self-Hosted", "anthropic", "google", "x-ai"]
 
 
 # -- 4. The served model -------------------------------------------------------------------------------
