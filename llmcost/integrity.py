@@ -1,6 +1,6 @@
 """Integrity checks: is every call accounted for, and can the figures be trusted?
 
-`run_checks` evaluates today's thresholds (`llmcost.alerts.evaluate`) and seven checks over the last
+`run_checks` evaluates today's thresholds (`llmcost.alerts.evaluate`) and eight checks over the last
 `CHECK_WINDOW_DAYS` days; `CheckReport.exit_code` is the highest level found: 0 all clear (or only
 `info`), 1 warning, 2 critical or shutdown, so cron and CI can act on it.
 
@@ -14,10 +14,10 @@
 5. use_cases: each configured use case with its last call; one silent for more than
    `silent_use_case_days` days is reported (warning).
 6. default_rate: calls priced at the default rate because their model has no price (warning).
-6b. service_tier: calls served at a service tier (flex, priority, batch) whose price the table does
-   not carry for their model, so they were priced at the standard rate (warning).
 7. reconciliation: a provider's usage export against the store, when an export is given (warning when
    they differ); otherwise skipped (`llmcost reconcile EXPORT.csv` runs it on its own).
+8. service_tier: calls served at a service tier (flex, priority, batch) whose price the table does not
+   carry for their model, so they were priced at the standard rate (warning).
 """
 
 from __future__ import annotations
@@ -129,9 +129,9 @@ def run_checks(
             estimate_mismatch(db, settings, start, today),
             use_cases(db, settings, start, today, naive_now),
             default_rate(db, settings, start, today),
-            service_tier(db, settings, start, today),
         ]
-    checks.append(reconciliation(settings, export))
+        tiers = service_tier(db, settings, start, today)
+    checks += [reconciliation(settings, export), tiers]
     alerts = evaluate(settings, today, now=now) + _check_alerts(settings, today, checks)
     alerts.sort(key=lambda a: (-a.rank, a.scope, a.scope_id))
     return CheckReport(today, now, checks, alerts)
@@ -330,7 +330,7 @@ GROUP BY ALL ORDER BY calls DESC, provider, model, service_tier, day
 
 
 def service_tier(db, settings: Settings, start: dt.date, end: dt.date) -> CheckResult:
-    """Check 6b: calls whose service tier has no price of its own, priced at the standard rate."""
+    """Check 8: calls whose service tier has no price of its own, priced at the standard rate."""
     title = "Calls at a service tier without its own price (priced at the standard rate)"
     rows = _frame(db, _SERVICE_TIERS, [start, end, list(STANDARD_SERVICE_TIERS)]) if db is not None else pd.DataFrame()
     if len(rows):
