@@ -189,9 +189,12 @@ def _clean_test(fields: tuple[Field, ...], from_json: bool, token_totals: bool =
     return " AND ".join(tests)
 
 
-def _read_once(fields: tuple[Field, ...]) -> str:
-    """The time and the numbers, read from their text once for both the clean test and the typed columns."""
+def _read_once(fields: tuple[Field, ...], stored_provider: bool = False) -> str:
+    """The time and the numbers (and with `stored_provider`, the provider's stored name, s_provider),
+    read from their text once for both the clean test and the typed columns."""
     columns = ["TRY_CAST(v_ts AS TIMESTAMPTZ) AS t_ts"]
+    if stored_provider:
+        columns.append(f"{_stored_provider_sql('v_provider')} AS s_provider")
     columns += [f"TRY_CAST(v_{f.name} AS BIGINT) AS n_{f.name}" for f in fields if f.kind == "int"]
     columns += [f"TRY_CAST(v_{f.name} AS DOUBLE) AS n_{f.name}" for f in fields if f.kind == "float"]
     return ", ".join(columns)
@@ -202,7 +205,8 @@ def _stored_provider_sql(v: str) -> str:
     # The names are our own constants and genai-prices' provider ids (lower-case letters, digits, '-',
     # '_', '.'), never user text; most rows name a provider as stored and take the first branch.
     known = sorted(known_providers())
-    assert all(name.replace("-", "").replace("_", "").replace(".", "").isalnum() for name in (*known, *PROVIDER_ALIASES))
+    if not all(name.replace("-", "").replace("_", "").replace(".", "").isalnum() for name in (*known, *PROVIDER_ALIASES)):
+        raise ValueError("a provider name is not plain text; cannot write it into SQL")
     renamed = {**{name: name for name in known}, **PROVIDER_ALIASES}
     cases = " ".join(f"WHEN '{alias}' THEN '{name}'" for alias, name in renamed.items())
     listed = ", ".join(f"'{name}'" for name in known)
@@ -211,13 +215,12 @@ def _stored_provider_sql(v: str) -> str:
 
 def _typed_columns() -> str:
     """The usage_events columns (but cost) from a clean row's field texts."""
-    provider = _stored_provider_sql("v_provider")
     columns = [
         "coalesce(v_event_id, $id_prefix || off::VARCHAR) AS event_id",
         "(t_ts AT TIME ZONE 'UTC') AS ts",
         "(t_ts AT TIME ZONE $tz)::DATE AS day",
         "v_user_id AS user_id", "v_tenant_id AS tenant_id", "v_use_case AS use_case",
-        "v_account_type AS account_type", f"{provider} AS provider", "v_model AS model",
+        "v_account_type AS account_type", "s_provider AS provider", "v_model AS model",
         "v_response_model AS response_model", "v_service_tier AS service_tier",
         *(f"coalesce(n_{n}, 0) AS {n}" for n in TOKEN_NAMES),
         "coalesce(n_total_tokens, coalesce(n_input_tokens, 0) + coalesce(n_output_tokens, 0)) AS total_tokens",
@@ -229,7 +232,7 @@ def _typed_columns() -> str:
         "v_attempt_id AS attempt_id",
         "coalesce(v_source, $source_label) AS source",
         # A provider stored under another name keeps the name given, as UsageEvent does.
-        f"CASE WHEN v_provider IS DISTINCT FROM {provider} "
+        "CASE WHEN v_provider IS DISTINCT FROM s_provider "
         "THEN json_merge_patch(coalesce(v_metadata, '{}'), json_object('provider_original', v_provider))::VARCHAR "
         "WHEN v_metadata <> '{}' THEN json(v_metadata)::VARCHAR END AS metadata",
         # A cost the record gives (the tracker's own, or the provider's) is kept as given.
@@ -320,7 +323,8 @@ def stage_json(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, id_prefix: str
     test = f"known_keys AND {_clean_test(FIELDS, True, token_totals=True)}"
     db.register("chunk_lines", lines.select(["idx", "off", "line"]))
     try:
-        return _stage(db, CLEAN_ROWS, _typed_columns(), relation, test, _read_once(FIELDS), params)
+        return _stage(db, CLEAN_ROWS, _typed_columns(), relation, test, _read_once(FIELDS, stored_provider=True),
+                      params)
     finally:
         db.unregister("chunk_lines")
 
@@ -353,7 +357,7 @@ def stage_csv(db: duckdb.DuckDBPyConnection, cells: pa.Table, *, id_prefix: str,
     relation = f"SELECT idx, off, {values} FROM chunk_cells"
     test = _clean_test(FIELDS, False, token_totals=True)  # a CSV header's columns are known keys, each once
     try:
-        return _stage(db, CLEAN_ROWS, _typed_columns(), relation, test, _read_once(FIELDS),
+        return _stage(db, CLEAN_ROWS, _typed_columns(), relation, test, _read_once(FIELDS, stored_provider=True),
                       _params(source_label, timezone, id_prefix))
     finally:
         db.unregister("chunk_cells")

@@ -93,7 +93,8 @@ def parse_overrides(models: Mapping[str, Any], where: str) -> dict[str, Override
         name = f'models."{key}"'
         if not isinstance(spec, Mapping):
             raise ConfigError(f"{where}: {name} must be a table with input_mtok and output_mtok")
-        prices = _prices_of(spec, name, where, allowed=(*_OVERRIDE_KEYS, "tiers"), required=("input_mtok", "output_mtok"))
+        prices = _prices_of(spec, name, where, allowed=(*_OVERRIDE_KEYS, "tiers"),
+                            required=("input_mtok", "output_mtok"))
         tiers_spec = spec.get("tiers", [])
         if not isinstance(tiers_spec, list) or not all(isinstance(t, Mapping) for t in tiers_spec):
             raise ConfigError(f'{where}: {name}.tiers must be tables: [[models."{key}".tiers]]')
@@ -112,7 +113,8 @@ def parse_overrides(models: Mapping[str, Any], where: str) -> dict[str, Override
         starts = [tier.above_input_tokens for tier in tiers]
         if len(set(starts)) != len(starts):
             raise ConfigError(f"{where}: {name}.tiers has two tiers with the same {_TIER_KEY}")
-        parsed[canonical] = OverridePrice(**{**base.__dict__, "tiers": tuple(sorted(tiers, key=lambda t: t.above_input_tokens))})
+        ordered = tuple(sorted(tiers, key=lambda tier: tier.above_input_tokens))
+        parsed[canonical] = OverridePrice(**{**base.__dict__, "tiers": ordered})
     return parsed
 
 
