@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 
 from .events import EARLIEST_TS, MAX_CLOCK_SKEW, MAX_TOKENS_PER_CALL, PRICE_SOURCES
+from .providers import PROVIDER_ALIASES, known_providers
 
 SCAN_BATCH_ROWS = 8192
 NEWLINE_SCAN_BYTES = 4 * 1024 * 1024
@@ -40,6 +41,7 @@ class Field:
     min_length: int = 0
     max_length: int = 0
     stripped: bool = True  # pydantic strips whitespace from names; free text is kept as given
+    ascii_only: bool = False  # lower-cased in SQL, where only ASCII letters lower exactly as Python's do
 
 
 FIELDS = (
@@ -49,13 +51,16 @@ FIELDS = (
     Field("tenant_id", "str", required=True, min_length=1, max_length=500),
     Field("use_case", "str", required=True, min_length=1, max_length=500),
     Field("account_type", "str", nullable=True, max_length=200),
-    Field("provider", "str", nullable=True, max_length=200),
+    Field("provider", "str", nullable=True, max_length=200, ascii_only=True),
     Field("model", "str", nullable=True, max_length=500),
+    Field("response_model", "str", nullable=True, max_length=500),
+    Field("service_tier", "str", nullable=True, max_length=100),
     Field("input_tokens", "int"),
     Field("output_tokens", "int"),
     Field("cache_read_tokens", "int"),
     Field("cache_write_tokens", "int"),
     Field("reasoning_tokens", "int"),
+    Field("cache_write_1h_tokens", "int"),
     Field("total_tokens", "int", nullable=True),
     Field("estimated_tokens", "int", nullable=True),
     Field("usage_estimated", "bool"),
@@ -130,6 +135,8 @@ def _value_test(f: Field, v: str, from_json: bool) -> str:
         test = f"strlen({v}) BETWEEN {f.min_length} AND {f.max_length}"
         if not from_json:
             test += f" AND strpos({v}, chr(0)) = 0"
+        if f.ascii_only:
+            test += f" AND strlen({v}) = length({v})"
         if f.stripped:  # printable ASCII at both ends: pydantic's whitespace stripping would change nothing
             test += f" AND ({v} = '' OR (unicode({v}) BETWEEN 33 AND 126 AND unicode({v}[-1]) BETWEEN 33 AND 126))"
         return test
@@ -162,7 +169,8 @@ def _field_test(f: Field, from_json: bool) -> str:
     return f"(NOT {absent} AND {present})" if f.required else f"({absent} OR ({present}))"
 
 
-TOKEN_NAMES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+TOKEN_NAMES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+               "cache_write_1h_tokens")
 
 
 def _clean_test(fields: tuple[Field, ...], from_json: bool, token_totals: bool = False) -> str:
@@ -175,17 +183,34 @@ def _clean_test(fields: tuple[Field, ...], from_json: bool, token_totals: bool =
             f"({tokens['input_tokens']} = 0 OR {tokens['cache_read_tokens']} + {tokens['cache_write_tokens']} "
             f"<= {tokens['input_tokens']})",
             f"({tokens['output_tokens']} = 0 OR {tokens['reasoning_tokens']} <= {tokens['output_tokens']})",
+            f"{tokens['cache_write_1h_tokens']} <= {tokens['cache_write_tokens']}",
             f"(n_total_tokens IS NULL OR {parts} = 0 OR n_total_tokens >= {parts})",
         ]
     return " AND ".join(tests)
 
 
-def _read_once(fields: tuple[Field, ...]) -> str:
-    """The time and the numbers, read from their text once for both the clean test and the typed columns."""
+def _read_once(fields: tuple[Field, ...], stored_provider: bool = False) -> str:
+    """The time and the numbers (and with `stored_provider`, the provider's stored name, s_provider),
+    read from their text once for both the clean test and the typed columns."""
     columns = ["TRY_CAST(v_ts AS TIMESTAMPTZ) AS t_ts"]
+    if stored_provider:
+        columns.append(f"{_stored_provider_sql('v_provider')} AS s_provider")
     columns += [f"TRY_CAST(v_{f.name} AS BIGINT) AS n_{f.name}" for f in fields if f.kind == "int"]
     columns += [f"TRY_CAST(v_{f.name} AS DOUBLE) AS n_{f.name}" for f in fields if f.kind == "float"]
     return ", ".join(columns)
+
+
+def _stored_provider_sql(v: str) -> str:
+    """`llmcost.providers.stored_provider` in SQL, for an ASCII name without surrounding spaces."""
+    # The names are our own constants and genai-prices' provider ids (lower-case letters, digits, '-',
+    # '_', '.'), never user text; most rows name a provider as stored and take the first branch.
+    known = sorted(known_providers())
+    if not all(name.replace("-", "").replace("_", "").replace(".", "").isalnum() for name in (*known, *PROVIDER_ALIASES)):
+        raise ValueError("a provider name is not plain text; cannot write it into SQL")
+    renamed = {**{name: name for name in known}, **PROVIDER_ALIASES}
+    cases = " ".join(f"WHEN '{alias}' THEN '{name}'" for alias, name in renamed.items())
+    listed = ", ".join(f"'{name}'" for name in known)
+    return f"CASE WHEN {v} IN ({listed}) THEN {v} ELSE (CASE lower({v}) {cases} ELSE {v} END) END"
 
 
 def _typed_columns() -> str:
@@ -195,7 +220,8 @@ def _typed_columns() -> str:
         "(t_ts AT TIME ZONE 'UTC') AS ts",
         "(t_ts AT TIME ZONE $tz)::DATE AS day",
         "v_user_id AS user_id", "v_tenant_id AS tenant_id", "v_use_case AS use_case",
-        "v_account_type AS account_type", "v_provider AS provider", "v_model AS model",
+        "v_account_type AS account_type", "s_provider AS provider", "v_model AS model",
+        "v_response_model AS response_model", "v_service_tier AS service_tier",
         *(f"coalesce(n_{n}, 0) AS {n}" for n in TOKEN_NAMES),
         "coalesce(n_total_tokens, coalesce(n_input_tokens, 0) + coalesce(n_output_tokens, 0)) AS total_tokens",
         "n_estimated_tokens AS estimated_tokens",
@@ -205,7 +231,10 @@ def _typed_columns() -> str:
         "v_error AS error",
         "v_attempt_id AS attempt_id",
         "coalesce(v_source, $source_label) AS source",
-        "CASE WHEN v_metadata <> '{}' THEN json(v_metadata)::VARCHAR END AS metadata",
+        # A provider stored under another name keeps the name given, as UsageEvent does.
+        "CASE WHEN v_provider IS DISTINCT FROM s_provider "
+        "THEN json_merge_patch(coalesce(v_metadata, '{}'), json_object('provider_original', v_provider))::VARCHAR "
+        "WHEN v_metadata <> '{}' THEN json(v_metadata)::VARCHAR END AS metadata",
         # A cost the record gives (the tracker's own, or the provider's) is kept as given.
         "CAST(CAST(v_cost_usd AS DECIMAL(18, 12)) * 1000000000000 AS BIGINT) AS reported_pico",
         "CASE WHEN v_cost_usd IS NOT NULL THEN coalesce(v_price_source, 'provider') END AS reported_source",
@@ -294,7 +323,8 @@ def stage_json(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, source_label: 
     test = f"known_keys AND {_clean_test(FIELDS, True, token_totals=True)}"
     db.register("chunk_lines", lines.select(["idx", "off", "line"]))
     try:
-        return _stage(db, CLEAN_ROWS, _typed_columns(), relation, test, _read_once(FIELDS), params)
+        return _stage(db, CLEAN_ROWS, _typed_columns(), relation, test, _read_once(FIELDS, stored_provider=True),
+                      params)
     finally:
         db.unregister("chunk_lines")
 
@@ -327,7 +357,7 @@ def stage_csv(db: duckdb.DuckDBPyConnection, cells: pa.Table, *, source_label: s
     relation = f"SELECT idx, off, {values} FROM chunk_cells"
     test = _clean_test(FIELDS, False, token_totals=True)  # a CSV header's columns are known keys, each once
     try:
-        return _stage(db, CLEAN_ROWS, _typed_columns(), relation, test, _read_once(FIELDS),
+        return _stage(db, CLEAN_ROWS, _typed_columns(), relation, test, _read_once(FIELDS, stored_provider=True),
                       _params(source_label, timezone))
     finally:
         db.unregister("chunk_cells")

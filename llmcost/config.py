@@ -177,7 +177,8 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 # Settings fields spelled differently in the file, and fields that are not settings a file gives.
 _FILE_NAMES = {"db_path": "db", "price_overrides_file": "price_overrides"}
 _NOT_IN_FILE = {"config_file", "account_type"}
-_CHOICES = {"action": ACCOUNT_ACTIONS, "min_level": ALERT_LEVELS, "security": ("starttls", "ssl", "none")}
+_CHOICES = {"action": ACCOUNT_ACTIONS, "min_level": ALERT_LEVELS, "security": ("starttls", "ssl", "none"),
+            "on_control_error": CONTROL_ERROR_POLICIES}
 
 
 def _file_keys(settings_class: type) -> dict[str, Any]:
@@ -228,6 +229,9 @@ def _check_value(value: Any, kind: Any, name: str, path: Path) -> None:
     elif kind is int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise wrong("a whole number >= 0")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise wrong("a number >= 0")
     elif kind is Decimal:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise wrong("a number >= 0")

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from typing import Annotated
 
+from .providers import stored_provider
+
 from pydantic import (
     AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError,
     model_validator,
@@ -22,6 +24,7 @@ TOKEN_FIELDS = (
     "cache_read_tokens",
     "cache_write_tokens",
     "reasoning_tokens",
+    "cache_write_1h_tokens",
 )
 # A single call above this many tokens is a data error, not a real call (largest context windows are ~10M).
 MAX_TOKENS_PER_CALL = 1_000_000_000
@@ -65,8 +68,14 @@ class UsageEvent(BaseModel):
     """One LLM call's usage.
 
     `input_tokens` is the whole input including cached tokens and `output_tokens` includes reasoning
-    tokens (OpenTelemetry GenAI conventions). `total_tokens` may be given alone when a source only
-    knows a total. `cost_usd` is computed by `llmcost.pricing` when absent; `price_source` says how.
+    tokens (OpenTelemetry GenAI conventions). `cache_write_1h_tokens` are the cache writes kept for an
+    hour (Anthropic bills them above 5-minute writes), counted inside `cache_write_tokens`.
+    `total_tokens` may be given alone when a source only knows a total. `cost_usd` is computed by
+    `llmcost.pricing` when absent; `price_source` says how.
+
+    A known `provider` is stored under its one name (`llmcost.providers`: 'Claude' -> 'anthropic'), the
+    name given kept as `metadata["provider_original"]`; any other name is kept as given. `model` is the model requested, `response_model`
+    the one the response names (a dated snapshot, say), `service_tier` the tier that served the call.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -79,11 +88,14 @@ class UsageEvent(BaseModel):
     account_type: Name | None = Field(default=None, max_length=200)
     provider: Name | None = Field(default=None, max_length=200)
     model: Name | None = Field(default=None, max_length=500)
+    response_model: Name | None = Field(default=None, max_length=500)
+    service_tier: Name | None = Field(default=None, max_length=100)
     input_tokens: Count = 0
     output_tokens: Count = 0
     cache_read_tokens: Count = 0
     cache_write_tokens: Count = 0
     reasoning_tokens: Count = 0
+    cache_write_1h_tokens: Count = 0
     total_tokens: Count | None = None
     estimated_tokens: Count | None = None
     usage_estimated: bool = False
@@ -105,7 +117,18 @@ class UsageEvent(BaseModel):
         return data
 
     @model_validator(mode="after")
+    def _one_provider_name(self) -> UsageEvent:
+        stored = stored_provider(self.provider)
+        if stored != self.provider:
+            self.metadata = {**self.metadata, "provider_original": self.provider}
+            self.provider = stored
+        return self
+
+    @model_validator(mode="after")
     def _totals(self) -> UsageEvent:
+        if self.cache_write_1h_tokens > self.cache_write_tokens:
+            raise ValueError("cache_write_1h_tokens exceed cache_write_tokens "
+                             "(cache_write_tokens must include the 1-hour cache writes)")
         if self.cache_read_tokens + self.cache_write_tokens > self.input_tokens and self.input_tokens:
             raise ValueError(
                 "cache_read_tokens + cache_write_tokens exceed input_tokens "

@@ -267,7 +267,7 @@ def _store_batch(db, batch: Batch, source: Source, ids: LineIds, new_offset: int
     db.execute("BEGIN TRANSACTION")
     try:
         if batch.events:
-            result.stored = _insert_new(db, "usage_events", BATCH_EVENTS, _EVENT_VALUES, now)
+            result.stored = _insert_new(db, "usage_events", BATCH_EVENTS, _EVENT_VALUES, now, _EVENT_TARGETS)
             conflicts = _conflicts(db) if result.stored < batch.events else []
             result.duplicates = batch.events - result.stored - len(conflicts)
             _keep_conflicts(db, source, conflicts, now, result)
@@ -346,18 +346,21 @@ _EVENT_VALUES = """
     event_id, ts, day, user_id, tenant_id, use_case, account_type, provider, model,
     input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
     total_tokens, estimated_tokens, usage_estimated, latency_ms, status, error, """ + _COST_USD + """,
-    price_source, attempt_id, source, metadata"""
+    price_source, attempt_id, source, metadata, cache_write_1h_tokens, response_model, service_tier"""
 _BATCH_CONTENT_HASH = event_content_hash(_COST_USD)
 _ATTEMPT_VALUES = """
     attempt_id, ts, day, user_id, tenant_id, use_case, account_type, provider, model, estimated_tokens, source"""
+# The columns _EVENT_VALUES fills, named, since columns added by later migrations come after the id key.
+_EVENT_TARGETS = _EVENT_VALUES.replace(_COST_USD, "cost_usd")
 
 
-def _insert_new(db, table: str, batch: str, values: str, now: dt.datetime) -> int:
+def _insert_new(db, table: str, batch: str, values: str, now: dt.datetime, targets: str | None = None) -> int:
     """Insert the rows of the view `batch` whose id `table` (usage_events or call_attempts) does not
     have yet, the first of each id in file order; `values` are the table's columns but the last two
     (ingested_at and the id key). Returns how many rows went in."""
     key, id_column = KEYED_TABLES[table]
     content = f", {_BATCH_CONTENT_HASH}" if table == "usage_events" else ""
+    content_column = ", content_key" if table == "usage_events" else ""
     repeats = db.execute(f"SELECT count(*) - count(DISTINCT {id_column}) FROM {batch}").fetchall()[0][0]
     # A window's output is unordered, and an unordered insert leaves part-filled row groups that every
     # checkpoint rewrites: after one the rows go in in file order. Without one the scan of the batch
@@ -369,7 +372,7 @@ def _insert_new(db, table: str, batch: str, values: str, now: dt.datetime) -> in
     # table is read; the ids themselves are compared where keys match.
     db.execute(
         f"""
-        INSERT INTO {table}
+        INSERT INTO {table} ({targets or values}, ingested_at, {key}{content_column})
         SELECT {values}, ?, hash({id_column}){content} FROM {batch} b
         WHERE NOT EXISTS (
             SELECT 1 FROM (SELECT {id_column} FROM {table}

@@ -1,6 +1,6 @@
 """Integrity checks: is every call accounted for, and can the figures be trusted?
 
-`run_checks` evaluates today's thresholds (`llmcost.alerts.evaluate`) and seven checks over the last
+`run_checks` evaluates today's thresholds (`llmcost.alerts.evaluate`) and eight checks over the last
 `CHECK_WINDOW_DAYS` days; `CheckReport.exit_code` is the highest level found: 0 all clear (or only
 `info`), 1 warning, 2 critical or shutdown, so cron and CI can act on it.
 
@@ -16,6 +16,8 @@
 6. default_rate: calls priced at the default rate because their model has no price (warning).
 7. reconciliation: a provider's usage export against the store, when an export is given (warning when
    they differ); otherwise skipped (`llmcost reconcile EXPORT.csv` runs it on its own).
+8. service_tier: calls served at a service tier (flex, priority, batch) whose price the table does not
+   carry for their model, so they were priced at the standard rate (warning).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import pandas as pd
 from .alerts import LEVEL_RANK, Alert, evaluate, format_count, format_usd, today_in
 from .config import Settings
 from .dismissal import OPEN_FAILED
+from .pricing import STANDARD_SERVICE_TIERS, Pricer
 from .reconcile import reconcile
 from .reports import json_default, text_table
 from .store import reading
@@ -129,7 +132,8 @@ def run_checks(
             use_cases(db, settings, start, today, naive_now),
             default_rate(db, settings, start, today),
         ]
-    checks.append(reconciliation(settings, export))
+        tiers = service_tier(db, settings, start, today)
+    checks += [reconciliation(settings, export), tiers]
     alerts = evaluate(settings, today, now=now) + _check_alerts(settings, today, checks)
     alerts.sort(key=lambda a: (-a.rank, a.scope, a.scope_id))
     return CheckReport(today, now, checks, alerts)
@@ -315,6 +319,37 @@ def default_rate(db, settings: Settings, start: dt.date, end: dt.date) -> CheckR
     summary = (f"{format_count(count)} calls have no known price and were charged the default rate: {models} "
                "(add their prices to the price-override file)")
     return CheckResult("default_rate", title, "warning", count, summary, rows)
+
+
+_SERVICE_TIERS = """
+SELECT provider, model, response_model, service_tier, day, COUNT(*) AS calls, SUM(cost_usd) AS cost_usd,
+       MIN(ts) AS first_seen
+FROM usage_events
+WHERE day BETWEEN ? AND ? AND service_tier IS NOT NULL AND NOT list_contains(?, lower(trim(service_tier)))
+      AND price_source IN ('price-table', 'override')
+GROUP BY ALL ORDER BY calls DESC, provider, model, service_tier, day
+"""
+
+
+def service_tier(db, settings: Settings, start: dt.date, end: dt.date) -> CheckResult:
+    """Check 8: calls whose service tier has no price of its own, priced at the standard rate."""
+    title = "Calls at a service tier without its own price (priced at the standard rate)"
+    rows = _frame(db, _SERVICE_TIERS, [start, end, list(STANDARD_SERVICE_TIERS)]) if db is not None else pd.DataFrame()
+    if len(rows):
+        pricer = Pricer.from_settings(settings)
+        carried = [pricer.carries_service_tier(provider=r.provider, model=r.model, response_model=r.response_model,
+                                               service_tier=r.service_tier, ts=r.first_seen)
+                   for r in rows.itertuples()]
+        rows = rows[~np.array(carried, dtype=bool)].reset_index(drop=True)
+    count = int(rows["calls"].sum()) if len(rows) else 0
+    if not count:
+        return CheckResult("service_tier", title, "ok", 0, "0 calls at a service tier without its own price", rows)
+    tiers = ", ".join(sorted({f"{p or '?'}/{m or '?'} at {t}"
+                              for p, m, t in zip(rows["provider"], rows["model"], rows["service_tier"])}))
+    summary = (f"{format_count(count)} calls were served at a tier the price table has no price for and were "
+               f"charged the standard rate: {tiers} (the bill differs: flex and batch cost about half, priority more; "
+               "compare with the provider's invoice)")
+    return CheckResult("service_tier", title, "warning", count, summary, rows)
 
 
 def reconciliation(settings: Settings, export: str | Path | None) -> CheckResult:

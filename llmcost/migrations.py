@@ -175,6 +175,14 @@ def m003_source_identity_conflicts_dismissals(db: duckdb.DuckDBPyConnection) -> 
     db.execute("ALTER TABLE failed_logs ADD COLUMN dismiss_reason VARCHAR")
 
 
+@migration
+def m004_pricing_quirks(db: duckdb.DuckDBPyConnection) -> None:
+    """The 1-hour cache writes (inside cache_write_tokens), the model the response names and its service tier."""
+    db.execute("ALTER TABLE usage_events ADD COLUMN cache_write_1h_tokens BIGINT NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE usage_events ADD COLUMN response_model VARCHAR")
+    db.execute("ALTER TABLE usage_events ADD COLUMN service_tier VARCHAR")
+
+
 def refresh_id_keys(db: duckdb.DuckDBPyConnection) -> None:
     """Give every row its id key: rows written without one (by name, by an older version), and all
     rows when this DuckDB hashes differently from the one that wrote the keys."""

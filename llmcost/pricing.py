@@ -19,25 +19,23 @@ When a source knows only `total_tokens` (input and output both 0), a table or ov
 the total at the higher of the model's input and output rates, which is the output rate for every chat
 model: an upper bound, so the real bill is never above what llmcost shows.
 
-Price-override file (TOML), named by `price_overrides = "prices.toml"` in llmcost.toml:
+The price-override file is described in `llmcost.price_overrides`.
 
-    [models."self-hosted/llama-3-70b"]   # "provider/model", or just "model" to match any provider
-    input_mtok = "0.50"                  # USD per million tokens; quote prices so they stay exact
-    output_mtok = "1.50"
-    cache_read_mtok = "0.05"             # optional, defaults to input_mtok
-    cache_write_mtok = "0.60"            # optional, defaults to input_mtok
+Keys match the event's model (or the served model, or the table's id for either) case-insensitively,
+and a "provider/model" key wins over a "model" key. Overrides win over the table.
 
-Keys match the event's model case-insensitively, and a "provider/model" key wins over a "model" key.
-Overrides win over the table.
+An event's served model (`response_model`, e.g. a dated snapshot) is priced when the overrides or the
+table know it, else its requested `model`. A `service_tier` other than default/standard/auto is priced
+by the table's price for that tier (OpenAI's flex and priority, batch processing) where the table has
+one; otherwise at the standard price, which `carries_service_tier` reports so `llmcost check` can flag it.
 """
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation, localcontext
+from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -49,9 +47,10 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 from genai_prices import data_snapshot
 from genai_prices.types import ConditionalPrice, ModelInfo, ModelPrice, TieredPrices, TimeOfDateConstraint
 
-from .errors import ConfigError
+from .price_overrides import OverridePrice, OverrideTier, load_overrides, parse_overrides, price_value
+from .providers import canonical_provider
 
-__all__ = ["Price", "Pricer", "OverridePrice", "load_overrides", "normalise_tokens", "canonical_provider"]
+__all__ = ["Price", "Pricer", "OverridePrice", "OverrideTier", "load_overrides", "normalise_tokens", "canonical_provider"]
 
 PRICE_TABLE = "price-table"
 OVERRIDE = "override"
@@ -64,23 +63,10 @@ _ZERO = Decimal(0)
 _EXACT = Context(prec=60)
 _INT64_SAFE = 2**62
 
-_PROVIDER_ALIASES = {
-    "openai": "openai",
-    "anthropic": "anthropic",
-    "claude": "anthropic",
-    "x-ai": "x-ai",
-    "xai": "x-ai",
-    "x.ai": "x-ai",
-    "grok": "x-ai",
-    "google": "google",
-    "gemini": "google",
-    "vertex": "google",
-    "vertex_ai": "google",
-    "vertexai": "google",
-    "google-vertex": "google",
-}
-_TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
-_OVERRIDE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
+_TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+                  "cache_write_1h_tokens")
+# Service tiers billed at the standard price; any other tier is priced by the table's variant for it.
+STANDARD_SERVICE_TIERS = ("default", "standard", "auto")
 _MAX_CACHED_LOOKUPS = 10_000
 
 
@@ -96,25 +82,6 @@ class Price:
     cost_usd: Decimal
     price_source: str
     priced_model: str | None
-
-
-@dataclass(frozen=True)
-class OverridePrice:
-    """One entry of the price-override file, USD per million tokens, cache prices filled in."""
-
-    key: str
-    input_mtok: Decimal
-    output_mtok: Decimal
-    cache_read_mtok: Decimal
-    cache_write_mtok: Decimal
-
-
-def canonical_provider(provider: str | None) -> str | None:
-    """The genai-prices id of a provider name or alias ('xai', 'grok' -> 'x-ai'); None when blank."""
-    if not isinstance(provider, str):
-        return None
-    name = provider.strip().lower()
-    return _PROVIDER_ALIASES.get(name, name) or None
 
 
 def normalise_tokens(
@@ -201,6 +168,7 @@ class _Rates:
     cache_read: _Rate | None = None
     cache_write: _Rate | None = None
     reasoning: _Rate | None = None
+    cache_write_1h: _Rate | None = None
     per_call_usd: Decimal = _ZERO
     every_token_alike: bool = False
 
@@ -210,7 +178,8 @@ class _Rates:
         rates = {
             name: rate.in_pico_per_token() if rate is not None else None
             for name, rate in (("input", self.input), ("output", self.output), ("cache_read", self.cache_read),
-                               ("cache_write", self.cache_write), ("reasoning", self.reasoning))
+                               ("cache_write", self.cache_write), ("reasoning", self.reasoning),
+                               ("cache_write_1h", self.cache_write_1h))
         }
         per_call = self.per_call_usd.scaleb(12, context=_EXACT)
         if any(rates[name] is None and getattr(self, name) is not None for name in rates):
@@ -231,21 +200,23 @@ class _Tokens:
     cache_write: int
     reasoning: int
     total: int
+    cache_write_1h: int = 0  # counted inside cache_write
 
     @classmethod
     def of(cls, *, input_tokens: int, output_tokens: int, cache_read_tokens: int, cache_write_tokens: int,
-           reasoning_tokens: int, total_tokens: int | None) -> _Tokens:
+           reasoning_tokens: int, total_tokens: int | None, cache_write_1h_tokens: int = 0) -> _Tokens:
         given = {"input_tokens": input_tokens, "output_tokens": output_tokens, "cache_read_tokens": cache_read_tokens,
                  "cache_write_tokens": cache_write_tokens, "reasoning_tokens": reasoning_tokens,
-                 "total_tokens": total_tokens or 0}
+                 "total_tokens": total_tokens or 0, "cache_write_1h_tokens": cache_write_1h_tokens or 0}
         for name, value in given.items():
             if value < 0:
                 raise ValueError(f"{name} is negative ({value}); token counts must be >= 0 (fix the caller)")
         # A source that reports cached or reasoning tokens but not the whole count still used them.
-        whole_input = max(int(input_tokens), int(cache_read_tokens) + int(cache_write_tokens))
+        cache_write = max(int(cache_write_tokens), int(cache_write_1h_tokens or 0))
+        whole_input = max(int(input_tokens), int(cache_read_tokens) + cache_write)
         whole_output = max(int(output_tokens), int(reasoning_tokens))
-        return cls(whole_input, whole_output, int(cache_read_tokens), int(cache_write_tokens), int(reasoning_tokens),
-                   max(int(total_tokens or 0), whole_input + whole_output))
+        return cls(whole_input, whole_output, int(cache_read_tokens), cache_write, int(reasoning_tokens),
+                   max(int(total_tokens or 0), whole_input + whole_output), int(cache_write_1h_tokens or 0))
 
     @property
     def total_only(self) -> bool:
@@ -265,9 +236,14 @@ def _exact_cost(rates: _Rates, tokens: _Tokens) -> Decimal:
         if rates.cache_read is not None:
             units += tokens.cache_read * rates.cache_read.at(tokens.input)
             plain_input -= tokens.cache_read
+        # 1-hour writes are part of cache_write and have their own rate where one is known.
+        one_hour = tokens.cache_write_1h if rates.cache_write_1h is not None else 0
+        if one_hour:
+            units += one_hour * rates.cache_write_1h.at(tokens.input)
+            plain_input -= one_hour
         if rates.cache_write is not None:
-            units += tokens.cache_write * rates.cache_write.at(tokens.input)
-            plain_input -= tokens.cache_write
+            units += (tokens.cache_write - one_hour) * rates.cache_write.at(tokens.input)
+            plain_input -= tokens.cache_write - one_hour
         plain_output = tokens.output
         if rates.reasoning is not None:
             units += tokens.reasoning * rates.reasoning.at(tokens.input)
@@ -304,10 +280,15 @@ def _pico_costs(rates: _Rates, cols: dict[str, np.ndarray]) -> np.ndarray | None
     inputs, outputs = cols["input"], cols["output"]
     plain_input, plain_output = inputs.copy(), outputs.copy()
     cost = np.zeros(len(total), dtype=np.int64)
-    for name, counted_in in (("cache_read", plain_input), ("cache_write", plain_input), ("reasoning", plain_output)):
+    one_hour = cols["cache_write_1h"] if pico["cache_write_1h"] is not None else np.zeros(len(total), dtype=np.int64)
+    other_writes = cols["cache_write"] - one_hour
+    for name, tokens, counted_in in (("cache_read", cols["cache_read"], plain_input),
+                                     ("cache_write_1h", one_hour, plain_input),
+                                     ("cache_write", other_writes, plain_input),
+                                     ("reasoning", cols["reasoning"], plain_output)):
         if pico[name] is not None:
-            cost += cols[name] * _pico_rate_array(pico[name], inputs)
-            counted_in -= cols[name]
+            cost += tokens * _pico_rate_array(pico[name], inputs)
+            counted_in -= tokens
     cost += plain_input * _pico_rate_array(pico["input"], inputs)
     cost += plain_output * _pico_rate_array(pico["output"], inputs)
     total_only = (inputs == 0) & (outputs == 0) & (total > 0)
@@ -340,15 +321,15 @@ class Pricer:
         overrides: Mapping[str, Any] | None = None,
         overrides_file: Path | None = None,
     ) -> None:
-        rate = _price_value(default_rate_per_mtok, "default_rate_per_mtok")
+        rate = price_value(default_rate_per_mtok, "default_rate_per_mtok")
         self.default_rate_per_mtok = rate
         self._default = _Rates(DEFAULT_RATE, None, _Rate(rate), _Rate(rate), every_token_alike=True)
         found = load_overrides(Path(overrides_file)) if overrides_file is not None else {}
-        found.update(_parse_models(overrides or {}, "overrides"))
+        found.update(parse_overrides(overrides or {}, "overrides"))
         self.overrides: dict[str, OverridePrice] = found
         self._override_rates = {key: _override_rates(entry) for key, entry in found.items()}
         self._lookups: dict[tuple[Any, Any], _Rates | ModelInfo] = {}
-        self._table_rates: dict[int, tuple[ModelPrice, _Rates]] = {}
+        self._table_rates: dict[tuple, tuple[ModelPrice, _Rates]] = {}
 
     @classmethod
     def from_settings(cls, settings) -> Pricer:
@@ -367,19 +348,33 @@ class Pricer:
         cache_write_tokens: int = 0,
         reasoning_tokens: int = 0,
         total_tokens: int | None = None,
+        cache_write_1h_tokens: int = 0,
+        response_model: str | None = None,
+        service_tier: str | None = None,
     ) -> Price:
-        """The cost of one call made at `ts` (naive means UTC), token counts as in `UsageEvent`."""
+        """The cost of one call made at `ts` (naive means UTC), token counts as in `UsageEvent`;
+        `response_model` is the model the response names, `service_tier` the tier that served it."""
         tokens = _Tokens.of(input_tokens=input_tokens, output_tokens=output_tokens, cache_read_tokens=cache_read_tokens,
                             cache_write_tokens=cache_write_tokens, reasoning_tokens=reasoning_tokens,
-                            total_tokens=total_tokens)
-        rates = self._rates_at(self._lookup(provider, model), _utc(ts))
+                            total_tokens=total_tokens, cache_write_1h_tokens=cache_write_1h_tokens)
+        rates = self._rates_at(self._lookup(provider, model, response_model), _utc(ts), service_tier)
         return Price(_rounded(_exact_cost(rates, tokens)), rates.source, rates.priced_model)
+
+    def carries_service_tier(self, *, provider: str | None, model: str | None, ts: datetime,
+                             service_tier: str | None, response_model: str | None = None) -> bool:
+        """Whether the call's service tier has its own price here (a standard tier always has)."""
+        context = _tier_context(service_tier)
+        if context is None:
+            return True
+        found = self._lookup(provider, model, response_model)
+        return isinstance(found, ModelInfo) and bool(_tier_variants(found, _utc(ts), context))
 
     def price_frame(self, frame: pd.DataFrame) -> tuple[list[Decimal], list[str]]:
         """Costs and price sources of every row, in row order, equal to `price()` row by row.
 
         Columns: provider, model, ts (datetime64 or datetime; naive means UTC), the token columns of
-        `UsageEvent` (missing ones count as 0; a missing or null total_tokens means input + output).
+        `UsageEvent` (missing ones count as 0; a missing or null total_tokens means input + output),
+        and optionally response_model and service_tier.
         Prices are looked up once per provider, model and UTC day, and computed in bulk.
         """
         pico, sources = self.price_frame_pico(frame)
@@ -399,31 +394,39 @@ class Pricer:
         if ts.isna().any():
             raise ValueError(f"ts is missing in row {frame.index[int(np.argmax(ts.isna().to_numpy()))]!r}")
         days = ts.dt.tz_localize(None).to_numpy().astype("datetime64[D]").astype(np.int64)
-        providers, models = frame["provider"], frame["model"]
-        first_rows, rows_by_group = _group_rows(providers, models, days)
-        groups = [(providers.iat[first], models.iat[first]) for first in first_rows]
+        keys = [frame[name] if name in frame.columns else pd.Series([None] * rows, index=frame.index)
+                for name in _GROUP_COLUMNS]
+        first_rows, rows_by_group = _group_rows(keys, days)
+        groups = [tuple(series.iat[first] for series in keys) for first in first_rows]
         pico, sources = self._price_groups(groups, rows_by_group, cols, lambda row: ts.iat[row].to_pydatetime())
         return pico, sources.tolist()
 
     def price_columns_pico(self, provider: pa.Array, model: pa.Array, ts: np.ndarray,
-                           tokens: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Like `price_frame_pico`, from columns: provider and model as Arrow string arrays (nulls
-        allowed), ts as UTC datetime64, and the token counts of `UsageEvent` as int64 arrays (0 where
-        not given; total_tokens 0 means input + output). Returns the costs and an object array of sources.
+                           tokens: Mapping[str, np.ndarray], response_model: pa.Array | None = None,
+                           service_tier: pa.Array | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Like `price_frame_pico`, from columns: provider, model, response_model and service_tier as
+        Arrow string arrays (nulls allowed), ts as UTC datetime64, and the token counts of `UsageEvent`
+        as int64 arrays (0 where not given; total_tokens 0 means input + output). Returns the costs and
+        an object array of sources.
         """
         rows = len(ts)
         if rows == 0:
             return np.zeros(0, dtype=np.int64), np.empty(0, dtype=object)
-        provider_codes, provider_values = _codes(provider)
-        model_codes, model_values = _codes(model)
+        coded = [_codes(column) if column is not None else (np.zeros(rows, dtype=np.int64), [None])
+                 for column in (provider, model, response_model, service_tier)]
         days = ts.astype("datetime64[D]").astype(np.int64)
         day_codes = days - days.min()
-        key = (provider_codes * (len(model_values) + 1) + model_codes) * (int(day_codes.max()) + 1) + day_codes
+        key, span = np.zeros(rows, dtype=np.int64), 1
+        for codes, count in [*((codes, len(values)) for codes, values in coded), (day_codes, int(day_codes.max()) + 1)]:
+            if span * count >= _INT64_SAFE:  # many distinct values: renumber the keys so far before they overflow
+                _, key = np.unique(key, return_inverse=True)
+                span = int(key.max()) + 1
+            key, span = key * count + codes, span * count
         _, first_rows, group_of_row = np.unique(key, return_index=True, return_inverse=True)
         order = np.argsort(group_of_row, kind="stable")
         bounds = np.cumsum(np.bincount(group_of_row))
         rows_by_group = np.split(order, bounds[:-1])
-        groups = [(provider_values[provider_codes[first]], model_values[model_codes[first]]) for first in first_rows]
+        groups = [tuple(values[codes[first]] for codes, values in coded) for first in first_rows]
         cols = _completed_tokens({name: tokens.get(name, np.zeros(rows, dtype=np.int64))
                                   for name in (*_TOKEN_COLUMNS, "total_tokens")})
         return self._price_groups(groups, rows_by_group, cols,
@@ -431,17 +434,18 @@ class Pricer:
 
     def _price_groups(self, groups: list[tuple[Any, Any]], rows_by_group: list[np.ndarray],
                       cols: dict[str, np.ndarray], ts_of: Callable[[int], datetime]) -> tuple[np.ndarray, np.ndarray]:
-        """Costs (pico-dollars) and sources of rows grouped by (provider, model, UTC day); `ts_of(row)`
-        is a row's time, and one row's time stands for its group's unless prices change within a day."""
+        """Costs (pico-dollars) and sources of rows grouped by (provider, model, response_model,
+        service_tier, UTC day); `ts_of(row)` is a row's time, and one row's time stands for its group's
+        unless prices change within a day."""
         pico = np.zeros(len(cols["total"]), dtype=np.int64)
         sources = np.empty(len(pico), dtype=object)
         exact: dict[int, Decimal] = {}
-        for (provider, model), members in zip(groups, rows_by_group):
-            found = self._lookup(provider, model)
+        for (provider, model, response_model, tier), members in zip(groups, rows_by_group):
+            found = self._lookup(provider, model, response_model)
             if isinstance(found, ModelInfo) and _prices_vary_within_a_day(found):
-                batches = self._split_by_rates(found, members, ts_of)
+                batches = self._split_by_rates(found, members, ts_of, tier)
             else:
-                batches = [(self._rates_at(found, ts_of(int(members[0]))), members)]
+                batches = [(self._rates_at(found, ts_of(int(members[0])), tier), members)]
             for rates, batch in batches:
                 sources[batch] = rates.source
                 batch_cols = {name: values[batch] for name, values in cols.items()}
@@ -461,17 +465,17 @@ class Pricer:
                 pico[row] = value
         return pico, sources
 
-    def _split_by_rates(self, model: ModelInfo, members: np.ndarray,
-                        ts_of: Callable[[int], datetime]) -> list[tuple[_Rates, np.ndarray]]:
+    def _split_by_rates(self, model: ModelInfo, members: np.ndarray, ts_of: Callable[[int], datetime],
+                        tier: Any) -> list[tuple[_Rates, np.ndarray]]:
         by_rates: dict[int, tuple[_Rates, list[int]]] = {}
         for row in members.tolist():
-            rates = self._rates_at(model, ts_of(row))
+            rates = self._rates_at(model, ts_of(row), tier)
             by_rates.setdefault(id(rates), (rates, []))[1].append(row)
         return [(rates, np.array(batch, dtype=np.int64)) for rates, batch in by_rates.values()]
 
-    def _lookup(self, provider: Any, model: Any) -> _Rates | ModelInfo:
+    def _lookup(self, provider: Any, model: Any, response_model: Any = None) -> _Rates | ModelInfo:
         """The override or default rates, or the table's model (whose price depends on the date)."""
-        key = (provider if isinstance(provider, str) else None, model if isinstance(model, str) else None)
+        key = tuple(value if isinstance(value, str) else None for value in (provider, model, response_model))
         if key in self._lookups:
             return self._lookups[key]
         if len(self._lookups) >= _MAX_CACHED_LOOKUPS:
@@ -480,26 +484,63 @@ class Pricer:
         self._lookups[key] = found
         return found
 
-    def _resolve(self, provider: str | None, model: str | None) -> _Rates | ModelInfo:
-        model_name = model.strip().lower() if model else ""
-        if not model_name:
+    def _resolve(self, provider: str | None, model: str | None, response_model: str | None) -> _Rates | ModelInfo:
+        """The served model's price where known (a dated snapshot may differ), else the requested one's."""
+        names = list(dict.fromkeys(name.strip().lower() for name in (response_model, model) if name and name.strip()))
+        if not names:
             return self._default
         vendor = canonical_provider(provider)
+        for name in names:
+            override = self._override(vendor, name)
+            if override is not None:
+                return override
+        for name in names:
+            found = _find_in_table(vendor, name)
+            if found is not None:
+                return self._override(vendor, found.id.lower()) or found
+        return self._default
+
+    def _override(self, vendor: str | None, model_name: str) -> _Rates | None:
         for key in (f"{vendor}/{model_name}" if vendor else None, model_name):
             if key in self._override_rates:
                 return self._override_rates[key]
-        return _find_in_table(vendor, model_name) or self._default
+        return None
 
-    def _rates_at(self, found: _Rates | ModelInfo, ts: datetime) -> _Rates:
+    def _rates_at(self, found: _Rates | ModelInfo, ts: datetime, service_tier: Any = None) -> _Rates:
         if isinstance(found, _Rates):
             return found
         model_price = found.get_prices(ts)
-        cached = self._table_rates.get(id(model_price))
+        context = _tier_context(service_tier)
+        variants = _tier_variants(found, ts, context) if context is not None else ()
+        key = (id(model_price), tuple(id(variant) for variant in variants))
+        cached = self._table_rates.get(key)
         if cached is not None and cached[0] is model_price:
             return cached[1]
-        rates = _rates_from_table(found.id, model_price) or self._default
-        self._table_rates[id(model_price)] = (model_price, rates)
+        resolved = found.get_prices(ts, context) if variants else model_price
+        rates = _rates_from_table(found.id, resolved) or self._default
+        self._table_rates[key] = (model_price, rates)
         return rates
+
+
+_GROUP_COLUMNS = ("provider", "model", "response_model", "service_tier")
+
+
+def _tier_context(service_tier: Any) -> dict[str, str] | None:
+    """genai-prices' price context of a service tier; None for the standard tiers."""
+    if not isinstance(service_tier, str) or service_tier.strip().lower() in ("", *STANDARD_SERVICE_TIERS):
+        return None
+    tier = service_tier.strip().lower()
+    return {"processing": "batch"} if tier == "batch" else {"service_tier": tier}
+
+
+def _tier_variants(model: ModelInfo, ts: datetime, context: Mapping[str, str]) -> tuple:
+    """The table's price variants for this tier in force at `ts` that change a price."""
+    return tuple(
+        variant for variant in model.price_variants or ()
+        if (variant.constraint is None or variant.constraint.active(ts))
+        and all(context.get(k) == v for k, v in variant.when.items())
+        and any(price is not None for price in variant.prices.__dict__.values())
+    )
 
 
 def _utc(ts: datetime) -> datetime:
@@ -537,19 +578,21 @@ def _rates_from_table(model_id: str, model_price: ModelPrice) -> _Rates | None:
         cache_read=_Rate.of(prices.get("cache_read_mtok")),
         cache_write=_Rate.of(prices.get("cache_write_mtok")),
         reasoning=_Rate.of(prices.get("output_reasoning_mtok")),
+        cache_write_1h=_Rate.of(prices.get("cache_write_1h_mtok")),
         per_call_usd=requests_kcount / 1000 if isinstance(requests_kcount, Decimal) else _ZERO,
     )
 
 
 def _override_rates(entry: OverridePrice) -> _Rates:
-    return _Rates(
-        OVERRIDE,
-        entry.key,
-        input=_Rate(entry.input_mtok),
-        output=_Rate(entry.output_mtok),
-        cache_read=_Rate(entry.cache_read_mtok),
-        cache_write=_Rate(entry.cache_write_mtok),
-    )
+    def rate(name: str) -> _Rate:
+        base = getattr(entry, name)
+        if base is None:  # cache_write_1h_mtok left out: 1-hour writes cost what other writes do
+            base = entry.cache_write_mtok
+        return _Rate(base, tuple((tier.above_input_tokens, getattr(tier, name)) for tier in entry.tiers))
+
+    return _Rates(OVERRIDE, entry.key, input=rate("input_mtok"), output=rate("output_mtok"),
+                  cache_read=rate("cache_read_mtok"), cache_write=rate("cache_write_mtok"),
+                  cache_write_1h=rate("cache_write_1h_mtok"))
 
 
 def _token_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -574,15 +617,17 @@ def _completed_tokens(raw: Mapping[str, np.ndarray],
                 f"{column} is negative ({values[where]}) in row {row_label(where)!r}; "
                 "token counts must be >= 0 (fix the caller)"
             )
-    whole_input = np.maximum(raw["input_tokens"], raw["cache_read_tokens"] + raw["cache_write_tokens"])
+    cache_write = np.maximum(raw["cache_write_tokens"], raw["cache_write_1h_tokens"])
+    whole_input = np.maximum(raw["input_tokens"], raw["cache_read_tokens"] + cache_write)
     whole_output = np.maximum(raw["output_tokens"], raw["reasoning_tokens"])
     return {
         "input": whole_input,
         "output": whole_output,
         "cache_read": raw["cache_read_tokens"],
-        "cache_write": raw["cache_write_tokens"],
+        "cache_write": cache_write,
         "reasoning": raw["reasoning_tokens"],
         "total": np.maximum(raw["total_tokens"], whole_input + whole_output),
+        "cache_write_1h": raw["cache_write_1h_tokens"],
     }
 
 
@@ -595,90 +640,13 @@ def _codes(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[Any]]:
     return codes, [None, *encoded.dictionary.to_pylist()]
 
 
-def _group_rows(providers: pd.Series, models: pd.Series, days: np.ndarray) -> tuple[list[int], list[np.ndarray]]:
-    """Each distinct (provider, model, day)'s first row and all its rows, in order of appearance."""
-    provider_codes, _ = pd.factorize(providers, use_na_sentinel=False)
-    model_codes, _ = pd.factorize(models, use_na_sentinel=False)
-    day_codes, _ = pd.factorize(days)
-    pairs, _ = pd.factorize(provider_codes.astype(np.int64) * (int(model_codes.max()) + 1) + model_codes)
-    groups, _ = pd.factorize(pairs.astype(np.int64) * (int(day_codes.max()) + 1) + day_codes)
+def _group_rows(keys: list[pd.Series], days: np.ndarray) -> tuple[list[int], list[np.ndarray]]:
+    """Each distinct (keys..., day)'s first row and all its rows, in order of appearance."""
+    groups = np.zeros(len(days), dtype=np.int64)
+    for codes in [*(pd.factorize(series, use_na_sentinel=False)[0] for series in keys), pd.factorize(days)[0]]:
+        groups, _ = pd.factorize(groups * (int(codes.max()) + 1) + codes.astype(np.int64))
     order = np.argsort(groups, kind="stable")
     ends = np.cumsum(np.bincount(groups))
     starts = ends - np.bincount(groups)
     rows_by_group = [order[start:end] for start, end in zip(starts.tolist(), ends.tolist())]
     return order[starts].tolist(), rows_by_group
-
-
-def load_overrides(path: Path) -> dict[str, OverridePrice]:
-    """Read a price-override file (format in the module docstring), keyed by lower-case model key."""
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(
-            f"price overrides file not found: {path} (create it, or fix price_overrides in llmcost.toml)"
-        ) from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read price overrides file {path}: {e.strerror}") from None
-    unknown = sorted(set(raw) - {"models"})
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown key {unknown[0]!r}; prices go in tables named "
-            '[models."provider/model"] or [models."model"]'
-        )
-    models = raw.get("models", {})
-    if not isinstance(models, dict):
-        raise ConfigError(f'{path}: models must be tables such as [models."provider/model"]')
-    return _parse_models(models, str(path))
-
-
-def _parse_models(models: Mapping[str, Any], where: str) -> dict[str, OverridePrice]:
-    parsed: dict[str, OverridePrice] = {}
-    for key, spec in models.items():
-        if isinstance(spec, OverridePrice):
-            parsed[_override_key(spec.key, where)] = spec
-            continue
-        name = f'models."{key}"'
-        if not isinstance(spec, Mapping):
-            raise ConfigError(f"{where}: {name} must be a table with input_mtok and output_mtok")
-        unknown = sorted(set(spec) - set(_OVERRIDE_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: {name}.{unknown[0]} is not a price key (use {', '.join(_OVERRIDE_KEYS)})")
-        for required in ("input_mtok", "output_mtok"):
-            if required not in spec:
-                raise ConfigError(f'{where}: {name} lacks {required} (add {required} = "<USD per million tokens>")')
-        prices = {k: _price_value(spec[k], f"{where}: {name}.{k}") for k in _OVERRIDE_KEYS if k in spec}
-        canonical = _override_key(key, where)
-        if canonical in parsed:
-            raise ConfigError(f"{where}: {name} is listed twice (keys match case-insensitively)")
-        parsed[canonical] = OverridePrice(
-            key=key,
-            input_mtok=prices["input_mtok"],
-            output_mtok=prices["output_mtok"],
-            cache_read_mtok=prices.get("cache_read_mtok", prices["input_mtok"]),
-            cache_write_mtok=prices.get("cache_write_mtok", prices["input_mtok"]),
-        )
-    return parsed
-
-
-def _override_key(key: Any, where: str) -> str:
-    if not isinstance(key, str) or not key.strip():
-        raise ConfigError(f'{where}: empty model key; name the model as [models."provider/model"]')
-    name = key.strip().lower()
-    prefix, slash, rest = name.partition("/")
-    return f"{canonical_provider(prefix)}/{rest}" if slash and prefix in _PROVIDER_ALIASES else name
-
-
-def _price_value(value: Any, where: str) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
-        raise ConfigError(f'{where}: {value!r} is not a price; write USD per million tokens, e.g. "0.50"')
-    try:
-        price = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise ConfigError(f'{where}: {value!r} is not a number; write USD per million tokens, e.g. "0.50"') from None
-    if not price.is_finite() or price < 0:
-        raise ConfigError(f"{where}: {value!r} must be a finite price >= 0")
-    return price

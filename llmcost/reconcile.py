@@ -27,7 +27,9 @@ legacy usage export (`aggregation_timestamp`, `n_requests`, `snapshot_id`, `n_co
 
 Our side counts every logged call (failed calls included: a provider may bill them) whose UTC time
 falls on the export's days, with input tokens including cached ones as OpenAI counts them. Models
-match by name, ignoring case. With `provider` given, only that provider's events count and models we
+match by name, ignoring case: a call counts under the model its response named (the snapshot, such as
+`gpt-4o-mini-2024-07-18`) when the export has that name, else under the model requested (`gpt-4o-mini`),
+so each call counts once. With `provider` given, only that provider's events count and models we
 logged that the export lacks are reported too; without it, only the export's models are compared.
 A figure differs when |ours - theirs| > tolerance x |theirs| (tolerance 0.01 = 1%).
 """
@@ -179,17 +181,19 @@ def reconcile(
 
 _LOGGED = """
 SELECT CAST(timezone(?, ts::TIMESTAMPTZ) AS DATE) AS day, lower(COALESCE(model, ?)) AS model_key,
-       any_value(COALESCE(model, ?)) AS model, COUNT(*) AS requests, SUM(input_tokens) AS input_tokens,
+       lower(response_model) AS served_key, any_value(COALESCE(model, ?)) AS model,
+       any_value(response_model) AS served, COUNT(*) AS requests, SUM(input_tokens) AS input_tokens,
        SUM(output_tokens) AS output_tokens, SUM(cache_read_tokens) AS cached_tokens, SUM(cost_usd) AS cost_usd,
        COUNT(*) FILTER (WHERE status = 'error') AS failed_calls
 FROM usage_events
 WHERE ts >= ? AND ts < ? AND (CAST(? AS VARCHAR) IS NULL OR provider = ?)
-GROUP BY 1, 2
+GROUP BY 1, 2, 3
 """
+_SUMMED = ("requests", "input_tokens", "output_tokens", "cached_tokens", "cost_usd", "failed_calls")
 
 
 def _logged(settings: Settings, theirs: ExportTotals, provider: str | None, export_timezone: str) -> ExportTotals:
-    """Our calls per (day in the export's zone, lower-cased model) over the export's days."""
+    """Our calls per (day in the export's zone, lower-cased model named by the export) over the export's days."""
     tz = _zone(export_timezone)
     days = [day for day, _ in theirs]
 
@@ -204,8 +208,18 @@ def _logged(settings: Settings, theirs: ExportTotals, provider: str | None, expo
         names = [d[0] for d in result.description]
         found = [dict(zip(names, row)) for row in result.fetchall()]
     wanted_models = {model for _, model in theirs}
-    return {(row["day"], row["model_key"]): row for row in found
-            if provider is not None or row["model_key"] in wanted_models}
+    ours: ExportTotals = {}
+    for row in found:
+        if row["served_key"] in wanted_models:  # the export names the snapshot that served the calls
+            key, name = (row["day"], row["served_key"]), row["served"]
+        elif row["model_key"] in wanted_models or provider is not None:
+            key, name = (row["day"], row["model_key"]), row["model"]
+        else:
+            continue
+        entry = ours.setdefault(key, {"model": name, **{figure: 0 for figure in _SUMMED}})
+        for figure in _SUMMED:
+            entry[figure] += row[figure] or 0
+    return ours
 
 
 def _differs(expected: Any, actual: Any, tolerance: Decimal) -> bool:

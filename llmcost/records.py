@@ -38,7 +38,7 @@ EVENT_COLUMNS = [
     "event_id", "ts", "day", "user_id", "tenant_id", "use_case", "account_type", "provider", "model",
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
     "total_tokens", "estimated_tokens", "usage_estimated", "latency_ms", "status", "error", "cost_pico",
-    "price_source", "attempt_id", "source", "metadata",
+    "price_source", "attempt_id", "source", "metadata", "cache_write_1h_tokens", "response_model", "service_tier",
 ]
 ATTEMPT_COLUMNS = [
     "attempt_id", "ts", "day", "user_id", "tenant_id", "use_case", "account_type", "provider", "model",
@@ -420,7 +420,8 @@ def _price_clean_rows(db: duckdb.DuckDBPyConnection, lines: pa.Table, parser: _P
     """
     token_columns = (*TOKEN_FIELDS, "total_tokens")
     table = db.sql(
-        f"SELECT idx, off, provider, model, ts, {', '.join(token_columns)}, reported_pico, reported_source "
+        f"SELECT idx, off, provider, model, response_model, service_tier, ts, {', '.join(token_columns)}, "
+        "reported_pico, reported_source "
         f"FROM {bulk.CLEAN_ROWS}"
     ).to_arrow_table()
     rows = table.num_rows
@@ -433,8 +434,9 @@ def _price_clean_rows(db: duckdb.DuckDBPyConnection, lines: pa.Table, parser: _P
     if len(unpriced):
         part = table if len(unpriced) == rows else table.take(unpriced)
         tokens = {name: pa.compute.fill_null(part.column(name), 0).to_numpy() for name in token_columns}
-        computed, computed_sources = pricer.price_columns_pico(part.column("provider"), part.column("model"),
-                                                               part.column("ts").to_numpy(), tokens)
+        computed, computed_sources = pricer.price_columns_pico(
+            part.column("provider"), part.column("model"), part.column("ts").to_numpy(), tokens,
+            response_model=part.column("response_model"), service_tier=part.column("service_tier"))
         pico = pico.astype(computed.dtype)  # a writable copy, of Python ints when a cost is beyond int64
         pico[unpriced] = computed
         too_costly[unpriced] = _too_costly(computed)

@@ -36,6 +36,16 @@ class Totals:
     cached_tokens: int = 0
     total_tokens: int = 0
     cost_usd: Decimal = ZERO
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0  # inside cache_write_tokens
+
+    @property
+    def token_line(self) -> str:
+        """Tokens: total (input, output, cached, and the cache writes when there are any)."""
+        writes = (f", cache writes {format_count(self.cache_write_tokens)} "
+                  f"({format_count(self.cache_write_1h_tokens)} kept 1 hour)") if self.cache_write_tokens else ""
+        return (f"{format_count(self.total_tokens)} (input {format_count(self.input_tokens)}, "
+                f"output {format_count(self.output_tokens)}, cached {format_count(self.cached_tokens)}{writes})")
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "cost_usd": str(self.cost_usd)}
@@ -97,8 +107,7 @@ class Report:
         lines = [self.title, "=" * len(self.title), f"Times in {self.timezone}.", ""]
         lines.append(f"Calls: {format_count(t.calls)} ({format_count(t.error_calls)} failed)"
                      f"   Cost: {format_usd(t.cost_usd)}")
-        lines.append(f"Tokens: {format_count(t.total_tokens)} (input {format_count(t.input_tokens)}, "
-                     f"output {format_count(t.output_tokens)}, cached {format_count(t.cached_tokens)})")
+        lines.append(f"Tokens: {t.token_line}")
         if self.previous is not None:
             lines.append("Against the previous week: " + ", ".join(
                 f"{label} {_format_change(self.changes[name])}"
@@ -114,8 +123,7 @@ class Report:
         summary = [
             ("Calls", f"{format_count(t.calls)} ({format_count(t.error_calls)} failed)"),
             ("Cost", format_usd(t.cost_usd)),
-            ("Tokens", f"{format_count(t.total_tokens)} (input {format_count(t.input_tokens)}, "
-                       f"output {format_count(t.output_tokens)}, cached {format_count(t.cached_tokens)})"),
+            ("Tokens", t.token_line),
         ]
         if self.previous is not None:
             summary.append(("Against the previous week", ", ".join(
@@ -219,7 +227,7 @@ def _build(settings: Settings, kind: str, start: dt.date, end: dt.date) -> Repor
 _TOTALS = """
 SELECT COUNT(*), COUNT(*) FILTER (WHERE status = 'error'), COALESCE(SUM(input_tokens), 0),
        COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(total_tokens), 0),
-       COALESCE(SUM(cost_usd), 0)
+       COALESCE(SUM(cost_usd), 0), COALESCE(SUM(cache_write_tokens), 0), COALESCE(SUM(cache_write_1h_tokens), 0)
 FROM usage_events WHERE day BETWEEN ? AND ?
 """
 _BY_USE_CASE = """
@@ -268,7 +276,7 @@ def _rows(db, sql: str, params: list) -> list[dict[str, Any]]:
 
 def _totals(db, start: dt.date, end: dt.date) -> Totals:
     row = db.execute(_TOTALS, [start, end]).fetchall()[0]
-    return Totals(*(int(v) for v in row[:6]), Decimal(row[6]))
+    return Totals(*(int(v) for v in row[:6]), Decimal(row[6]), *(int(v) for v in row[7:]))
 
 
 def _query(db, settings: Settings, start: dt.date, end: dt.date) -> dict[str, Any]:

@@ -168,7 +168,8 @@ class TrackedCall:
     # -- during and after the call ---------------------------------------------------------------
     def record(self, response: Any = None, *, input_tokens: int | None = None, output_tokens: int | None = None,
                cache_read_tokens: int = 0, cache_write_tokens: int = 0, reasoning_tokens: int = 0,
-               cost_usd: Decimal | None = None, model: str | None = None) -> ExtractedUsage | None:
+               cost_usd: Decimal | None = None, model: str | None = None,
+               cache_write_1h_tokens: int = 0) -> ExtractedUsage | None:
         """Record the usage of the call: a provider response (object or dict), or the counts themselves."""
         if response is not None:
             self.response = response
@@ -178,6 +179,7 @@ class TrackedCall:
                 input_tokens=input_tokens or 0, output_tokens=output_tokens or 0,
                 cache_read_tokens=cache_read_tokens, cache_write_tokens=cache_write_tokens,
                 reasoning_tokens=reasoning_tokens, model=model, provider=self.provider, cost_usd=cost_usd,
+                cache_write_1h_tokens=cache_write_1h_tokens,
             )
         if self.usage is not None and self.usage.model and not self.model:
             self.model = self.usage.model
@@ -271,6 +273,8 @@ class TrackedCall:
                 provider=provider, model=model, ts=ts, input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens, cache_read_tokens=usage.cache_read_tokens,
                 cache_write_tokens=usage.cache_write_tokens, reasoning_tokens=usage.reasoning_tokens,
+                cache_write_1h_tokens=usage.cache_write_1h_tokens, response_model=usage.model,
+                service_tier=usage.service_tier,
             )
             cost, price_source = price.cost_usd, price.price_source
         total = usage.input_tokens + usage.output_tokens
@@ -284,6 +288,8 @@ class TrackedCall:
             account_type=self.account_type, provider=provider, model=model,
             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
             cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens, response_model=usage.model,
+            service_tier=usage.service_tier,
             reasoning_tokens=usage.reasoning_tokens, estimated_tokens=self.estimated_tokens,
             usage_estimated=estimated, latency_ms=round((time.perf_counter() - self._started_clock) * 1000, 3),
             status="error" if exc is not None else "ok", error=error, cost_usd=cost, price_source=price_source,

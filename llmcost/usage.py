@@ -15,13 +15,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from .events import MAX_TOKENS_PER_CALL
+from .providers import canonical_provider
 
 # xAI reports its charge in ticks: 1 USD = 10^10 ticks (https://docs.x.ai/developers/cost-tracking).
 XAI_TICKS_PER_USD_EXPONENT = 10
-_GOOGLE_ALIASES = ("gemini", "google-genai", "google-gla", "vertex", "vertex-ai", "vertex_ai")
-_PROVIDER_ALIASES = {"xai": "x-ai", "grok": "x-ai"} | dict.fromkeys(_GOOGLE_ALIASES, "google")
 _ANTHROPIC_CACHE_FIELDS = ("cache_read_input_tokens", "cache_creation_input_tokens")
-_ANTHROPIC_USAGE_FIELDS = ("input_tokens", "output_tokens", *_ANTHROPIC_CACHE_FIELDS, "output_tokens_details")
+_ANTHROPIC_USAGE_FIELDS = ("input_tokens", "output_tokens", *_ANTHROPIC_CACHE_FIELDS, "output_tokens_details",
+                           "cache_creation", "service_tier")
 _RESPONSES_FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
 
 
@@ -32,6 +32,10 @@ class ExtractedUsage:
     `provider` is 'openai', 'anthropic', 'x-ai' or 'google' as the shape and model name show, or the
     caller's hint (an unknown name passes through; 'openai' yields to 'x-ai' for grok models).
     `cost_usd` is set only when the provider itself reported its charge (xAI's `cost_in_usd_ticks`).
+    `model` is the model the response names (it may be a dated snapshot of the one requested);
+    `cache_write_1h_tokens` (Anthropic's 1-hour cache writes) are counted inside `cache_write_tokens`;
+    `service_tier` is the tier the response says served it (OpenAI's default/flex/priority, Anthropic's
+    standard/priority/batch).
     """
 
     input_tokens: int
@@ -42,6 +46,8 @@ class ExtractedUsage:
     model: str | None = None
     provider: str | None = None
     cost_usd: Decimal | None = None
+    cache_write_1h_tokens: int = 0
+    service_tier: str | None = None
 
 
 def extract_usage(response: Any, provider: str | None = None) -> ExtractedUsage | None:
@@ -51,7 +57,11 @@ def extract_usage(response: Any, provider: str | None = None) -> ExtractedUsage 
     `grok-*`) and Gemini `GenerateContentResponse` (snake_case or camelCase), as SDK objects or dicts.
     `provider` tells OpenAI from xAI when the model name does not. Never raises on odd shapes.
     """
-    return _checked(_read(response, _canonical_provider(provider)))
+    usage = _checked(_read(response, canonical_provider(provider)))
+    tier = _text(_field(response, "service_tier"))
+    if usage is not None and tier and usage.service_tier is None:
+        usage = replace(usage, service_tier=tier)
+    return usage
 
 
 def _read(response: Any, hint: str | None) -> ExtractedUsage | None:
@@ -91,7 +101,7 @@ class StreamUsage:
     """
 
     def __init__(self, provider: str | None = None):
-        self._hint = _canonical_provider(provider)
+        self._hint = canonical_provider(provider)
         self._latest: ExtractedUsage | None = None
         self._latest_final = False
         self._model: str | None = None
@@ -187,11 +197,15 @@ def _from_anthropic(usage: Any, model: str | None, provider: str) -> ExtractedUs
     if uncached_input is None:
         return None
     cache_read = _count(_field(usage, "cache_read_input_tokens")) or 0
-    cache_write = _count(_field(usage, "cache_creation_input_tokens")) or 0
+    # cache_creation splits the writes by how long they are kept: 1-hour writes cost more than 5-minute ones.
+    one_hour = _count(_path(usage, "cache_creation", "ephemeral_1h_input_tokens")) or 0
+    five_minutes = _count(_path(usage, "cache_creation", "ephemeral_5m_input_tokens")) or 0
+    cache_write = max(_count(_field(usage, "cache_creation_input_tokens")) or 0, one_hour + five_minutes)
     output_tokens = _count(_field(usage, "output_tokens")) or 0
     thinking = _count(_path(usage, "output_tokens_details", "thinking_tokens")) or 0
     total_input = uncached_input + cache_read + cache_write
-    return ExtractedUsage(total_input, output_tokens, cache_read, cache_write, thinking, model, provider, None)
+    return ExtractedUsage(total_input, output_tokens, cache_read, cache_write, thinking, model, provider, None,
+                          cache_write_1h_tokens=one_hour, service_tier=_text(_field(usage, "service_tier")))
 
 
 def _from_gemini(metadata: Any, model: str | None, provider: str) -> ExtractedUsage | None:
@@ -213,8 +227,10 @@ def _checked(usage: ExtractedUsage | None) -> ExtractedUsage | None:
         return None  # past the limit is a data error, not a real call: the tracker's estimate is the better record
     cache_read = min(usage.cache_read_tokens, usage.input_tokens)
     cache_write = min(usage.cache_write_tokens, usage.input_tokens - cache_read)
+    one_hour = min(usage.cache_write_1h_tokens, cache_write)
     reasoning = min(usage.reasoning_tokens, usage.output_tokens)
-    return replace(usage, cache_read_tokens=cache_read, cache_write_tokens=cache_write, reasoning_tokens=reasoning)
+    return replace(usage, cache_read_tokens=cache_read, cache_write_tokens=cache_write, reasoning_tokens=reasoning,
+                   cache_write_1h_tokens=one_hour)
 
 
 def _reported_cost(usage: Any) -> Decimal | None:
@@ -308,7 +324,3 @@ def _length(value: Any) -> int:
 def _items(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else []
 
-
-def _canonical_provider(provider: str | None) -> str | None:
-    name = provider.strip().lower() if isinstance(provider, str) else ""
-    return _PROVIDER_ALIASES.get(name, name) or None

@@ -72,8 +72,8 @@ def anthropic_events(message, words=5):
     yield "message_stop", {"type": "message_stop"}
 
 
-def chat_chunks(model="gpt-4o", words=20, prompt_tokens=120, completion_tokens=20):
-    base = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1764400000, "model": model}
+def chat_chunks(model="gpt-4o", words=20, prompt_tokens=120, completion_tokens=20, **fields):
+    base = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1764400000, "model": model, **fields}
     for n in range(words):
         yield {**base, "choices": [{"index": 0, "delta": {"content": f"word{n} "}, "finish_reason": None}]}
     yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
@@ -97,6 +97,8 @@ class FakeProvider:
         self.message = anthropic_message()
         self.response = responses_response()
         self.stream_usage = (120, 20)  # (prompt, completion) tokens on a streamed chat answer's usage chunk
+        self.chunk_fields: dict = {}  # merged into every chat chunk (a served model, a service_tier)
+        self.chunk_usage: dict = {}   # prompt_tokens / completion_tokens of the streamed chat usage
         self.requests: list[dict] = []
         provider = self
 
@@ -137,8 +139,9 @@ class FakeProvider:
                 self.send_header("transfer-encoding", "chunked")
                 self.end_headers()
                 prompt_tokens, completion_tokens = provider.stream_usage
-                chunks = list(chat_chunks(body.get("model", "gpt-4o"), prompt_tokens=prompt_tokens,
-                                          completion_tokens=completion_tokens))
+                chunks = list(chat_chunks(**{"model": body.get("model", "gpt-4o"), "prompt_tokens": prompt_tokens,
+                                             "completion_tokens": completion_tokens, **provider.chunk_usage,
+                                             **provider.chunk_fields}))
                 if not (body.get("stream_options") or {}).get("include_usage"):
                     chunks = chunks[:-1]
                 if provider.mode == "cut":

@@ -17,7 +17,7 @@ from tests.monitoring_seed import attempt, event, failed_log, insert
 NOW = dt.datetime(2025, 3, 10, 12, 0, tzinfo=dt.timezone.utc)
 TODAY = NOW.date()
 CHECKS = ["coverage", "stale_attempts", "failed_logs", "estimate_mismatch", "use_cases", "default_rate",
-          "reconciliation"]
+          "reconciliation", "service_tier"]
 
 
 def naive(moment: dt.datetime) -> dt.datetime:

@@ -227,3 +227,37 @@ def test_cli_reconcile_exit_codes(settings, logged, tmp_path):
     assert wrong.exit_code == 2 and "not a fraction" in wrong.output
     unreadable = runner.invoke(cli_monitor.reconcile, [str(write_csv(tmp_path / "x.csv", ["a"], [["1"]]))])
     assert unreadable.exit_code == 2 and "no day column" in unreadable.output
+
+
+@pytest.mark.parametrize("export_model", ["gpt-4o-mini-2024-07-18", "gpt-4o-mini"])
+def test_tracker_calls_match_an_export_naming_the_snapshot_or_the_requested_model(settings, tmp_path, export_model):
+    """Issue 11 item 16: the tracker stores the requested `gpt-4o-mini`, the export names what served it."""
+    import openai
+
+    from llmcost.ingest import ingest
+    from llmcost.tracker import Tracker
+    from tests.fake_provider import FakeProvider, chat_completion
+
+    server = FakeProvider()
+    server.chat = chat_completion(model="gpt-4o-mini-2024-07-18", prompt_tokens=1000, completion_tokens=500, cached=0)
+    tracker = Tracker(settings)
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="k", max_retries=0)
+        for _ in range(7):
+            with tracker.call(use_case="chat_tutor", user_id="u", tenant_id="t", provider="openai",
+                              model="gpt-4o-mini") as call:
+                call.record(client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user",
+                                                                                          "content": "hi"}]))
+    finally:
+        tracker.close()
+        server.close()
+    ingest(settings)
+    today = dt.datetime.now(dt.timezone.utc).date()
+    export = write_csv(tmp_path / "completions_usage.csv", ["date", "model", "requests", "input_tokens",
+                                                           "output_tokens", "cost_usd"],
+                       # gpt-4o-mini list prices $0.15 / $0.60: 7 x (1,000 x $0.15 + 500 x $0.60) = $0.00315
+                       [[today.isoformat(), export_model, 7, 7000, 3500, "0.00315"]])
+    result = reconcile(settings, export, provider="openai")
+    assert result.ok, result.to_text()
+    assert result.rows[["model", "export_requests", "ours_requests"]].values.tolist() == [[export_model, 7, 7]]
+    assert result.rows.iloc[0]["ours_cost_usd"] == Decimal("0.00315")
