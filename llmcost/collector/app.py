@@ -1,0 +1,224 @@
+"""The collector's HTTP routes (Starlette). Every answer is JSON (or OTLP/Prometheus), never HTML."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pydantic_core
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..config import Settings, load_settings
+from ..tracker import Tracker
+from . import litellm, otlp
+from .admission import Admission, Refusal, identity_from_headers
+from .auth import AuthError, Grant, ServiceKeys
+from .intake import BadBody, DurableWriter, NotDurable, check_records, parse_body
+from .metrics import CONTENT_TYPE, Metrics
+
+log = logging.getLogger("llmcost")
+
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+MAX_BODY_ENV = "LLMCOST_COLLECTOR_MAX_BODY_BYTES"
+KEYS_FILE_ENV = "LLMCOST_COLLECTOR_KEYS_FILE"
+
+
+class TooLarge(Exception):
+    pass
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+class Collector:
+    """The state one collector process shares between requests."""
+
+    def __init__(self, settings: Settings, keys: ServiceKeys, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+        # The tracker's own records (reserve/settle) are fsynced before the answer, like the batches.
+        self.tracker = Tracker(dataclasses.replace(settings, fsync=True), source="collector")
+        self.settings = self.tracker.settings
+        self.keys = keys
+        self.max_body_bytes = max_body_bytes
+        self.writer = DurableWriter(settings.journal_dir, settings.fallback_log)
+        self.admission = Admission(self.tracker)
+        self.metrics = Metrics(self.tracker.pricer, self.settings.tz)
+
+    def grant(self, request: Request) -> Grant:
+        return self.keys.check(request.headers.get("authorization"))
+
+    async def body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise TooLarge()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise TooLarge()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def accept(self, endpoint: str, records: list[Any], grant: Grant) -> dict[str, Any] | JSONResponse:
+        """Validate, make durable, count; the 202 body, or an error response (nothing acknowledged)."""
+        checked = check_records(records, grant, source=f"collector:{endpoint}")
+        if checked.refused_tenant and not checked.accepted and checked.refused_tenant == len(records):
+            self.metrics.count(endpoint, 0, len(checked.rejected), 0)
+            return _error(403, "every record names a tenant this service key is not allowed to send for",
+                          rejected=checked.rejected)
+        started = time.perf_counter()
+        try:
+            where = await run_in_threadpool(self.writer.write, checked.accepted)
+        except NotDurable as error:
+            log.critical("llmcost collector: %s", error)
+            return _error(503, str(error))
+        self.metrics.journal_seconds.observe(time.perf_counter() - started)
+        if where == "fallback":
+            log.error("llmcost collector: journal failed, %d records kept in the fallback log", len(checked.accepted))
+        self.metrics.count(endpoint, len(checked.accepted), len(checked.rejected), checked.unattributed)
+        self.metrics.spend.add(checked.accepted)
+        return {"accepted": len(checked.accepted), "rejected": checked.rejected}
+
+    def close(self) -> None:
+        self.admission.close()
+        self.writer.close()
+        self.tracker.close()
+
+
+def _routes(c: Collector) -> list[Route]:
+    async def guarded(request: Request, handler) -> Response:
+        try:
+            grant = c.grant(request)
+            return await handler(request, grant)
+        except AuthError as error:
+            return _error(401, str(error))
+        except TooLarge:
+            return _error(413, f"request body larger than {c.max_body_bytes} bytes: send smaller batches")
+        except BadBody as error:
+            return _error(400, str(error))
+        except Refusal as refusal:
+            return _error(refusal.status, refusal.body.pop("error"), reason=refusal.reason, **refusal.body)
+
+    async def usage(request: Request) -> Response:
+        async def handle(request: Request, grant: Grant) -> Response:
+            records = parse_body(await c.body(request), request.headers.get("content-type"))
+            result = await c.accept("usage", records, grant)
+            return result if isinstance(result, Response) else JSONResponse(result, status_code=202)
+        return await guarded(request, handle)
+
+    async def litellm_payloads(request: Request) -> Response:
+        async def handle(request: Request, grant: Grant) -> Response:
+            payloads = parse_body(await c.body(request), request.headers.get("content-type"))
+            result = await c.accept("litellm", litellm.payloads_to_records(payloads), grant)
+            return result if isinstance(result, Response) else JSONResponse(result, status_code=202)
+        return await guarded(request, handle)
+
+    async def traces(request: Request) -> Response:
+        async def handle(request: Request, grant: Grant) -> Response:
+            content_type = request.headers.get("content-type")
+            export = otlp.decode_request(await c.body(request), content_type)
+            spans = otlp.spans_to_records(export)
+            if spans.ignored:
+                c.metrics.ignored_spans.inc(spans.ignored)
+            result = await c.accept("traces", spans.records, grant)
+            if isinstance(result, Response):
+                return result
+            message = "; ".join(f"span {r['index']}: {r['error']}" for r in result["rejected"])[:2000]
+            body, media_type = otlp.encode_response(len(result["rejected"]), message, content_type)
+            return Response(body, status_code=200, media_type=media_type)
+        return await guarded(request, handle)
+
+    async def reserve(request: Request) -> Response:
+        async def handle(request: Request, grant: Grant) -> Response:
+            identity = identity_from_headers(request.headers)
+            if grant.tenant_id is not None and identity["tenant_id"] != grant.tenant_id:
+                return _error(403, f"tenant {identity['tenant_id']!r} is not allowed for this service key",
+                              reason="tenant_not_allowed")
+            body = _json_object(await c.body(request))
+            try:
+                answer = await run_in_threadpool(c.admission.reserve, identity, body)
+            except Refusal as refusal:
+                c.metrics.admissions.labels("reserve", refusal.reason).inc()
+                raise
+            c.metrics.admissions.labels("reserve", "allowed").inc()
+            return JSONResponse(answer)
+        return await guarded(request, handle)
+
+    async def settle(request: Request) -> Response:
+        async def handle(request: Request, grant: Grant) -> Response:
+            body = _json_object(await c.body(request))
+            try:
+                answer = await run_in_threadpool(c.admission.settle, body)
+            except Refusal as refusal:
+                c.metrics.admissions.labels("settle", refusal.reason).inc()
+                raise
+            c.metrics.admissions.labels("settle", "settled").inc()
+            return JSONResponse(answer)
+        return await guarded(request, handle)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "journal_dir": str(c.settings.journal_dir), "pid": os.getpid()})
+
+    async def metrics(request: Request) -> Response:
+        async def handle(request: Request, grant: Grant) -> Response:
+            return Response(c.metrics.render(), media_type=CONTENT_TYPE)
+        return await guarded(request, handle)
+
+    return [
+        Route("/v1/usage", usage, methods=["POST"]),
+        Route("/v1/litellm", litellm_payloads, methods=["POST"]),
+        Route("/v1/traces", traces, methods=["POST"]),
+        Route("/v1/reserve", reserve, methods=["POST"]),
+        Route("/v1/settle", settle, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        value = pydantic_core.from_json(body)
+    except ValueError as error:
+        raise BadBody(f"the request body is not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise BadBody(f"the request body must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    return _error(exc.status_code, exc.detail)
+
+
+def create_app(settings: Settings | None = None, keys: ServiceKeys | None = None,
+               max_body_bytes: int | None = None) -> Starlette:
+    """The collector app; settings, keys and the body limit default to the environment's."""
+    settings = settings or load_settings()
+    if keys is None:
+        keys_file = os.environ.get(KEYS_FILE_ENV)
+        keys = ServiceKeys.load(Path(keys_file) if keys_file else None)
+    if max_body_bytes is None:
+        max_body_bytes = int(os.environ.get(MAX_BODY_ENV) or DEFAULT_MAX_BODY_BYTES)
+    settings.ensure_dirs(strict=False)
+    collector = Collector(settings, keys, max_body_bytes)
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        try:
+            yield
+        finally:
+            collector.close()
+
+    app = Starlette(routes=_routes(collector), exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
+    app.state.collector = collector
+    return app
