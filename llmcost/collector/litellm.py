@@ -80,6 +80,8 @@ def payload_to_record(payload: Any) -> Any:
         record.update(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
                       cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
                       reasoning_tokens=usage.reasoning_tokens)
+        if usage.model:
+            record["model"] = usage.model  # the model that answered (and billed), e.g. a dated snapshot
     else:
         record.update(input_tokens=payload.get("prompt_tokens"), output_tokens=payload.get("completion_tokens"),
                       total_tokens=payload.get("total_tokens"))
