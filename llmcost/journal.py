@@ -85,12 +85,8 @@ class Journal:
         """Append one record; return the file it went to. Raises OSError when the journal cannot take it."""
         return self.append_lines(encode_line(record))
 
-    def append_many(self, records: list[dict[str, Any]]) -> Path:
-        """Append records with one write, so the file holds all of them or none. Raises OSError like `append`."""
-        return self.append_lines(b"".join(encode_line(record) for record in records))
-
     def append_lines(self, line: bytes) -> Path:
-        """Append encoded whole lines with one write; return the file they went to."""
+        """Append encoded whole lines with one write (all of them or none); return the file they went to."""
         today = dt.datetime.now(dt.timezone.utc).date()
         with self._lock:
             fd = self._descriptor(today)

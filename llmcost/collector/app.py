@@ -78,7 +78,7 @@ class Collector:
                           rejected=checked.rejected)
         started = time.perf_counter()
         try:
-            where = await run_in_threadpool(self.writer.write, checked.accepted)
+            where = await self.writer.write(checked.accepted)
         except NotDurable as error:
             log.critical("llmcost collector: %s", error)
             return _error(503, str(error))
@@ -189,7 +189,7 @@ def _json_object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        value = pydantic_core.from_json(body)
+        value = pydantic_core.from_json(body, allow_inf_nan=False)
     except ValueError as error:
         raise BadBody(f"the request body is not valid JSON ({error})") from None
     if not isinstance(value, dict):

@@ -15,7 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from ..events import TOKEN_FIELDS
+from ..events import TOKEN_FIELDS, UNATTRIBUTED
 from ..pricing import Pricer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -30,22 +30,28 @@ class _TodaySpend:
         self.tz = tz
         self._lock = threading.Lock()
         self._day: dt.date | None = None
-        self._tokens: dict[tuple, list[int]] = defaultdict(lambda: [0] * len(TOKEN_FIELDS))
+        self._tokens: dict[tuple, list[int]] = {}
         self._given_cost: dict[str, Decimal] = defaultdict(Decimal)
 
     def add(self, records: list[dict[str, Any]]) -> None:
         today = dt.datetime.now(self.tz).date()
         with self._lock:
             if today != self._day:
-                self._day, self._tokens, self._given_cost = today, defaultdict(lambda: [0] * len(TOKEN_FIELDS)), defaultdict(Decimal)
+                self._day, self._tokens, self._given_cost = today, {}, defaultdict(Decimal)
+            tokens = self._tokens
             for record in records:
-                use_case = str(record.get("use_case") or "(unattributed)")
+                use_case = record.get("use_case") or UNATTRIBUTED
                 if record.get("cost_usd") is not None:
                     self._given_cost[use_case] += Decimal(str(record["cost_usd"]))
                     continue
-                counts = self._tokens[(use_case, record.get("provider"), record.get("model"))]
+                key = (use_case, record.get("provider"), record.get("model"))
+                counts = tokens.get(key)
+                if counts is None:
+                    counts = tokens[key] = [0] * len(TOKEN_FIELDS)
                 for i, name in enumerate(TOKEN_FIELDS):
-                    counts[i] += int(record.get(name) or 0)
+                    value = record.get(name)
+                    if value:
+                        counts[i] += value if type(value) is int else int(value)  # validated: "12" or 12.0 at worst
 
     def collect(self):
         family = GaugeMetricFamily("llmcost_collector_spend_today_usd",
