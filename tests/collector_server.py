@@ -41,6 +41,8 @@ def running_collector(home: Path, *args: str, env: dict[str, str] | None = None,
                       cwd: Path | None = None) -> Iterator[RunningCollector]:
     port = free_port()
     full_env = {**os.environ, "LLMCOST_HOME": str(home), **(env or {})}
+    if "LLMCOST_COLLECTOR_KEYS" not in (env or {}):
+        full_env.pop("LLMCOST_COLLECTOR_KEYS", None)  # the developer's own keys must not reach the test collector
     log_path = home.parent / f"collector-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(serve_command(port, *args), env=full_env, cwd=cwd, stdout=log, stderr=log)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ from llmcost.pricing import Pricer
 
 from .collector_server import free_port, ingest, running_collector, serve_command
 
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "collector.py"
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
 
@@ -185,6 +187,7 @@ def test_reserve_and_settle_use_the_trackers_admission(settings, isolated_home):
                                     "estimated_tokens": 1000})
         reservation = reserved.json()["reservation_id"]
         in_flight = ControlState(settings.control_db).in_flight()
+        bad_settle = httpx.post(c.url + "/v1/settle", json={"reservation_id": reservation, "input_tokens": -5})
         settled = httpx.post(c.url + "/v1/settle", json={"reservation_id": reservation, "input_tokens": 900,
                                                           "output_tokens": 150, "cache_read_tokens": 100})
         again = httpx.post(c.url + "/v1/settle", json={"reservation_id": reservation, "input_tokens": 1})
@@ -199,7 +202,8 @@ def test_reserve_and_settle_use_the_trackers_admission(settings, isolated_home):
     assert no_identity.status_code == 400
     assert no_identity.json()["missing"] == ["x-tenant-id"] and "x-tenant-id" in no_identity.json()["error"]
     assert reserved.status_code == 200 and in_flight == 1
-    assert settled.status_code == 200 and settled.json()["total_tokens"] == 1050
+    assert bad_settle.status_code == 400 and "input_tokens" in bad_settle.json()["error"]
+    assert settled.status_code == 200 and settled.json()["total_tokens"] == 1050  # the bad settle kept it open
     assert again.status_code == 404
     assert over_budget.status_code == 429 and over_budget.json()["reason"] == "budget_exceeded"
     figures = over_budget.json()
@@ -227,3 +231,16 @@ def test_metrics_count_records_and_price_todays_spend(isolated_home):
     assert "llmcost_collector_journal_write_seconds_count 2.0" in text
     spend = [line for line in text.splitlines() if line.startswith('llmcost_collector_spend_today_usd{use_case="chat_tutor"}')]
     assert spend and float(spend[0].split()[-1]) > 0
+
+
+def test_bench_collector_runs_and_every_acknowledged_event_is_journaled(tmp_path):
+    out = tmp_path / "collector.json"
+    done = subprocess.run([sys.executable, str(BENCH), "--seconds", "0.5", "--connections", "4", "--out", str(out)],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert [row["batch"] for row in result["rows"]] == [1, 100] and result["fsync"] is True
+    for row in result["rows"]:
+        assert row["collector"]["requests"] > 0 and row["baseline"]["requests"] > 0 and row["ratio"] > 0
+    assert result["targets"][-1]["met"], result["targets"][-1]
+    assert "bare Starlette ev/s" in done.stdout

@@ -109,6 +109,8 @@ class Admission:
     def settle(self, body: dict[str, Any]) -> dict[str, Any]:
         """Record a reserved call's usage and settle its reservation. Raises Refusal (400/404/503)."""
         reservation_id = _text_field(body, "reservation_id", required=True)
+        counts = {name: _int_field(body, name) for name in TOKEN_FIELDS}  # checked before the reservation is taken
+        model = _text_field(body, "model")
         with self._lock:
             entry = self._pending.pop(reservation_id, None)
         if entry is None:
@@ -117,11 +119,10 @@ class Admission:
                          f"expired after {RESERVATION_TTL_SECONDS}s, or reserved at another collector: send settle "
                          "to the collector that reserved)"})
         call = entry[1]
-        counts = {name: _int_field(body, name) for name in TOKEN_FIELDS}
         if body.get("response") is not None:
             call.record(body["response"])
         if counts["input_tokens"] is not None or counts["output_tokens"] is not None:
-            call.record(**{name: value or 0 for name, value in counts.items()}, model=_text_field(body, "model"))
+            call.record(**{name: value or 0 for name, value in counts.items()}, model=model)
         failed = body.get("status") == "error"
         try:
             event = call.finish(CallReportedError(_text_field(body, "error") or "the call failed") if failed else None)
