@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 import os
 import signal
@@ -13,7 +14,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
-import pytest
 
 from llmcost import store
 from llmcost.collector.auth import hash_key
@@ -77,15 +77,20 @@ def test_unreadable_bodies_are_refused_naming_the_problem(isolated_home):
         empty = httpx.post(c.url + "/v1/usage", content=b"")
         too_large = httpx.post(c.url + "/v1/usage", json=[event(n) for n in range(40)])
         chunked_too_large = httpx.post(c.url + "/v1/usage", content=iter([b"[" + b" " * 1500, b" " * 1500 + b"]"]))
+        gzip_bomb = httpx.post(c.url + "/v1/usage", content=gzip.compress(b"[" + b" " * 1_000_000 + b"]"),
+                               headers={"content-encoding": "gzip"})
+        gzipped = httpx.post(c.url + "/v1/usage", content=gzip.compress(json.dumps(event(1)).encode()),
+                             headers={"content-encoding": "gzip"})
         unknown = httpx.get(c.url + "/nope")
     assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["error"]
     assert "<html>" not in not_json.text
     assert empty.status_code == 400 and "empty" in empty.json()["error"]
     assert too_large.status_code == 413 and "2048 bytes" in too_large.json()["error"]
     assert chunked_too_large.status_code == 413
+    assert gzip_bomb.status_code == 413 and gzipped.json() == {"accepted": 1, "rejected": []}
     assert unknown.status_code == 404 and unknown.headers["content-type"].startswith("application/json")
-    assert not list((isolated_home / "journal").glob("*-collector.jsonl")) or all(
-        p.stat().st_size == 0 for p in (isolated_home / "journal").glob("*-collector.jsonl"))
+    journaled = [line for p in (isolated_home / "journal").glob("*-collector.jsonl") for line in p.open()]
+    assert len(journaled) == 1  # only the gzipped event
 
 
 def test_kill_9_right_after_a_202_loses_no_acknowledged_record(settings, isolated_home):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -25,7 +26,7 @@ def test_the_sdk_exporter_sends_genai_spans_that_become_usage_events(settings, i
     with running_collector(isolated_home) as c:
         provider = TracerProvider(resource=Resource.create({
             "service.name": "lesson-api", "llmcost.tenant_id": "school-7"}))
-        exporter = OTLPSpanExporter(endpoint=c.url + "/v1/traces", timeout=10)
+        exporter = OTLPSpanExporter(endpoint=c.url + "/v1/traces", timeout=10, compression=Compression.Gzip)
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         tracer = provider.get_tracer("test")
         with tracer.start_as_current_span("chat gpt-4o") as span:  # current attribute names

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,23 @@ class Collector:
             if size > self.max_body_bytes:
                 raise TooLarge()
             chunks.append(chunk)
-        return b"".join(chunks)
+        body = b"".join(chunks)
+        encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
+        if encoding == "gzip":  # OTLP exporters often compress
+            return self._gunzip(body)
+        if encoding != "identity":
+            raise BadBody(f"unsupported Content-Encoding {encoding[:40]!r}: send gzip or no encoding")
+        return body
+
+    def _gunzip(self, body: bytes) -> bytes:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            data = inflater.decompress(body, self.max_body_bytes + 1)
+        except zlib.error as error:
+            raise BadBody(f"the body is not valid gzip ({error})") from None
+        if len(data) > self.max_body_bytes or inflater.unconsumed_tail:
+            raise TooLarge()
+        return data
 
     async def accept(self, endpoint: str, records: list[Any], grant: Grant) -> dict[str, Any] | JSONResponse:
         """Validate, make durable, count; the 202 body, or an error response (nothing acknowledged)."""
