@@ -155,6 +155,13 @@ def test_service_keys_hashed_at_rest_and_tied_to_a_tenant(settings, isolated_hom
                            json=[event(3, tenant_id="tenant-a"), event(4, tenant_id="t9"), event(5, tenant_id=None)])
         reserve_other = httpx.post(c.url + "/v1/reserve", json={"use_case": "chat_tutor"},
                                    headers={**tenant_key, "x-user-id": "u1", "x-tenant-id": "t9"})
+        admin_reserved = httpx.post(c.url + "/v1/reserve", json={"use_case": "chat_tutor", "estimated_tokens": 10},
+                                    headers={"authorization": "Bearer admin-secret", "x-user-id": "u1",
+                                             "x-tenant-id": "t9"}).json()["reservation_id"]
+        settle_other = httpx.post(c.url + "/v1/settle", headers=tenant_key,
+                                  json={"reservation_id": admin_reserved, "input_tokens": 5})
+        settle_admin = httpx.post(c.url + "/v1/settle", headers={"authorization": "Bearer admin-secret"},
+                                  json={"reservation_id": admin_reserved, "input_tokens": 5})
         metrics_anonymous = httpx.get(c.url + "/metrics")
     assert anonymous.status_code == 401 and "Authorization: Bearer" in anonymous.json()["error"]
     assert wrong.status_code == 401
@@ -163,10 +170,11 @@ def test_service_keys_hashed_at_rest_and_tied_to_a_tenant(settings, isolated_hom
     assert mixed.status_code == 202 and mixed.json()["accepted"] == 2
     assert [r["index"] for r in mixed.json()["rejected"]] == [1]
     assert reserve_other.status_code == 403
+    assert settle_other.status_code == 403 and settle_admin.status_code == 200  # the refusal left it open
     assert metrics_anonymous.status_code == 401
     ingest(isolated_home)
     assert rows(settings, "SELECT tenant_id, count(*) FROM usage_events GROUP BY 1 ORDER BY 1") == [
-        ("t9", 1), ("tenant-a", 2)]
+        ("t9", 2), ("tenant-a", 2)]
 
 
 def test_serve_refuses_a_public_address_without_keys(isolated_home):

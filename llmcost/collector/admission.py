@@ -106,13 +106,20 @@ class Admission:
         return {"reservation_id": call.attempt_id, "estimated_tokens": call.estimated_tokens,
                 "budget_warning": call.decision.reason if call.decision else None}
 
-    def settle(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Record a reserved call's usage and settle its reservation. Raises Refusal (400/404/503)."""
+    def settle(self, body: dict[str, Any], tenant_id: str | None = None) -> dict[str, Any]:
+        """Record a reserved call's usage and settle its reservation. Raises Refusal (400/403/404/503).
+
+        With `tenant_id` (a tenant's service key), only that tenant's reservations may be settled.
+        """
         reservation_id = _text_field(body, "reservation_id", required=True)
         counts = {name: _int_field(body, name) for name in TOKEN_FIELDS}  # checked before the reservation is taken
         model = _text_field(body, "model")
         with self._lock:
-            entry = self._pending.pop(reservation_id, None)
+            entry = self._pending.get(reservation_id)
+            if entry is not None and tenant_id is not None and entry[1].tenant_id != tenant_id:
+                raise Refusal(403, "tenant_not_allowed", {
+                    "error": "this reservation belongs to a tenant this service key is not allowed to settle for"})
+            self._pending.pop(reservation_id, None)
         if entry is None:
             raise Refusal(404, "unknown_reservation", {
                 "error": f"reservation {reservation_id!r} is not open in this collector process (already settled, "

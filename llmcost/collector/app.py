@@ -86,19 +86,16 @@ class Collector:
             raise TooLarge()
         return data
 
-    async def accept(self, endpoint: str, records: list[Any], grant: Grant) -> dict[str, Any] | JSONResponse:
-        """Validate, make durable, count; the 202 body, or an error response (nothing acknowledged)."""
+    async def accept(self, endpoint: str, records: list[Any], grant: Grant) -> dict[str, Any]:
+        """Validate, make durable, count; the 202 body. Raises Refusal (403) or NotDurable (nothing acknowledged)."""
         checked = check_records(records, grant, source=f"collector:{endpoint}")
-        if checked.refused_tenant and not checked.accepted and checked.refused_tenant == len(records):
+        if checked.refused_tenant and checked.refused_tenant == len(records):
             self.metrics.count(endpoint, 0, len(checked.rejected), 0)
-            return _error(403, "every record names a tenant this service key is not allowed to send for",
-                          rejected=checked.rejected)
+            raise Refusal(403, "tenant_not_allowed", {
+                "error": "every record names a tenant this service key is not allowed to send for",
+                "rejected": checked.rejected})
         started = time.perf_counter()
-        try:
-            where = await self.writer.write(checked.accepted)
-        except NotDurable as error:
-            log.critical("llmcost collector: %s", error)
-            return _error(503, str(error))
+        where = await self.writer.write(checked.accepted)
         self.metrics.journal_seconds.observe(time.perf_counter() - started)
         if where == "fallback":
             log.error("llmcost collector: journal failed, %d records kept in the fallback log", len(checked.accepted))
@@ -113,93 +110,81 @@ class Collector:
 
 
 def _routes(c: Collector) -> list[Route]:
-    async def guarded(request: Request, handler) -> Response:
-        try:
-            grant = c.grant(request)
-            return await handler(request, grant)
-        except AuthError as error:
-            return _error(401, str(error))
-        except TooLarge:
-            return _error(413, f"request body larger than {c.max_body_bytes} bytes: send smaller batches")
-        except BadBody as error:
-            return _error(400, str(error))
-        except Refusal as refusal:
-            return _error(refusal.status, refusal.body.pop("error"), reason=refusal.reason, **refusal.body)
-
-    async def usage(request: Request) -> Response:
-        async def handle(request: Request, grant: Grant) -> Response:
-            records = parse_body(await c.body(request), request.headers.get("content-type"))
-            result = await c.accept("usage", records, grant)
-            return result if isinstance(result, Response) else JSONResponse(result, status_code=202)
-        return await guarded(request, handle)
-
-    async def litellm_payloads(request: Request) -> Response:
-        async def handle(request: Request, grant: Grant) -> Response:
-            payloads = parse_body(await c.body(request), request.headers.get("content-type"))
-            result = await c.accept("litellm", litellm.payloads_to_records(payloads), grant)
-            return result if isinstance(result, Response) else JSONResponse(result, status_code=202)
-        return await guarded(request, handle)
-
-    async def traces(request: Request) -> Response:
-        async def handle(request: Request, grant: Grant) -> Response:
-            content_type = request.headers.get("content-type")
-            export = otlp.decode_request(await c.body(request), content_type)
-            spans = otlp.spans_to_records(export)
-            if spans.ignored:
-                c.metrics.ignored_spans.inc(spans.ignored)
-            result = await c.accept("traces", spans.records, grant)
-            if isinstance(result, Response):
-                return result
-            message = "; ".join(f"span {r['index']}: {r['error']}" for r in result["rejected"])[:2000]
-            body, media_type = otlp.encode_response(len(result["rejected"]), message, content_type)
-            return Response(body, status_code=200, media_type=media_type)
-        return await guarded(request, handle)
-
-    async def reserve(request: Request) -> Response:
-        async def handle(request: Request, grant: Grant) -> Response:
-            identity = identity_from_headers(request.headers)
-            if grant.tenant_id is not None and identity["tenant_id"] != grant.tenant_id:
-                return _error(403, f"tenant {identity['tenant_id']!r} is not allowed for this service key",
-                              reason="tenant_not_allowed")
-            body = _json_object(await c.body(request))
+    def guarded(handler):
+        """The endpoint: the service key checked first, then each known failure as a JSON answer."""
+        async def endpoint(request: Request) -> Response:
             try:
-                answer = await run_in_threadpool(c.admission.reserve, identity, body)
+                return await handler(request, c.grant(request))
+            except AuthError as error:
+                return _error(401, str(error))
+            except TooLarge:
+                return _error(413, f"request body larger than {c.max_body_bytes} bytes: send smaller batches")
+            except BadBody as error:
+                return _error(400, str(error))
             except Refusal as refusal:
-                c.metrics.admissions.labels("reserve", refusal.reason).inc()
-                raise
-            c.metrics.admissions.labels("reserve", "allowed").inc()
-            return JSONResponse(answer)
-        return await guarded(request, handle)
+                body = dict(refusal.body)
+                return _error(refusal.status, body.pop("error"), reason=refusal.reason, **body)
+            except NotDurable as error:
+                log.critical("llmcost collector: %s", error)
+                return _error(503, str(error))
+        return endpoint
 
-    async def settle(request: Request) -> Response:
-        async def handle(request: Request, grant: Grant) -> Response:
-            body = _json_object(await c.body(request))
-            try:
-                answer = await run_in_threadpool(c.admission.settle, body)
-            except Refusal as refusal:
-                c.metrics.admissions.labels("settle", refusal.reason).inc()
-                raise
-            c.metrics.admissions.labels("settle", "settled").inc()
-            return JSONResponse(answer)
-        return await guarded(request, handle)
+    async def usage(request: Request, grant: Grant) -> Response:
+        records = parse_body(await c.body(request), request.headers.get("content-type"))
+        return JSONResponse(await c.accept("usage", records, grant), status_code=202)
+
+    async def litellm_payloads(request: Request, grant: Grant) -> Response:
+        payloads = parse_body(await c.body(request), request.headers.get("content-type"))
+        return JSONResponse(await c.accept("litellm", litellm.payloads_to_records(payloads), grant), status_code=202)
+
+    async def traces(request: Request, grant: Grant) -> Response:
+        content_type = request.headers.get("content-type")
+        spans = otlp.spans_to_records(otlp.decode_request(await c.body(request), content_type))
+        if spans.ignored:
+            c.metrics.ignored_spans.inc(spans.ignored)
+        result = await c.accept("traces", spans.records, grant)
+        message = "; ".join(f"span {r['index']}: {r['error']}" for r in result["rejected"])[:2000]
+        body, media_type = otlp.encode_response(len(result["rejected"]), message, content_type)
+        return Response(body, status_code=200, media_type=media_type)
+
+    async def reserve(request: Request, grant: Grant) -> Response:
+        identity = identity_from_headers(request.headers)
+        if grant.tenant_id is not None and identity["tenant_id"] != grant.tenant_id:
+            raise Refusal(403, "tenant_not_allowed", {
+                "error": f"tenant {identity['tenant_id']!r} is not allowed for this service key"})
+        body = _json_object(await c.body(request))
+        return JSONResponse(await _admit(c, "reserve", c.admission.reserve, identity, body))
+
+    async def settle(request: Request, grant: Grant) -> Response:
+        body = _json_object(await c.body(request))
+        return JSONResponse(await _admit(c, "settle", c.admission.settle, body, grant.tenant_id))
+
+    async def metrics(request: Request, grant: Grant) -> Response:
+        return Response(c.metrics.render(), media_type=CONTENT_TYPE)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "journal_dir": str(c.settings.journal_dir), "pid": os.getpid()})
 
-    async def metrics(request: Request) -> Response:
-        async def handle(request: Request, grant: Grant) -> Response:
-            return Response(c.metrics.render(), media_type=CONTENT_TYPE)
-        return await guarded(request, handle)
-
     return [
-        Route("/v1/usage", usage, methods=["POST"]),
-        Route("/v1/litellm", litellm_payloads, methods=["POST"]),
-        Route("/v1/traces", traces, methods=["POST"]),
-        Route("/v1/reserve", reserve, methods=["POST"]),
-        Route("/v1/settle", settle, methods=["POST"]),
+        Route("/v1/usage", guarded(usage), methods=["POST"]),
+        Route("/v1/litellm", guarded(litellm_payloads), methods=["POST"]),
+        Route("/v1/traces", guarded(traces), methods=["POST"]),
+        Route("/v1/reserve", guarded(reserve), methods=["POST"]),
+        Route("/v1/settle", guarded(settle), methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        Route("/metrics", guarded(metrics), methods=["GET"]),
     ]
+
+
+async def _admit(c: Collector, action: str, step, *args) -> dict[str, Any]:
+    """Run a reserve or settle off the event loop (SQLite and fsync), counting its outcome."""
+    try:
+        answer = await run_in_threadpool(step, *args)
+    except Refusal as refusal:
+        c.metrics.admissions.labels(action, refusal.reason).inc()
+        raise
+    c.metrics.admissions.labels(action, "allowed" if action == "reserve" else "settled").inc()
+    return answer
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
