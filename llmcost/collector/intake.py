@@ -147,6 +147,7 @@ class GroupCommit:
         self._waiting: list[tuple[asyncio.AbstractEventLoop, asyncio.Future, bytes]] = []
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._entries_synced: set[Path] = set()
 
     async def append(self, lines: bytes) -> Path:
         """Write the lines and return once they are fsynced; raises OSError when they could not be."""
@@ -180,6 +181,9 @@ class GroupCommit:
             for path in {path for _, _, path in written}:
                 try:
                     _fsync_path(path)
+                    if path not in self._entries_synced:  # a new file: its folder entry must survive power loss too
+                        _fsync_path(path.parent)
+                        self._entries_synced.add(path)
                 except OSError as error:
                     errors[path] = error
             for loop, future, path in written:
