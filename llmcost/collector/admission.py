@@ -25,7 +25,7 @@ RESERVATION_TTL_SECONDS = 3600
 IDENTITY_HEADERS = {"user_id": "x-user-id", "tenant_id": "x-tenant-id"}
 
 
-@dataclass
+@dataclass(eq=False)  # an exception stays hashable
 class Refusal(Exception):
     """A reserve or settle that cannot proceed: HTTP status, reason code and the body to answer with."""
 
