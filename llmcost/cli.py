@@ -280,6 +280,29 @@ def dismiss(settings, failed_ids, source, reason, by):
     click.echo(f"Dismissed {count:,} failed log(s)" + ("" if count else " (none open matched)"))
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8787, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes.")
+@click.option("--keys-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Service key hashes, one 'sha256:<hex>[@tenant]' a line (also LLMCOST_COLLECTOR_KEYS).")
+@click.option("--allow-unauthenticated", is_flag=True, help="Listen beyond loopback without service keys.")
+@click.option("--max-body-bytes", default=10 * 1024 * 1024, show_default=True, type=click.IntRange(min=1024))
+@click.option("--hash-key", is_flag=True, help="Print the hash of a service key read on stdin, and exit.")
+@settings_options
+def serve(settings, host, port, workers, keys_file, allow_unauthenticated, max_body_bytes, hash_key):
+    """Collect usage over HTTP from any host or language: events, OTLP traces, LiteLLM, reserve/settle."""
+    from .collector.auth import hash_key as hashed
+    from .collector.server import serve as run_collector
+
+    if hash_key:
+        click.echo(hashed(sys.stdin.readline()))
+        return
+    click.echo(f"llmcost collector on http://{host}:{port} (journal folder {settings.journal_dir})", err=True)
+    run_collector(settings, host=host, port=port, workers=workers, keys_file=keys_file,
+                  allow_unauthenticated=allow_unauthenticated, max_body_bytes=max_body_bytes)
+
+
 for _command in cli_monitor.COMMANDS:
     cli.add_command(_command)
 

@@ -83,7 +83,10 @@ class Journal:
 
     def append(self, record: dict[str, Any]) -> Path:
         """Append one record; return the file it went to. Raises OSError when the journal cannot take it."""
-        line = encode_line(record)
+        return self.append_lines(encode_line(record))
+
+    def append_lines(self, line: bytes) -> Path:
+        """Append encoded whole lines with one write (all of them or none); return the file they went to."""
         today = dt.datetime.now(dt.timezone.utc).date()
         with self._lock:
             fd = self._descriptor(today)

@@ -1,0 +1,226 @@
+"""The collector's HTTP routes (Starlette). Every answer is JSON (or OTLP/Prometheus), never HTML."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pydantic_core
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..config import Settings, load_settings
+from ..tracker import Tracker
+from . import litellm, otlp
+from .admission import Admission, Refusal, identity_from_headers
+from .auth import AuthError, Grant, ServiceKeys
+from .intake import BadBody, DurableWriter, NotDurable, check_records, parse_body
+from .metrics import CONTENT_TYPE, Metrics
+
+log = logging.getLogger("llmcost")
+
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+MAX_BODY_ENV = "LLMCOST_COLLECTOR_MAX_BODY_BYTES"
+KEYS_FILE_ENV = "LLMCOST_COLLECTOR_KEYS_FILE"
+
+
+class TooLarge(Exception):
+    pass
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+class Collector:
+    """The state one collector process shares between requests."""
+
+    def __init__(self, settings: Settings, keys: ServiceKeys, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+        # The tracker's own records (reserve/settle) are fsynced before the answer, like the batches.
+        self.tracker = Tracker(dataclasses.replace(settings, fsync=True), source="collector")
+        self.settings = self.tracker.settings
+        self.keys = keys
+        self.max_body_bytes = max_body_bytes
+        self.writer = DurableWriter(settings.journal_dir, settings.fallback_log)
+        self.admission = Admission(self.tracker)
+        self.metrics = Metrics(self.tracker.pricer, self.settings.tz)
+
+    def grant(self, request: Request) -> Grant:
+        return self.keys.check(request.headers.get("authorization"))
+
+    async def body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise TooLarge()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise TooLarge()
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
+        if encoding == "gzip":  # OTLP exporters often compress
+            return self._gunzip(body)
+        if encoding != "identity":
+            raise BadBody(f"unsupported Content-Encoding {encoding[:40]!r}: send gzip or no encoding")
+        return body
+
+    def _gunzip(self, body: bytes) -> bytes:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            data = inflater.decompress(body, self.max_body_bytes + 1)
+        except zlib.error as error:
+            raise BadBody(f"the body is not valid gzip ({error})") from None
+        if len(data) > self.max_body_bytes or inflater.unconsumed_tail:
+            raise TooLarge()
+        return data
+
+    async def accept(self, endpoint: str, records: list[Any], grant: Grant) -> dict[str, Any]:
+        """Validate, make durable, count; the 202 body. Raises Refusal (403) or NotDurable (nothing acknowledged)."""
+        checked = check_records(records, grant, source=f"collector:{endpoint}")
+        if checked.refused_tenant and checked.refused_tenant == len(records):
+            self.metrics.count(endpoint, 0, len(checked.rejected), 0)
+            raise Refusal(403, "tenant_not_allowed", {
+                "error": "every record names a tenant this service key is not allowed to send for",
+                "rejected": checked.rejected})
+        started = time.perf_counter()
+        where = await self.writer.write(checked.accepted)
+        self.metrics.journal_seconds.observe(time.perf_counter() - started)
+        if where == "fallback":
+            log.error("llmcost collector: journal failed, %d records kept in the fallback log", len(checked.accepted))
+        self.metrics.count(endpoint, len(checked.accepted), len(checked.rejected), checked.unattributed)
+        self.metrics.spend.add(checked.accepted)
+        return {"accepted": len(checked.accepted), "rejected": checked.rejected}
+
+    def close(self) -> None:
+        self.admission.close()
+        self.writer.close()
+        self.tracker.close()
+
+
+def _routes(c: Collector) -> list[Route]:
+    def guarded(handler):
+        """The endpoint: the service key checked first, then each known failure as a JSON answer."""
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request, c.grant(request))
+            except AuthError as error:
+                return _error(401, str(error))
+            except TooLarge:
+                return _error(413, f"request body larger than {c.max_body_bytes} bytes: send smaller batches")
+            except BadBody as error:
+                return _error(400, str(error))
+            except Refusal as refusal:
+                body = dict(refusal.body)
+                return _error(refusal.status, body.pop("error"), reason=refusal.reason, **body)
+            except NotDurable as error:
+                log.critical("llmcost collector: %s", error)
+                return _error(503, str(error))
+        return endpoint
+
+    async def usage(request: Request, grant: Grant) -> Response:
+        records = parse_body(await c.body(request), request.headers.get("content-type"))
+        return JSONResponse(await c.accept("usage", records, grant), status_code=202)
+
+    async def litellm_payloads(request: Request, grant: Grant) -> Response:
+        payloads = parse_body(await c.body(request), request.headers.get("content-type"))
+        return JSONResponse(await c.accept("litellm", litellm.payloads_to_records(payloads), grant), status_code=202)
+
+    async def traces(request: Request, grant: Grant) -> Response:
+        content_type = request.headers.get("content-type")
+        spans = otlp.spans_to_records(otlp.decode_request(await c.body(request), content_type))
+        if spans.ignored:
+            c.metrics.ignored_spans.inc(spans.ignored)
+        result = await c.accept("traces", spans.records, grant)
+        message = "; ".join(f"span {r['index']}: {r['error']}" for r in result["rejected"])[:2000]
+        body, media_type = otlp.encode_response(len(result["rejected"]), message, content_type)
+        return Response(body, status_code=200, media_type=media_type)
+
+    async def reserve(request: Request, grant: Grant) -> Response:
+        identity = identity_from_headers(request.headers)
+        if grant.tenant_id is not None and identity["tenant_id"] != grant.tenant_id:
+            raise Refusal(403, "tenant_not_allowed", {
+                "error": f"tenant {identity['tenant_id']!r} is not allowed for this service key"})
+        body = _json_object(await c.body(request))
+        return JSONResponse(await _admit(c, "reserve", c.admission.reserve, identity, body))
+
+    async def settle(request: Request, grant: Grant) -> Response:
+        body = _json_object(await c.body(request))
+        return JSONResponse(await _admit(c, "settle", c.admission.settle, body, grant.tenant_id))
+
+    async def metrics(request: Request, grant: Grant) -> Response:
+        return Response(c.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "journal_dir": str(c.settings.journal_dir), "pid": os.getpid()})
+
+    return [
+        Route("/v1/usage", guarded(usage), methods=["POST"]),
+        Route("/v1/litellm", guarded(litellm_payloads), methods=["POST"]),
+        Route("/v1/traces", guarded(traces), methods=["POST"]),
+        Route("/v1/reserve", guarded(reserve), methods=["POST"]),
+        Route("/v1/settle", guarded(settle), methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", guarded(metrics), methods=["GET"]),
+    ]
+
+
+async def _admit(c: Collector, action: str, step, *args) -> dict[str, Any]:
+    """Run a reserve or settle off the event loop (SQLite and fsync), counting its outcome."""
+    try:
+        answer = await run_in_threadpool(step, *args)
+    except Refusal as refusal:
+        c.metrics.admissions.labels(action, refusal.reason).inc()
+        raise
+    c.metrics.admissions.labels(action, "allowed" if action == "reserve" else "settled").inc()
+    return answer
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        value = pydantic_core.from_json(body, allow_inf_nan=False)
+    except ValueError as error:
+        raise BadBody(f"the request body is not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise BadBody(f"the request body must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    return _error(exc.status_code, exc.detail)
+
+
+def create_app(settings: Settings | None = None, keys: ServiceKeys | None = None,
+               max_body_bytes: int | None = None) -> Starlette:
+    """The collector app; settings, keys and the body limit default to the environment's."""
+    settings = settings or load_settings()
+    if keys is None:
+        keys_file = os.environ.get(KEYS_FILE_ENV)
+        keys = ServiceKeys.load(Path(keys_file) if keys_file else None)
+    if max_body_bytes is None:
+        max_body_bytes = int(os.environ.get(MAX_BODY_ENV) or DEFAULT_MAX_BODY_BYTES)
+    settings.ensure_dirs(strict=False)
+    collector = Collector(settings, keys, max_body_bytes)
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        try:
+            yield
+        finally:
+            collector.close()
+
+    app = Starlette(routes=_routes(collector), exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
+    app.state.collector = collector
+    return app

@@ -1,0 +1,91 @@
+"""Prometheus metrics of one collector process (each worker reports its own; sum them in Prometheus).
+
+Today's spend by use case is priced at scrape time from the token counts accepted today, with the same
+pricer ingestion uses, so the request path does no pricing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from ..events import TOKEN_FIELDS, UNATTRIBUTED
+from ..pricing import Pricer
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+disable_created_metrics()  # the *_created series only double what a scraper sees
+
+
+class _TodaySpend:
+    """Token counts accepted today per (use case, provider, model), priced when scraped."""
+
+    def __init__(self, pricer: Pricer, tz):
+        self.pricer = pricer
+        self.tz = tz
+        self._lock = threading.Lock()
+        self._day: dt.date | None = None
+        self._tokens: dict[tuple, list[int]] = {}
+        self._given_cost: dict[str, Decimal] = defaultdict(Decimal)
+
+    def add(self, records: list[dict[str, Any]]) -> None:
+        today = dt.datetime.now(self.tz).date()
+        with self._lock:
+            if today != self._day:
+                self._day, self._tokens, self._given_cost = today, {}, defaultdict(Decimal)
+            tokens = self._tokens
+            for record in records:
+                use_case = record.get("use_case") or UNATTRIBUTED
+                if record.get("cost_usd") is not None:
+                    self._given_cost[use_case] += Decimal(str(record["cost_usd"]))
+                    continue
+                key = (use_case, record.get("provider"), record.get("model"))
+                counts = tokens.get(key)
+                if counts is None:
+                    counts = tokens[key] = [0] * len(TOKEN_FIELDS)
+                for i, name in enumerate(TOKEN_FIELDS):
+                    value = record.get(name)
+                    if value:
+                        counts[i] += value if type(value) is int else int(value)  # validated: "12" or 12.0 at worst
+
+    def collect(self):
+        family = GaugeMetricFamily("llmcost_collector_spend_today_usd",
+                                   "Spend accepted by this collector process today, by use case", labels=["use_case"])
+        with self._lock:
+            groups = {key: list(value) for key, value in self._tokens.items()}
+            totals: dict[str, Decimal] = defaultdict(Decimal, self._given_cost)
+        now = dt.datetime.now(dt.timezone.utc)
+        for (use_case, provider, model), counts in groups.items():
+            totals[use_case] += self.pricer.price(provider=provider, model=model, ts=now,
+                                                  **dict(zip(TOKEN_FIELDS, counts))).cost_usd
+        for use_case, amount in sorted(totals.items()):
+            family.add_metric([use_case], float(amount))
+        yield family
+
+
+class Metrics:
+    def __init__(self, pricer: Pricer, tz):
+        self.registry = CollectorRegistry()
+        self.records = Counter("llmcost_collector_records", "Records received, by endpoint and outcome",
+                               ["endpoint", "outcome"], registry=self.registry)
+        self.ignored_spans = Counter("llmcost_collector_ignored_spans", "OTLP spans that were not GenAI calls",
+                                     registry=self.registry)
+        self.admissions = Counter("llmcost_collector_admissions", "Reserve and settle requests, by outcome",
+                                  ["action", "outcome"], registry=self.registry)
+        self.journal_seconds = Histogram("llmcost_collector_journal_write_seconds",
+                                         "Time to make a batch durable (write and fsync)", registry=self.registry)
+        self.spend = _TodaySpend(pricer, tz)
+        self.registry.register(self.spend)
+
+    def count(self, endpoint: str, accepted: int, rejected: int, unattributed: int) -> None:
+        for outcome, number in (("accepted", accepted), ("rejected", rejected), ("unattributed", unattributed)):
+            if number:
+                self.records.labels(endpoint, outcome).inc(number)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
