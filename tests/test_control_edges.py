@@ -19,7 +19,7 @@ import openai
 import pytest
 
 import llmcost
-from llmcost import control_file
+from llmcost import control_file, store
 from llmcost import control_audit, dashboard_queries, reports
 from llmcost.config import load_settings
 from llmcost.control import ControlState
@@ -297,6 +297,8 @@ def test_a_corrupt_control_file_is_set_aside_loudly_and_its_kill_switch_kept(set
         assert tracker.control.set_aside is not None and tracker.control.set_aside.exists()
     finally:
         tracker.close()
+    with store.writing(settings.db_path):  # check reads a store; an empty one is enough here
+        pass
     check = cli("check", "--format", "json", check=False)
     assert check.returncode == 2, check.stdout + check.stderr
     alerts = json.loads(check.stdout)["alerts"]

@@ -164,8 +164,9 @@ def test_a_journal_folder_that_is_a_link_does_not_make_the_spend_rebuild_read_st
     settings.journal_dir.rmdir()
     settings.journal_dir.symlink_to(real, target_is_directory=True)
     today = dt.datetime.now(settings.tz)
-    events = [record(n, event_id=f"call-{n}", ts=today.isoformat(), user_id="u", input_tokens=8000,
-                     output_tokens=2000) for n in range(5)]
+    # tracker calls (with their attempt ids): the ones the spend rebuild reads from journals
+    events = [record(n, event_id=f"call-{n}", attempt_id=f"attempt-{n}", ts=today.isoformat(), user_id="u",
+                     input_tokens=8000, output_tokens=2000) for n in range(5)]
     (real / "app.jsonl").write_bytes(jsonl(events))
     ingest(settings)
     tokens = sum(t for user, t, _ in spend_rows(settings, today.date()) if user == "u")
