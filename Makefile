@@ -23,6 +23,7 @@ run: $(VENV)/.installed
 	$(BIN)/streamlit run app.py --server.headless true --server.port $(PORT)
 
 test: $(VENV)/.installed-dev
+	$(BIN)/ruff check llmcost tests bench app.py pages
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-dev

@@ -5,7 +5,7 @@ The navigation and the shared sidebar filters live here; each page is a thin scr
 
 import streamlit as st
 
-from llmcost import dashboard_ui as ui
+from llmcost.dashboard import ui
 
 st.set_page_config(page_title="llmcost", page_icon=":material/paid:", layout="wide")
 

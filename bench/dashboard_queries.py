@@ -48,7 +48,7 @@ USE_CASES = ("content_analyzer", "auto_populate", "chat_tutor", "scaffolder", "i
 
 def generate_store(db_path: Path, events: int, last_day: dt.date) -> float:
     """Write `events` usage events over DAYS days ending on `last_day`, in time order; return the seconds."""
-    from llmcost import store
+    from llmcost.store import connection as store
 
     started = time.perf_counter()
     first = dt.datetime.combine(last_day - dt.timedelta(days=DAYS - 1), dt.time())
@@ -78,7 +78,7 @@ def generate_store(db_path: Path, events: int, last_day: dt.date) -> float:
                        20 + hash(i, 'out') % 800 AS output_tokens
                 FROM range($events) AS r(i)
             )
-            SELECT *, hash(event_id) AS event_key FROM (  -- the key ingest gives each event (llmcost.migrations)
+            SELECT *, hash(event_id) AS event_key FROM (  -- the key ingest gives each event (llmcost.store.migrations)
             SELECT uuid()::VARCHAR AS event_id, ts, CAST(ts AS DATE) AS day,
                    'user-' || user_no AS user_id, 'tenant-' || (user_no % $tenants) AS tenant_id,
                    {use_cases}[CAST(1 + hash(i, 'uc') % {len(USE_CASES)} AS BIGINT)] AS use_case,
@@ -110,10 +110,10 @@ def child_dashboard(db_path: Path, today: dt.date, runs: int) -> dict:
     import plotly  # noqa: F401 - loaded as the dashboard process loads it
     import streamlit  # noqa: F401
 
-    from llmcost import charts
-    from llmcost import dashboard_queries as dq
     from llmcost.config import SystemLevels
-    from llmcost.store import reading
+    from llmcost.dashboard import charts
+    from llmcost.dashboard import queries as dq
+    from llmcost.store.connection import reading
 
     filters = dq.Filters(today - dt.timedelta(days=RANGE_DAYS - 1), today)
 
@@ -163,7 +163,7 @@ def child_pandas(db_path: Path, today: dt.date, runs: int) -> dict:
     import duckdb
     import pandas as pd
 
-    from llmcost.dashboard_queries import Periods
+    from llmcost.dashboard.queries import Periods
 
     periods = Periods(today)
     ranges = periods.ranges()

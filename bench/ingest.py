@@ -6,7 +6,7 @@ JSON Lines, as CSV, and as the tracker's journal (a write-ahead call attempt bef
 event's own cost). For each file it times, each in a fresh process:
 - raw DuckDB: connect, `CREATE TABLE t AS SELECT * FROM read_json(file)` / `read_csv(file)` into a fresh file,
   close (the baseline; timed from connect to close, as the ingest is);
-- `llmcost.ingest.ingest(settings, [file])` into a fresh store (validates, prices, de-duplicates every record);
+- `llmcost.ingestion.run.ingest(settings, [file])` into a fresh store (validates, prices, de-duplicates every record);
 - the same ingest again on the unchanged file (should cost next to nothing);
 - the largest JSON Lines file again, into a store already holding --grown times as many other events
   (written by SQL, untimed), against the first ingest into an empty store.
@@ -167,9 +167,9 @@ WRITERS = {"jsonl": write_jsonl, "csv": write_csv, "journal": write_journal}
 
 def child_ingest(file: Path) -> dict:
     """Runs in a fresh process whose LLMCOST_HOME is the store under test."""
-    from llmcost import store
     from llmcost.config import load_settings
-    from llmcost.ingest import ingest
+    from llmcost.ingestion.run import ingest
+    from llmcost.store import connection as store
 
     settings = load_settings()
     settings.ensure_dirs()
@@ -190,9 +190,9 @@ def child_ingest(file: Path) -> dict:
 
 def child_grown(file: Path, existing: int) -> dict:
     """Ingest into a store that already holds `existing` other events (written by SQL, untimed)."""
-    from llmcost import store
     from llmcost.config import load_settings
-    from llmcost.ingest import ingest
+    from llmcost.ingestion.run import ingest
+    from llmcost.store import connection as store
 
     settings = load_settings()
     settings.ensure_dirs()
@@ -319,7 +319,7 @@ def code_version() -> dict[str, str]:
     """Which ingestion code produced the figures: the commit and a hash of every llmcost module ingest loads."""
     import llmcost
 
-    importlib.import_module("llmcost.ingest")  # the package exports a function by that name; load the module
+    importlib.import_module("llmcost.ingestion.run")  # the package exports a function by that name; load the module
     files = sorted({Path(m.__file__) for name, m in sys.modules.items()
                     if name.startswith("llmcost") and getattr(m, "__file__", None)})
     digest = hashlib.sha1(b"".join(path.read_bytes() for path in files))

@@ -4,9 +4,9 @@ The ingest target is "within 2x of raw DuckDB". This script measures, on the sam
 same run, the two steps no exact ingest can skip, against raw DuckDB (`read_json` / `read_csv` into a
 plain table, connect to close, as in bench/ingest.py):
 - read exactly: each JSON line's keys counted and the JSON text of every known field taken out, as
-  llmcost.bulk reads them (`json_keys`, `json_extract`: a line with an unknown key, a key given twice
+  llmcost.ingestion.bulk reads them (`json_keys`, `json_extract`: a line with an unknown key, a key given twice
   or a number where a name belongs must not pass for clean), in batches of 128 MB, into a temp table;
-  for CSV, every cell read as text, as llmcost.csv_rows does. No check, no pricing.
+  for CSV, every cell read as text, as llmcost.ingestion.csv does. No check, no pricing.
 - write: the raw table's rows written into usage_events of a fresh store (typed, with the columns the
   store adds), and the store closed. No de-duplication.
 Each step is timed in a fresh process, fastest of --repeat runs. "floor" is their sum over raw DuckDB:
@@ -46,11 +46,12 @@ def child_read(file: Path, fmt: str) -> dict:
     """Every record read as exactly as the ingest reads it, chunk by chunk, into a temp table."""
     import duckdb
 
-    from llmcost import bulk, csv_rows
+    from llmcost.ingestion import bulk
+    from llmcost.ingestion import csv as csv_rows
 
     start = time.perf_counter()
     db = duckdb.connect()
-    db.execute("SET preserve_insertion_order = false")  # as llmcost.bulk stages: the scan runs on every core
+    db.execute("SET preserve_insertion_order = false")  # as llmcost.ingestion.bulk stages: the scan runs on every core
     rows = 0
     with file.open("rb") as f:
         header = f.readline() if fmt == "csv" else b""
@@ -76,7 +77,7 @@ def child_read(file: Path, fmt: str) -> dict:
 
 def child_write(file: Path, fmt: str, db_path: Path) -> dict:
     """The store's write alone: rows DuckDB read from the file (untimed) into usage_events, then close."""
-    from llmcost import store
+    from llmcost.store import connection as store
 
     db = store.connect(db_path)
     db.execute(f"CREATE TEMP TABLE t AS SELECT * FROM {ingest_bench.RAW_READERS[fmt]}(?)", [str(file)])

@@ -25,7 +25,7 @@ from pathlib import Path
 from openai.types.chat import ChatCompletion
 
 from llmcost.config import load_settings
-from llmcost.tracker import Tracker
+from llmcost.sdk.tracker import Tracker
 
 RESPONSE = {
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 1764400000, "model": "gpt-4o-mini",

@@ -1,40 +1,89 @@
-"""llmcost: every LLM API call accounted for — tokens, exact cost, who and which feature."""
+"""llmcost: every LLM API call accounted for — tokens, exact cost, who and which feature.
 
-from .config import Settings, load_settings
-from .errors import (
+The public API. `from llmcost import Tracker` loads only the SDK's write path (no duckdb, pandas, pyarrow
+or numpy); the rest is imported on first use, so an application pays only for what it touches.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from llmcost.errors import (
     BudgetExceededError,
+    ConfigError,
     ControlStateError,
+    DismissError,
     LLMCostError,
     MissingIdentityError,
+    ReconcileError,
     SpendingHaltedError,
     StoreCorruptError,
+    StoreError,
     StoreLockedError,
+    StoreMissingError,
     TrackingUnavailableError,
     UsageNotRecordedError,
     UseCaseDisabledError,
 )
-from .events import UsageEvent
-from .ingest import IngestResult
-from .pricing import Price, Pricer
-from .tracker import TrackedCall, Tracker
+
+# name -> the module that defines it, imported when the name is first asked for
+_LAZY = {
+    "Settings": "llmcost.config",
+    "load_settings": "llmcost.config",
+    "UsageEvent": "llmcost.events",
+    "Price": "llmcost.pricing.rates",
+    "Pricer": "llmcost.pricing.rates",
+    "Tracker": "llmcost.sdk.tracker",
+    "TrackedCall": "llmcost.sdk.tracker",
+    "IngestResult": "llmcost.ingestion.run",
+    "ingest": "llmcost.ingestion.run",
+}
+
+if TYPE_CHECKING:
+    from llmcost.config import Settings, load_settings
+    from llmcost.events import UsageEvent
+    from llmcost.ingestion.run import IngestResult, ingest
+    from llmcost.pricing.rates import Price, Pricer
+    from llmcost.sdk.tracker import TrackedCall, Tracker
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llmcost' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "BudgetExceededError",
+    "ConfigError",
     "ControlStateError",
+    "DismissError",
     "IngestResult",
-    "Price",
-    "Pricer",
-    "TrackedCall",
-    "Tracker",
     "LLMCostError",
     "MissingIdentityError",
+    "Price",
+    "Pricer",
+    "ReconcileError",
     "Settings",
     "SpendingHaltedError",
     "StoreCorruptError",
+    "StoreError",
     "StoreLockedError",
+    "StoreMissingError",
+    "TrackedCall",
+    "Tracker",
     "TrackingUnavailableError",
     "UsageEvent",
     "UsageNotRecordedError",
     "UseCaseDisabledError",
+    "ingest",
     "load_settings",
 ]

@@ -1,3 +1,3 @@
-from .cli import cli
+from llmcost.cli import cli
 
 cli(prog_name="llmcost")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .errors import ConfigError
+from llmcost.errors import ConfigError
 
 ACCOUNT_ACTIONS = ("soft", "hard", "alert", "unlimited")
 ALERT_LEVELS = ("info", "warning", "critical", "shutdown")

@@ -64,3 +64,11 @@ class UsageNotRecordedError(LLMCostError):
         super().__init__(message)
         self.response = response
         self.event = event
+
+
+class DismissError(LLMCostError):
+    """A dismissal of failed logs that names nothing, or gives no reason."""
+
+
+class ReconcileError(LLMCostError):
+    """The provider export cannot be read as a usage export."""

@@ -5,16 +5,20 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Literal
-
-from typing import Annotated
-
-from .providers import stored_provider
+from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError,
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
     model_validator,
 )
+
+from llmcost.providers import stored_provider
 
 PRICE_SOURCES = ("provider", "price-table", "override", "default-rate")
 UNATTRIBUTED = "(unattributed)"
@@ -71,10 +75,11 @@ class UsageEvent(BaseModel):
     tokens (OpenTelemetry GenAI conventions). `cache_write_1h_tokens` are the cache writes kept for an
     hour (Anthropic bills them above 5-minute writes), counted inside `cache_write_tokens`.
     `total_tokens` may be given alone when a source only knows a total. `cost_usd` is computed by
-    `llmcost.pricing` when absent; `price_source` says how.
+    `llmcost.pricing.rates` when absent; `price_source` says how.
 
     A known `provider` is stored under its one name (`llmcost.providers`: 'Claude' -> 'anthropic'), the
-    name given kept as `metadata["provider_original"]`; any other name is kept as given. `model` is the model requested, `response_model`
+    name given kept as `metadata["provider_original"]`; any other name is kept as given. `model` is the model
+    requested, `response_model`
     the one the response names (a dated snapshot, say), `service_tier` the tier that served the call.
     """
 

@@ -2,12 +2,11 @@
 
 import streamlit as st
 
-from llmcost import charts
-from llmcost import dashboard_queries as dq
-from llmcost import dashboard_ui as ui
-from llmcost import formatting as fmt
+from llmcost import money as fmt
+from llmcost.dashboard import charts, ui
+from llmcost.dashboard import queries as dq
 from llmcost.errors import LLMCostError
-from llmcost.ingest import pending
+from llmcost.ingestion.run import pending
 
 REFRESH_MESSAGE = "overview_refresh_message"
 LEVEL_ADVICE = {

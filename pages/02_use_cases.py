@@ -2,9 +2,8 @@
 
 import streamlit as st
 
-from llmcost import charts
-from llmcost import dashboard_queries as dq
-from llmcost import dashboard_ui as ui
+from llmcost.dashboard import charts, ui
+from llmcost.dashboard import queries as dq
 
 context = ui.context()
 settings, filters = context.settings, context.filters

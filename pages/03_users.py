@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from llmcost import dashboard_queries as dq
-from llmcost import dashboard_ui as ui
+from llmcost.dashboard import queries as dq
+from llmcost.dashboard import ui
 
 context = ui.context()
 settings, filters = context.settings, context.filters

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from llmcost import dashboard_queries as dq
-from llmcost import dashboard_ui as ui
-from llmcost import formatting as fmt
+from llmcost import money as fmt
+from llmcost.dashboard import queries as dq
+from llmcost.dashboard import ui
 
 REPLAY_MESSAGE = "failed_replay_message"
 DISMISS_MESSAGE = "failed_dismiss_message"

@@ -4,11 +4,10 @@ import datetime as dt
 
 import streamlit as st
 
-from llmcost import charts
-from llmcost import dashboard_ui as ui
-from llmcost import formatting as fmt
-from llmcost import integrity
+from llmcost import money as fmt
+from llmcost.dashboard import charts, ui
 from llmcost.errors import LLMCostError
+from llmcost.monitor import integrity
 
 LEVEL_BOXES = {"ok": st.success, "skipped": st.info, "info": st.info}
 MONEY_COLUMNS = ("cost_usd",)

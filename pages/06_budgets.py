@@ -5,11 +5,11 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from llmcost import dashboard_queries as dq
-from llmcost import dashboard_ui as ui
-from llmcost import alerts
-from llmcost import formatting as fmt
-from llmcost.control import ControlState
+from llmcost import money as fmt
+from llmcost.control.state import ControlState
+from llmcost.dashboard import queries as dq
+from llmcost.dashboard import ui
+from llmcost.monitor import alerts
 
 KILL_SWITCH_MESSAGE = "budgets_kill_switch_message"
 

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 import pytest
 
 from llmcost.config import load_settings
 
 ENV_VARS = ("LLMCOST_HOME", "LLMCOST_DB", "LLMCOST_CONFIG", "LLMCOST_TIMEZONE", "LLMCOST_SMTP_HOST",
             "LLMCOST_SMTP_PORT", "LLMCOST_SMTP_USER", "LLMCOST_SMTP_PASSWORD", "LLMCOST_SLACK_WEBHOOK")
+
+
+def pytest_report_header(config):
+    """The versions that decide stored figures: DuckDB writes the store, genai-prices holds every price."""
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"duckdb {installed('duckdb')}, genai-prices {installed('genai-prices')}"
 
 
 @pytest.fixture(autouse=True)

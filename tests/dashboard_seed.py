@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from llmcost import store
+from llmcost.store import connection as store
 
 _ids = itertools.count(1)
 

@@ -22,7 +22,8 @@ def chat_completion(model="gpt-4o", prompt_tokens=1000, completion_tokens=500, c
     }
 
 
-def anthropic_message(model="claude-sonnet-4-5-20250929", input_tokens=700, output_tokens=500, cache_read=200, cache_write=100):
+def anthropic_message(model="claude-sonnet-4-5-20250929", input_tokens=700, output_tokens=500, cache_read=200,
+                      cache_write=100):
     return {
         "id": "msg_test", "type": "message", "role": "assistant", "model": model,
         "content": [{"type": "text", "text": "Hello!"}], "stop_reason": "end_turn", "stop_sequence": None,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from llmcost.store import writing
+from llmcost.store.connection import writing
 
 _ids = itertools.count(1)
 NULLABLE_INTS = ("estimated_tokens", "attempts")

@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from llmcost import alerts
 from llmcost.events import UNATTRIBUTED
+from llmcost.monitor import alerts
 from tests.monitoring_seed import event, failed_log, insert
 
 DAY = dt.date(2025, 3, 10)

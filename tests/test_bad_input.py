@@ -25,10 +25,10 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
-from llmcost import store
 from llmcost.cli import cli
 from llmcost.events import MAX_TOKENS_PER_CALL, PRICE_SOURCES, UNATTRIBUTED
-from llmcost.ingest import ingest
+from llmcost.ingestion.run import ingest
+from llmcost.store import connection as store
 
 UTC = dt.timezone.utc
 NOW = dt.datetime.now(UTC)

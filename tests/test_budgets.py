@@ -4,9 +4,9 @@ from decimal import Decimal
 
 import pytest
 
-from llmcost.budgets import BudgetDecision, check_before_call, release_after_refusal, settle_after_call
 from llmcost.config import AccountLimit, load_settings
-from llmcost.control import ControlState
+from llmcost.control.policy import BudgetDecision, check_before_call, release_after_refusal, settle_after_call
+from llmcost.control.state import ControlState
 from llmcost.errors import BudgetExceededError, SpendingHaltedError, UseCaseDisabledError
 
 DAY = dt.date(2025, 3, 14)

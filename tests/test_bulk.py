@@ -7,10 +7,10 @@ from decimal import Decimal
 import duckdb
 import pytest
 
-from llmcost import bulk
 from llmcost.events import UsageEvent
-from llmcost.ingest import ingest
-from llmcost import store
+from llmcost.ingestion import bulk
+from llmcost.ingestion.run import ingest
+from llmcost.store import connection as store
 
 BASE = {"event_id": "e1", "ts": "2026-11-20T10:00:00Z", "user_id": "u1", "tenant_id": "t1", "use_case": "chat_tutor",
         "provider": "openai", "model": "gpt-4o", "input_tokens": 1000, "output_tokens": 500}
@@ -81,7 +81,7 @@ def test_clean_records_take_the_bulk_path_with_pydantics_values():
     clean, others = split(CLEAN, tz="America/New_York")
     assert others == [] and len(clean) == len(CLEAN)
     for record, row in zip(CLEAN, clean):
-        # A record without an event_id is staged without one: llmcost.content_ids gives it one from its line.
+        # A record without an event_id is staged without one: llmcost.ingestion.content_ids gives it one from its line.
         event = UsageEvent.model_validate({**record, "event_id": record.get("event_id") or "(none)",
                                            "source": "file:x.jsonl"})
         expected = event.model_dump()
@@ -190,7 +190,7 @@ OTHER_ATTEMPTS = [
 
 
 def test_clean_call_attempts_take_the_bulk_path_with_pydantics_values():
-    from llmcost.records import AttemptRecord
+    from llmcost.ingestion.parse import AttemptRecord
 
     records = [{**r, "attempt_id": f"{r['attempt_id']}-{n}"} for n, r in enumerate(CLEAN_ATTEMPTS)] + OTHER_ATTEMPTS + [BASE]
     chunk = b"".join(json.dumps(r).encode() + b"\n" for r in records)
@@ -228,13 +228,14 @@ def test_call_attempts_store_alike_on_both_paths(settings, tmp_path):
                                for r in records))
     ingest(settings, [wrapped])
     with store.reading(settings.db_path) as db:
-        from_fallback = db.execute("SELECT * EXCLUDE (ingested_at, source) FROM call_attempts ORDER BY attempt_id").fetchall()
+        from_fallback = db.execute(
+            "SELECT * EXCLUDE (ingested_at, source) FROM call_attempts ORDER BY attempt_id").fetchall()
     assert len(from_lines) == len(CLEAN_ATTEMPTS) + 3  # extra key, padded id and "12" are pydantic's to accept
     assert from_lines == from_fallback
 
 
 def test_csv_rows_duckdb_rejects_go_to_pydantic_and_the_rest_stay_in_bulk(settings, tmp_path, monkeypatch):
-    import llmcost.csv_rows as csv_module
+    import llmcost.ingestion.csv as csv_module
 
     bulk_rows = []
     original = csv_module.cells

@@ -5,9 +5,9 @@ import textwrap
 
 from click.testing import CliRunner
 
-from llmcost import store
 from llmcost.cli import cli
-from llmcost.journal import encode_line
+from llmcost.sdk.journal import encode_line
+from llmcost.store import connection as store
 
 
 def run(*args):
@@ -102,7 +102,7 @@ def test_python_m_llmcost_works_like_llmcost(settings):
 
 
 AUTO_INGEST_SCRIPT = textwrap.dedent("""
-    from llmcost.tracker import Tracker
+    from llmcost.sdk.tracker import Tracker
     tracker = Tracker(auto_ingest=True, auto_ingest_interval=60)
     for n in range(25):
         with tracker.call(use_case="chat_tutor", user_id="u", tenant_id="t", account_type="admin") as call:

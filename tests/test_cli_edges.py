@@ -1,8 +1,8 @@
 """The CLI as a new user meets it: a mistyped --db, a mistyped config, and messages that must be true."""
 
 import csv
-import json
 import datetime as dt
+import json
 import subprocess
 import sys
 from decimal import Decimal
@@ -10,12 +10,12 @@ from decimal import Decimal
 import pytest
 from click.testing import CliRunner
 
-from llmcost import store
 from llmcost.cli import cli
 from llmcost.config import load_settings
-from llmcost.control import ControlState
+from llmcost.control.state import ControlState
 from llmcost.errors import ConfigError
-from llmcost.journal import encode_line
+from llmcost.sdk.journal import encode_line
+from llmcost.store import connection as store
 
 
 def run(*args, env=None):

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import httpx
 
-from llmcost import store
 from llmcost.collector.auth import hash_key
-from llmcost.control import ControlState
-from llmcost.pricing import Pricer
+from llmcost.control.state import ControlState
+from llmcost.pricing.rates import Pricer
+from llmcost.store import connection as store
 
 from .collector_server import free_port, ingest, running_collector, serve_command
 
@@ -242,7 +242,8 @@ def test_metrics_count_records_and_price_todays_spend(isolated_home):
     assert 'llmcost_collector_records_total{endpoint="usage",outcome="rejected"} 1.0' in text
     assert 'llmcost_collector_records_total{endpoint="usage",outcome="unattributed"} 1.0' in text
     assert "llmcost_collector_journal_write_seconds_count 2.0" in text
-    spend = [line for line in text.splitlines() if line.startswith('llmcost_collector_spend_today_usd{use_case="chat_tutor"}')]
+    spend = [line for line in text.splitlines()
+             if line.startswith('llmcost_collector_spend_today_usd{use_case="chat_tutor"}')]
     assert spend and float(spend[0].split()[-1]) > 0
 
 

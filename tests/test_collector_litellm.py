@@ -11,9 +11,9 @@ import types
 
 import httpx
 
-from llmcost import store
-from llmcost.pricing import Pricer
-from llmcost.tracker import Tracker
+from llmcost.pricing.rates import Pricer
+from llmcost.sdk.tracker import Tracker
+from llmcost.store import connection as store
 
 from .collector_server import ingest, running_collector
 

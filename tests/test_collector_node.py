@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmcost import store
+from llmcost.store import connection as store
 
 from .collector_server import free_port, ingest, running_collector
 

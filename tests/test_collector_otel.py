@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
-from llmcost import store
+from llmcost.store import connection as store
 
 from .collector_server import ingest, running_collector
 

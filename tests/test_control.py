@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llmcost.control import ControlState, Reservation, format_usd, from_picodollars, to_picodollars
+from llmcost.control.state import ControlState, Reservation, format_usd, from_picodollars, to_picodollars
 from llmcost.errors import BudgetExceededError
 
 DAY = dt.date(2025, 3, 14)
@@ -111,7 +111,7 @@ def test_kill_switch_is_seen_by_another_state_on_the_same_file(control_path, con
 
 _WATCHER = """
 import sys, time
-from llmcost.control import ControlState
+from llmcost.control.state import ControlState
 control = ControlState(sys.argv[1])
 print("ready", flush=True)
 deadline = time.monotonic() + 5
@@ -244,7 +244,7 @@ def test_settle_records_actuals_even_when_the_file_was_lost(control_path):
 _RESERVE_AND_EXIT = """
 import sys, datetime as dt
 from decimal import Decimal
-from llmcost.control import ControlState
+from llmcost.control.state import ControlState
 ControlState(sys.argv[1]).reserve(dt.date(2025, 3, 14), "u1", "t1", "chat_tutor", 10, Decimal("1"),
                                   limit_tokens=None, limit_cost=None, enforce=False)
 """
@@ -345,9 +345,10 @@ def test_32_threads_overshoot_only_by_the_estimation_error_in_flight(control):
 _RACER = """
 import json, sys, time, datetime as dt
 from decimal import Decimal
-from llmcost.control import ControlState
+from llmcost.control.state import ControlState
 from llmcost.errors import BudgetExceededError
-path, attempts, estimate, actual, limit = sys.argv[1], int(sys.argv[2]), Decimal(sys.argv[3]), Decimal(sys.argv[4]), Decimal(sys.argv[5])
+path, attempts = sys.argv[1], int(sys.argv[2])
+estimate, actual, limit = Decimal(sys.argv[3]), Decimal(sys.argv[4]), Decimal(sys.argv[5])
 control = ControlState(path)
 print("ready", flush=True)
 sys.stdin.readline()

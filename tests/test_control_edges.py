@@ -19,14 +19,17 @@ import openai
 import pytest
 
 import llmcost
-from llmcost import control_file, store
-from llmcost import control_audit, dashboard_queries, reports
 from llmcost.config import load_settings
-from llmcost.control import ControlState
-from llmcost.control_rebuild import day_spend
-from llmcost.control_schema import MIGRATIONS
+from llmcost.control import audit as control_audit
+from llmcost.control import file as control_file
+from llmcost.control.migrations import MIGRATIONS
+from llmcost.control.rebuild import day_spend
+from llmcost.control.state import ControlState
+from llmcost.dashboard import queries as dashboard_queries
 from llmcost.errors import BudgetExceededError, ControlStateError, LLMCostError, SpendingHaltedError, UseCaseDisabledError
-from llmcost.tracker import Tracker
+from llmcost.monitor import reports
+from llmcost.sdk.tracker import Tracker
+from llmcost.store import connection as store
 
 from .fake_provider import FakeProvider
 

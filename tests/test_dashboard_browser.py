@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from llmcost import fallback, store
+from llmcost.sdk import fallback
+from llmcost.store import connection as store
 from tests.dashboard_seed import event, failed_log, insert
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,14 +11,15 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from streamlit.testing.v1 import AppTest
-from streamlit.testing.v1 import app_test as app_test_module
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.runtime.pages_manager import PagesManager
+from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1 import app_test as app_test_module
 
-from llmcost import fallback, store
 from llmcost.config import load_settings
-from llmcost.dashboard_ui import NO_DATA
+from llmcost.dashboard.ui import NO_DATA
+from llmcost.sdk import fallback
+from llmcost.store import connection as store
 from tests.dashboard_seed import empty_store, event, failed_log, insert
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
@@ -73,7 +74,7 @@ def texts(elements) -> list[str]:
 
 @pytest.fixture(scope="module")
 def demo_home(tmp_path_factory) -> Path:
-    from llmcost.demo import load_demo
+    from llmcost.ingestion.demo import load_demo
 
     home = tmp_path_factory.mktemp("demo") / "home"
     load_demo(load_settings(home=home, db=home / "llmcost.duckdb", config=None))
@@ -269,8 +270,8 @@ def test_times_show_in_the_configured_time_zone(settings, monkeypatch):
 
 
 def test_refresh_ingests_a_new_fallback_log_line_and_updates_the_figures(settings):
-    from llmcost.ingest import ingest
-    from llmcost.journal import encode_line
+    from llmcost.ingestion.run import ingest
+    from llmcost.sdk.journal import encode_line
 
     day = today(settings)
     ts = dt.datetime.combine(day, dt.time(0, 5), tzinfo=settings.tz).isoformat()
@@ -301,7 +302,7 @@ def test_refresh_ingests_a_new_fallback_log_line_and_updates_the_figures(setting
 
 
 def test_refresh_on_an_empty_data_folder_loads_the_journal(settings):
-    from llmcost.journal import encode_line
+    from llmcost.sdk.journal import encode_line
 
     record = {"event_id": "e1", "ts": dt.datetime.now(dt.timezone.utc).isoformat(), "user_id": "u1",
               "tenant_id": "t1", "use_case": "chat_tutor", "provider": "openai", "model": "gpt-4o",
@@ -336,9 +337,9 @@ def test_replaying_the_fallback_log_recovers_its_records(settings):
 
 
 def test_kill_switch_changes_what_the_tracker_enforces(settings):
-    from llmcost.control import ControlState
+    from llmcost.control.state import ControlState
     from llmcost.errors import UseCaseDisabledError
-    from llmcost.tracker import Tracker
+    from llmcost.sdk.tracker import Tracker
 
     insert(settings.db_path, "usage_events", [event(today(settings), "1")])
     app = open_page(PAGES[5])

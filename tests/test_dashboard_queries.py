@@ -8,11 +8,12 @@ from decimal import Decimal
 import pandas as pd
 import pytest
 
-from tests.dashboard_seed import empty_store, event, failed_log, insert
-from llmcost import charts, formatting
-from llmcost import dashboard_queries as dq
-from llmcost import store
+from llmcost import money as formatting
 from llmcost.config import load_settings
+from llmcost.dashboard import charts
+from llmcost.dashboard import queries as dq
+from llmcost.store import connection as store
+from tests.dashboard_seed import empty_store, event, failed_log, insert
 
 TODAY = dt.date(2026, 3, 31)
 D = Decimal

@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 import pytest
 from click.testing import CliRunner
 
-from llmcost import fallback, store
 from llmcost.cli import cli
 from llmcost.config import load_settings
 from llmcost.errors import StoreCorruptError
-from llmcost.ingest import ingest, pending
-from llmcost.journal import Journal, encode_line
-from llmcost.tracker import Tracker
+from llmcost.ingestion.run import ingest, pending
+from llmcost.sdk import fallback
+from llmcost.sdk.journal import Journal, encode_line
+from llmcost.sdk.tracker import Tracker
+from llmcost.store import connection as store
 
 DISK_FULL = "OSError: [Errno 28] No space left on device"
 
@@ -163,7 +164,8 @@ def test_store_deleted_while_watch_runs_is_recreated_from_the_journals_with_ever
     with running_watch(tmp_path / "watch.log") as watch_log:
         for round_number in range(3):
             calls += make_calls(tracker, 40, f"round{round_number}")
-            assert wait_until(lambda: stored_count(settings) == len(calls), timeout=30), (
+            expected = len(calls)
+            assert wait_until(lambda: stored_count(settings) == expected, timeout=30), (  # noqa: B023 - called here
                 f"the watch stored {stored_count(settings)} of {len(calls)} events")
             delete_store(settings)
         calls += make_calls(tracker, 40, "after")  # the tracker never needs the store: it keeps journaling
@@ -266,7 +268,7 @@ DISK_FULL_TRACKER = textwrap.dedent("""
     # A bug that reads /dev/full without end must fail here with MemoryError, not exhaust the machine.
     resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, resource.RLIM_INFINITY))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    from llmcost.tracker import Tracker
+    from llmcost.sdk.tracker import Tracker
     tracker = Tracker()
     tracker.ensure_control_rebuilt(dt.datetime.now(tracker.settings.tz).date())  # before the disk fills up
     journal_path = tracker.journal.path_for(dt.datetime.now(dt.timezone.utc).date())
@@ -376,7 +378,7 @@ def test_a_record_appended_after_a_torn_fallback_line_is_stored(settings):
 
 SHORT_JOURNAL_WRITE = textwrap.dedent("""
     import datetime as dt, json, resource, signal
-    from llmcost.tracker import Tracker
+    from llmcost.sdk.tracker import Tracker
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the size limit returns short, as on a full disk
     tracker = Tracker()
     def call(user):
@@ -414,8 +416,8 @@ def test_a_journal_line_torn_by_a_full_disk_does_not_swallow_the_next_record(set
 APPENDER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from llmcost import fallback
-    from llmcost.journal import Journal
+    from llmcost.sdk import fallback
+    from llmcost.sdk.journal import Journal
     worker, count, home = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
     journal = Journal(home / "journal", fsync=False)
     for n in range(count):

@@ -6,10 +6,11 @@ from decimal import Decimal
 
 import pytest
 
-from llmcost import fallback, store
 from llmcost.errors import StoreLockedError
-from llmcost.ingest import ingest, pending
-from llmcost.journal import encode_line
+from llmcost.ingestion.run import ingest, pending
+from llmcost.sdk import fallback
+from llmcost.sdk.journal import encode_line
+from llmcost.store import connection as store
 
 
 def event(n, **extra):
@@ -172,7 +173,7 @@ def test_pending_counts_records_waiting_in_configured_sources(settings):
 
 KILL_MID_TRANSACTION = textwrap.dedent("""
     import os, signal, sys
-    import llmcost.ingest as ingest_module
+    import llmcost.ingestion.run as ingest_module
     from llmcost.config import load_settings
     ingest_module.BATCH_BYTES = 64 * 1024
     original = ingest_module._touch_source
@@ -249,8 +250,8 @@ def test_a_lock_held_too_long_gives_a_clear_error_and_loses_nothing(settings, tm
 APPENDER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from llmcost import fallback
-    from llmcost.journal import Journal
+    from llmcost.sdk import fallback
+    from llmcost.sdk.journal import Journal
     worker, count, home = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
     journal = Journal(home / "journal", fsync=False)
     pad = "x" * (worker * 900)   # lines of different sizes, up to ~7 KB, to expose interleaving
@@ -282,9 +283,9 @@ def test_journal_and_fallback_appends_from_several_processes_stay_whole(settings
 def test_batches_cut_at_whole_row_groups_store_every_record_once(settings, tmp_path, monkeypatch, fmt):
     # A batch keeps whole row groups of clean rows and leaves the lines after the last one for the
     # next batch; with tiny groups and batches, every file below is cut many times over.
-    import llmcost.bulk as bulk_module
-    import llmcost.ingest as ingest_module
-    import llmcost.records as records_module
+    import llmcost.ingestion.bulk as bulk_module
+    import llmcost.ingestion.parse as records_module
+    import llmcost.ingestion.run as ingest_module
 
     cuts = []
     original_cut = records_module._whole_row_groups

@@ -12,10 +12,10 @@ import sys
 import time
 from decimal import Decimal
 
-from llmcost import store
-from llmcost.control_rebuild import spend_rows
-from llmcost.ingest import ingest, pending
-from llmcost.journal import encode_line
+from llmcost.control.rebuild import spend_rows
+from llmcost.ingestion.run import ingest, pending
+from llmcost.sdk.journal import encode_line
+from llmcost.store import connection as store
 
 CSV_FIELDS = ["ts", "user_id", "tenant_id", "use_case", "provider", "model", "input_tokens", "output_tokens"]
 

@@ -10,8 +10,9 @@ from decimal import Decimal
 import pytest
 from click.testing import CliRunner
 
-from llmcost import cli_monitor, integrity
-from llmcost.store import reading
+from llmcost.cli import monitor as cli_monitor
+from llmcost.monitor import integrity
+from llmcost.store.connection import reading
 from tests.monitoring_seed import attempt, event, failed_log, insert
 
 NOW = dt.datetime(2025, 3, 10, 12, 0, tzinfo=dt.timezone.utc)

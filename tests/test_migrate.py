@@ -1,7 +1,7 @@
 import duckdb
 
-from llmcost import store
-from llmcost.migrations import KEY_PROBE, MIGRATIONS, applied, m001_initial, migrate
+from llmcost.store import connection as store
+from llmcost.store.migrations import KEY_PROBE, MIGRATIONS, applied, m001_initial, migrate
 
 
 def columns(db, table):
@@ -82,7 +82,7 @@ def test_keys_are_given_to_rows_written_without_them_and_redone_when_hashing_cha
 
 
 def test_a_store_from_before_content_identity_gets_content_keys_and_dismissal_columns(tmp_path):
-    from llmcost.migrations import EVENT_CONTENT_HASH, m002_id_keys
+    from llmcost.store.migrations import EVENT_CONTENT_HASH, m002_id_keys
 
     path = tmp_path / "m002.duckdb"
     db = duckdb.connect(str(path))

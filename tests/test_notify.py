@@ -16,10 +16,10 @@ from decimal import Decimal
 import pytest
 from aiosmtpd.controller import Controller
 
-from llmcost import notify
-from llmcost.alerts import Alert
 from llmcost.config import EmailSettings, SlackSettings
-from llmcost.store import reading
+from llmcost.monitor import notify
+from llmcost.monitor.alerts import Alert
+from llmcost.store.connection import reading
 
 DAY = dt.date(2025, 3, 10)
 

@@ -18,17 +18,19 @@ from decimal import Decimal
 import anthropic
 import openai
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-from llmcost import store
 from llmcost.errors import ConfigError
 from llmcost.events import UsageEvent
-from llmcost.export import export_table
-from llmcost.ingest import ingest
-from llmcost.integrity import run_checks
-from llmcost.pricing import Pricer
-from llmcost.reports import daily
-from llmcost.tracker import Tracker
+from llmcost.ingestion.run import ingest
+from llmcost.monitor.integrity import run_checks
+from llmcost.monitor.reports import daily
+from llmcost.pricing.rates import Pricer
+from llmcost.sdk.tracker import Tracker
+from llmcost.store import connection as store
+from llmcost.store.export import export_table
 
 from .fake_provider import FakeProvider, anthropic_message, chat_completion
 
@@ -309,7 +311,8 @@ def test_ingest_normalises_providers_alike_on_the_bulk_and_pydantic_paths(settin
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert ingest(settings, [path]).stored == len(lines)
     with store.reading(settings.db_path) as db:
-        rows = {r[0]: r[1:] for r in db.execute("SELECT event_id, provider, metadata, cost_usd FROM usage_events").fetchall()}
+        stored_rows = db.execute("SELECT event_id, provider, metadata, cost_usd FROM usage_events").fetchall()
+        rows = {r[0]: r[1:] for r in stored_rows}
     expected = ["anthropic", "anthropic", "anthropic", "x-ai", "x-ai", "google", "Self-Hosted"]  # unknown: as given
     for n, (name, canonical) in enumerate(zip(names, expected)):
         assert rows[f"bulk-{n}"] == rows[f"slow-{n}"]

@@ -22,7 +22,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseCompletedEvent, ResponseTextDeltaEvent
 
 from llmcost.events import MAX_TOKENS_PER_CALL, UsageEvent
-from llmcost.usage import ExtractedUsage, StreamUsage, extract_usage
+from llmcost.sdk.usage import ExtractedUsage, StreamUsage, extract_usage
 
 CHAT_COMPLETION = {
     "id": "chatcmpl-abc",

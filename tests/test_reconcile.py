@@ -13,8 +13,8 @@ from decimal import Decimal
 import pytest
 from click.testing import CliRunner
 
-from llmcost import cli_monitor
-from llmcost.reconcile import ReconcileError, read_export, reconcile
+from llmcost.cli import monitor as cli_monitor
+from llmcost.monitor.reconcile import ReconcileError, read_export, reconcile
 from tests.monitoring_seed import event, insert
 
 DAYS = [dt.date(2025, 3, 1), dt.date(2025, 3, 2), dt.date(2025, 3, 3)]
@@ -234,8 +234,8 @@ def test_tracker_calls_match_an_export_naming_the_snapshot_or_the_requested_mode
     """Issue 11 item 16: the tracker stores the requested `gpt-4o-mini`, the export names what served it."""
     import openai
 
-    from llmcost.ingest import ingest
-    from llmcost.tracker import Tracker
+    from llmcost.ingestion.run import ingest
+    from llmcost.sdk.tracker import Tracker
     from tests.fake_provider import FakeProvider, chat_completion
 
     server = FakeProvider()

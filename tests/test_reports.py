@@ -14,7 +14,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 
-from llmcost import cli_monitor, reports
+from llmcost.cli import monitor as cli_monitor
+from llmcost.monitor import reports
 from tests.monitoring_seed import event, failed_log, insert
 
 ZONE = "America/New_York"

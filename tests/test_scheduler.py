@@ -11,9 +11,9 @@ from aiosmtpd.controller import Controller
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from llmcost import scheduler
 from llmcost.config import EmailSettings
-from llmcost.store import reading
+from llmcost.monitor import scheduler
+from llmcost.store.connection import reading
 from tests.monitoring_seed import event, insert
 from tests.test_notify import Inbox, free_port
 

@@ -11,9 +11,9 @@ import anthropic
 import openai
 import pytest
 
-from llmcost import store
-from llmcost.ingest import ingest
-from llmcost.tracker import Tracker
+from llmcost.ingestion.run import ingest
+from llmcost.sdk.tracker import Tracker
+from llmcost.store import connection as store
 
 from .fake_provider import FakeProvider, anthropic_message, chat_completion, responses_response
 

@@ -9,8 +9,7 @@ import anthropic
 import openai
 import pytest
 
-from llmcost import store
-from llmcost.control import ControlState
+from llmcost.control.state import ControlState
 from llmcost.errors import (
     BudgetExceededError,
     MissingIdentityError,
@@ -19,8 +18,9 @@ from llmcost.errors import (
     UsageNotRecordedError,
     UseCaseDisabledError,
 )
-from llmcost.ingest import ingest
-from llmcost.tracker import Tracker
+from llmcost.ingestion.run import ingest
+from llmcost.sdk.tracker import Tracker
+from llmcost.store import connection as store
 
 from .fake_provider import FakeProvider
 
@@ -280,7 +280,7 @@ def test_32_threads_racing_a_hard_limit_never_exceed_it_by_more_than_the_estimat
 RACER = textwrap.dedent("""
     import sys
     from llmcost.errors import BudgetExceededError
-    from llmcost.tracker import Tracker
+    from llmcost.sdk.tracker import Tracker
     tracker = Tracker()
     for _ in range(40):
         try:
@@ -323,7 +323,7 @@ def test_store_locked_for_the_whole_run_loses_nothing(settings):
 
 CALLER = textwrap.dedent("""
     import sys
-    from llmcost.tracker import Tracker
+    from llmcost.sdk.tracker import Tracker
     tracker = Tracker()
     worker = sys.argv[1]
     for n in range(500):
@@ -333,7 +333,7 @@ CALLER = textwrap.dedent("""
 """)
 READER = textwrap.dedent("""
     import sys, time
-    from llmcost import store
+    from llmcost.store import connection as store
     from llmcost.config import load_settings
     settings = load_settings()
     reads = 0

@@ -1,5 +1,5 @@
 """`llmcost serve`: the HTTP collector for usage from any host and language (see README, "Send usage from any language")."""
 
-from .app import create_app
+from llmcost.collector.app import create_app
 
 __all__ = ["create_app"]

@@ -14,12 +14,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import (
-    BudgetExceededError, LLMCostError, SpendingHaltedError, TrackingUnavailableError, UsageNotRecordedError,
+from llmcost.errors import (
+    BudgetExceededError,
+    LLMCostError,
+    SpendingHaltedError,
+    TrackingUnavailableError,
+    UsageNotRecordedError,
     UseCaseDisabledError,
 )
-from ..events import TOKEN_FIELDS
-from ..tracker import TrackedCall, Tracker
+from llmcost.events import TOKEN_FIELDS
+from llmcost.sdk.tracker import TrackedCall, Tracker
 
 RESERVATION_TTL_SECONDS = 3600
 IDENTITY_HEADERS = {"user_id": "x-user-id", "tenant_id": "x-tenant-id"}

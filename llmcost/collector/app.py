@@ -19,13 +19,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..config import Settings, load_settings
-from ..tracker import Tracker
-from . import litellm, otlp
-from .admission import Admission, Refusal, identity_from_headers
-from .auth import AuthError, Grant, ServiceKeys
-from .intake import BadBody, DurableWriter, NotDurable, check_records, parse_body
-from .metrics import CONTENT_TYPE, Metrics
+from llmcost.collector import litellm, otlp
+from llmcost.collector.admission import Admission, Refusal, identity_from_headers
+from llmcost.collector.auth import AuthError, Grant, ServiceKeys
+from llmcost.collector.intake import BadBody, DurableWriter, NotDurable, check_records, parse_body
+from llmcost.collector.metrics import CONTENT_TYPE, Metrics
+from llmcost.config import Settings, load_settings
+from llmcost.sdk.tracker import Tracker
 
 log = logging.getLogger("llmcost")
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError
+from llmcost.errors import ConfigError
 
 KEYS_ENV = "LLMCOST_COLLECTOR_KEYS"
 _ENTRY = re.compile(r"^sha256:(?P<digest>[0-9a-fA-F]{64})(?:@(?P<tenant>.+))?$")

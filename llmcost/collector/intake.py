@@ -23,11 +23,11 @@ from typing import Any
 import pydantic_core
 from pydantic import ValidationError
 
-from .. import fallback
-from ..events import UNATTRIBUTED, UsageEvent, describe_validation_error
-from ..journal import Journal, append_line, encode_line
-from ..records import IDENTITY_FIELDS, _has_usage
-from .auth import Grant
+from llmcost.collector.auth import Grant
+from llmcost.events import UNATTRIBUTED, UsageEvent, describe_validation_error
+from llmcost.ingestion.parse import IDENTITY_FIELDS, _has_usage
+from llmcost.sdk import fallback
+from llmcost.sdk.journal import Journal, append_line, encode_line
 
 
 class BadBody(Exception):

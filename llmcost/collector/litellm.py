@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..usage import extract_usage
+from llmcost.sdk.usage import extract_usage
 
 IDENTITY_KEYS = ("user_id", "tenant_id", "use_case", "account_type")
 

@@ -15,8 +15,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from ..events import TOKEN_FIELDS, UNATTRIBUTED
-from ..pricing import Pricer
+from llmcost.events import TOKEN_FIELDS, UNATTRIBUTED
+from llmcost.pricing.rates import Pricer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 disable_created_metrics()  # the *_created series only double what a scraper sees

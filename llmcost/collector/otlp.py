@@ -19,11 +19,13 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess,
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
-from .intake import BadBody
+from llmcost.collector.intake import BadBody
 
 # Each figure under its current name first, then older spellings.
 TOKEN_ATTRIBUTES = {

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..config import Settings
-from ..errors import ConfigError
-from .app import KEYS_FILE_ENV, MAX_BODY_ENV
-from .auth import ServiceKeys, is_loopback
+from llmcost.collector.app import KEYS_FILE_ENV, MAX_BODY_ENV
+from llmcost.collector.auth import ServiceKeys, is_loopback
+from llmcost.config import Settings
+from llmcost.errors import ConfigError
 
 
 def serve(settings: Settings, *, host: str, port: int, workers: int, keys_file: Path | None,

@@ -17,11 +17,11 @@ import json
 import logging
 from typing import Any
 
-from .. import fallback
-from ..collector.auth import OPEN_GRANT
-from ..collector.intake import check_records
-from ..collector.litellm import payload_to_record
-from ..tracker import Tracker
+from llmcost.collector.auth import OPEN_GRANT
+from llmcost.collector.intake import check_records
+from llmcost.collector.litellm import payload_to_record
+from llmcost.sdk import fallback
+from llmcost.sdk.tracker import Tracker
 
 log = logging.getLogger("llmcost")
 

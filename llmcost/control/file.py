@@ -1,0 +1,306 @@
+"""The control file itself: opening it (creating and migrating), noticing it was deleted or replaced, setting a
+corrupt one aside, and turning every SQLite failure into a `ControlStateError`. `ControlState` builds on it.
+
+Opening, setting aside and recreating are serialized between processes by an advisory lock on
+`control.sqlite.lock`, which also records which file (device, inode) the `-wal` and `-shm` files belong to:
+SQLite would apply a deleted file's write-ahead log to the new file at the same path, so those are moved aside.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import functools
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from llmcost.control import audit as control_audit
+from llmcost.control.migrations import migrate
+from llmcost.errors import ControlStateError
+
+log = logging.getLogger("llmcost")
+
+BUSY_TIMEOUT_SECONDS = 10.0
+WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
+_CORRUPT_MARKERS = ("not a database", "malformed", "file is encrypted")
+_LOCK_MARKERS = ("locked", "busy")
+_SIDE_FILES = ("-wal", "-shm")
+
+# The operators' actions, shared by ControlState and the replay of the audit log into a new file.
+DISABLE = ("INSERT INTO kill_switch (use_case, reason, disabled_at, disabled_by) VALUES (?, ?, ?, ?) "
+           "ON CONFLICT (use_case) DO UPDATE SET reason = excluded.reason, "
+           "disabled_at = excluded.disabled_at, disabled_by = excluded.disabled_by")
+ENABLE = "DELETE FROM kill_switch WHERE use_case = ?"
+HALT = ("INSERT INTO halt (day, reason, halted_at, resumed_at) VALUES (?, ?, ?, NULL) "
+        "ON CONFLICT (day) DO UPDATE SET reason = excluded.reason, halted_at = excluded.halted_at, resumed_at = NULL")
+RESUME = ("INSERT INTO halt (day, reason, halted_at, resumed_at) VALUES (?, NULL, NULL, ?) "
+          "ON CONFLICT (day) DO UPDATE SET resumed_at = excluded.resumed_at")
+
+
+def day_key(day: dt.date | str) -> str:
+    if isinstance(day, dt.datetime):
+        raise TypeError("day must be a date, not a datetime (convert it in the configured time zone first)")
+    if isinstance(day, dt.date):
+        return day.isoformat()
+    return dt.date.fromisoformat(day).isoformat()
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _is_corrupt(error: Exception) -> bool:
+    return any(marker in str(error).lower() for marker in _CORRUPT_MARKERS)
+
+
+def guarded(method):
+    """Use the file now at the path, and turn every SQLite or file error into a ControlStateError."""
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            self._ready()
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as error:
+            raise self._state_error(error) from error
+        except OSError as error:
+            raise ControlStateError(f"cannot use the control file {self.path}: {error} (check the folder's "
+                                    "permissions and free space, or point control_db elsewhere)") from error
+
+    return guarded
+
+
+class ControlFile:
+    """One process's handle on the control file, shared between threads (each has its own connection)."""
+
+    def __init__(self, path: Path | str, *, busy_timeout: float | None = None, audit_path: Path | None = None,
+                 lazy: bool = False):
+        self.path = Path(path)
+        self.audit_path = Path(audit_path) if audit_path else control_audit.audit_path_for(self.path)
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._open_lock = threading.Lock()
+        self._epoch = 0
+        self._file: tuple[int, int] | None = None
+        self._generation = ""
+        self.recreated = False
+        self.set_aside: Path | None = None
+        if not lazy:
+            self.open()
+
+    # -- the file ----------------------------------------------------------------------------
+
+    @guarded
+    def open(self) -> None:
+        """Open (creating and migrating when needed) now rather than at the first operation."""
+
+    @property
+    def generation(self) -> str:
+        return self._generation
+
+    def _timeout(self) -> float:
+        return BUSY_TIMEOUT_SECONDS if self.busy_timeout is None else self.busy_timeout
+
+    def _ready(self) -> None:
+        """Switch to the file at the path when it is not the one open (deleted, replaced, or never opened)."""
+        if self._file is not None and _identity(self.path) == self._file:
+            return
+        with self._open_lock:
+            if self._file is not None and _identity(self.path) == self._file:
+                return
+            if self._file is not None:
+                log.warning("llmcost: the control file %s was deleted or replaced while in use; "
+                            "switching to the file now at that path", self.path)
+            self._open_file()
+
+    def _open_file(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._file_lock():
+            self._drop_foreign_side_files()
+            self._epoch += 1
+            try:
+                conn = self._connection()
+                self._check_and_migrate(conn)
+            except sqlite3.DatabaseError as error:
+                if not _is_corrupt(error):
+                    raise
+                self._set_aside_corrupt_file(error)
+                conn = self._connection()
+                self._check_and_migrate(conn)
+            self._file = _identity(self.path)
+            self._record_side_file_owner()
+            self._generation = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0]
+
+    def _check_and_migrate(self, conn: sqlite3.Connection) -> None:
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if verdict != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is malformed (quick_check: {verdict})")
+        migrate(conn, on_new_file=self._restore_from_audit)
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """Serialize opening, setting aside and recreating the file between processes."""
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _side_owner_path(self) -> Path:
+        return Path(f"{self.path}.lock")
+
+    def _drop_foreign_side_files(self) -> None:
+        """Move aside -wal/-shm files left by a file that was deleted or replaced: SQLite would apply them to
+        the new file. The lock file records which file (device, inode) they belong to."""
+        recorded = self._side_owner_path().read_text().strip() if self._side_owner_path().exists() else ""
+        current = _identity(self.path)
+        if not recorded or recorded == repr(current):
+            return
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        for suffix in _SIDE_FILES:
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                source.rename(Path(f"{self.path}.orphan-{stamp}{suffix}"))
+
+    def _record_side_file_owner(self) -> None:
+        self._side_owner_path().write_text(repr(self._file))
+
+    def _set_aside_corrupt_file(self, error: Exception) -> None:
+        self._close_connections()
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        target = Path(f"{self.path}.corrupt-{stamp}")
+        for suffix in ("", *_SIDE_FILES):
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                source.rename(Path(f"{target}{suffix}"))
+        self._side_owner_path().write_text("")
+        self.recreated = True
+        self.set_aside = target
+        self._epoch += 1
+        log.error("llmcost: the control file %s is corrupt (%s); moved it to %s and started a new one: kill "
+                  "switches and halts come back from the audit log %s, today's spend from the store and journals",
+                  self.path, error, target, self.audit_path)
+        try:
+            control_audit.append(self.audit_path, "control_file_set_aside", control_file=str(self.path),
+                                 moved_to=str(target), reason=str(error), by="llmcost")
+        except OSError as audit_error:
+            log.error("llmcost: could not record the corrupt control file in the audit log %s: %s",
+                      self.audit_path, audit_error)
+
+    def _restore_from_audit(self, conn: sqlite3.Connection) -> None:
+        """Replay the audit log's kill switches, halts and resumes into a new file, in their order."""
+        restored = 0
+        for entry in control_audit.entries(self.audit_path):
+            action, at = entry["action"], entry.get("at") or now_iso()
+            try:
+                if action == "disable":
+                    conn.execute(DISABLE, (entry["use_case"], entry.get("reason") or "no reason given", at, entry.get("by")))
+                elif action == "enable":
+                    conn.execute(ENABLE, (entry["use_case"],))
+                elif action == "halt":
+                    conn.execute(HALT, (day_key(entry["day"]), entry.get("reason") or "halted by an operator", at))
+                elif action == "resume":
+                    conn.execute(RESUME, (day_key(entry["day"]), at))
+                else:
+                    continue
+            except (KeyError, TypeError, ValueError):
+                log.warning("llmcost: audit entry skipped while restoring the control file: %s", entry)
+                continue
+            restored += 1
+        if restored:
+            log.warning("llmcost: new control file %s: restored %d kill switch, halt and resume entries from %s",
+                        self.path, restored, self.audit_path)
+
+    def _state_error(self, error: sqlite3.Error) -> ControlStateError:
+        text = str(error).lower()
+        if any(marker in text for marker in _LOCK_MARKERS):
+            return ControlStateError(
+                f"the control file {self.path} stayed locked by another process for {self._timeout():g} s ({error}); "
+                "a process holds a long write transaction on it (an `sqlite3` shell, a backup tool): end it")
+        if _is_corrupt(error):
+            self._file = None  # the next operation reopens the file, which sets a corrupt one aside
+            return ControlStateError(f"the control file {self.path} is unreadable ({error}); "
+                                     "it is moved aside and recreated at the next call")
+        return ControlStateError(f"the control file {self.path} failed: {error}")
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.key == (os.getpid(), self._epoch):
+            return conn
+        if conn is not None and self._local.key[0] == os.getpid():
+            self._forget(conn)  # this thread's connection to a file no longer at the path
+        timeout = self._timeout()
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so the read and the write are one lock.
+        conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        # NORMAL in WAL survives a process crash; a power cut may drop the last commits, which `rebuild` restores.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
+        self._local.conn = conn
+        self._local.key = (os.getpid(), self._epoch)
+        with self._connections_lock:
+            self._connections.append(conn)
+        return conn
+
+    def _forget(self, conn: sqlite3.Connection) -> None:
+        with self._connections_lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _close_connections(self) -> None:
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
+
+    def close(self) -> None:
+        """Close every connection this object opened (in any thread)."""
+        self._close_connections()
+        self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _audit(self, action: str, **fields) -> None:
+        """Journal an operator's action; the action stands even when the audit log cannot take it."""
+        try:
+            control_audit.append(self.audit_path, action, **fields)
+        except OSError as error:
+            log.error("llmcost: %s done, but the control audit log %s cannot take it (%s): it would not survive "
+                      "the loss of %s", action, self.audit_path, error, self.path)

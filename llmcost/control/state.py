@@ -1,0 +1,462 @@
+"""Live control state shared by every process on the host: kill switches, halts, today's spend.
+
+It lives in its own SQLite file (`settings.control_db`, WAL mode) rather than the DuckDB store, because
+DuckDB lets one process write at a time and a writer blocks readers elsewhere, while every tracked
+call must read this state and most must write it. Each check is a plain query, so a kill switch or halt
+set by any process is seen by the next call everywhere.
+
+Budgets are enforced by reservation: `reserve` reads a user's spend plus in-flight estimates for the day
+and records the call's estimate in one `BEGIN IMMEDIATE` transaction, so concurrent calls (threads or
+processes) are serialized and cannot all slip under a limit; `settle` swaps the estimate for the actual
+figures. Recorded spend can therefore exceed a hard limit only by the estimation error of calls in flight.
+
+A day's spend is one rule (`_USER_SPEND`, `_SYSTEM_SPEND`): per user, the larger of what trackers settled
+live and what the store holds of tracker calls (events with an attempt_id), plus the store's other events
+(inbox files, exports: kept here by `set_store_spend`), plus the estimates in flight. A tracker event is in
+both the live and the stored figure, so taking the larger never counts it twice.
+
+Money is stored as INTEGER picodollars (1e-12 USD), the precision of recorded costs, so sums are exact;
+SQLite's 64-bit integers hold up to about $9.2 million per row.
+
+Size: kill switches and halts, one spend row per user per day for today and yesterday (`prune`), one row
+per call in flight, and released-as-stale rows until their day is pruned: it grows with users and
+concurrency, not with the number of calls. The write-ahead log is truncated to `WAL_SIZE_LIMIT_BYTES`.
+
+The file's identity (device, inode) is checked before each operation: a deleted or replaced file is
+noticed and the file now at the path is used. A new file gets the kill switches and halts back from the
+audit log (`llmcost.control.audit`); a corrupt one is moved aside with an ERROR and an audit entry, which
+`llmcost check` turns into an alert; spend is refilled by `rebuild` from the store and journals.
+Every failure is a `ControlStateError`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
+from pathlib import Path
+
+from llmcost.control import audit as control_audit
+from llmcost.control.file import (  # noqa: F401  (re-exported)
+    BUSY_TIMEOUT_SECONDS,
+    DISABLE,
+    ENABLE,
+    HALT,
+    RESUME,
+    WAL_SIZE_LIMIT_BYTES,
+    ControlFile,
+    day_key,
+    guarded,
+    now_iso,
+)
+from llmcost.errors import BudgetExceededError
+
+_PICO_EXPONENT = 12
+_TWELVE_PLACES = Decimal(1).scaleb(-_PICO_EXPONENT)
+
+# Per user: max(settled live, stored tracker events) + stored other events + live estimates in flight.
+_USER_SPEND = """
+SELECT
+    max(COALESCE(s.tokens, 0), COALESCE(st.tracked_tokens, 0)) + COALESCE(st.external_tokens, 0) + r.tokens,
+    max(COALESCE(s.cost_pico, 0), COALESCE(st.tracked_cost_pico, 0)) + COALESCE(st.external_cost_pico, 0) + r.cost_pico
+FROM (SELECT COALESCE(SUM(tokens), 0) AS tokens, COALESCE(SUM(cost_pico), 0) AS cost_pico FROM reservation
+      WHERE day = :day AND user_id = :user AND released_at IS NULL) r
+LEFT JOIN spend s ON s.day = :day AND s.user_id = :user
+LEFT JOIN store_spend st ON st.day = :day AND st.user_id = :user
+"""
+_SYSTEM_SPEND = """
+SELECT COALESCE((SELECT cost_pico FROM day_total WHERE day = :day), 0)
+     + COALESCE((SELECT SUM(cost_pico) FROM reservation WHERE day = :day AND released_at IS NULL), 0)
+"""
+# day_total from scratch: the same rule as _USER_SPEND, summed over the day's users (without estimates in flight).
+_DAY_TOTAL = """
+INSERT INTO day_total (day, cost_pico)
+SELECT :day, COALESCE(SUM(max(live, tracked) + external), 0) FROM (
+    SELECT user_id, SUM(live) AS live, SUM(tracked) AS tracked, SUM(external) AS external FROM (
+        SELECT user_id, cost_pico AS live, 0 AS tracked, 0 AS external FROM spend WHERE day = :day
+        UNION ALL
+        SELECT user_id, 0, tracked_cost_pico, external_cost_pico FROM store_spend WHERE day = :day
+    ) GROUP BY user_id
+) WHERE true  -- SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
+ON CONFLICT (day) DO UPDATE SET cost_pico = excluded.cost_pico
+"""
+_LIVE_AND_TRACKED = """
+SELECT COALESCE((SELECT cost_pico FROM spend WHERE day = ? AND user_id = ?), 0),
+       COALESCE((SELECT tracked_cost_pico FROM store_spend WHERE day = ? AND user_id = ?), 0)
+"""
+_ADD_SPEND = """
+INSERT INTO spend (day, user_id, tokens, cost_pico) VALUES (?, ?, ?, ?)
+ON CONFLICT (day, user_id) DO UPDATE SET tokens = tokens + excluded.tokens, cost_pico = cost_pico + excluded.cost_pico
+"""
+
+def to_picodollars(amount: Decimal | int) -> int:
+    """USD as whole picodollars; amounts finer than a picodollar (only estimates) round up, never down."""
+    if isinstance(amount, bool) or not isinstance(amount, (Decimal, int)):
+        raise TypeError(f"money must be a Decimal, not {type(amount).__name__} (use Decimal('0.05'), not 0.05)")
+    amount = Decimal(amount)
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"money must be a finite amount >= 0, got {amount}")
+    return int(amount.scaleb(_PICO_EXPONENT).to_integral_value(rounding=ROUND_CEILING))
+
+
+def from_picodollars(picodollars: int) -> Decimal:
+    """Whole picodollars as USD with 12 decimal places (the store's DECIMAL(18, 12))."""
+    return Decimal(picodollars).scaleb(-_PICO_EXPONENT).quantize(_TWELVE_PLACES)
+
+
+def _tokens(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def format_usd(amount: Decimal) -> str:
+    """Dollars for messages: cents when that is exact enough, otherwise up to 12 places."""
+    cents = amount.quantize(Decimal("0.01"))
+    if cents == amount or amount >= 1:
+        return f"${cents:,}"
+    return "$" + format(amount.normalize(), "f")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _process_started(pid: int) -> str | None:
+    """When the process started (clock ticks since boot, Linux), to tell a reused pid; None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _owner() -> str:
+    """This host and pid namespace: where a reservation's pid can be checked."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}/{namespace}"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A call's estimate held against a user's day until `settle` or `release`.
+
+    `spent_*_before` are the user's figures for the day before this reservation (see `user_spend`);
+    `generation` names the control file it was made in.
+    """
+
+    id: str
+    day: dt.date
+    user_id: str
+    tokens: int
+    cost: Decimal
+    spent_tokens_before: int
+    spent_cost_before: Decimal
+    generation: str = ""
+
+
+class ControlState(ControlFile):
+    """The control file's state: open it once per process and share it between threads."""
+
+    def __init__(self, path: Path | str, *, busy_timeout: float | None = None, audit_path: Path | None = None,
+                 lazy: bool = False):
+        self._owner = _owner()
+        self._started: tuple[int, str | None] | None = None  # (pid, its start time): read once per process
+        super().__init__(path, busy_timeout=busy_timeout, audit_path=audit_path, lazy=lazy)
+
+    def __enter__(self) -> ControlState:
+        return self
+
+    # -- kill switches -----------------------------------------------------------------------
+
+    @guarded
+    def disable(self, use_case: str, reason: str, by: str | None = None) -> None:
+        """Switch a use case off for every process until `enable` (journaled in the audit log)."""
+        if not use_case:
+            raise ValueError("use_case must not be empty")
+        reason, by = reason or "no reason given", by or control_audit.default_actor()
+        with self._transaction() as conn:
+            conn.execute(DISABLE, (use_case, reason, now_iso(), by))
+            self._audit("disable", use_case=use_case, reason=reason, by=by)
+
+    @guarded
+    def enable(self, use_case: str, by: str | None = None, reason: str | None = None) -> bool:
+        """Switch a use case back on; False when it was not disabled."""
+        with self._transaction() as conn:
+            changed = conn.execute(ENABLE, (use_case,)).rowcount > 0
+            if changed:
+                self._audit("enable", use_case=use_case, reason=reason, by=by)
+        return changed
+
+    @guarded
+    def disabled(self) -> dict[str, dict]:
+        """Every disabled use case with its reason, disabled_at and disabled_by."""
+        rows = self._connection().execute(
+            "SELECT use_case, reason, disabled_at, disabled_by FROM kill_switch ORDER BY use_case"
+        ).fetchall()
+        return {row[0]: {"reason": row[1], "disabled_at": row[2], "disabled_by": row[3]} for row in rows}
+
+    @guarded
+    def disabled_reason(self, use_case: str) -> str | None:
+        row = self._connection().execute("SELECT reason FROM kill_switch WHERE use_case = ?", (use_case,)).fetchone()
+        return row[0] if row else None
+
+    # -- emergency shutdown ------------------------------------------------------------------
+
+    @guarded
+    def halt(self, day: dt.date | str, reason: str, by: str | None = None) -> None:
+        """Refuse every call for the day until `resume` (also re-arms the automatic halt after a resume)."""
+        key, reason = day_key(day), reason or "halted by an operator"
+        with self._transaction() as conn:
+            conn.execute(HALT, (key, reason, now_iso()))
+            self._audit("halt", day=key, reason=reason, by=by)
+
+    @guarded
+    def resume(self, day: dt.date | str, by: str | None = None, reason: str | None = None) -> None:
+        """Lift the day's halt entirely: the manual one, and the automatic one even as spend keeps growing."""
+        key = day_key(day)
+        with self._transaction() as conn:
+            conn.execute(RESUME, (key, now_iso()))
+            self._audit("resume", day=key, reason=reason, by=by)
+
+    @guarded
+    def halt_reason(self, day: dt.date | str, shutdown_usd: Decimal | None) -> str | None:
+        """Why calls are refused for the day (a manual halt, or system spend at the shutdown level), else None."""
+        key = day_key(day)
+        row = self._connection().execute("SELECT reason, resumed_at FROM halt WHERE day = ?", (key,)).fetchone()
+        if row is not None:
+            reason, resumed_at = row
+            if resumed_at is not None:
+                return None
+            if reason is not None:
+                return reason
+        if shutdown_usd is None:
+            return None
+        spent = self.system_spend(day)
+        if spent >= shutdown_usd:
+            return (f"system-wide spend on {key} is {format_usd(spent)}, "
+                    f"at or above the emergency shutdown level of {format_usd(shutdown_usd)}")
+        return None
+
+    # -- spend and reservations --------------------------------------------------------------
+
+    @guarded
+    def reserve(
+        self,
+        day: dt.date | str,
+        user_id: str,
+        tenant_id: str,
+        use_case: str,
+        tokens: int,
+        cost: Decimal,
+        *,
+        limit_tokens: int | None,
+        limit_cost: Decimal | None,
+        enforce: bool,
+        account_type: str | None = None,
+    ) -> Reservation:
+        """Hold a call's estimate against the user's day; with `enforce`, refuse it past a limit.
+
+        Raises BudgetExceededError when `enforce` is set and the user's spend (see `user_spend`) plus
+        this estimate would exceed `limit_tokens` or `limit_cost`; nothing is recorded then.
+        """
+        key = day_key(day)
+        tokens = _tokens(tokens, "estimated tokens")
+        cost_pico = to_picodollars(cost)
+        reservation_id = uuid.uuid4().hex
+        pid = os.getpid()
+        if self._started is None or self._started[0] != pid:
+            self._started = (pid, _process_started(pid))
+        with self._transaction() as conn:
+            spent_tokens, spent_pico = conn.execute(_USER_SPEND, {"day": key, "user": user_id}).fetchone()
+            if enforce:
+                over = []
+                if limit_tokens is not None and spent_tokens + tokens > limit_tokens:
+                    over.append(f"{limit_tokens:,} tokens limit, {spent_tokens:,} used today, this call needs ~{tokens:,}")
+                if limit_cost is not None and spent_pico + cost_pico > to_picodollars(limit_cost):
+                    over.append(f"{format_usd(limit_cost)} limit, {format_usd(from_picodollars(spent_pico))} spent today, "
+                                f"this call needs ~{format_usd(from_picodollars(cost_pico))}")
+                if over:
+                    raise BudgetExceededError(_budget_message(key, user_id, account_type, over))
+            conn.execute(
+                "INSERT INTO reservation (id, day, user_id, tenant_id, use_case, tokens, cost_pico, created_at, pid, "
+                "owner, pid_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (reservation_id, key, user_id, tenant_id, use_case, tokens, cost_pico, time.time(), pid,
+                 self._owner, self._started[1]),
+            )
+        return Reservation(
+            reservation_id, dt.date.fromisoformat(key), user_id, tokens, from_picodollars(cost_pico),
+            spent_tokens, from_picodollars(spent_pico), self._generation,
+        )
+
+    @guarded
+    def settle(self, reservation: Reservation | str, actual_tokens: int, actual_cost: Decimal) -> bool:
+        """Replace a reservation's estimate with the actual figures; False when it was already settled or released.
+
+        A reservation released as stale is still settled (its call did end). Given the Reservation itself
+        (not only its id), the actuals are recorded once even when it was made in a control file that has
+        since been deleted or replaced.
+        """
+        reservation_id = reservation.id if isinstance(reservation, Reservation) else reservation
+        tokens = _tokens(actual_tokens, "actual tokens")
+        cost_pico = to_picodollars(actual_cost)
+        with self._transaction() as conn:
+            row = conn.execute("DELETE FROM reservation WHERE id = ? RETURNING day, user_id", (reservation_id,)).fetchone()
+            if row is None:
+                if not isinstance(reservation, Reservation) or reservation.generation == self._generation:
+                    return False  # settled or released in this file already
+                row = (reservation.day.isoformat(), reservation.user_id)
+                # Made in an earlier file: remember it was settled here, so a second settle is refused.
+                if not conn.execute("INSERT INTO finished_reservation (id, day) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+                                    (reservation_id, row[0])).rowcount:
+                    return False
+            _add_spend(conn, row[0], row[1], tokens, cost_pico)
+        return True
+
+    @guarded
+    def release(self, reservation: Reservation | str) -> bool:
+        """Drop a reservation without spend (the call never happened); False when already settled or released."""
+        reservation_id = reservation.id if isinstance(reservation, Reservation) else reservation
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM reservation WHERE id = ? AND released_at IS NULL",
+                                (reservation_id,)).rowcount > 0
+
+    @guarded
+    def release_stale(self, older_than_seconds: float | None = None) -> int:
+        """Release reservations of processes that have exited, and any older than the given age; return how many.
+
+        A pid is checked only on the host and pid namespace that made the reservation (elsewhere the age
+        alone decides), and a pid reused by a newer process counts as exited. Released reservations stop
+        counting; a call that does end later still settles its actual figures.
+        """
+        now = time.time()
+        cutoff = now - older_than_seconds if older_than_seconds is not None else None
+        rows = self._connection().execute(
+            "SELECT id, pid, created_at, owner, pid_started FROM reservation WHERE released_at IS NULL").fetchall()
+        stale = [rid for rid, pid, created_at, owner, started in rows
+                 if (cutoff is not None and created_at < cutoff)
+                 or (owner in (self._owner, "") and not _is_running(pid, started))]
+        if not stale:
+            return 0
+        with self._transaction() as conn:
+            return sum(conn.execute("UPDATE reservation SET released_at = ? WHERE id = ? AND released_at IS NULL",
+                                    (now, rid)).rowcount for rid in stale)
+
+    @guarded
+    def maintain(self, today: dt.date, *, reservation_ttl_seconds: float | None) -> int:
+        """Release stale reservations and forget days before yesterday; return how many reservations were released."""
+        released = self.release_stale(reservation_ttl_seconds)
+        self.prune(today - dt.timedelta(days=1))
+        return released
+
+    @guarded
+    def user_spend(self, day: dt.date | str, user_id: str) -> tuple[int, Decimal]:
+        """The user's tokens and cost for the day: tracker calls (settled and in flight) and other stored events."""
+        tokens, pico = self._connection().execute(_USER_SPEND, {"day": day_key(day), "user": user_id}).fetchone()
+        return tokens, from_picodollars(pico)
+
+    @guarded
+    def system_spend(self, day: dt.date | str) -> Decimal:
+        """Everyone's cost for the day, by the same rule as `user_spend`."""
+        (pico,) = self._connection().execute(_SYSTEM_SPEND, {"day": day_key(day)}).fetchone()
+        return from_picodollars(pico)
+
+    @guarded
+    def in_flight(self, day: dt.date | str | None = None) -> int:
+        """How many reservations are open (for the day, when given)."""
+        sql = "SELECT COUNT(*) FROM reservation WHERE released_at IS NULL"
+        if day is None:
+            return self._connection().execute(sql).fetchone()[0]
+        return self._connection().execute(sql + " AND day = ?", (day_key(day),)).fetchone()[0]
+
+    @guarded
+    def set_store_spend(self, day: dt.date | str, rows: Iterable[tuple[str, int, Decimal, int, Decimal]]) -> None:
+        """Keep the store's figures of the day: (user_id, tracker tokens, tracker cost, other tokens, other cost)."""
+        key = day_key(day)
+        values = [(key, user, _tokens(tt, "tokens"), to_picodollars(tc), _tokens(et, "tokens"), to_picodollars(ec))
+                  for user, tt, tc, et, ec in rows]
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM store_spend WHERE day = ?", (key,))
+            conn.executemany("INSERT INTO store_spend VALUES (?, ?, ?, ?, ?, ?)", values)
+            conn.execute(_DAY_TOTAL, {"day": key})
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    @guarded
+    def needs_rebuild(self, day: dt.date | str) -> bool:
+        """True until `rebuild` has filled this day's spend in this file (a new or recreated file needs it)."""
+        row = self._connection().execute("SELECT 1 FROM rebuilt_day WHERE day = ?", (day_key(day),)).fetchone()
+        return row is None
+
+    @guarded
+    def rebuild(
+        self, day: dt.date | str, rows: Iterable[tuple[str, int, Decimal]], *, only_if_needed: bool = False
+    ) -> bool:
+        """Replace the day's settled spend with (user_id, tokens, cost) rows of tracker calls read from the store
+        and journals.
+
+        Rows for the same user are summed. With `only_if_needed`, do nothing (and return False) when another
+        process rebuilt the day first, so a settle recorded after that rebuild is never overwritten.
+        In-flight reservations are kept.
+        """
+        key = day_key(day)
+        totals: dict[str, list[int]] = {}
+        for user_id, tokens, cost in rows:
+            total = totals.setdefault(user_id, [0, 0])
+            total[0] += _tokens(tokens, "tokens")
+            total[1] += to_picodollars(cost)
+        with self._transaction() as conn:
+            if only_if_needed and conn.execute("SELECT 1 FROM rebuilt_day WHERE day = ?", (key,)).fetchone():
+                return False
+            conn.execute("DELETE FROM spend WHERE day = ?", (key,))
+            conn.executemany(_ADD_SPEND, [(key, user, tokens, pico) for user, (tokens, pico) in totals.items()])
+            conn.execute(_DAY_TOTAL, {"day": key})
+            conn.execute("INSERT INTO rebuilt_day (day, rebuilt_at) VALUES (?, ?) "
+                         "ON CONFLICT (day) DO UPDATE SET rebuilt_at = excluded.rebuilt_at", (key, now_iso()))
+        return True
+
+    @guarded
+    def prune(self, before_day: dt.date | str) -> None:
+        """Forget spend, reservations and bookkeeping of days before the given one."""
+        key = day_key(before_day)
+        with self._transaction() as conn:
+            for table in ("spend", "store_spend", "day_total", "reservation", "finished_reservation", "rebuilt_day",
+                          "halt"):
+                conn.execute(f"DELETE FROM {table} WHERE day < ?", (key,))  # table names are constants
+
+
+def _add_spend(conn, day: str, user_id: str, tokens: int, cost_pico: int) -> None:
+    """Add a settled call to the user's live spend, and its effect on the day's total (per user the larger of
+    live and stored tracker spend counts, so the total grows only by what the larger one grows)."""
+    live, tracked = conn.execute(_LIVE_AND_TRACKED, (day, user_id, day, user_id)).fetchone()
+    conn.execute(_ADD_SPEND, (day, user_id, tokens, cost_pico))
+    delta = max(live + cost_pico, tracked) - max(live, tracked)
+    if delta:
+        conn.execute("INSERT INTO day_total (day, cost_pico) VALUES (?, ?) "
+                     "ON CONFLICT (day) DO UPDATE SET cost_pico = cost_pico + excluded.cost_pico", (day, delta))
+
+
+def _is_running(pid: int, started: str | None) -> bool:
+    if not _process_alive(pid):
+        return False
+    return started is None or _process_started(pid) in (None, started)
+
+
+def _budget_message(day: str, user_id: str, account_type: str | None, over: list[str]) -> str:
+    who = f"user {user_id!r}" + (f" (account type {account_type!r})" if account_type else "")
+    fix = f"raise [limits.{account_type}] in llmcost.toml" if account_type else "raise the limit in llmcost.toml"
+    return f"daily budget exceeded for {who} on {day}: {'; '.join(over)} ({fix} or wait until tomorrow)"

@@ -1,0 +1,242 @@
+"""Streamlit glue shared by the dashboard's pages: settings, sidebar filters, cached loads, tables.
+
+Pages stay thin: they ask `context()` for the settings and filters, `load()` a bundle from
+`dashboard_queries`, and lay out what comes back. User-supplied text only ever reaches widgets that
+show text (tables, select boxes, `st.text`), never markdown or HTML.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
+
+from llmcost.config import Settings, load_settings
+from llmcost.dashboard import queries as dq
+from llmcost.errors import LLMCostError
+from llmcost.ingestion.run import ingest
+from llmcost.money import money_column_format
+from llmcost.store.export import frame_to_csv_bytes
+
+NO_DATA = "No data yet: run `llmcost demo` or `llmcost ingest`"
+CACHE_SECONDS = 60
+DEFAULT_DAYS = 30
+CONTEXT_KEY = "dashboard_context"
+
+
+# Every character CommonMark lets a backslash escape, plus `$` (Streamlit reads $...$ as LaTeX).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=&\"'])")
+
+
+def plain(text: Any) -> str:
+    """Text that Streamlit's markdown shows exactly as typed: for user data in messages."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+
+
+def dollars(text: str) -> str:
+    """Our own markdown with its dollar amounts kept as text rather than read as LaTeX."""
+    return text.replace("$", r"\$")
+
+
+@dataclass(frozen=True)
+class PageContext:
+    settings: Settings
+    filters: dq.Filters
+    today: dt.date
+
+
+def settings_or_stop() -> Settings:
+    try:
+        return load_settings()
+    except LLMCostError as error:
+        st.error("The configuration cannot be read: " + plain(error))
+        st.stop()
+        raise  # unreachable: st.stop() raises
+
+
+def today_in(settings: Settings) -> dt.date:
+    return dt.datetime.now(settings.tz).date()
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=64, show_spinner=False)
+def _cached(bundle_name: str, db_path: str, version: Any, *args: Any) -> Any:
+    # `version` is not used here: it is part of the cache key, so a store that changed is read again.
+    return getattr(dq, bundle_name)(db_path, *args)
+
+
+def load(bundle: Callable[..., Any], settings: Settings, *args: Any) -> Any:
+    """A page bundle from `dashboard_queries`, cached until the store changes (or for a minute)."""
+    version = dq.store_version(settings.db_path)
+    if version is None:
+        return None
+    try:
+        return _cached(bundle.__name__, str(settings.db_path), version, *args)
+    except LLMCostError as error:  # the store stayed locked, or cannot be read
+        st.error(plain(error))
+        st.stop()
+
+
+def stop_without_data() -> None:
+    st.info(NO_DATA)
+    st.stop()
+
+
+def sidebar(settings: Settings) -> PageContext:
+    """The filters every page shares; the choices live in session state under their widget keys."""
+    today = today_in(settings)
+    found = load(dq.sidebar, settings)
+    span, options = found if found else (dq.Span(None, None, 0), {"tenants": [], "providers": [], "models": []})
+    with st.sidebar:
+        st.header("Filters")
+        chosen = st.date_input(
+            "Dates",
+            value=(today - dt.timedelta(days=DEFAULT_DAYS - 1), today),
+            max_value=max(today, span.last_day or today),
+            key="filter_dates",
+            help="Days in the configured time zone (" + settings.timezone + ").",
+        )
+        tenants = st.multiselect("Tenants", options["tenants"], key="filter_tenants", placeholder="All tenants")
+        providers = st.multiselect("Providers", options["providers"], key="filter_providers",
+                                   placeholder="All providers")
+        models = st.multiselect("Models", options["models"], key="filter_models", placeholder="All models")
+        st.caption(f"Times in {settings.timezone}")
+    start, end = _date_range(chosen, today)
+    context = PageContext(settings, dq.Filters(start, end, tuple(tenants), tuple(providers), tuple(models)), today)
+    st.session_state[CONTEXT_KEY] = context
+    return context
+
+
+def _date_range(chosen: Any, today: dt.date) -> tuple[dt.date, dt.date]:
+    # While a range is being picked the widget holds one day; treat it as a one-day range.
+    if isinstance(chosen, dt.date):
+        return chosen, chosen
+    days = [d for d in (chosen or ()) if d is not None]
+    if not days:
+        return today - dt.timedelta(days=DEFAULT_DAYS - 1), today
+    return min(days), max(days)
+
+
+def leave_legacy_multipage_mode() -> None:
+    """Run `app.py` with st.navigation even on the first request after the server starts.
+
+    Streamlit starts in its legacy multipage mode when a `pages/` folder exists, and in that mode a
+    deep link (/users) runs the page script alone, with a menu built from file names, until a run of
+    `app.py` calls st.navigation. Turning the mode off and rerunning routes every request through app.py.
+    """
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+def context() -> PageContext:
+    """What `app.py` put in place for this run (a page run on its own draws the sidebar itself)."""
+    leave_legacy_multipage_mode()
+    found = st.session_state.get(CONTEXT_KEY)
+    return found if isinstance(found, PageContext) else sidebar(settings_or_stop())
+
+
+def clear_cached_figures() -> None:
+    st.cache_data.clear()
+
+
+def table(
+    frame: pd.DataFrame,
+    key: str,
+    *,
+    file_name: str,
+    money: Sequence[str] = (),
+    counts: Sequence[str] = (),
+    times: Sequence[str] = (),
+    timezone: str = "UTC",
+    styler: Callable[[pd.DataFrame], Any] | None = None,
+    height: int | str = "auto",
+) -> None:
+    """A table with a CSV download of exactly its rows (exact amounts, neutralised text cells).
+
+    Times are naive UTC in the frame; both the table and the CSV show them in `timezone`.
+    """
+    shown = frame.copy()
+    for column in times:
+        shown[column] = _in_zone(shown[column], timezone)
+    config: dict[str, Any] = {}
+    for column in money:
+        config[column] = st.column_config.NumberColumn(format=money_column_format(shown[column]))
+        shown[column] = shown[column].map(lambda v: None if v is None or pd.isna(v) else float(v))
+    for column in counts:
+        config[column] = st.column_config.NumberColumn(format="%,d")
+    for column in shown.columns:
+        if column not in money and _holds_decimals(shown[column]):
+            shown[column] = shown[column].map(lambda v: None if v is None or pd.isna(v) else float(v))
+    # The container carries the key, so tests (and CSS) find the table and its download together.
+    with st.container(key=key):
+        if shown.empty:
+            st.caption("No rows for these filters.")
+        else:
+            # The frame's own order is the meaningful one (cost, time); an index column adds nothing.
+            st.dataframe(styler(shown) if styler else shown, column_config=config, hide_index=True,
+                         width="stretch", height=height)
+        csv_frame = frame.copy()
+        for column in times:
+            csv_frame[column] = _in_zone(csv_frame[column], timezone)
+        st.download_button(
+            "Download CSV",
+            data=frame_to_csv_bytes(csv_frame),
+            file_name=file_name,
+            mime="text/csv",
+            key=f"{key}_csv",
+            on_click="ignore",
+            disabled=frame.empty,
+        )
+
+
+def _holds_decimals(column: pd.Series) -> bool:
+    present = column.dropna()
+    return column.dtype == object and not present.empty and isinstance(present.iloc[0], Decimal)
+
+
+def _in_zone(column: pd.Series, timezone: str) -> pd.Series:
+    values = pd.to_datetime(column)
+    if values.dt.tz is None:
+        values = values.dt.tz_localize("UTC")
+    return values.dt.tz_convert(timezone)
+
+
+def ingest_now(settings: Settings, message_key: str, paths: Sequence[Any] | None = None) -> None:
+    """Ingest (the configured sources, or `paths`), then drop every cached figure. A button callback."""
+    try:
+        result = ingest(settings, list(paths) if paths else None)
+    except LLMCostError as error:
+        st.session_state[message_key] = ("error", "Ingest failed: " + plain(error))
+        return
+    clear_cached_figures()
+    st.session_state[message_key] = ("success", "Ingested: " + result.summary())
+
+
+def dismiss_now(settings: Settings, message_key: str, failed_ids: Sequence[str], reason: str, by: str) -> None:
+    """Dismiss the chosen failed logs, then drop every cached figure. A button callback."""
+    from llmcost.store.failed_logs import dismiss
+
+    try:
+        count = dismiss(settings, list(failed_ids), reason=reason, by=by)
+    except LLMCostError as error:
+        st.session_state[message_key] = ("error", "Not dismissed: " + plain(error))
+        return
+    for key in ("failed_dismiss_ids", "failed_dismiss_confirm"):
+        st.session_state.pop(key, None)
+    clear_cached_figures()
+    st.session_state[message_key] = ("success", f"Dismissed {count:,} failed log(s).")
+
+
+def show_message(message_key: str) -> None:
+    """Show, once, what a button callback left in session state."""
+    found = st.session_state.pop(message_key, None)
+    if found:
+        kind, text = found
+        getattr(st, kind)(text)

@@ -1,0 +1,557 @@
+"""Turning raw lines (JSON Lines or CSV) into validated, priced rows ready for the store.
+
+Plain records are validated in bulk by `llmcost.ingestion.bulk` (CSV cells split by `llmcost.ingestion.csv`); the
+rest go through pydantic here, one by one. Three kinds of record arrive: usage events, the tracker's
+write-ahead call attempts (`{"record": "attempt", ...}`) and fallback-log entries (`{"timestamp",
+"error", "event"}`). Whatever cannot be stored normally becomes a `failed_logs` row with its raw text
+and reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llmcost.events import TOKEN_FIELDS, UNATTRIBUTED, Count, Name, UsageEvent, UtcTime, describe_validation_error
+from llmcost.ingestion import bulk, sources
+from llmcost.ingestion import csv as csv_rows
+from llmcost.pricing.vector import price_columns_pico, price_frame_pico
+
+if TYPE_CHECKING:
+    from llmcost.config import Settings
+    from llmcost.ingestion.content_ids import LineIds
+    from llmcost.ingestion.sources import Source
+    from llmcost.pricing.rates import Pricer
+
+MAX_RAW_CHARS = 1_000_000
+IDENTITY_FIELDS = ("user_id", "tenant_id", "use_case")
+
+EVENT_COLUMNS = [
+    "event_id", "ts", "day", "user_id", "tenant_id", "use_case", "account_type", "provider", "model",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+    "total_tokens", "estimated_tokens", "usage_estimated", "latency_ms", "status", "error", "cost_pico",
+    "price_source", "attempt_id", "source", "metadata", "cache_write_1h_tokens", "response_model", "service_tier",
+]
+ATTEMPT_COLUMNS = [
+    "attempt_id", "ts", "day", "user_id", "tenant_id", "use_case", "account_type", "provider", "model",
+    "estimated_tokens", "source",
+]
+FAILED_COLUMNS = [
+    "failed_id", "kind", "logged_at", "use_case", "estimated_tokens", "error", "user_id", "tenant_id", "source",
+    "raw", "event_id", "attempt_id",  # attempt_id: a call attempt rescued from the fallback log
+]
+
+
+class AttemptRecord(BaseModel):
+    """The tracker's write-ahead record of a call about to be made."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    record: str
+    attempt_id: Name = Field(min_length=1, max_length=200)
+    ts: UtcTime
+    user_id: Name | None = Field(default=None, max_length=500)
+    tenant_id: Name | None = Field(default=None, max_length=500)
+    use_case: Name | None = Field(default=None, max_length=500)
+    account_type: Name | None = Field(default=None, max_length=200)
+    provider: Name | None = Field(default=None, max_length=200)
+    model: Name | None = Field(default=None, max_length=500)
+    estimated_tokens: Count | None = None
+    source: Name | None = Field(default=None, max_length=1000)
+
+
+@dataclass
+class Batch:
+    """One chunk's records: events and call attempts wait in the connection's temp views
+    `batch_events` and `batch_attempts`."""
+
+    lines: int = 0
+    events: int = 0            # rows in batch_events, before de-duplication
+    attempts: int = 0          # rows in batch_attempts, before de-duplication
+    failed: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAILED_COLUMNS))
+    consumed: int = 0          # bytes of the chunk read (less than all when a CSV record waits for its end)
+    invalid: int = 0           # records that could not be stored at all
+    from_fallback: int = 0     # fallback-log records (events, call attempts) that were valid
+    cut_at_row_group: bool = False  # the batch stopped after whole row groups, before the chunk's end
+    bulk_events: int = 0       # events that took the bulk path
+
+
+def raw_text(line: bytes) -> str:
+    text = line.decode("utf-8", errors="backslashreplace").rstrip("\r\n").replace("\x00", "\\x00")
+    if len(text) > MAX_RAW_CHARS:
+        return text[:MAX_RAW_CHARS] + f"... [truncated: {len(text):,} characters in all]"
+    return text
+
+
+def _printable(text: str) -> str:
+    """Text that can be stored: NUL and lone UTF-16 surrogates written as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def _clip(value: Any, limit: int = 500) -> str | None:
+    if value is None:
+        return None
+    text = _printable(str(value))
+    return text[:limit] if text.strip() else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if 0 <= number < 2**62 else None
+
+
+def _has_usage(obj: dict[str, Any]) -> bool:
+    return any(_int_or_none(obj.get(name)) for name in (*TOKEN_FIELDS, "total_tokens", "estimated_tokens")) or bool(
+        obj.get("cost_usd") not in (None, "", 0, "0")
+    )
+
+
+def _usage_hint(obj: dict[str, Any]) -> int | None:
+    total = _int_or_none(obj.get("total_tokens"))
+    if total:
+        return total
+    parts = (_int_or_none(obj.get("input_tokens")) or 0) + (_int_or_none(obj.get("output_tokens")) or 0)
+    return parts or _int_or_none(obj.get("estimated_tokens"))
+
+
+class _Parser:
+    def __init__(self, source: Source, ids: LineIds, settings: Settings):
+        self.source = source
+        self.ids = ids
+        self.settings = settings
+        self.source_label = f"{source.kind}:{source.path.name}"
+        self.now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        self.events: list[tuple[UsageEvent, int, str]] = []
+        self.attempts: list[dict[str, Any]] = []
+        self.failed: list[dict[str, Any]] = []
+        self.invalid = 0
+        self.from_fallback = 0
+
+    def fail(self, offset: int, kind: str, error: str, raw: str, obj: dict | None = None,
+             event_id: str | None = None, logged_at: dt.datetime | None = None, attempt_id: str | None = None) -> None:
+        obj = obj or {}
+        self.failed.append({
+            "failed_id": self.ids.failed_id(offset, raw),
+            "kind": kind,
+            "logged_at": logged_at or self.now,
+            "use_case": _clip(obj.get("use_case")),
+            "estimated_tokens": _usage_hint(obj),
+            "error": error,
+            "user_id": _clip(obj.get("user_id")),
+            "tenant_id": _clip(obj.get("tenant_id")),
+            "source": str(self.source.path),
+            "raw": raw,
+            "event_id": event_id,
+            "attempt_id": attempt_id,
+        })
+
+    def event(self, offset: int, obj: dict[str, Any], raw: str) -> tuple[UsageEvent | None, str | None]:
+        """Validate one usage event; returns (event, None) or (None, reason)."""
+        obj = dict(obj)
+        if obj.get("event_id") is None:
+            obj["event_id"] = self.ids.event_id(raw)
+        if not obj.get("source"):
+            obj["source"] = self.source_label
+        missing = [name for name in IDENTITY_FIELDS if not str(obj.get(name) or "").strip()]
+        if missing and _has_usage(obj):
+            for name in missing:
+                obj[name] = UNATTRIBUTED
+        if isinstance(obj.get("metadata"), str):
+            try:
+                obj["metadata"] = json.loads(obj["metadata"]) if obj["metadata"].strip() else {}
+            except ValueError:
+                return None, "metadata: not valid JSON"
+        try:
+            event = UsageEvent.model_validate(obj)
+        except ValidationError as error:
+            return None, describe_validation_error(error)
+        except (ValueError, TypeError, OverflowError, RecursionError) as error:
+            return None, f"record: {error}"
+        if missing and _has_usage(obj):
+            self.fail(offset, "unattributed",
+                      f"missing {', '.join(missing)}: usage stored under {UNATTRIBUTED}", raw, obj,
+                      event_id=event.event_id)
+        return event, None
+
+    def handle(self, offset: int, obj: Any, raw: str) -> None:
+        if not isinstance(obj, dict):
+            self.invalid += 1
+            self.fail(offset, "invalid", f"a record must be a JSON object, not {type(obj).__name__}", raw)
+            return
+        if self.source.kind == "fallback" or ("event" in obj and "error" in obj and isinstance(obj["event"], dict)):
+            self.handle_fallback(offset, obj, raw)
+        elif obj.get("record") == "attempt":
+            self.handle_attempt(offset, obj, raw)
+        else:
+            event, reason = self.event(offset, obj, raw)
+            if event is None:
+                self.invalid += 1
+                self.fail(offset, "invalid", reason, raw, obj)
+            else:
+                self.events.append((event, offset, raw))
+
+    def handle_fallback(self, offset: int, obj: dict[str, Any], raw: str) -> None:
+        inner = obj.get("event")
+        original_error = _printable(str(obj.get("error") or "unknown error"))[:10_000]
+        try:
+            logged_at = dt.datetime.fromisoformat(str(obj.get("timestamp")))
+            logged_at = logged_at.astimezone(dt.timezone.utc).replace(tzinfo=None) if logged_at.tzinfo else logged_at
+        except (ValueError, OverflowError):  # no usable time: the entry is dated when it is read
+            logged_at = None
+        if not isinstance(inner, dict):
+            self.invalid += 1
+            self.fail(offset, "fallback", f"{original_error}; the entry has no event object", raw, logged_at=logged_at)
+            return
+        if inner.get("record") == "attempt":
+            attempt_id, reason = self.attempt(offset, inner)
+            if attempt_id is None:
+                self.invalid += 1
+                self.fail(offset, "fallback", f"{original_error}; cannot be stored: {reason}", raw, inner,
+                          logged_at=logged_at)
+            else:
+                self.from_fallback += 1
+                self.fail(offset, "fallback", original_error, raw, inner, logged_at=logged_at, attempt_id=attempt_id)
+            return
+        event, reason = self.event(offset, inner, raw)
+        if event is None:
+            self.invalid += 1
+            self.fail(offset, "fallback", f"{original_error}; cannot be stored: {reason}", raw, inner, logged_at=logged_at)
+            return
+        self.events.append((event, offset, raw))
+        self.from_fallback += 1
+        self.fail(offset, "fallback", original_error, raw, inner, event_id=event.event_id, logged_at=logged_at)
+
+    def handle_attempt(self, offset: int, obj: dict[str, Any], raw: str) -> None:
+        attempt_id, reason = self.attempt(offset, obj)
+        if attempt_id is None:
+            self.invalid += 1
+            self.fail(offset, "invalid", reason, raw, obj)
+
+    def attempt(self, offset: int, obj: dict[str, Any]) -> tuple[str | None, str | None]:
+        """Validate and keep a call attempt; returns (attempt_id, None) or (None, reason)."""
+        try:
+            attempt = AttemptRecord.model_validate(obj)
+        except ValidationError as error:
+            return None, f"call attempt: {describe_validation_error(error)}"
+        row = attempt.model_dump(exclude={"record"})
+        row["source"] = row["source"] or self.source_label
+        row["off"] = offset
+        self.attempts.append(row)
+        return attempt.attempt_id, None
+
+
+def overlong_line(source: Source, ids: LineIds, offset: int, head: bytes) -> Batch | None:
+    """A line longer than a whole batch: kept in failed_logs with its start, or None while it has no end yet."""
+    length = len(head)
+    with open(source.data, "rb") as f:
+        f.seek(offset + length)
+        while block := f.read(1 << 20):
+            end = block.find(b"\n")
+            if end >= 0:
+                length += end + 1
+                break
+            length += len(block)
+        else:
+            return None
+    parser = _Parser(source, ids, None)
+    parser.fail(offset, "invalid", f"a line of {length:,} bytes is longer than a record may be "
+                f"({len(head):,} bytes)", raw_text(head[:MAX_RAW_CHARS]))
+    return Batch(lines=1, invalid=1, consumed=length,
+                 failed=pd.DataFrame(parser.failed, columns=FAILED_COLUMNS))
+
+
+def _decode_line(raw: bytes) -> Any:
+    """The record on one JSON line (a dict, or any JSON value), or a ValueError saying why it is unreadable."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return ValueError(f"line is not valid UTF-8 (byte {error.start})")
+    try:
+        record = json.loads(text)
+    except RecursionError:
+        return ValueError("not valid JSON: nested too deeply")
+    except ValueError as error:
+        return ValueError(f"not valid JSON: {error}")
+    if "\\u" in text:  # an escape may have made a lone UTF-16 surrogate, which no UTF-8 text can hold
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return ValueError("not valid JSON text: contains a lone UTF-16 surrogate escape (such as \\ud800)")
+        except RecursionError:
+            return ValueError("not valid JSON: nested too deeply")
+    return record
+
+
+def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, start_offset: int, ids: LineIds,
+                source: Source, csv_header: list[str] | None, settings: Settings, pricer: Pricer,
+                at_end: bool = True) -> Batch:
+    """Validate and price one chunk of whole lines; its events wait in the temp view `batch_events`."""
+    parser = _Parser(source, ids, settings)
+    lines = bulk.lines_table(chunk, start_offset)
+    options = dict(source_label=parser.source_label, timezone=settings.timezone)
+    consumed = len(chunk)
+    cut = None
+    clean_idx = None
+    attempt_idx = np.zeros(0, dtype=np.int64)
+    if csv_header is None:
+        if source.kind == "fallback":  # every line is a fallback entry: pydantic's path reads them
+            other_idx = np.arange(lines.num_rows)
+        else:
+            clean_idx, cut = _whole_row_groups(db, bulk.stage_json(db, lines, **options), lines.num_rows, at_end)
+            if cut is not None:
+                consumed = lines.column("off")[cut].as_py() - start_offset
+                lines = lines.slice(0, cut)
+            other_idx = _all_but(lines.num_rows, clean_idx)
+            if len(other_idx):  # lines left over: some may be call attempts
+                attempt_idx = bulk.stage_attempts(db, lines, source_label=parser.source_label,
+                                                  timezone=settings.timezone)
+                other_idx = _all_but(lines.num_rows, np.concatenate([clean_idx, attempt_idx]))
+        offsets, raws = bulk.pick(lines.column("off"), other_idx), bulk.pick(lines.column("raw"), other_idx)
+        slow = [(offset, None if not raw.strip() else _decode_line(raw), raw) for offset, raw in zip(offsets, raws)]
+    else:
+        cells, slow_idx = csv_rows.cells(db, chunk, lines, csv_header, sources.header_line(source.data))
+        if cells is not None and cells.num_rows:
+            clean_idx, cut = _whole_row_groups(db, bulk.stage_csv(db, cells, **options), lines.num_rows, at_end)
+            cell_idx = cells.column("idx").to_numpy()
+            staged = np.zeros(lines.num_rows, dtype=bool)
+            staged[clean_idx] = True
+            slow_idx |= set(cell_idx[~staged[cell_idx]].tolist())
+            if cut is not None:
+                slow_idx = {i for i in slow_idx if i < cut}
+                consumed = lines.column("off")[cut].as_py() - start_offset
+                lines = lines.slice(0, cut)
+        ordered = sorted(slow_idx)
+        slow, used = csv_rows.records(bulk.pick(lines.column("raw"), ordered), bulk.pick(lines.column("off"), ordered),
+                                      csv_header, whole_chunk=cells is None, at_end=at_end)
+        if used < len(ordered):  # only when every line is on this path, so `used` counts lines of the chunk
+            consumed = lines.column("off")[used].as_py() - start_offset
+            lines = lines.slice(0, used)
+
+    if clean_idx is not None and len(clean_idx):
+        _give_generated_ids(db, lines, ids)
+    blank = 0
+    for offset, obj, raw in slow:
+        if obj is None:
+            blank += 1
+            continue
+        if isinstance(obj, Exception):
+            parser.invalid += 1
+            parser.fail(offset, "invalid", str(obj), raw_text(raw))
+        else:
+            parser.handle(offset, obj, raw_text(raw))
+
+    clean_prices = _price_clean_rows(db, lines, parser, pricer) if clean_idx is not None and len(clean_idx) else None
+    slow_events = _priced_slow_rows(parser, settings, pricer) if parser.events else None
+    records = (len(clean_idx) if clean_idx is not None else 0) + len(attempt_idx) + len(slow) - blank
+    batch = Batch(lines=records, invalid=parser.invalid, from_fallback=parser.from_fallback, consumed=consumed,
+                  cut_at_row_group=cut is not None, bulk_events=len(clean_idx) if clean_idx is not None else 0)
+    batch.events = _load_batch_events(db, clean_prices, slow_events)
+    batch.attempts = _load_batch_attempts(db, parser, settings, staged=len(attempt_idx))
+    if parser.failed:
+        batch.failed = pd.DataFrame(parser.failed, columns=FAILED_COLUMNS).drop_duplicates("failed_id")
+    return batch
+
+
+def _give_generated_ids(db: duckdb.DuckDBPyConnection, lines: pa.Table, ids: LineIds) -> None:
+    """Ids from content for the staged clean rows that came without an event_id, in file order."""
+    idx = db.sql(f"SELECT idx FROM {bulk.CLEAN_ROWS} WHERE event_id IS NULL ORDER BY off").to_arrow_table()
+    if not idx.num_rows:
+        return
+    wanted = idx.column("idx").to_numpy()
+    generated = [ids.event_id(raw_text(raw)) for raw in bulk.pick(lines.column("raw"), wanted)]
+    db.register("generated_ids", pa.table({"idx": pa.array(wanted, pa.int64()), "gen_id": generated}))
+    try:
+        db.execute(f"UPDATE {bulk.CLEAN_ROWS} SET event_id = g.gen_id FROM generated_ids g "
+                   f"WHERE {bulk.CLEAN_ROWS}.idx = g.idx")
+    finally:
+        db.unregister("generated_ids")
+
+
+def _whole_row_groups(db: duckdb.DuckDBPyConnection, clean_idx: np.ndarray, line_count: int,
+                      at_end: bool) -> tuple[np.ndarray, int | None]:
+    """Keep a whole number of DuckDB row groups of clean rows; the lines after the last kept row wait
+    for the next batch. Returns (the kept idx, the first line left over, or None when all are kept).
+
+    A batch that ends in a part-filled row group costs a rewrite of that group at the next checkpoint;
+    cutting the batch there leaves only the file's last batch part-filled.
+    """
+    if at_end or len(clean_idx) < bulk.ROW_GROUP_ROWS:
+        return clean_idx, None
+    ordered = np.sort(clean_idx)
+    keep = len(ordered) - len(ordered) % bulk.ROW_GROUP_ROWS
+    cut = int(ordered[keep - 1]) + 1
+    if cut >= line_count:
+        return clean_idx, None
+    db.execute(f"DELETE FROM {bulk.CLEAN_ROWS} WHERE idx >= ?", [cut])
+    return ordered[:keep], cut
+
+
+def _all_but(count: int, taken: np.ndarray) -> np.ndarray:
+    rest = np.ones(count, dtype=bool)
+    rest[taken] = False
+    return np.flatnonzero(rest)
+
+
+def _too_costly(pico: np.ndarray) -> np.ndarray:
+    return np.asarray([abs(int(v)) >= bulk.MAX_COST_PICO for v in pico], dtype=bool) if pico.dtype == object \
+        else np.abs(pico) >= bulk.MAX_COST_PICO
+
+
+def _cost_reason(pico: int) -> str:
+    return (f"cost_usd: ${Decimal(int(pico)).scaleb(-12):,.2f} for one call is beyond what the store holds "
+            "($999,999.99); check the token counts")
+
+
+def _price_clean_rows(db: duckdb.DuckDBPyConnection, lines: pa.Table, parser: _Parser, pricer: Pricer) -> pa.Table:
+    """(idx, cost_pico, price_source) for the staged clean rows: the cost a record gives, or its price.
+
+    A priced row costing more than the store holds is kept as failed instead.
+    """
+    token_columns = (*TOKEN_FIELDS, "total_tokens")
+    table = db.sql(
+        f"SELECT idx, off, provider, model, response_model, service_tier, ts, {', '.join(token_columns)}, "
+        "reported_pico, reported_source "
+        f"FROM {bulk.CLEAN_ROWS}"
+    ).to_arrow_table()
+    rows = table.num_rows
+    reported = table.column("reported_pico")
+    # Through Arrow, not pandas: a column of int64 with nulls would become float64 there and lose digits.
+    pico = pa.compute.fill_null(reported, 0).to_numpy()
+    sources = table.column("reported_source")
+    unpriced = np.flatnonzero(reported.is_null().to_numpy(zero_copy_only=False))
+    too_costly = np.zeros(rows, dtype=bool)
+    if len(unpriced):
+        part = table if len(unpriced) == rows else table.take(unpriced)
+        tokens = {name: pa.compute.fill_null(part.column(name), 0).to_numpy() for name in token_columns}
+        computed, computed_sources = price_columns_pico(
+            pricer, part.column("provider"), part.column("model"), part.column("ts").to_numpy(), tokens,
+            response_model=part.column("response_model"), service_tier=part.column("service_tier"))
+        pico = pico.astype(computed.dtype)  # a writable copy, of Python ints when a cost is beyond int64
+        pico[unpriced] = computed
+        too_costly[unpriced] = _too_costly(computed)
+        if len(unpriced) < rows:  # the other rows gave their own cost, and keep its source
+            merged = np.array(sources.to_pylist(), dtype=object)
+            merged[unpriced] = computed_sources
+            computed_sources = merged
+        sources = pa.array(computed_sources, type=pa.string())
+    idx = table.column("idx").to_numpy()
+    for position in np.flatnonzero(too_costly).tolist():
+        parser.invalid += 1
+        parser.fail(int(table.column("off")[position].as_py()), "invalid", _cost_reason(pico[position]),
+                    raw_text(lines.column("raw")[int(idx[position])].as_py()))
+    if too_costly.any():
+        keep = ~too_costly
+        idx, pico, sources = idx[keep], pico[keep], sources.filter(pa.array(keep))
+    return pa.table({"idx": pa.array(idx, type=pa.int64()),
+                     "cost_pico": pa.array(pico.astype(np.int64), type=pa.int64()),
+                     "price_source": sources})
+
+
+def _priced_slow_rows(parser: _Parser, settings: Settings, pricer: Pricer) -> pa.Table:
+    rows = [event.model_dump() for event, _, _ in parser.events]
+    frame = pd.DataFrame(rows)
+    frame["off"] = [offset for _, offset, _ in parser.events]
+    frame["metadata"] = [json.dumps(r["metadata"], ensure_ascii=False, default=str, separators=(",", ":"))
+                         if r["metadata"] else None for r in rows]
+    pico = np.zeros(len(frame), dtype=object)
+    sources = frame["price_source"].tolist()
+    reported = frame["cost_usd"].notna().to_numpy()
+    for position in np.flatnonzero(reported).tolist():
+        pico[position] = int(frame["cost_usd"].iat[position].scaleb(12))
+    if (~reported).any():
+        computed, computed_sources = price_frame_pico(pricer, frame.loc[~reported])
+        for position, value, price_source in zip(np.flatnonzero(~reported).tolist(), computed.tolist(),
+                                                 computed_sources):
+            pico[position] = value
+            sources[position] = price_source
+    too_costly = _too_costly(pico)
+    for position in np.flatnonzero(too_costly).tolist():
+        _, offset, raw = parser.events[position]
+        parser.invalid += 1
+        parser.fail(offset, "invalid", _cost_reason(pico[position]), raw)
+    frame["cost_pico"] = pico.astype(object)
+    frame["price_source"] = sources
+    frame = frame.loc[~too_costly]
+    frame["cost_pico"] = frame["cost_pico"].astype("int64")
+    frame["day"] = _days(frame["ts"], settings)
+    frame["ts"] = _naive_utc(frame["ts"])
+    return pa.Table.from_pandas(frame[["off", *EVENT_COLUMNS]], preserve_index=False)
+
+
+BATCH_EVENTS = "batch_events"
+BATCH_ATTEMPTS = "batch_attempts"
+_BATCH_TABLES = ("clean_prices", "slow_events", "slow_attempts", bulk.CLEAN_ROWS, bulk.CLEAN_ATTEMPTS)
+
+
+def _load_batch_events(db: duckdb.DuckDBPyConnection, clean_prices: pa.Table | None,
+                       slow_events: pa.Table | None) -> int:
+    """Make the view batch_events over the priced clean rows and the pydantic path's rows; returns its size."""
+    columns = ", ".join(["off", *EVENT_COLUMNS])
+    db.execute("CREATE OR REPLACE TEMP TABLE slow_events AS SELECT * FROM usage_events LIMIT 0")
+    db.execute("ALTER TABLE slow_events DROP COLUMN ingested_at")
+    db.execute("ALTER TABLE slow_events DROP COLUMN event_key")
+    db.execute("ALTER TABLE slow_events DROP COLUMN content_key")
+    db.execute("ALTER TABLE slow_events DROP COLUMN cost_usd")
+    db.execute("ALTER TABLE slow_events ADD COLUMN cost_pico BIGINT")
+    db.execute("ALTER TABLE slow_events ADD COLUMN off BIGINT")
+    parts = [f"SELECT {columns} FROM slow_events"]
+    if slow_events is not None:
+        db.register("slow_part", slow_events)
+        db.execute(f"INSERT INTO slow_events ({columns}) SELECT {columns} FROM slow_part")
+        db.unregister("slow_part")
+    if clean_prices is not None:
+        db.register("clean_prices_part", clean_prices)
+        db.execute("CREATE OR REPLACE TEMP TABLE clean_prices AS SELECT * FROM clean_prices_part")
+        db.unregister("clean_prices_part")
+        parts.append(f"SELECT {columns} FROM {bulk.CLEAN_ROWS} JOIN clean_prices USING (idx)")
+    db.execute(f"CREATE OR REPLACE TEMP VIEW {BATCH_EVENTS} AS " + " UNION ALL ".join(parts))
+    return (slow_events.num_rows if slow_events is not None else 0) + \
+        (clean_prices.num_rows if clean_prices is not None else 0)
+
+
+def _load_batch_attempts(db: duckdb.DuckDBPyConnection, parser: _Parser, settings: Settings, staged: int) -> int:
+    """Make the view batch_attempts over the staged call attempts and the pydantic path's; returns its size."""
+    columns = ", ".join(["off", *ATTEMPT_COLUMNS])
+    parts = []
+    if parser.attempts:
+        attempts = pd.DataFrame(parser.attempts)
+        attempts["day"] = _days(attempts["ts"], settings)
+        attempts["ts"] = _naive_utc(attempts["ts"])
+        db.register("slow_attempts_part", attempts[["off", *ATTEMPT_COLUMNS]])
+        db.execute("CREATE OR REPLACE TEMP TABLE slow_attempts AS SELECT * FROM slow_attempts_part")
+        db.unregister("slow_attempts_part")
+        parts.append(f"SELECT {columns} FROM slow_attempts")
+    if staged:
+        parts.append(f"SELECT {columns} FROM {bulk.CLEAN_ATTEMPTS}")
+    if parts:
+        db.execute(f"CREATE OR REPLACE TEMP VIEW {BATCH_ATTEMPTS} AS " + " UNION ALL ".join(parts))
+    return len(parser.attempts) + staged
+
+
+def drop_batch_tables(db: duckdb.DuckDBPyConnection) -> None:
+    """Drop what parse_lines left in the connection for one batch."""
+    for view in (BATCH_EVENTS, BATCH_ATTEMPTS):
+        db.execute(f"DROP VIEW IF EXISTS {view}")
+    for table in _BATCH_TABLES:
+        db.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def _naive_utc(series: pd.Series) -> pd.Series:
+    return pd.to_datetime(series, utc=True).dt.tz_localize(None)
+
+
+def _days(series: pd.Series, settings: Settings) -> pd.Series:
+    return pd.to_datetime(series, utc=True).dt.tz_convert(settings.timezone).dt.date
