@@ -150,10 +150,23 @@ class UsageEvent(BaseModel):
             self.price_source = "provider"
         return self
 
-    @property
-    def tokens_split_known(self) -> bool:
-        """False when the source gave only a total, so input/output cannot be priced separately."""
-        return bool(self.input_tokens or self.output_tokens) or not self.total_tokens
+
+class AttemptRecord(BaseModel):
+    """The tracker's write-ahead record of a call about to be made: `{"record": "attempt", ...}` in a journal."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    record: str
+    attempt_id: Name = Field(min_length=1, max_length=200)
+    ts: UtcTime
+    user_id: Name | None = Field(default=None, max_length=500)
+    tenant_id: Name | None = Field(default=None, max_length=500)
+    use_case: Name | None = Field(default=None, max_length=500)
+    account_type: Name | None = Field(default=None, max_length=200)
+    provider: Name | None = Field(default=None, max_length=200)
+    model: Name | None = Field(default=None, max_length=500)
+    estimated_tokens: Count | None = None
+    source: Name | None = Field(default=None, max_length=1000)
 
 
 def describe_validation_error(error: ValidationError) -> str:

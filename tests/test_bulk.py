@@ -190,7 +190,7 @@ OTHER_ATTEMPTS = [
 
 
 def test_clean_call_attempts_take_the_bulk_path_with_pydantics_values():
-    from llmcost.ingestion.parse import AttemptRecord
+    from llmcost.events import AttemptRecord
 
     records = [{**r, "attempt_id": f"{r['attempt_id']}-{n}"} for n, r in enumerate(CLEAN_ATTEMPTS)] + OTHER_ATTEMPTS + [BASE]
     chunk = b"".join(json.dumps(r).encode() + b"\n" for r in records)

@@ -1,5 +1,7 @@
 import duckdb
 
+from llmcost.events import UsageEvent
+from llmcost.ingestion.bulk import ATTEMPT_FIELDS, FIELDS
 from llmcost.store import connection as store
 from llmcost.store.migrations import KEY_PROBE, MIGRATIONS, applied, m001_initial, migrate
 
@@ -26,6 +28,22 @@ def test_blank_file_migrates_to_the_documented_schema(tmp_path):
         assert cost_type == "DECIMAL(18,12)"
         applied = [r[0] for r in db.execute("SELECT name FROM _llmcost_migrations ORDER BY name").fetchall()]
         assert applied == [fn.__name__ for fn in MIGRATIONS]
+
+
+def test_the_store_has_a_column_of_each_record_field_of_the_kind_the_models_declare(tmp_path):
+    """The event schema is declared once (llmcost.events); the migrated store must hold every field of it."""
+    kinds = {"str": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "bool": "BOOLEAN", "ts": "TIMESTAMP",
+             "status": "VARCHAR", "cost": "DECIMAL(18,12)", "price_source": "VARCHAR",
+             "object": "VARCHAR"}  # metadata is stored as its JSON text
+    with store.writing(tmp_path / "blank.duckdb") as db:
+        for table, fields in (("usage_events", FIELDS), ("call_attempts", ATTEMPT_FIELDS)):
+            declared = dict(db.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ?", [table]
+            ).fetchall())
+            for field in fields:
+                assert field.name in declared, f"{table} lacks {field.name}: add a migration"
+                assert declared[field.name] == kinds[field.kind], (table, field.name, declared[field.name])
+    assert [f.name for f in FIELDS] == list(UsageEvent.model_fields)
 
 
 def test_migrating_again_is_a_no_op(tmp_path):

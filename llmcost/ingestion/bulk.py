@@ -15,14 +15,28 @@ found, the line has no other key and none twice.
 from __future__ import annotations
 
 import datetime as dt
+import types
+import typing
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
+from annotated_types import MaxLen, MinLen
+from pydantic import BaseModel, StringConstraints
 
-from llmcost.events import EARLIEST_TS, MAX_CLOCK_SKEW, MAX_TOKENS_PER_CALL, PRICE_SOURCES
+from llmcost.events import (
+    EARLIEST_TS,
+    MAX_CLOCK_SKEW,
+    MAX_TOKENS_PER_CALL,
+    PRICE_SOURCES,
+    TOKEN_FIELDS,
+    AttemptRecord,
+    UsageEvent,
+)
 from llmcost.providers import PROVIDER_ALIASES, known_providers
 
 SCAN_BATCH_ROWS = 8192
@@ -44,48 +58,53 @@ class Field:
     ascii_only: bool = False  # lower-cased in SQL, where only ASCII letters lower exactly as Python's do
 
 
-FIELDS = (
-    Field("event_id", "str", min_length=1, max_length=200),
-    Field("ts", "ts", required=True),
-    Field("user_id", "str", required=True, min_length=1, max_length=500),
-    Field("tenant_id", "str", required=True, min_length=1, max_length=500),
-    Field("use_case", "str", required=True, min_length=1, max_length=500),
-    Field("account_type", "str", nullable=True, max_length=200),
-    Field("provider", "str", nullable=True, max_length=200, ascii_only=True),
-    Field("model", "str", nullable=True, max_length=500),
-    Field("response_model", "str", nullable=True, max_length=500),
-    Field("service_tier", "str", nullable=True, max_length=100),
-    Field("input_tokens", "int"),
-    Field("output_tokens", "int"),
-    Field("cache_read_tokens", "int"),
-    Field("cache_write_tokens", "int"),
-    Field("reasoning_tokens", "int"),
-    Field("cache_write_1h_tokens", "int"),
-    Field("total_tokens", "int", nullable=True),
-    Field("estimated_tokens", "int", nullable=True),
-    Field("usage_estimated", "bool"),
-    Field("latency_ms", "float", nullable=True),
-    Field("status", "status"),
-    Field("error", "str", nullable=True, max_length=10_000, stripped=False),
-    Field("cost_usd", "cost", nullable=True),
-    Field("price_source", "price_source", nullable=True),
-    Field("attempt_id", "str", nullable=True, max_length=200),
-    Field("source", "str", nullable=True, min_length=1, max_length=1000),
-    Field("metadata", "object"),
-)
-# The tracker's write-ahead record of a call, {"record": "attempt", ...} (llmcost.ingestion.parse.AttemptRecord).
-ATTEMPT_FIELDS = (
-    Field("attempt_id", "str", required=True, min_length=1, max_length=200),
-    Field("ts", "ts", required=True),
-    Field("user_id", "str", nullable=True, max_length=500),
-    Field("tenant_id", "str", nullable=True, max_length=500),
-    Field("use_case", "str", nullable=True, max_length=500),
-    Field("account_type", "str", nullable=True, max_length=200),
-    Field("provider", "str", nullable=True, max_length=200),
-    Field("model", "str", nullable=True, max_length=500),
-    Field("estimated_tokens", "int", nullable=True),
-    Field("source", "str", nullable=True, max_length=1000),
-)
+def fields_of(model: type[BaseModel], *, ascii_only: tuple[str, ...] = (), skip: tuple[str, ...] = (),
+              min_length: dict[str, int] | None = None) -> tuple[Field, ...]:
+    """The bulk checks of a pydantic record model, read from its own field declarations, so the event
+    schema is written once (`llmcost.events.UsageEvent`) and the SQL test can never drift from it."""
+    fields = []
+    for name, info in model.model_fields.items():
+        if name in skip:
+            continue
+        annotation, constraints = info.annotation, list(info.metadata)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # Optional[X]
+            annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+        if typing.get_origin(annotation) is typing.Annotated:
+            annotation, *extra = typing.get_args(annotation)
+            constraints += extra
+        kind = _kind(name, annotation)
+        declared_min = next((c.min_length for c in constraints if isinstance(c, MinLen)), 0)
+        fields.append(Field(
+            name, kind, required=info.is_required(), nullable=info.default is None,
+            min_length=max(declared_min, (min_length or {}).get(name, 0)),
+            max_length=next((c.max_length for c in constraints if isinstance(c, MaxLen)), 0),
+            stripped=kind != "str" or any(isinstance(c, StringConstraints) and c.strip_whitespace for c in constraints),
+            ascii_only=name in ascii_only,
+        ))
+    return tuple(fields)
+
+
+def _kind(name: str, annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        values = typing.get_args(annotation)
+        if values == ("ok", "error"):
+            return "status"
+        if values == PRICE_SOURCES:
+            return "price_source"
+        raise TypeError(f"{name}: no bulk check for the choices {values}")
+    if typing.get_origin(annotation) is dict:
+        return "object"
+    kinds = {str: "str", int: "int", float: "float", bool: "bool", dt.datetime: "ts", Decimal: "cost"}
+    if annotation not in kinds:
+        raise TypeError(f"{name}: no bulk check for {annotation!r}; add one to llmcost.ingestion.bulk")
+    return kinds[annotation]
+
+
+# The provider is lower-cased in SQL to find its one name, and only ASCII letters lower alike there.
+# An empty source takes the exact path, which stores the file's label in its place.
+FIELDS = fields_of(UsageEvent, ascii_only=("provider",), min_length={"source": 1})
+# The tracker's write-ahead record of a call, {"record": "attempt", ...}.
+ATTEMPT_FIELDS = fields_of(AttemptRecord, skip=("record",))
 # Hours 00-23 and offsets up to ±14:00 only: DuckDB reads 24:00 and +99:00 where pydantic refuses them.
 ISO_TS = (r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[T ]([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?"
           r"(Z|[+-](0\d|1[0-4]):[0-5]\d)?")
@@ -169,15 +188,13 @@ def _field_test(f: Field, from_json: bool) -> str:
     return f"(NOT {absent} AND {present})" if f.required else f"({absent} OR ({present}))"
 
 
-TOKEN_NAMES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-               "cache_write_1h_tokens")
 
 
 def _clean_test(fields: tuple[Field, ...], from_json: bool, token_totals: bool = False) -> str:
     """Every field clean; with `token_totals`, a usage event's token counts add up as UsageEvent checks."""
     tests = [_field_test(f, from_json) for f in fields]
     if token_totals:
-        tokens = {n: f"coalesce(n_{n}, 0)" for n in TOKEN_NAMES}
+        tokens = {n: f"coalesce(n_{n}, 0)" for n in TOKEN_FIELDS}
         parts = f"({tokens['input_tokens']} + {tokens['output_tokens']})"
         tests += [
             f"({tokens['input_tokens']} = 0 OR {tokens['cache_read_tokens']} + {tokens['cache_write_tokens']} "
@@ -222,7 +239,7 @@ def _typed_columns() -> str:
         "v_user_id AS user_id", "v_tenant_id AS tenant_id", "v_use_case AS use_case",
         "v_account_type AS account_type", "s_provider AS provider", "v_model AS model",
         "v_response_model AS response_model", "v_service_tier AS service_tier",
-        *(f"coalesce(n_{n}, 0) AS {n}" for n in TOKEN_NAMES),
+        *(f"coalesce(n_{n}, 0) AS {n}" for n in TOKEN_FIELDS),
         "coalesce(n_total_tokens, coalesce(n_input_tokens, 0) + coalesce(n_output_tokens, 0)) AS total_tokens",
         "n_estimated_tokens AS estimated_tokens",
         "coalesce(v_usage_estimated = 'true', false) AS usage_estimated",

@@ -20,9 +20,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from llmcost.events import TOKEN_FIELDS, UNATTRIBUTED, Count, Name, UsageEvent, UtcTime, describe_validation_error
+from llmcost.events import (
+    TOKEN_FIELDS,
+    UNATTRIBUTED,
+    AttemptRecord,
+    UsageEvent,
+    describe_validation_error,
+)
 from llmcost.ingestion import bulk, sources
 from llmcost.ingestion import csv as csv_rows
 from llmcost.pricing.vector import price_columns_pico, price_frame_pico
@@ -36,38 +42,14 @@ if TYPE_CHECKING:
 MAX_RAW_CHARS = 1_000_000
 IDENTITY_FIELDS = ("user_id", "tenant_id", "use_case")
 
-EVENT_COLUMNS = [
-    "event_id", "ts", "day", "user_id", "tenant_id", "use_case", "account_type", "provider", "model",
-    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-    "total_tokens", "estimated_tokens", "usage_estimated", "latency_ms", "status", "error", "cost_pico",
-    "price_source", "attempt_id", "source", "metadata", "cache_write_1h_tokens", "response_model", "service_tier",
-]
-ATTEMPT_COLUMNS = [
-    "attempt_id", "ts", "day", "user_id", "tenant_id", "use_case", "account_type", "provider", "model",
-    "estimated_tokens", "source",
-]
+# The staged batch's columns: the record models' fields (one schema: llmcost.events), the local day, and the
+# cost as whole picodollars until it is stored.
+EVENT_COLUMNS = ["day", *("cost_pico" if name == "cost_usd" else name for name in UsageEvent.model_fields)]
+ATTEMPT_COLUMNS = ["day", *(name for name in AttemptRecord.model_fields if name != "record")]
 FAILED_COLUMNS = [
     "failed_id", "kind", "logged_at", "use_case", "estimated_tokens", "error", "user_id", "tenant_id", "source",
     "raw", "event_id", "attempt_id",  # attempt_id: a call attempt rescued from the fallback log
 ]
-
-
-class AttemptRecord(BaseModel):
-    """The tracker's write-ahead record of a call about to be made."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    record: str
-    attempt_id: Name = Field(min_length=1, max_length=200)
-    ts: UtcTime
-    user_id: Name | None = Field(default=None, max_length=500)
-    tenant_id: Name | None = Field(default=None, max_length=500)
-    use_case: Name | None = Field(default=None, max_length=500)
-    account_type: Name | None = Field(default=None, max_length=200)
-    provider: Name | None = Field(default=None, max_length=200)
-    model: Name | None = Field(default=None, max_length=500)
-    estimated_tokens: Count | None = None
-    source: Name | None = Field(default=None, max_length=1000)
 
 
 @dataclass

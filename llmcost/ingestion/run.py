@@ -22,6 +22,7 @@ import duckdb
 
 from llmcost.config import Settings
 from llmcost.errors import LLMCostError
+from llmcost.events import AttemptRecord, UsageEvent
 from llmcost.ingestion import bulk, sources
 from llmcost.ingestion.content_ids import LineIds
 from llmcost.ingestion.parse import (
@@ -35,6 +36,7 @@ from llmcost.ingestion.parse import (
 )
 from llmcost.ingestion.sources import Source, configured_sources, pending, sources_for_paths  # noqa: F401 - pending: the API
 from llmcost.store import connection as store
+from llmcost.store import transaction
 from llmcost.store.migrations import KEYED_TABLES, event_content_hash
 
 # A batch should hold a few of DuckDB's row groups (122,880 rows), so that the store's insert writes
@@ -244,8 +246,7 @@ def _refuse(db, source: Source, reason: str, result: IngestResult, size: int | N
     """Keep one failed_logs row saying why nothing of a file is read; with `size`, the file counts as
     read until its content changes."""
     failed_id = "refused:" + hashlib.sha1(f"{source.path}\n{reason}".encode()).hexdigest()[:24]
-    db.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(db):
         before = db.execute("SELECT count(*) FROM failed_logs").fetchall()[0][0]
         db.execute(
             """
@@ -259,10 +260,6 @@ def _refuse(db, source: Source, reason: str, result: IngestResult, size: int | N
             result.failed_reasons.append(f"{source.path}: {reason}")
         if size is not None:
             _touch_source(db, source, size, 0)
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
 
 
 def _utcnow() -> dt.datetime:
@@ -272,15 +269,14 @@ def _utcnow() -> dt.datetime:
 def _store_batch(db, batch: Batch, source: Source, ids: LineIds, new_offset: int, records: int) -> IngestResult:
     result = IngestResult(read=batch.lines)
     now = _utcnow()
-    db.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(db):
         if batch.events:
             result.stored = _insert_new(db, "usage_events", BATCH_EVENTS, _EVENT_VALUES, now, _EVENT_TARGETS)
             conflicts = _conflicts(db) if result.stored < batch.events else []
             result.duplicates = batch.events - result.stored - len(conflicts)
             _keep_conflicts(db, source, conflicts, now, result)
         if batch.attempts:
-            result.attempts = _insert_new(db, "call_attempts", BATCH_ATTEMPTS, _ATTEMPT_VALUES, now)
+            result.attempts = _insert_new(db, "call_attempts", BATCH_ATTEMPTS, _ATTEMPT_VALUES, now, _ATTEMPT_VALUES)
         if len(batch.failed):
             failed = batch.failed  # noqa: F841
             db.execute(
@@ -304,10 +300,6 @@ def _store_batch(db, batch: Batch, source: Source, ids: LineIds, new_offset: int
         result.recovered = batch.from_fallback
         ids.save()
         _touch_source(db, source, new_offset, records)
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
     return result
 
 
@@ -350,16 +342,12 @@ def _keep_conflicts(db, source: Source, conflicts: list[tuple[str, int]], now: d
 
 
 _COST_USD = "CAST(CAST(cost_pico AS DECIMAL(18, 0)) * CAST('0.000000000001' AS DECIMAL(18, 12)) AS DECIMAL(18, 12))"
-_EVENT_VALUES = """
-    event_id, ts, day, user_id, tenant_id, use_case, account_type, provider, model,
-    input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
-    total_tokens, estimated_tokens, usage_estimated, latency_ms, status, error, """ + _COST_USD + """,
-    price_source, attempt_id, source, metadata, cache_write_1h_tokens, response_model, service_tier"""
+# The store's columns are the record models' fields plus the local `day` (one schema: llmcost.events), named,
+# since columns added by later migrations come after the id key.
+_EVENT_TARGETS = ", ".join(["day", *UsageEvent.model_fields])
+_EVENT_VALUES = _EVENT_TARGETS.replace("cost_usd", _COST_USD)
 _BATCH_CONTENT_HASH = event_content_hash(_COST_USD)
-_ATTEMPT_VALUES = """
-    attempt_id, ts, day, user_id, tenant_id, use_case, account_type, provider, model, estimated_tokens, source"""
-# The columns _EVENT_VALUES fills, named, since columns added by later migrations come after the id key.
-_EVENT_TARGETS = _EVENT_VALUES.replace(_COST_USD, "cost_usd")
+_ATTEMPT_VALUES = ", ".join(["day", *(name for name in AttemptRecord.model_fields if name != "record")])
 
 
 def _insert_new(db, table: str, batch: str, values: str, now: dt.datetime, targets: str | None = None) -> int:

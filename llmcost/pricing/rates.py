@@ -59,8 +59,6 @@ _ZERO = Decimal(0)
 _EXACT = Context(prec=60)
 INT64_SAFE = 2**62
 
-TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-                  "cache_write_1h_tokens")
 # Service tiers billed at the standard price; any other tier is priced by the table's variant for it.
 STANDARD_SERVICE_TIERS = ("default", "standard", "auto")
 _MAX_CACHED_LOOKUPS = 10_000

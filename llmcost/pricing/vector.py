@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 from genai_prices.types import ModelInfo
 
+from llmcost.events import TOKEN_FIELDS
 from llmcost.pricing.rates import (
     GROUP_COLUMNS,
     INT64_SAFE,
-    TOKEN_COLUMNS,
     Pricer,
     Rates,
     Tokens,
@@ -79,7 +79,7 @@ def price_columns_pico(pricer: Pricer, provider: pa.Array, model: pa.Array, ts: 
     rows_by_group = np.split(order, bounds[:-1])
     groups = [tuple(values[codes[first]] for codes, values in coded) for first in first_rows]
     cols = _completed_tokens({name: tokens.get(name, np.zeros(rows, dtype=np.int64))
-                              for name in (*TOKEN_COLUMNS, "total_tokens")})
+                              for name in (*TOKEN_FIELDS, "total_tokens")})
     return _price_groups(pricer, groups, rows_by_group, cols,
                               lambda row: ts[row].astype("datetime64[us]").item().replace(tzinfo=timezone.utc))
 
@@ -172,7 +172,7 @@ def _pico_costs(rates: Rates, cols: dict[str, np.ndarray]) -> np.ndarray | None:
 def _token_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """The frame's token counts as int64 arrays, completed the way `Tokens.of` completes one event."""
     raw: dict[str, np.ndarray] = {}
-    for column in (*TOKEN_COLUMNS, "total_tokens"):
+    for column in (*TOKEN_FIELDS, "total_tokens"):
         if column not in frame.columns:
             raw[column] = np.zeros(len(frame), dtype=np.int64)
             continue

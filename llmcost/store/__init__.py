@@ -6,7 +6,10 @@ This file holds only what needs no database driver, so a command can tell a miss
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from llmcost.errors import StoreMissingError
 
@@ -22,3 +25,16 @@ def require_store(path: Path) -> None:
             f"no store at {path} (check --db, LLMCOST_DB and `db` in llmcost.toml; `llmcost ingest`, "
             "`llmcost demo` or `llmcost rebuild` creates one)"
         )
+
+
+@contextlib.contextmanager
+def transaction(db: Any) -> Iterator[Any]:
+    """One DuckDB transaction: committed when the block ends, rolled back when it raises (every write that
+    must land whole goes through here)."""
+    db.execute("BEGIN TRANSACTION")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

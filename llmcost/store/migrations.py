@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import duckdb
 
+from llmcost.store import transaction
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = []
 
 
@@ -187,17 +189,12 @@ def refresh_id_keys(db: duckdb.DuckDBPyConnection) -> None:
     """Give every row its id key: rows written without one (by name, by an older version), and all
     rows when this DuckDB hashes differently from the one that wrote the keys."""
     if db.execute("SELECT probe = hash(?) FROM _llmcost_key_hash", [KEY_PROBE]).fetchall() != [(True,)]:
-        db.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(db):
             for table, (key, id_column) in KEYED_TABLES.items():
                 db.execute(f"UPDATE {table} SET {key} = hash({id_column})")
             db.execute(f"UPDATE usage_events SET content_key = {EVENT_CONTENT_HASH}")
             db.execute("DELETE FROM _llmcost_key_hash")
             db.execute("INSERT INTO _llmcost_key_hash VALUES (hash(?))", [KEY_PROBE])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return
     for table, (key, id_column) in KEYED_TABLES.items():
         db.execute(f"UPDATE {table} SET {key} = hash({id_column}) WHERE {key} IS NULL")
@@ -216,15 +213,10 @@ def migrate(db: duckdb.DuckDBPyConnection) -> list[str]:
     for fn in MIGRATIONS:
         if fn.__name__ in done:
             continue
-        db.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(db):
             fn(db)
             db.execute(
                 "INSERT INTO _llmcost_migrations VALUES (?, now()::TIMESTAMP)", [fn.__name__]
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         ran.append(fn.__name__)
     return ran
