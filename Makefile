@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8501
 
-.PHONY: run test bench demo clean
+.PHONY: run test test-quick bench demo clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check llmcost tests bench app.py pages
 	$(BIN)/python -m pytest
+
+test-quick: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/run_all.py

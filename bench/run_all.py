@@ -24,14 +24,18 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-SCRIPTS = ("tracker_overhead", "ingest", "ingest_floor", "dashboard_queries")
+SCRIPTS = ("import_time", "tracker_overhead", "ingest", "ingest_floor", "dashboard_queries", "collector")
 QUICK_ARGS = {
+    "import_time": ["--repeat", "2"],
+    "collector": ["--seconds", "1"],
     "tracker_overhead": ["--calls", "300"],
     "ingest": ["--sizes", "5000", "--repeat", "1"],
     "ingest_floor": ["--sizes", "5000", "--repeat", "1"],
     "dashboard_queries": ["--sizes", "20000", "--runs", "2"],
 }
 TITLES = {
+    "import_time": "Import time of the SDK and the CLI against a bare interpreter",
+    "collector": "Collector: events accepted per second (fsync on) against a bare Starlette endpoint",
     "tracker_overhead": "Tracker overhead per call",
     "ingest": "Ingest: files into the store against raw DuckDB",
     "ingest_floor": "Ingest floor: reading every record exactly and writing the store, before any check",
@@ -237,6 +241,13 @@ def all_targets(results: dict[str, dict]) -> list[dict]:
     else:
         target = f"tracker overhead p50 < {TRACKER_P50_TARGET_MS:g} ms"
         targets.append(not_measured(target, results, "tracker_overhead"))
+    if "import_time" in results:
+        for row in results["import_time"]["rows"][1:]:
+            targets.append({"target": f"`{row['case']}` loads no duckdb, pandas, pyarrow, numpy, streamlit, plotly",
+                            "figure": f"{row['seconds'] * 1000:.0f} ms ({row['ratio']:.1f}x of python -c pass); "
+                                      f"heavy: {', '.join(row['heavy_modules']) or 'none'}",
+                            "met": not row["heavy_modules"]})
+    targets += results.get("collector", {}).get("targets", [])
     targets += results.get("ingest", {}).get("targets") or [
         not_measured("ingest within 2x of raw DuckDB; re-ingest near zero", results, "ingest")
     ]

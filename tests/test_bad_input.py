@@ -445,6 +445,7 @@ def check_ingest(settings, path, items: list[Item], prefix: str, form: str) -> N
 # -- the properties ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_hostile_json_lines_never_crash_ingest_and_nothing_is_lost(settings, data):
@@ -457,6 +458,7 @@ def test_hostile_json_lines_never_crash_ingest_and_nothing_is_lost(settings, dat
     check_ingest(example_store(settings, n), path, items, f"m{n:04d}r", "JSON Lines")
 
 
+@pytest.mark.slow
 @hypothesis.settings(FUZZ, max_examples=40)
 @given(data=st.data())
 def test_hostile_csv_rows_never_crash_ingest_and_nothing_is_lost(settings, data):
@@ -521,6 +523,7 @@ FORMULA_TEXT = st.tuples(st.sampled_from("=+-@"), st.text(
     lambda s: s == s.strip())
 
 
+@pytest.mark.slow
 @hypothesis.settings(FUZZ, max_examples=20)
 @given(formulas=st.lists(FORMULA_TEXT, min_size=1, max_size=6))
 def test_generated_formula_strings_never_reach_a_spreadsheet_as_formulas(settings, formulas):

@@ -25,6 +25,7 @@ def ingest_results(tmp_path_factory):
     return json.loads(out.read_text()), done.stdout
 
 
+@pytest.mark.slow
 def test_ingest_benchmark_writes_every_figure_for_every_format(ingest_results):
     results, _ = ingest_results
     assert results["benchmark"] == "ingest"
@@ -87,6 +88,7 @@ def test_run_all_renders_the_benchmarks_page_from_results(ingest_results, tmp_pa
     assert "Into a store that already held 8,000 other events, the jsonl file of 2,000 events took" in page
 
 
+@pytest.mark.slow
 def test_ingest_floor_benchmark_reads_every_record_of_both_formats(tmp_path):
     out = tmp_path / "ingest_floor.json"
     done = subprocess.run([sys.executable, str(BENCH / "ingest_floor.py"), "--sizes", "2000", "--repeat", "1",

@@ -36,6 +36,7 @@ def one_event_file(path, day="2026-11-20"):
 
 # -- 17: a mistyped --db ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_readers_given_a_mistyped_db_say_no_store_and_exit_2_or_3_creating_nothing(settings, tmp_path):
     assert run("ingest", one_event_file(tmp_path / "events.jsonl")).exit_code == 0
     typo = tmp_path / "dta" / "llmcost.duckdb"

@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
+import pytest
 
 from llmcost.collector.auth import hash_key
 from llmcost.control.state import ControlState
@@ -39,6 +40,7 @@ def rows(settings, sql, params=()):
         return db.execute(sql, list(params)).fetchall()
 
 
+@pytest.mark.slow
 def test_usage_single_array_and_ndjson_are_validated_per_record_and_ingested_once(settings, isolated_home):
     with running_collector(isolated_home) as c:
         single = httpx.post(c.url + "/v1/usage", json=event(1, event_id="single-1"))
@@ -93,6 +95,7 @@ def test_unreadable_bodies_are_refused_naming_the_problem(isolated_home):
     assert len(journaled) == 1  # only the gzipped event
 
 
+@pytest.mark.slow
 def test_kill_9_right_after_a_202_loses_no_acknowledged_record(settings, isolated_home):
     acknowledged = 0
     with running_collector(isolated_home) as c:
@@ -247,6 +250,7 @@ def test_metrics_count_records_and_price_todays_spend(isolated_home):
     assert spend and float(spend[0].split()[-1]) > 0
 
 
+@pytest.mark.slow
 def test_bench_collector_runs_and_every_acknowledged_event_is_journaled(tmp_path):
     out = tmp_path / "collector.json"
     done = subprocess.run([sys.executable, str(BENCH), "--seconds", "0.5", "--connections", "4", "--out", str(out)],

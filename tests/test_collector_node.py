@@ -40,6 +40,7 @@ def node_app(collector_url: str, fallback_file: Path):
         process.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_node_middleware_reserves_settles_and_falls_back(settings, isolated_home, tmp_path):
     fallback_file = tmp_path / "node-fallback.jsonl"
     ids = {"x-user-id": "teacher-1", "x-tenant-id": "school-7"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -22,6 +23,7 @@ def rows(settings, sql, params=()):
         return db.execute(sql, list(params)).fetchall()
 
 
+@pytest.mark.slow
 def test_the_sdk_exporter_sends_genai_spans_that_become_usage_events(settings, isolated_home):
     with running_collector(isolated_home) as c:
         provider = TracerProvider(resource=Resource.create({
@@ -84,6 +86,7 @@ def otlp_json(trace_id: str, span_id: str, tokens: int, start_ns: int) -> dict:
          "endTimeUnixNano": str(start_ns + 250_000_000), "attributes": attributes, "status": {}}]}]}]}
 
 
+@pytest.mark.slow
 def test_otlp_json_with_hex_ids_and_bad_exports(settings, isolated_home):
     trace_id, span_id = "5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"
     start = time.time_ns() - 60_000_000_000

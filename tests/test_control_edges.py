@@ -142,6 +142,7 @@ def control_file_size(path: Path) -> int:
     return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
 
 
+@pytest.mark.slow
 def test_the_control_file_stays_small_over_100000_calls(tmp_path):
     path = tmp_path / "control.sqlite"
     sizes = []
@@ -411,6 +412,7 @@ def test_a_lock_during_the_provider_call_still_returns_the_response_and_settles_
 
 # -- 13. one "today's spend" -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_an_ingested_inbox_file_halts_the_tracker_as_check_says(settings):
     tracker = Tracker(settings)
     try:

@@ -95,6 +95,7 @@ def store_rows(settings, sql: str) -> list[tuple]:
         return db.execute(sql).fetchall()
 
 
+@pytest.mark.slow
 def test_overview_in_a_real_browser(settings, chromium, dashboard):
     today = dt.datetime.now(settings.tz).date()
     insert(settings.db_path, "usage_events", [

@@ -158,6 +158,7 @@ def record_files(settings) -> dict[str, bytes]:
 # -- the store --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_store_deleted_while_watch_runs_is_recreated_from_the_journals_with_every_event_once(settings, tmp_path):
     tracker = Tracker(settings)
     calls = []
@@ -431,6 +432,7 @@ APPENDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_eight_writers_with_watch_running_store_every_line_whole_and_once(settings, tmp_path):
     started = time.monotonic()
     writers, per_writer = 8, 150

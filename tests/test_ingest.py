@@ -218,6 +218,7 @@ def hold_store_lock(settings, seconds):
     return proc
 
 
+@pytest.mark.slow
 def test_ingest_and_a_reader_wait_for_another_process_holding_the_lock(settings, tmp_path):
     path = tmp_path / "wait.jsonl"
     write_jsonl(path, [event(n) for n in range(20)])
@@ -235,6 +236,7 @@ def test_ingest_and_a_reader_wait_for_another_process_holding_the_lock(settings,
         holder.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_lock_held_too_long_gives_a_clear_error_and_loses_nothing(settings, tmp_path):
     path = tmp_path / "late.jsonl"
     write_jsonl(path, [event(n) for n in range(5)])
@@ -264,6 +266,7 @@ APPENDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_journal_and_fallback_appends_from_several_processes_stay_whole(settings):
     workers, per_worker = 8, 250
     procs = [subprocess.Popen([sys.executable, "-c", APPENDER, str(w), str(per_worker), str(settings.home)])

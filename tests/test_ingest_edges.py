@@ -12,6 +12,8 @@ import sys
 import time
 from decimal import Decimal
 
+import pytest
+
 from llmcost.control.rebuild import spend_rows
 from llmcost.ingestion.run import ingest, pending
 from llmcost.sdk.journal import encode_line
@@ -195,6 +197,7 @@ def test_the_same_event_id_with_other_content_is_kept_as_a_conflict(settings, tm
 
 # 6 -------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_rebuild_replays_files_ingested_by_path_and_names_the_gone_ones(settings, tmp_path):
     kept = tmp_path / "october.jsonl"
     kept.write_bytes(jsonl([record(n) for n in range(4)]))
@@ -260,6 +263,7 @@ def test_an_inbox_link_to_a_file_outside_the_data_folder_is_refused_unread(setti
 
 # 9 -------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_file_that_is_no_usage_file_is_refused_whole_and_can_be_dismissed(settings, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# llmcost\n\n" + "\n".join(f"Line {n} of prose, not a record." for n in range(300)) + "\n")

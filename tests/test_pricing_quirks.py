@@ -422,6 +422,7 @@ def token_splits(draw):
     }
 
 
+@pytest.mark.slow
 @hypothesis_settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(splits=st.lists(token_splits(), min_size=1, max_size=12))
 def test_bulk_and_pydantic_paths_store_the_same_cost_for_any_token_split(settings, tmp_path_factory, splits):

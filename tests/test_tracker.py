@@ -299,6 +299,7 @@ def test_4_processes_racing_a_hard_limit_hold_the_same_bound(settings):
     assert settings.limit_for("lesson_builder").tokens - 5_000 < total <= 100_000 + 4 * 500
 
 
+@pytest.mark.slow
 def test_store_locked_for_the_whole_run_loses_nothing(settings):
     with store.writing(settings.db_path):
         pass
