@@ -169,6 +169,26 @@ class AttemptRecord(BaseModel):
     source: Name | None = Field(default=None, max_length=1000)
 
 
+# A record missing any of these is stored under "(unattributed)" when it carries usage (its tokens were spent).
+IDENTITY_FIELDS = ("user_id", "tenant_id", "use_case")
+
+
+def whole_number_or_none(value: Any) -> int | None:
+    """A raw record's count as a non-negative int, or None when it is not one."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if 0 <= number < 2**62 else None
+
+
+def has_usage(obj: dict[str, Any]) -> bool:
+    """Whether a raw record reports spent tokens or a cost: without identity it is still stored, unattributed."""
+    return any(whole_number_or_none(obj.get(name)) for name in (*TOKEN_FIELDS, "total_tokens", "estimated_tokens")) or bool(
+        obj.get("cost_usd") not in (None, "", 0, "0")
+    )
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """One line naming each bad field and its problem, for failed_logs and CLI output."""
     parts = []

@@ -24,8 +24,7 @@ import pydantic_core
 from pydantic import ValidationError
 
 from llmcost.collector.auth import Grant
-from llmcost.events import UNATTRIBUTED, UsageEvent, describe_validation_error
-from llmcost.ingestion.parse import IDENTITY_FIELDS, _has_usage
+from llmcost.events import IDENTITY_FIELDS, UNATTRIBUTED, UsageEvent, describe_validation_error, has_usage
 from llmcost.sdk import fallback
 from llmcost.sdk.journal import Journal, append_line, encode_line
 
@@ -116,7 +115,7 @@ def _check_one(record: Any, grant: Grant) -> tuple[str | None, bool]:
         if not tenant:
             candidate = {**record, "tenant_id": grant.tenant_id}
     missing = [name for name in IDENTITY_FIELDS if _blank(candidate.get(name))]
-    unattributed = bool(missing) and _has_usage(candidate)
+    unattributed = bool(missing) and has_usage(candidate)
     if unattributed:  # ingestion's rule: spent tokens are kept under (unattributed) and listed in failed logs
         candidate = {**candidate, **dict.fromkeys(missing, UNATTRIBUTED)}
     try:

@@ -1,36 +1,31 @@
 """Turning raw lines (JSON Lines or CSV) into validated, priced rows ready for the store.
 
 Plain records are validated in bulk by `llmcost.ingestion.bulk` (CSV cells split by `llmcost.ingestion.csv`); the
-rest go through pydantic here, one by one. Three kinds of record arrive: usage events, the tracker's
-write-ahead call attempts (`{"record": "attempt", ...}`) and fallback-log entries (`{"timestamp",
-"error", "event"}`). Whatever cannot be stored normally becomes a `failed_logs` row with its raw text
-and reason.
+rest go through pydantic one by one (`llmcost.ingestion.exact`). Both kinds are priced here and staged as one
+batch for `llmcost.ingestion.run` to store.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
-from pydantic import ValidationError
 
 from llmcost.events import (
     TOKEN_FIELDS,
-    UNATTRIBUTED,
     AttemptRecord,
     UsageEvent,
-    describe_validation_error,
 )
 from llmcost.ingestion import bulk, sources
 from llmcost.ingestion import csv as csv_rows
+from llmcost.ingestion.exact import FAILED_COLUMNS, MAX_RAW_CHARS, RecordParser, decode_line, raw_text
 from llmcost.pricing.vector import price_columns_pico, price_frame_pico
 
 if TYPE_CHECKING:
@@ -39,17 +34,11 @@ if TYPE_CHECKING:
     from llmcost.ingestion.sources import Source
     from llmcost.pricing.rates import Pricer
 
-MAX_RAW_CHARS = 1_000_000
-IDENTITY_FIELDS = ("user_id", "tenant_id", "use_case")
 
 # The staged batch's columns: the record models' fields (one schema: llmcost.events), the local day, and the
 # cost as whole picodollars until it is stored.
 EVENT_COLUMNS = ["day", *("cost_pico" if name == "cost_usd" else name for name in UsageEvent.model_fields)]
 ATTEMPT_COLUMNS = ["day", *(name for name in AttemptRecord.model_fields if name != "record")]
-FAILED_COLUMNS = [
-    "failed_id", "kind", "logged_at", "use_case", "estimated_tokens", "error", "user_id", "tenant_id", "source",
-    "raw", "event_id", "attempt_id",  # attempt_id: a call attempt rescued from the fallback log
-]
 
 
 @dataclass
@@ -68,173 +57,6 @@ class Batch:
     bulk_events: int = 0       # events that took the bulk path
 
 
-def raw_text(line: bytes) -> str:
-    text = line.decode("utf-8", errors="backslashreplace").rstrip("\r\n").replace("\x00", "\\x00")
-    if len(text) > MAX_RAW_CHARS:
-        return text[:MAX_RAW_CHARS] + f"... [truncated: {len(text):,} characters in all]"
-    return text
-
-
-def _printable(text: str) -> str:
-    """Text that can be stored: NUL and lone UTF-16 surrogates written as escapes."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
-
-
-def _clip(value: Any, limit: int = 500) -> str | None:
-    if value is None:
-        return None
-    text = _printable(str(value))
-    return text[:limit] if text.strip() else None
-
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        number = int(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return number if 0 <= number < 2**62 else None
-
-
-def _has_usage(obj: dict[str, Any]) -> bool:
-    return any(_int_or_none(obj.get(name)) for name in (*TOKEN_FIELDS, "total_tokens", "estimated_tokens")) or bool(
-        obj.get("cost_usd") not in (None, "", 0, "0")
-    )
-
-
-def _usage_hint(obj: dict[str, Any]) -> int | None:
-    total = _int_or_none(obj.get("total_tokens"))
-    if total:
-        return total
-    parts = (_int_or_none(obj.get("input_tokens")) or 0) + (_int_or_none(obj.get("output_tokens")) or 0)
-    return parts or _int_or_none(obj.get("estimated_tokens"))
-
-
-class _Parser:
-    def __init__(self, source: Source, ids: LineIds, settings: Settings):
-        self.source = source
-        self.ids = ids
-        self.settings = settings
-        self.source_label = f"{source.kind}:{source.path.name}"
-        self.now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-        self.events: list[tuple[UsageEvent, int, str]] = []
-        self.attempts: list[dict[str, Any]] = []
-        self.failed: list[dict[str, Any]] = []
-        self.invalid = 0
-        self.from_fallback = 0
-
-    def fail(self, offset: int, kind: str, error: str, raw: str, obj: dict | None = None,
-             event_id: str | None = None, logged_at: dt.datetime | None = None, attempt_id: str | None = None) -> None:
-        obj = obj or {}
-        self.failed.append({
-            "failed_id": self.ids.failed_id(offset, raw),
-            "kind": kind,
-            "logged_at": logged_at or self.now,
-            "use_case": _clip(obj.get("use_case")),
-            "estimated_tokens": _usage_hint(obj),
-            "error": error,
-            "user_id": _clip(obj.get("user_id")),
-            "tenant_id": _clip(obj.get("tenant_id")),
-            "source": str(self.source.path),
-            "raw": raw,
-            "event_id": event_id,
-            "attempt_id": attempt_id,
-        })
-
-    def event(self, offset: int, obj: dict[str, Any], raw: str) -> tuple[UsageEvent | None, str | None]:
-        """Validate one usage event; returns (event, None) or (None, reason)."""
-        obj = dict(obj)
-        if obj.get("event_id") is None:
-            obj["event_id"] = self.ids.event_id(raw)
-        if not obj.get("source"):
-            obj["source"] = self.source_label
-        missing = [name for name in IDENTITY_FIELDS if not str(obj.get(name) or "").strip()]
-        if missing and _has_usage(obj):
-            for name in missing:
-                obj[name] = UNATTRIBUTED
-        if isinstance(obj.get("metadata"), str):
-            try:
-                obj["metadata"] = json.loads(obj["metadata"]) if obj["metadata"].strip() else {}
-            except ValueError:
-                return None, "metadata: not valid JSON"
-        try:
-            event = UsageEvent.model_validate(obj)
-        except ValidationError as error:
-            return None, describe_validation_error(error)
-        except (ValueError, TypeError, OverflowError, RecursionError) as error:
-            return None, f"record: {error}"
-        if missing and _has_usage(obj):
-            self.fail(offset, "unattributed",
-                      f"missing {', '.join(missing)}: usage stored under {UNATTRIBUTED}", raw, obj,
-                      event_id=event.event_id)
-        return event, None
-
-    def handle(self, offset: int, obj: Any, raw: str) -> None:
-        if not isinstance(obj, dict):
-            self.invalid += 1
-            self.fail(offset, "invalid", f"a record must be a JSON object, not {type(obj).__name__}", raw)
-            return
-        if self.source.kind == "fallback" or ("event" in obj and "error" in obj and isinstance(obj["event"], dict)):
-            self.handle_fallback(offset, obj, raw)
-        elif obj.get("record") == "attempt":
-            self.handle_attempt(offset, obj, raw)
-        else:
-            event, reason = self.event(offset, obj, raw)
-            if event is None:
-                self.invalid += 1
-                self.fail(offset, "invalid", reason, raw, obj)
-            else:
-                self.events.append((event, offset, raw))
-
-    def handle_fallback(self, offset: int, obj: dict[str, Any], raw: str) -> None:
-        inner = obj.get("event")
-        original_error = _printable(str(obj.get("error") or "unknown error"))[:10_000]
-        try:
-            logged_at = dt.datetime.fromisoformat(str(obj.get("timestamp")))
-            logged_at = logged_at.astimezone(dt.timezone.utc).replace(tzinfo=None) if logged_at.tzinfo else logged_at
-        except (ValueError, OverflowError):  # no usable time: the entry is dated when it is read
-            logged_at = None
-        if not isinstance(inner, dict):
-            self.invalid += 1
-            self.fail(offset, "fallback", f"{original_error}; the entry has no event object", raw, logged_at=logged_at)
-            return
-        if inner.get("record") == "attempt":
-            attempt_id, reason = self.attempt(offset, inner)
-            if attempt_id is None:
-                self.invalid += 1
-                self.fail(offset, "fallback", f"{original_error}; cannot be stored: {reason}", raw, inner,
-                          logged_at=logged_at)
-            else:
-                self.from_fallback += 1
-                self.fail(offset, "fallback", original_error, raw, inner, logged_at=logged_at, attempt_id=attempt_id)
-            return
-        event, reason = self.event(offset, inner, raw)
-        if event is None:
-            self.invalid += 1
-            self.fail(offset, "fallback", f"{original_error}; cannot be stored: {reason}", raw, inner, logged_at=logged_at)
-            return
-        self.events.append((event, offset, raw))
-        self.from_fallback += 1
-        self.fail(offset, "fallback", original_error, raw, inner, event_id=event.event_id, logged_at=logged_at)
-
-    def handle_attempt(self, offset: int, obj: dict[str, Any], raw: str) -> None:
-        attempt_id, reason = self.attempt(offset, obj)
-        if attempt_id is None:
-            self.invalid += 1
-            self.fail(offset, "invalid", reason, raw, obj)
-
-    def attempt(self, offset: int, obj: dict[str, Any]) -> tuple[str | None, str | None]:
-        """Validate and keep a call attempt; returns (attempt_id, None) or (None, reason)."""
-        try:
-            attempt = AttemptRecord.model_validate(obj)
-        except ValidationError as error:
-            return None, f"call attempt: {describe_validation_error(error)}"
-        row = attempt.model_dump(exclude={"record"})
-        row["source"] = row["source"] or self.source_label
-        row["off"] = offset
-        self.attempts.append(row)
-        return attempt.attempt_id, None
-
-
 def overlong_line(source: Source, ids: LineIds, offset: int, head: bytes) -> Batch | None:
     """A line longer than a whole batch: kept in failed_logs with its start, or None while it has no end yet."""
     length = len(head)
@@ -248,40 +70,18 @@ def overlong_line(source: Source, ids: LineIds, offset: int, head: bytes) -> Bat
             length += len(block)
         else:
             return None
-    parser = _Parser(source, ids, None)
+    parser = RecordParser(source, ids, None)
     parser.fail(offset, "invalid", f"a line of {length:,} bytes is longer than a record may be "
                 f"({len(head):,} bytes)", raw_text(head[:MAX_RAW_CHARS]))
     return Batch(lines=1, invalid=1, consumed=length,
                  failed=pd.DataFrame(parser.failed, columns=FAILED_COLUMNS))
 
 
-def _decode_line(raw: bytes) -> Any:
-    """The record on one JSON line (a dict, or any JSON value), or a ValueError saying why it is unreadable."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        return ValueError(f"line is not valid UTF-8 (byte {error.start})")
-    try:
-        record = json.loads(text)
-    except RecursionError:
-        return ValueError("not valid JSON: nested too deeply")
-    except ValueError as error:
-        return ValueError(f"not valid JSON: {error}")
-    if "\\u" in text:  # an escape may have made a lone UTF-16 surrogate, which no UTF-8 text can hold
-        try:
-            json.dumps(record, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            return ValueError("not valid JSON text: contains a lone UTF-16 surrogate escape (such as \\ud800)")
-        except RecursionError:
-            return ValueError("not valid JSON: nested too deeply")
-    return record
-
-
 def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, start_offset: int, ids: LineIds,
                 source: Source, csv_header: list[str] | None, settings: Settings, pricer: Pricer,
                 at_end: bool = True) -> Batch:
     """Validate and price one chunk of whole lines; its events wait in the temp view `batch_events`."""
-    parser = _Parser(source, ids, settings)
+    parser = RecordParser(source, ids, settings)
     lines = bulk.lines_table(chunk, start_offset)
     options = dict(source_label=parser.source_label, timezone=settings.timezone)
     consumed = len(chunk)
@@ -302,7 +102,7 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, sta
                                                   timezone=settings.timezone)
                 other_idx = _all_but(lines.num_rows, np.concatenate([clean_idx, attempt_idx]))
         offsets, raws = bulk.pick(lines.column("off"), other_idx), bulk.pick(lines.column("raw"), other_idx)
-        slow = [(offset, None if not raw.strip() else _decode_line(raw), raw) for offset, raw in zip(offsets, raws)]
+        slow = [(offset, None if not raw.strip() else decode_line(raw), raw) for offset, raw in zip(offsets, raws)]
     else:
         cells, slow_idx = csv_rows.cells(db, chunk, lines, csv_header, sources.header_line(source.data))
         if cells is not None and cells.num_rows:
@@ -397,7 +197,7 @@ def _cost_reason(pico: int) -> str:
             "($999,999.99); check the token counts")
 
 
-def _price_clean_rows(db: duckdb.DuckDBPyConnection, lines: pa.Table, parser: _Parser, pricer: Pricer) -> pa.Table:
+def _price_clean_rows(db: duckdb.DuckDBPyConnection, lines: pa.Table, parser: RecordParser, pricer: Pricer) -> pa.Table:
     """(idx, cost_pico, price_source) for the staged clean rows: the cost a record gives, or its price.
 
     A priced row costing more than the store holds is kept as failed instead.
@@ -442,7 +242,7 @@ def _price_clean_rows(db: duckdb.DuckDBPyConnection, lines: pa.Table, parser: _P
                      "price_source": sources})
 
 
-def _priced_slow_rows(parser: _Parser, settings: Settings, pricer: Pricer) -> pa.Table:
+def _priced_slow_rows(parser: RecordParser, settings: Settings, pricer: Pricer) -> pa.Table:
     rows = [event.model_dump() for event, _, _ in parser.events]
     frame = pd.DataFrame(rows)
     frame["off"] = [offset for _, offset, _ in parser.events]
@@ -504,7 +304,7 @@ def _load_batch_events(db: duckdb.DuckDBPyConnection, clean_prices: pa.Table | N
         (clean_prices.num_rows if clean_prices is not None else 0)
 
 
-def _load_batch_attempts(db: duckdb.DuckDBPyConnection, parser: _Parser, settings: Settings, staged: int) -> int:
+def _load_batch_attempts(db: duckdb.DuckDBPyConnection, parser: RecordParser, settings: Settings, staged: int) -> int:
     """Make the view batch_attempts over the staged call attempts and the pydantic path's; returns its size."""
     columns = ", ".join(["off", *ATTEMPT_COLUMNS])
     parts = []

@@ -25,6 +25,7 @@ from llmcost.errors import LLMCostError
 from llmcost.events import AttemptRecord, UsageEvent
 from llmcost.ingestion import bulk, sources
 from llmcost.ingestion.content_ids import LineIds
+from llmcost.ingestion.exact import raw_text
 from llmcost.ingestion.parse import (
     BATCH_ATTEMPTS,
     BATCH_EVENTS,
@@ -32,7 +33,6 @@ from llmcost.ingestion.parse import (
     drop_batch_tables,
     overlong_line,
     parse_lines,
-    raw_text,
 )
 from llmcost.ingestion.sources import Source, configured_sources, pending, sources_for_paths  # noqa: F401 - pending: the API
 from llmcost.store import connection as store
