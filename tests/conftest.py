@@ -7,6 +7,9 @@ from importlib.metadata import PackageNotFoundError, version
 import pytest
 
 from llmcost.config import load_settings
+from llmcost.sdk.tracker import Tracker
+
+from .fake_provider import FakeProvider
 
 ENV_VARS = ("LLMCOST_HOME", "LLMCOST_DB", "LLMCOST_CONFIG", "LLMCOST_TIMEZONE", "LLMCOST_SMTP_HOST",
             "LLMCOST_SMTP_PORT", "LLMCOST_SMTP_USER", "LLMCOST_SMTP_PASSWORD", "LLMCOST_SLACK_WEBHOOK")
@@ -39,3 +42,18 @@ def settings(isolated_home):
     s = load_settings()
     s.ensure_dirs()
     return s
+
+
+@pytest.fixture
+def provider():
+    """A local server speaking the OpenAI and Anthropic APIs, for the real SDK clients."""
+    server = FakeProvider()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def tracker(settings):
+    t = Tracker(settings)
+    yield t
+    t.close()

@@ -31,8 +31,6 @@ from llmcost.monitor import reports
 from llmcost.sdk.tracker import Tracker
 from llmcost.store import connection as store
 
-from .fake_provider import FakeProvider
-
 DAY = dt.date(2025, 3, 14)
 
 
@@ -327,13 +325,6 @@ for line in sys.stdin:
 @pytest.fixture
 def short_lock_wait(monkeypatch):
     monkeypatch.setattr(control_file, "BUSY_TIMEOUT_SECONDS", 0.2)
-
-
-@pytest.fixture
-def provider():
-    server = FakeProvider()
-    yield server
-    server.close()
 
 
 def openai_client(provider):

@@ -32,24 +32,10 @@ from llmcost.sdk.tracker import Tracker
 from llmcost.store import connection as store
 from llmcost.store.export import export_table
 
-from .fake_provider import FakeProvider, anthropic_message, chat_completion
+from .fake_provider import anthropic_message, chat_completion
 
 MODES = ("plain", "stream", "async", "async_stream")
 IDENTITY = {"use_case": "chat_tutor", "user_id": "u1", "tenant_id": "t1"}
-
-
-@pytest.fixture
-def provider():
-    server = FakeProvider()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def tracker(settings):
-    t = Tracker(settings)
-    yield t
-    t.close()
 
 
 async def _collect(stream):

@@ -12,7 +12,6 @@ import openai
 import pytest
 
 from llmcost.ingestion.run import ingest
-from llmcost.sdk.tracker import Tracker
 from llmcost.store import connection as store
 
 from .fake_provider import FakeProvider, anthropic_message, chat_completion, responses_response
@@ -29,13 +28,6 @@ def provider():
     server.stream_usage = (400, 200)
     yield server
     server.close()
-
-
-@pytest.fixture
-def tracker(settings):
-    t = Tracker(settings)
-    yield t
-    t.close()
 
 
 def usage_records(settings):

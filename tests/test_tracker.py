@@ -22,22 +22,6 @@ from llmcost.ingestion.run import ingest
 from llmcost.sdk.tracker import Tracker
 from llmcost.store import connection as store
 
-from .fake_provider import FakeProvider
-
-
-@pytest.fixture
-def provider():
-    server = FakeProvider()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def tracker(settings):
-    t = Tracker(settings)
-    yield t
-    t.close()
-
 
 def openai_client(provider):
     return openai.OpenAI(base_url=provider.url + "/v1", api_key="test-key", max_retries=0)
