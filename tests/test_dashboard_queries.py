@@ -232,7 +232,7 @@ def test_failed_logs_use_local_day_bounds_and_filters(tmp_path, monkeypatch):
 
 
 def test_day_bounds_utc_follow_daylight_saving():
-    assert dq.day_bounds_utc(dt.date(2026, 3, 29), dt.date(2026, 3, 29), "Europe/Berlin") == (
+    assert formatting.day_bounds_utc(dt.date(2026, 3, 29), dt.date(2026, 3, 29), "Europe/Berlin") == (
         dt.datetime(2026, 3, 28, 23), dt.datetime(2026, 3, 29, 22))
 
 

@@ -16,6 +16,7 @@ from llmcost import store
 from llmcost.cli import monitor as cli_monitor
 from llmcost.config import load_settings
 from llmcost.errors import LLMCostError, StoreMissingError
+from llmcost.money import today_in
 
 
 def settings_options(fn):
@@ -225,7 +226,7 @@ def resume(settings, day):
     from llmcost.control.state import ControlState
 
     settings.ensure_dirs()
-    day = day.date() if day else dt.datetime.now(settings.tz).date()
+    day = day.date() if day else today_in(settings.tz)
     control = ControlState(settings.control_db)
     if control.halt_reason(day, settings.system.shutdown_usd) is None:
         # Resuming now would also lift the automatic shutdown for the rest of the day before it ever fired.
