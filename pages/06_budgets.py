@@ -63,10 +63,13 @@ if data is None:
     ui.stop_without_data()
 
 st.subheader(f"Today ({context.today:%Y-%m-%d}) per account type")
-system_spend_today = dq.system_spend_today(settings, context.today)
-level = dq.level_reached(system_spend_today, dq.system_levels(settings))
-st.metric("System-wide spend today", fmt.money(system_spend_today),
-          help="Level reached: " + (level or "none"))
+system = dq.system_spend_today(settings, context.today)
+st.metric("System-wide spend today", fmt.money(system.spend),
+          help="As the tracker's emergency shutdown counts it: stored events plus tracked calls not yet "
+               "ingested or still in flight. Level reached: " + (system.level or "none") + ".")
+st.caption(ui.dollars(
+    "The table counts stored events only (`cost_today` per account type), so it can be below the system-wide "
+    "figure while tracked calls wait to be ingested."))
 ui.table(dq.account_type_state(dq.limit_usage(data.today, settings)), "budgets_today",
          file_name="account-types-today.csv", money=["cost_today"],
          counts=["active_users", "over_limit", "tokens_today"])
