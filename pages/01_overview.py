@@ -4,7 +4,7 @@ import streamlit as st
 
 from llmcost import money as fmt
 from llmcost.control.policy import system_level
-from llmcost.dashboard import charts, ui
+from llmcost.dashboard import charts, limits, ui
 from llmcost.dashboard import queries as dq
 from llmcost.errors import LLMCostError
 from llmcost.ingestion.run import pending
@@ -72,8 +72,8 @@ if any((context.filters.tenants, context.filters.providers, context.filters.mode
     st.caption("These figures follow the tenant, provider and model filters.")
 
 st.subheader("System-wide spend today")
-system = dq.system_spend_today(settings, context.today)
-levels = dq.system_levels(settings)
+system = limits.system_spend_today(settings, context.today)
+levels = limits.system_levels(settings)
 spend = fmt.money(system.spend)
 if system.level is None:
     st.success(ui.dollars(f"Today's spend {spend} is below the warning level ({fmt.money(levels['warning'])})."),

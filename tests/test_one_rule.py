@@ -17,6 +17,7 @@ import pytest
 
 from llmcost import money
 from llmcost.config import load_settings
+from llmcost.dashboard import limits
 from llmcost.dashboard import queries as dq
 from llmcost.errors import BudgetExceededError
 from llmcost.monitor import reports
@@ -105,10 +106,10 @@ def test_every_surface_gives_the_same_judgement_level_and_money(seeded):
 
     # The dashboard's Users and Budgets figures.
     data = dq.users(settings.db_path, today, dq.Filters(today, today))
-    judged = dq.limit_usage(data.today, settings)
+    judged = limits.limit_usage(data.today, settings)
     assert {row.user_id: (row.action or "none") for row in judged.itertuples()} == expected
     assert dict(zip(judged["user_id"], judged["over_limit"])) == {u: j != "none" for u, j in expected.items()}
-    system_today = dq.system_spend_today(settings, today)
+    system_today = limits.system_spend_today(settings, today)
     assert (system_today.level, money.money(system_today.spend)) == ("warning", shown)
 
     # The tracker's admission of one more (tiny) call from each user.
