@@ -16,7 +16,8 @@ from decimal import Decimal
 import pytest
 
 from llmcost import money
-from llmcost.config import load_settings
+from llmcost.config import AccountLimit, load_settings
+from llmcost.control.policy import judge_user
 from llmcost.dashboard import limits
 from llmcost.dashboard import queries as dq
 from llmcost.errors import BudgetExceededError
@@ -132,3 +133,19 @@ def test_every_surface_gives_the_same_judgement_level_and_money(seeded):
                 assert decision.reason == "alert threshold exceeded: $0.50 of $0.10"
     finally:
         tracker.close()
+
+
+@pytest.mark.parametrize(("limit", "tokens", "cost", "over", "action"), [
+    (AccountLimit("admin", 100, Decimal("2.50"), "alert", Decimal("0.10")), 100, "2.50", ("alert_above_usd",),
+     "alerted"),  # reaching the limit is not over it; the alert level still applies within it
+    (AccountLimit("student", 100, Decimal("0.05"), "soft", Decimal("0.01")), 101, "0.06", ("tokens", "cost_usd"),
+     "warned"),  # over the limit: the limit's action decides, not the alert level
+    (AccountLimit("lesson_builder", None, Decimal("0.50"), "hard"), 10**9, "0.50", (), "none"),
+    (AccountLimit("super_admin", None, None, "unlimited", Decimal("50")), 10**9, "50.01", ("alert_above_usd",),
+     "alerted"),
+    (AccountLimit("super_admin", None, None, "unlimited"), 10**9, "1000", (), "none"),
+])
+def test_judge_user_precedence(limit, tokens, cost, over, action):
+    judgement = judge_user(limit, tokens, Decimal(cost))
+    assert (judgement.over, judgement.action, judgement.over_limit) == (over, action, action != "none")
+    assert judge_user(limit, tokens - 1, Decimal(cost), call_tokens=1) == judgement

@@ -80,13 +80,14 @@ class UserJudgement:
         return None
 
 
-def judge_user(limit: AccountLimit, tokens: int, cost: Decimal) -> UserJudgement:
-    """Judge a user's tokens and cost of the day (including the call's estimate, before a call).
+def judge_user(limit: AccountLimit, tokens: int, cost: Decimal, *, call_tokens: int = 0,
+               call_cost: Decimal = Decimal(0)) -> UserJudgement:
+    """Judge a user's tokens and cost of the day, plus a call's estimate when judging before that call.
 
     A figure is over when it goes past the limit (reaching it is fine). The limit (soft, hard, alert) decides
     first; only within it does `alert_above_usd` apply, on any account type that sets it.
     """
-    tokens, cost = int(tokens), Decimal(cost)
+    tokens, cost = int(tokens) + int(call_tokens), Decimal(cost) + Decimal(call_cost)
     if limit.action in ACTION_TAKEN:
         over, shown = [], []
         if limit.tokens is not None and tokens > limit.tokens:
@@ -172,8 +173,8 @@ def check_before_call(
         enforce=limit.action == "hard",
         account_type=limit.account_type,
     )
-    judgement = judge_user(limit, reservation.spent_tokens_before + reservation.tokens,
-                           reservation.spent_cost_before + reservation.cost)
+    judgement = judge_user(limit, reservation.spent_tokens_before, reservation.spent_cost_before,
+                           call_tokens=reservation.tokens, call_cost=reservation.cost)
     return BudgetDecision(True, limit.action, judgement.reason, reservation, alert=judgement.action == "alerted")
 
 
