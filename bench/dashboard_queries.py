@@ -113,6 +113,7 @@ def child_dashboard(db_path: Path, today: dt.date, runs: int) -> dict:
     from llmcost.config import SystemLevels
     from llmcost.dashboard import charts
     from llmcost.dashboard import queries as dq
+    from llmcost.store import queries as store_queries
     from llmcost.store.connection import reading
 
     filters = dq.Filters(today - dt.timedelta(days=RANGE_DAYS - 1), today)
@@ -124,15 +125,13 @@ def child_dashboard(db_path: Path, today: dt.date, runs: int) -> dict:
         return run
 
     queries = {
-        "period_totals": alone(dq.period_totals, today, filters),
         "daily_cost_by_use_case": alone(dq.daily_cost_by_use_case, filters),
-        "system_cost_on": alone(dq.system_cost_on, today),
-        "unrecovered_failed_logs": alone(dq.unrecovered_failed_logs),
-        "last_synced": alone(dq.last_synced),
+        "stored_spend_on": alone(store_queries.stored_spend_on, today),
+        "open_failed_count": alone(store_queries.open_failed_count),
+        "last_synced": alone(store_queries.last_synced),
         "data_span": alone(dq.data_span),
         "filter_options": alone(dq.filter_options),
-        "cost_by_use_case": alone(dq.cost_by_use_case, filters),
-        "cost_by_use_case (month to date)": alone(dq.cost_by_use_case, filters.over(today.replace(day=1), today)),
+        "use_cases_from (range and month to date)": alone(dq.use_cases_from, today, filters),
         "cost_by_model": alone(dq.cost_by_model, filters, None),
     }
     timings = {name: timed(query, runs)[0] for name, query in queries.items()}
@@ -153,7 +152,7 @@ def child_dashboard(db_path: Path, today: dt.date, runs: int) -> dict:
         "periods": {name: [t.calls, t.tokens, str(t.cost_usd)] for name, t in overview.periods.items()},
         "daily_rows": len(overview.daily),
         "daily_cost": str(sum(overview.daily["cost_usd"])),
-        "system_cost_today": str(overview.system_cost_today),
+        "system_cost_today": str(alone(store_queries.stored_spend_on, today)()),
     }
     return {"timings": timings, "figures": figures, "peak_rss_mb": peak_rss_mb()}
 

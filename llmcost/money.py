@@ -1,4 +1,8 @@
-"""How the dashboard writes figures: money, counts, changes and times."""
+"""How every surface writes figures (money, counts, changes, times) and which calendar day it is.
+
+Standard library only: the SDK imports it. "Today", a local day's UTC bounds and the money format live
+here once, and the tracker, control state, alerts, reports, CLI and dashboard all call them.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +42,18 @@ def money(value: Decimal | float | int | None) -> str:
     return f"{sign}${abs(rounded):,.{places}f}"
 
 
+def money_against(figure: Decimal, threshold: Decimal) -> str:
+    """`figure` in dollars, with enough decimals that it does not read as equal to a different `threshold`."""
+    shown = money(figure)
+    if figure == threshold or shown != money(threshold):
+        return shown
+    for places in (4, 6, 9, 12):
+        precise = figure.quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP)
+        if precise != threshold:
+            return f"${precise:,f}"
+    return f"${figure:,f}"
+
+
 def money_column_format(values: Iterable[Decimal | float | int | None]) -> str:
     """A printf format for a table's money column: cents, or as many decimals as its smallest amount needs."""
     places = max((decimals_for(v) for v in values if v is not None), default=2)
@@ -67,3 +83,30 @@ def local_time(value: dt.datetime | None, timezone: str, *, seconds: bool = True
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)
     return value.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M:%S %Z" if seconds else "%Y-%m-%d %H:%M %Z")
+
+
+def _zone(timezone: str | dt.tzinfo) -> dt.tzinfo:
+    return ZoneInfo(timezone) if isinstance(timezone, str) else timezone
+
+
+def local_day(moment: dt.datetime, timezone: str | dt.tzinfo) -> dt.date:
+    """The calendar day an instant falls on in the configured time zone (a naive instant is UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.astimezone(_zone(timezone)).date()
+
+
+def today_in(timezone: str | dt.tzinfo, now: dt.datetime | None = None) -> dt.date:
+    """Today (or the day of `now`) in the configured time zone: the day every daily limit and report counts."""
+    return local_day(now or dt.datetime.now(dt.timezone.utc), timezone)
+
+
+def day_start_utc(day: dt.date, timezone: str | dt.tzinfo) -> dt.datetime:
+    """The naive-UTC instant where the local day begins (23 or 25 hours after the previous one on DST days)."""
+    local = dt.datetime.combine(day, dt.time(), tzinfo=_zone(timezone))
+    return local.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+def day_bounds_utc(start: dt.date, end: dt.date, timezone: str | dt.tzinfo) -> tuple[dt.datetime, dt.datetime]:
+    """The naive-UTC instants where the local day `start` begins and the day after `end` begins."""
+    return day_start_utc(start, timezone), day_start_utc(end + dt.timedelta(days=1), timezone)

@@ -3,7 +3,8 @@
 import streamlit as st
 
 from llmcost import money as fmt
-from llmcost.dashboard import charts, ui
+from llmcost.control.policy import system_level
+from llmcost.dashboard import charts, limits, ui
 from llmcost.dashboard import queries as dq
 from llmcost.errors import LLMCostError
 from llmcost.ingestion.run import pending
@@ -71,22 +72,21 @@ if any((context.filters.tenants, context.filters.providers, context.filters.mode
     st.caption("These figures follow the tenant, provider and model filters.")
 
 st.subheader("System-wide spend today")
-system_spend_today = dq.system_spend_today(settings, context.today)
-levels = dq.system_levels(settings)
-reached = dq.level_reached(system_spend_today, levels)
-spend = fmt.money(system_spend_today)
-if reached is None:
+system = limits.system_spend_today(settings, context.today)
+levels = limits.system_levels(settings)
+spend = fmt.money(system.spend)
+if system.level is None:
     st.success(ui.dollars(f"Today's spend {spend} is below the warning level ({fmt.money(levels['warning'])})."),
                icon=":material/check_circle:")
 else:
-    text = (f"Today's spend {spend} has reached the {reached} level ({fmt.money(levels[reached])}): "
-            f"{LEVEL_ADVICE[reached]}.")
-    (st.warning if reached == "warning" else st.error)(ui.dollars(text), icon="⚠️")
+    text = (f"Today's spend {spend} has reached the {system.level} level ({fmt.money(system.threshold)}): "
+            f"{LEVEL_ADVICE[system.level]}.")
+    (st.warning if system.level == "warning" else st.error)(ui.dollars(text), icon="⚠️")
 
 st.plotly_chart(charts.daily_spend(data.daily, levels, (context.filters.start, context.filters.end)),
                 key="overview_daily_chart")
 daily_totals = data.daily.groupby("day")["cost_usd"].sum() if not data.daily.empty else []
-days_over = sum(1 for total in daily_totals if total >= levels["warning"])
+days_over = sum(1 for total in daily_totals if system_level(settings, total) is not None)
 if days_over:
     st.caption(f"{days_over} day(s) in this range reached the warning level with these filters.")
 with st.expander("Daily figures by use case"):

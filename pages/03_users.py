@@ -2,8 +2,8 @@
 
 import streamlit as st
 
+from llmcost.dashboard import limits, ui
 from llmcost.dashboard import queries as dq
-from llmcost.dashboard import ui
 
 context = ui.context()
 settings, filters = context.settings, context.filters
@@ -22,12 +22,12 @@ data = ui.load(dq.users, settings, context.today, filters, int(limit))
 if data is None:
     ui.stop_without_data()
 
-today_limits = dq.limit_usage(data.today, settings)
+today_limits = limits.limit_usage(data.today, settings)
 st.subheader("Top users by cost")
 st.caption(f"Cost from {filters.start:%Y-%m-%d} to {filters.end:%Y-%m-%d}; `used_share` is the share of the "
            f"daily limit used today ({context.today:%Y-%m-%d}), 1.0 meaning the limit is reached. "
            "Users over their limit are highlighted, with the action taken.")
-top = dq.users_with_limits(data.users, data.today, settings)
+top = limits.users_with_limits(data.users, data.today, settings)
 ui.table(top, "users_top", file_name="top-users.csv", money=["cost_usd", "cost_today", "limit_cost_usd"],
          counts=["calls", "total_tokens", "tokens_today", "limit_tokens"], styler=highlight_over_limit)
 

@@ -7,8 +7,8 @@ import streamlit as st
 
 from llmcost import money as fmt
 from llmcost.control.state import ControlState
+from llmcost.dashboard import limits, ui
 from llmcost.dashboard import queries as dq
-from llmcost.dashboard import ui
 from llmcost.monitor import alerts
 
 KILL_SWITCH_MESSAGE = "budgets_kill_switch_message"
@@ -56,18 +56,21 @@ st.caption(ui.dollars(
     f"Users without an account type count as `{settings.default_account_type}`. System-wide levels per day: "
     f"warning {fmt.money(settings.system.warning_usd)}, critical {fmt.money(settings.system.critical_usd)}, "
     f"shutdown {fmt.money(settings.system.shutdown_usd)}."))
-ui.table(dq.limits_table(settings), "budgets_limits", file_name="limits.csv",
+ui.table(limits.limits_table(settings), "budgets_limits", file_name="limits.csv",
          money=["daily_cost_usd", "alert_above_usd"], counts=["daily_tokens"])
 
 if data is None:
     ui.stop_without_data()
 
 st.subheader(f"Today ({context.today:%Y-%m-%d}) per account type")
-system_spend_today = dq.system_spend_today(settings, context.today)
-level = dq.level_reached(system_spend_today, dq.system_levels(settings))
-st.metric("System-wide spend today", fmt.money(system_spend_today),
-          help="Level reached: " + (level or "none"))
-ui.table(dq.account_type_state(dq.limit_usage(data.today, settings)), "budgets_today",
+system = limits.system_spend_today(settings, context.today)
+st.metric("System-wide spend today", fmt.money(system.spend),
+          help="As the tracker's emergency shutdown counts it: stored events plus tracked calls not yet "
+               "ingested or still in flight. Level reached: " + (system.level or "none") + ".")
+st.caption(ui.dollars(
+    "The table counts stored events only (`cost_today` per account type), so it can be below the system-wide "
+    "figure while tracked calls wait to be ingested."))
+ui.table(limits.account_type_state(limits.limit_usage(data.today, settings)), "budgets_today",
          file_name="account-types-today.csv", money=["cost_today"],
          counts=["active_users", "over_limit", "tokens_today"])
 

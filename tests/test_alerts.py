@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from llmcost import money
 from llmcost.events import UNATTRIBUTED
 from llmcost.monitor import alerts
 from tests.monitoring_seed import event, failed_log, insert
@@ -195,8 +196,8 @@ def test_alerts_sorted_highest_level_first(settings):
 def test_today_follows_the_configured_time_zone(settings):
     berlin = dataclasses.replace(settings, timezone="Europe/Berlin")
     late_evening_utc = dt.datetime(2025, 3, 10, 23, 30, tzinfo=dt.timezone.utc)
-    assert alerts.today_in(settings, late_evening_utc) == dt.date(2025, 3, 10)
-    assert alerts.today_in(berlin, late_evening_utc) == dt.date(2025, 3, 11)
+    assert money.today_in(settings.tz, late_evening_utc) == dt.date(2025, 3, 10)
+    assert money.today_in(berlin.tz, late_evening_utc) == dt.date(2025, 3, 11)
 
 
 @pytest.mark.parametrize(
@@ -204,8 +205,8 @@ def test_today_follows_the_configured_time_zone(settings):
     [("0", "$0.00"), ("52.1", "$52.10"), ("1234567.891", "$1,234,567.89"), ("0.0042", "$0.0042"),
      ("0.000000001", "<$0.00000001"), ("-3.5", "-$3.50"), ("0.005", "$0.0050")],
 )
-def test_format_usd(amount, shown):
-    assert alerts.format_usd(Decimal(amount)) == shown
+def test_money_in_messages(amount, shown):
+    assert money.money(Decimal(amount)) == shown
 
 
 @pytest.mark.parametrize(
@@ -214,7 +215,7 @@ def test_format_usd(amount, shown):
      ("52.1", "50", "$52.10")],
 )
 def test_amounts_beside_a_threshold_never_read_as_equal(figure, threshold, shown):
-    assert alerts.format_usd_against(Decimal(figure), Decimal(threshold)) == shown
+    assert money.money_against(Decimal(figure), Decimal(threshold)) == shown
 
 
 def test_tenant_and_use_case_thresholds_from_the_config_file(tmp_path):

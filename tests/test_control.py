@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llmcost.control.state import ControlState, Reservation, format_usd, from_picodollars, to_picodollars
+from llmcost.control.state import ControlState, Reservation, from_picodollars, to_picodollars
 from llmcost.errors import BudgetExceededError
 
 DAY = dt.date(2025, 3, 14)
@@ -73,13 +73,6 @@ def test_sums_of_tiny_amounts_are_exact(control):
     spend(control, "0.2")
     assert control.user_spend(DAY, "u1") == (1000, Decimal("0.300000001000"))
     assert control.system_spend(DAY) == Decimal("0.300000001")
-
-
-def test_format_usd_shows_cents_or_the_exact_figure():
-    assert format_usd(Decimal("0.5")) == "$0.50"
-    assert format_usd(Decimal("1234.5")) == "$1,234.50"
-    assert format_usd(Decimal("0.000000000001")) == "$0.000000000001"
-    assert format_usd(Decimal("0.0612")) == "$0.0612"
 
 
 def test_corrupt_file_is_set_aside_and_recreated(control_path):

@@ -25,7 +25,7 @@ from llmcost.control import file as control_file
 from llmcost.control.migrations import MIGRATIONS
 from llmcost.control.rebuild import day_spend
 from llmcost.control.state import ControlState
-from llmcost.dashboard import queries as dashboard_queries
+from llmcost.dashboard import limits as dashboard_limits
 from llmcost.errors import BudgetExceededError, ControlStateError, LLMCostError, SpendingHaltedError, UseCaseDisabledError
 from llmcost.monitor import reports
 from llmcost.sdk.tracker import Tracker
@@ -429,7 +429,8 @@ def test_an_ingested_inbox_file_halts_the_tracker_as_check_says(settings):
         day = today(settings)
         assert tracker.control.system_spend(day) == figure
         assert day_spend(settings, day) == figure
-        assert dashboard_queries.system_spend_today(settings, day) == figure
+        assert dashboard_limits.system_spend_today(settings, day) == dashboard_limits.SystemSpend(
+            figure, "shutdown", settings.system.shutdown_usd)
         assert reports.daily(settings, day).days[0]["level"] == "shutdown"
     finally:
         tracker.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from decimal import Decimal
 
@@ -9,8 +10,9 @@ import pandas as pd
 import pytest
 
 from llmcost import money as formatting
-from llmcost.config import load_settings
-from llmcost.dashboard import charts
+from llmcost.config import SystemLevels, load_settings
+from llmcost.control.policy import system_level
+from llmcost.dashboard import charts, limits
 from llmcost.dashboard import queries as dq
 from llmcost.store import connection as store
 from tests.dashboard_seed import empty_store, event, failed_log, insert
@@ -44,13 +46,13 @@ def test_period_totals_compare_today_yesterday_and_month_to_date(settings):
         event(dt.date(2026, 1, 31), "64", total_tokens=80),  # before both periods
         event(TODAY, "128", tenant_id="tenant-b", total_tokens=90),
     ])
-    totals = read(settings, dq.period_totals, TODAY, everything(tenants=("tenant-a",)))
+    totals = dq.overview(settings.db_path, TODAY, everything(tenants=("tenant-a",))).periods
     assert totals["today"] == dq.Totals(2, 30, D("1.500000000001"))
     assert totals["yesterday"] == dq.Totals(1, 30, D("2"))
     assert totals["day_before_yesterday"] == dq.Totals(1, 40, D("4"))
     assert totals["month_to_date"] == dq.Totals(5, 150, D("15.500000000001"))
     assert totals["previous_month_to_date"] == dq.Totals(2, 130, D("48"))
-    unfiltered = read(settings, dq.period_totals, TODAY, everything())
+    unfiltered = dq.overview(settings.db_path, TODAY, everything()).periods
     assert unfiltered["today"].cost_usd == D("129.500000000001")
 
 
@@ -96,19 +98,20 @@ def test_system_cost_failed_logs_and_last_synced(settings):
     noon = dt.datetime(2026, 3, 31, 12)
     insert(settings.db_path, "failed_logs", [failed_log(noon), failed_log(noon), failed_log(noon, recovered=True)])
     data = dq.overview(settings.db_path, TODAY, everything(tenants=("t2",)))
-    assert data.system_cost_today == D("10")  # the levels ignore the filters
     assert data.unrecovered_failed == 2
     assert data.last_synced is None
-    assert dq.level_reached(data.system_cost_today, dq.system_levels(settings)) == "warning"
+    # The levels ignore the filters; a past day's spend is the store's (the control state keeps two days).
+    assert limits.system_spend_today(settings, TODAY) == limits.SystemSpend(D("10"), "warning", D("10"))
 
 
 @pytest.mark.parametrize("spend, level", [
     ("0", None), ("9.999999999999", None), ("10", "warning"), ("49.99", "warning"), ("50", "critical"),
     ("199.99", "critical"), ("200", "shutdown"), ("1000", "shutdown"),
 ])
-def test_level_reached(spend, level):
-    levels = {"warning": D("10"), "critical": D("50"), "shutdown": D("200")}
-    assert dq.level_reached(D(spend), levels) == level
+def test_system_level(settings, spend, level):
+    settings = dataclasses.replace(settings, system=SystemLevels(D("10"), D("50"), D("200")))
+    crossed = system_level(settings, D(spend))
+    assert (crossed[0] if crossed else None) == level
 
 
 def test_bundles_return_none_without_a_store(settings):
@@ -173,7 +176,7 @@ def test_limit_usage_names_the_action_of_each_account_type(settings):
         event(TODAY - dt.timedelta(days=1), "99", user_id="student-under", account_type="student"),
     ])
     today = read(settings, dq.usage_by_user_on, TODAY)
-    usage = dq.limit_usage(today, settings).set_index("user_id")
+    usage = limits.limit_usage(today, settings).set_index("user_id")
     assert usage.loc["student-under", "action"] == "" and not usage.loc["student-under", "over_limit"]
     assert usage.loc["student-under", "used_share"] == pytest.approx(0.9999)
     assert usage.loc["student-tokens", "action"] == "warned"
@@ -182,7 +185,7 @@ def test_limit_usage_names_the_action_of_each_account_type(settings):
     assert usage.loc["super", "action"] == "alerted" and pd.isna(usage.loc["super", "limit_tokens"])
     assert usage.loc["super-under", "action"] == ""
     assert usage.loc["no-type", "account_type"] == "student" and usage.loc["no-type", "action"] == "warned"
-    state = dq.account_type_state(dq.limit_usage(today, settings)).set_index("account_type")
+    state = limits.account_type_state(limits.limit_usage(today, settings)).set_index("account_type")
     assert state.loc["student", "active_users"] == 3 and state.loc["student", "over_limit"] == 2
     assert state.loc["super_admin", "cost_today"] == D("99.01")
 
@@ -194,7 +197,7 @@ def test_top_users_join_today_and_zero_when_idle_today(settings):
         event(TODAY, "0.1", user_id="busy", account_type="lesson_builder", tenant_id="tenant-b"),
     ])
     data = dq.users(settings.db_path, TODAY, everything(), 10)
-    top = dq.users_with_limits(data.users, data.today, settings)
+    top = limits.users_with_limits(data.users, data.today, settings)
     rows = {(r.user_id, r.tenant_id): r for r in top.itertuples()}
     assert list(top["user_id"]) == ["idle-today", "busy", "busy"]
     assert rows["idle-today", "tenant-a"].cost_today == 0 and rows["idle-today", "tenant-a"].action == ""
@@ -232,7 +235,7 @@ def test_failed_logs_use_local_day_bounds_and_filters(tmp_path, monkeypatch):
 
 
 def test_day_bounds_utc_follow_daylight_saving():
-    assert dq.day_bounds_utc(dt.date(2026, 3, 29), dt.date(2026, 3, 29), "Europe/Berlin") == (
+    assert formatting.day_bounds_utc(dt.date(2026, 3, 29), dt.date(2026, 3, 29), "Europe/Berlin") == (
         dt.datetime(2026, 3, 28, 23), dt.datetime(2026, 3, 29, 22))
 
 
@@ -256,7 +259,7 @@ def test_alert_history_in_range_newest_first(settings):
 def test_limits_table_as_configured(tmp_path, monkeypatch):
     (tmp_path / "llmcost.toml").write_text('[limits.student]\ncost_usd = 0.10\n[limits.intern]\ntokens = 5\n')
     settings = load_settings()
-    table = dq.limits_table(settings).set_index("account_type")
+    table = limits.limits_table(settings).set_index("account_type")
     assert table.loc["student", "daily_cost_usd"] == D("0.10") and table.loc["student", "when_over"] == "warned"
     assert table.loc["intern", "daily_tokens"] == 5 and table.loc["intern", "when_over"] == "alerted"
     assert table.loc["super_admin", "alert_above_usd"] == D("50")
@@ -289,7 +292,7 @@ def test_chart_draws_the_nearest_levels_and_escapes_labels(settings):
     insert(settings.db_path, "usage_events", [
         event(TODAY, "12", use_case="<b>bold</b>"), event(TODAY, "1", use_case="plain")])
     daily = read(settings, dq.daily_cost_by_use_case, everything())
-    figure = charts.daily_spend(daily, dq.system_levels(settings))
+    figure = charts.daily_spend(daily, limits.system_levels(settings))
     assert sorted(trace.name for trace in figure.data) == ["&lt;b&gt;bold&lt;/b&gt;", "plain"]
     levels = [shape.y0 for shape in figure.layout.shapes]
     assert levels == [10.0]  # the day reached $13: critical ($50) and shutdown would squash the bars

@@ -258,10 +258,3 @@ def test_report_goes_out_by_email_with_html_and_by_slack(settings, smtp_server, 
     slack_text = slack_hook.bodies[0][1]["text"]
     assert "Calls: 3" in slack_text and "&lt;b&gt;" in slack_text
     assert stored_alerts(s) == []  # reports are not alerts
-
-
-def test_alert_history_for_the_dashboard(settings):
-    notify.send_alerts(settings, [alert(), alert("warning", day=DAY - dt.timedelta(days=3))], backoff=0)
-    history = notify.alert_history(settings, start=DAY - dt.timedelta(days=1))
-    assert list(history["level"]) == ["critical"]
-    assert len(notify.alert_history(settings)) == 2

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from llmcost.cli import monitor as cli_monitor
+from llmcost.money import money
 from llmcost.monitor import reports
 from tests.monitoring_seed import event, failed_log, insert
 
@@ -141,7 +142,7 @@ def test_daily_threshold_line(seeded):
     quiet = reports.daily(s, DAY)
     cost = expected_totals(in_period(rows, DAY, DAY)).cost_usd
     assert cost < 10
-    assert quiet.threshold_line == (f"Threshold: spend of {reports.format_usd(cost)} stayed below the warning level "
+    assert quiet.threshold_line == (f"Threshold: spend of {money(cost)} stayed below the warning level "
                                     "of $10.00.")
     big_day = DAY - dt.timedelta(days=2)
     loud = reports.daily(s, big_day)

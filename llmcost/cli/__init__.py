@@ -16,6 +16,7 @@ from llmcost import store
 from llmcost.cli import monitor as cli_monitor
 from llmcost.config import load_settings
 from llmcost.errors import LLMCostError, StoreMissingError
+from llmcost.money import money, today_in
 
 
 def settings_options(fn):
@@ -225,7 +226,7 @@ def resume(settings, day):
     from llmcost.control.state import ControlState
 
     settings.ensure_dirs()
-    day = day.date() if day else dt.datetime.now(settings.tz).date()
+    day = day.date() if day else today_in(settings.tz)
     control = ControlState(settings.control_db)
     if control.halt_reason(day, settings.system.shutdown_usd) is None:
         # Resuming now would also lift the automatic shutdown for the rest of the day before it ever fired.
@@ -240,8 +241,8 @@ def resume(settings, day):
 def status(settings):
     """Where the data lives, what the store holds and what waits to be ingested."""
     from llmcost.ingestion.run import last_synced, pending
+    from llmcost.store import queries
     from llmcost.store.connection import reading
-    from llmcost.store.failed_logs import OPEN_FAILED
 
     click.echo(f"data folder:   {settings.home}")
     click.echo(f"store:         {settings.db_path}")
@@ -251,9 +252,9 @@ def status(settings):
         if db is None:
             click.echo("The store does not exist yet: run `llmcost demo` or `llmcost ingest`.")
             return
-        events, cost = db.execute("SELECT count(*), coalesce(sum(cost_usd), 0) FROM usage_events").fetchall()[0]
-        unrecovered = db.execute(f"SELECT count(*) FROM failed_logs WHERE {OPEN_FAILED}").fetchall()[0][0]
-    click.echo(f"events:        {events:,} (${cost:,.2f})")
+        events, cost = queries.store_totals(db)
+        unrecovered = queries.open_failed_count(db)
+    click.echo(f"events:        {events:,} ({money(cost)})")
     click.echo(f"failed logs:   {unrecovered:,} not recovered")
     waiting = pending(settings)
     click.echo(f"waiting:       {waiting['journal']:,} journal, {waiting['fallback']:,} fallback-log and "

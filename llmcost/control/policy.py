@@ -1,7 +1,10 @@
-"""The policy applied before each tracked call: kill switch, then emergency shutdown, then the user's budget.
+"""The policy: the one judgement of a user's daily limit, the one system-wide level, and the check before a call.
 
-Every call that passes holds its estimate as a reservation in the control state and settles it with the
-actual figures afterwards (`settle_after_call`), so system and per-user spend include calls in flight.
+`judge_user` and `system_level` are pure (no I/O): the tracker's admission, `llmcost check`'s alerts, the
+reports and the dashboard all call them, so they agree on the same figures. Before each tracked call,
+`check_before_call` applies the kill switch, then emergency shutdown, then the user's budget; every call
+that passes holds its estimate as a reservation in the control state and settles it with the actual
+figures afterwards (`settle_after_call`), so system and per-user spend include calls in flight.
 """
 
 from __future__ import annotations
@@ -10,17 +13,118 @@ import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
 
-from llmcost.config import Settings
-from llmcost.control.state import ControlState, Reservation, format_usd
+from llmcost.config import AccountLimit, Settings
+from llmcost.control.state import ControlState, Reservation
 from llmcost.errors import SpendingHaltedError, UseCaseDisabledError
+from llmcost.money import money, money_against, number
+
+# What happens to a user over the limit of their account type, by the limit's action.
+ACTION_TAKEN = {"soft": "warned", "hard": "blocked", "alert": "alerted"}
+# How loud an alert about it is: over a hard limit means calls got through the refusal (in flight, or untracked).
+ACTION_LEVEL = {"warned": "warning", "alerted": "warning", "blocked": "critical"}
+
+
+@dataclass(frozen=True)
+class UserJudgement:
+    """Where a user's day stands against the limit of their account type.
+
+    `over` names what was exceeded: `tokens` and/or `cost_usd` (the limit), or `alert_above_usd` (the
+    alert level, checked when the limit itself is not exceeded: an unlimited type's only check, and an
+    extra one on any type that sets it). `action` is `none`, `warned`, `blocked` or `alerted`.
+    """
+
+    limit: AccountLimit
+    tokens: int
+    cost: Decimal
+    over: tuple[str, ...]
+    action: str
+    reason: str | None
+
+    @property
+    def over_limit(self) -> bool:
+        return self.action != "none"
+
+    @property
+    def level(self) -> str | None:
+        """The alert level this judgement raises (`warning`, `critical`), None when within every limit."""
+        return ACTION_LEVEL.get(self.action)
+
+    @property
+    def limit_tokens(self) -> int | None:
+        return None if self.limit.action == "unlimited" else self.limit.tokens
+
+    @property
+    def limit_cost_usd(self) -> Decimal | None:
+        """The cost the user is measured against: the limit's, or an unlimited type's alert level."""
+        return self.limit.alert_above_usd if self.limit.action == "unlimited" else self.limit.cost_usd
+
+    @property
+    def used_share(self) -> Decimal | None:
+        """The larger of the token and cost shares of the limit (1 means reached); None without a limit."""
+        shares = []
+        if self.limit_tokens:
+            shares.append(Decimal(self.tokens) / Decimal(self.limit_tokens))
+        if self.limit_cost_usd:
+            shares.append(self.cost / self.limit_cost_usd)
+        return max(shares) if shares else None
+
+    @property
+    def measure(self) -> tuple[str, Decimal, Decimal] | None:
+        """The (metric, figure, threshold) an alert reports: cost when over on cost, else tokens."""
+        if "cost_usd" in self.over:
+            return "cost_usd", self.cost, self.limit.cost_usd
+        if "tokens" in self.over:
+            return "tokens", Decimal(self.tokens), Decimal(self.limit.tokens)
+        if "alert_above_usd" in self.over:
+            return "cost_usd", self.cost, self.limit.alert_above_usd
+        return None
+
+
+def judge_user(limit: AccountLimit, tokens: int, cost: Decimal, *, call_tokens: int = 0,
+               call_cost: Decimal = Decimal(0)) -> UserJudgement:
+    """Judge a user's tokens and cost of the day, plus a call's estimate when judging before that call.
+
+    A figure is over when it goes past the limit (reaching it is fine). The limit (soft, hard, alert) decides
+    first; only within it does `alert_above_usd` apply, on any account type that sets it.
+    """
+    tokens, cost = int(tokens) + int(call_tokens), Decimal(cost) + Decimal(call_cost)
+    if limit.action in ACTION_TAKEN:
+        over, shown = [], []
+        if limit.tokens is not None and tokens > limit.tokens:
+            over.append("tokens")
+            shown.append(f"{number(tokens)} of {number(limit.tokens)} tokens")
+        if limit.cost_usd is not None and cost > limit.cost_usd:
+            over.append("cost_usd")
+            shown.append(f"{money_against(cost, limit.cost_usd)} of {money(limit.cost_usd)}")
+        if over:
+            return UserJudgement(limit, tokens, cost, tuple(over), ACTION_TAKEN[limit.action],
+                                 f"{limit.action} limit exceeded: {', '.join(shown)}")
+    if limit.alert_above_usd is not None and cost > limit.alert_above_usd:
+        reason = (f"alert threshold exceeded: {money_against(cost, limit.alert_above_usd)} of "
+                  f"{money(limit.alert_above_usd)}")
+        return UserJudgement(limit, tokens, cost, ("alert_above_usd",), "alerted", reason)
+    return UserJudgement(limit, tokens, cost, (), "none", None)
+
+
+def system_level(settings: Settings, spend: Decimal) -> tuple[str, Decimal] | None:
+    """The highest system-wide level (warning, critical, shutdown) a day's spend has reached, with its threshold.
+
+    Reaching a level counts, as the tracker's emergency shutdown does; None below the warning level.
+    """
+    levels = settings.system
+    for name, threshold in (("shutdown", levels.shutdown_usd), ("critical", levels.critical_usd),
+                            ("warning", levels.warning_usd)):
+        if spend >= threshold:
+            return name, threshold
+    return None
 
 
 @dataclass(frozen=True)
 class BudgetDecision:
     """The outcome of `check_before_call` for a call that may proceed.
 
-    `reason` says which limit or threshold the call goes past (a soft limit only warns); `alert` is set
-    when that should be recorded as an alert (action 'alert', or 'unlimited' above `alert_above_usd`).
+    `reason` says which limit or threshold the call goes past (`judge_user`: a soft limit only warns);
+    `alert` is set when that should be recorded as an alert (the judgement's action is `alerted`).
     Refused calls never get a decision: `check_before_call` raises instead, so `allowed` is True here.
     """
 
@@ -69,22 +173,9 @@ def check_before_call(
         enforce=limit.action == "hard",
         account_type=limit.account_type,
     )
-    tokens_after = reservation.spent_tokens_before + reservation.tokens
-    cost_after = reservation.spent_cost_before + reservation.cost
-
-    if not limited:
-        above = limit.alert_above_usd is not None and cost_after > limit.alert_above_usd
-        reason = (f"alert threshold exceeded: {format_usd(cost_after)} of {format_usd(limit.alert_above_usd)}"
-                  if above else None)
-        return BudgetDecision(True, limit.action, reason, reservation, alert=above)
-
-    over = []
-    if limit.tokens is not None and tokens_after > limit.tokens:
-        over.append(f"{tokens_after:,} of {limit.tokens:,} tokens")
-    if limit.cost_usd is not None and cost_after > limit.cost_usd:
-        over.append(f"{format_usd(cost_after)} of {format_usd(limit.cost_usd)}")
-    reason = f"{limit.action} limit exceeded: {', '.join(over)}" if over else None
-    return BudgetDecision(True, limit.action, reason, reservation, alert=bool(over) and limit.action == "alert")
+    judgement = judge_user(limit, reservation.spent_tokens_before, reservation.spent_cost_before,
+                           call_tokens=reservation.tokens, call_cost=reservation.cost)
+    return BudgetDecision(True, limit.action, judgement.reason, reservation, alert=judgement.action == "alerted")
 
 
 def settle_after_call(control: ControlState, decision: BudgetDecision, actual_tokens: int, actual_cost: Decimal) -> bool:

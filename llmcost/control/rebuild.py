@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from llmcost.config import Settings
 from llmcost.control.state import ControlState
 from llmcost.errors import ControlStateError, LLMCostError
+from llmcost.money import local_day, today_in
 from llmcost.store import store_exists
 
 log = logging.getLogger("llmcost")
@@ -93,7 +94,7 @@ def _rows_of_day(path, offset: int, settings: Settings, day: dt.date):
                     continue
                 ts = dt.datetime.fromisoformat(record["ts"])
                 ts = ts if ts.tzinfo else ts.replace(tzinfo=dt.timezone.utc)
-                if ts.astimezone(settings.tz).date() != day:
+                if local_day(ts, settings.tz) != day:
                     continue
                 tokens = int(record.get("total_tokens") or 0) or int(record.get("input_tokens") or 0) + int(
                     record.get("output_tokens") or 0)
@@ -138,7 +139,7 @@ def day_spend(settings: Settings, day: dt.date) -> Decimal:
     calls the control state does not know (another host's, a pruned day's), each counted once.
     Without a usable control file, and for days it no longer keeps, the store's figures alone.
     """
-    kept = day >= dt.datetime.now(settings.tz).date() - dt.timedelta(days=1)
+    kept = day >= today_in(settings.tz) - dt.timedelta(days=1)
     try:
         if not kept:
             raise ControlStateError(f"the control state keeps today and yesterday only, not {day}")
@@ -161,7 +162,7 @@ def after_ingest(settings: Settings) -> None:
     """
     if not settings.control_db.is_file():
         return
-    today = dt.datetime.now(settings.tz).date()
+    today = today_in(settings.tz)
     try:
         with ControlState(settings.control_db) as control:
             control.maintain(today, reservation_ttl_seconds=settings.reservation_ttl_seconds)

@@ -55,6 +55,7 @@ from llmcost.control.file import (  # noqa: F401  (re-exported)
     now_iso,
 )
 from llmcost.errors import BudgetExceededError
+from llmcost.money import money, money_against
 
 _PICO_EXPONENT = 12
 _TWELVE_PLACES = Decimal(1).scaleb(-_PICO_EXPONENT)
@@ -113,14 +114,6 @@ def _tokens(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
     return value
-
-
-def format_usd(amount: Decimal) -> str:
-    """Dollars for messages: cents when that is exact enough, otherwise up to 12 places."""
-    cents = amount.quantize(Decimal("0.01"))
-    if cents == amount or amount >= 1:
-        return f"${cents:,}"
-    return "$" + format(amount.normalize(), "f")
 
 
 def _process_alive(pid: int) -> bool:
@@ -248,8 +241,8 @@ class ControlState(ControlFile):
             return None
         spent = self.system_spend(day)
         if spent >= shutdown_usd:
-            return (f"system-wide spend on {key} is {format_usd(spent)}, "
-                    f"at or above the emergency shutdown level of {format_usd(shutdown_usd)}")
+            return (f"system-wide spend on {key} is {money_against(spent, shutdown_usd)}, "
+                    f"at or above the emergency shutdown level of {money(shutdown_usd)}")
         return None
 
     # -- spend and reservations --------------------------------------------------------------
@@ -288,8 +281,8 @@ class ControlState(ControlFile):
                 if limit_tokens is not None and spent_tokens + tokens > limit_tokens:
                     over.append(f"{limit_tokens:,} tokens limit, {spent_tokens:,} used today, this call needs ~{tokens:,}")
                 if limit_cost is not None and spent_pico + cost_pico > to_picodollars(limit_cost):
-                    over.append(f"{format_usd(limit_cost)} limit, {format_usd(from_picodollars(spent_pico))} spent today, "
-                                f"this call needs ~{format_usd(from_picodollars(cost_pico))}")
+                    over.append(f"{money(limit_cost)} limit, {money(from_picodollars(spent_pico))} spent today, "
+                                f"this call needs ~{money(from_picodollars(cost_pico))}")
                 if over:
                     raise BudgetExceededError(_budget_message(key, user_id, account_type, over))
             conn.execute(

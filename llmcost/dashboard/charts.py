@@ -14,6 +14,8 @@ from decimal import Decimal
 import pandas as pd
 import plotly.graph_objects as go
 
+from llmcost.money import money
+
 LEVEL_COLOURS = {"warning": "#e6a700", "critical": "#d9480f", "shutdown": "#c92a2a"}
 _LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.15), hovermode="x unified")
 
@@ -44,7 +46,7 @@ def daily_spend(daily: pd.DataFrame, levels: Mapping[str, Decimal],
     for name, amount in levels_to_draw(levels, Decimal(highest)).items():
         figure.add_hline(
             y=float(amount), line_dash="dash", line_color=LEVEL_COLOURS.get(name, "#868e96"),
-            annotation_text=f"{name} ${amount:,.2f}", annotation_position="top left",
+            annotation_text=f"{name} {money(amount)}", annotation_position="top left",
         )
     figure.update_layout(barmode="stack", title="Daily spend by use case", yaxis_title="USD",
                          yaxis_tickformat="$,.2f", **_LAYOUT)

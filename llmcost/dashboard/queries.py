@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import duckdb
 import pandas as pd
 
+from llmcost.money import day_bounds_utc
+from llmcost.store import queries
 from llmcost.store.connection import reading
 from llmcost.store.failed_logs import OPEN_FAILED
 
@@ -139,12 +140,6 @@ class Periods:
         }
 
 
-def period_totals(db: duckdb.DuckDBPyConnection, today: dt.date, filters: Filters) -> dict[str, Totals]:
-    """Calls, tokens and cost for today, yesterday and the month so far, with their comparison periods."""
-    earliest = min(start for start, _ in Periods(today).ranges().values())
-    return totals_by_period(daily_cost_by_use_case(db, filters.over(earliest, today)), today)
-
-
 def totals_by_period(daily: pd.DataFrame, today: dt.date) -> dict[str, Totals]:
     """Sum a frame of daily figures (day, calls, tokens, cost_usd) over each overview period, exactly."""
     rows = list(daily[["day", "calls", "tokens", "cost_usd"]].itertuples(index=False, name=None))
@@ -157,17 +152,6 @@ def totals_by_period(daily: pd.DataFrame, today: dt.date) -> dict[str, Totals]:
             cost_usd=sum((row[3] for row in inside), ZERO),
         )
     return totals
-
-
-def system_levels(settings: Any) -> dict[str, Decimal]:
-    return {"warning": settings.system.warning_usd, "critical": settings.system.critical_usd,
-            "shutdown": settings.system.shutdown_usd}
-
-
-def level_reached(spend: Decimal, levels: dict[str, Decimal]) -> str | None:
-    """The highest level the spend has reached (reaching a level counts, as the tracker's shutdown does)."""
-    reached = [name for name, amount in levels.items() if spend >= amount]  # levels run mildest first
-    return reached[-1] if reached else None
 
 
 def daily_cost_by_use_case(db: duckdb.DuckDBPyConnection, filters: Filters,
@@ -194,33 +178,10 @@ def daily_cost_by_use_case(db: duckdb.DuckDBPyConnection, filters: Filters,
     )
 
 
-def system_cost_on(db: duckdb.DuckDBPyConnection, day: dt.date) -> Decimal:
-    """System-wide spend on a day, whatever the filters: the levels apply to all of it."""
-    (cost,) = _rows(db, "SELECT sum(cost_usd) FROM usage_events WHERE day = $day", {"day": day})[0]
-    return cost or ZERO
-
-
-def system_spend_today(settings, today: dt.date) -> Decimal:
-    """The day's system-wide spend as the tracker's emergency shutdown counts it (one rule for every surface)."""
-    from llmcost.control.rebuild import day_spend
-
-    return day_spend(settings, today)
-
-
-def unrecovered_failed_logs(db: duckdb.DuckDBPyConnection) -> int:
-    return _rows(db, f"SELECT count(*) FROM failed_logs WHERE {OPEN_FAILED}")[0][0]
-
-
-def last_synced(db: duckdb.DuckDBPyConnection) -> dt.datetime | None:
-    """When ingestion last read any of its sources (naive UTC)."""
-    return _rows(db, "SELECT max(last_synced_at) FROM ingest_sources")[0][0]
-
-
 @dataclass(frozen=True)
 class OverviewData:
     periods: dict[str, Totals]
     daily: pd.DataFrame
-    system_cost_today: Decimal
     unrecovered_failed: int
     last_synced: dt.datetime | None
     events: int
@@ -233,29 +194,13 @@ def overview_from(db: duckdb.DuckDBPyConnection, today: dt.date, filters: Filter
     return OverviewData(
         periods=totals_by_period(daily, today),
         daily=in_range,
-        system_cost_today=system_cost_on(db, today),
-        unrecovered_failed=unrecovered_failed_logs(db),
-        last_synced=last_synced(db),
+        unrecovered_failed=queries.open_failed_count(db),
+        last_synced=queries.last_synced(db),
         events=data_span(db).events,
     )
 
 
 # ---------------------------------------------------------------- use cases
-
-def cost_by_use_case(db: duckdb.DuckDBPyConnection, filters: Filters) -> pd.DataFrame:
-    where, params = _where(filters)
-    return _frame(
-        db,
-        f"""
-        SELECT use_case, count(*) AS calls, sum(input_tokens) AS input_tokens,
-               sum(output_tokens) AS output_tokens, sum(total_tokens) AS total_tokens,
-               sum(cost_usd) AS cost_usd
-        FROM usage_events WHERE {where}
-        GROUP BY use_case ORDER BY cost_usd DESC, use_case
-        """,
-        params,
-    )
-
 
 def cost_by_model(db: duckdb.DuckDBPyConnection, filters: Filters, use_case: str | None = None) -> pd.DataFrame:
     """Calls, tokens and cost per provider and model, for one use case or all."""
@@ -367,16 +312,8 @@ def top_tenants(db: duckdb.DuckDBPyConnection, filters: Filters, limit: int = 20
 
 def usage_by_user_on(db: duckdb.DuckDBPyConnection, day: dt.date) -> pd.DataFrame:
     """Every user's tokens and cost on a day, unfiltered: daily limits count all of a user's calls."""
-    return _frame(
-        db,
-        """
-        SELECT user_id, arg_max(account_type, ts) AS account_type, count(*) AS calls,
-               sum(total_tokens) AS tokens_today, sum(cost_usd) AS cost_today
-        FROM usage_events WHERE day = $day
-        GROUP BY user_id ORDER BY cost_today DESC, user_id
-        """,
-        {"day": day},
-    )
+    return pd.DataFrame(queries.usage_by_user_on(db, day),
+                        columns=["user_id", "account_type", "calls", "tokens_today", "cost_today"])
 
 
 @dataclass(frozen=True)
@@ -390,108 +327,7 @@ def users_from(db: duckdb.DuckDBPyConnection, today: dt.date, filters: Filters, 
     return UsersData(top_users(db, filters, limit), top_tenants(db, filters, limit), usage_by_user_on(db, today))
 
 
-ACTION_TAKEN = {"soft": "warned", "hard": "blocked", "alert": "alerted", "unlimited": "alerted"}
-
-
-def limit_usage(today: pd.DataFrame, settings: Any) -> pd.DataFrame:
-    """Each user's share of their account type's daily limit, and the action taken once over it.
-
-    `used_share` is the larger of the token and cost shares (1.0 means the limit is reached);
-    unlimited account types count against `alert_above_usd` when one is configured.
-    """
-    rows = []
-    for user in today.itertuples(index=False):
-        account_type = None if pd.isna(user.account_type) else user.account_type
-        limit = settings.limit_for(account_type)
-        limit_cost = limit.alert_above_usd if limit.action == "unlimited" else limit.cost_usd
-        limit_tokens = None if limit.action == "unlimited" else limit.tokens
-        shares = []
-        if limit_tokens:
-            shares.append(Decimal(int(user.tokens_today)) / Decimal(limit_tokens))
-        if limit_cost:
-            shares.append(Decimal(user.cost_today) / limit_cost)
-        share = max(shares) if shares else None
-        over = share is not None and share > 1
-        rows.append({
-            "user_id": user.user_id,
-            "account_type": account_type or settings.default_account_type,
-            "tokens_today": int(user.tokens_today),
-            "cost_today": user.cost_today,
-            "limit_tokens": limit_tokens,
-            "limit_cost_usd": limit_cost,
-            "used_share": float(share) if share is not None else None,
-            "over_limit": over,
-            "action": ACTION_TAKEN[limit.action] if over else "",
-        })
-    columns = ["user_id", "account_type", "tokens_today", "cost_today", "limit_tokens", "limit_cost_usd",
-               "used_share", "over_limit", "action"]
-    frame = pd.DataFrame(rows, columns=columns)
-    frame["limit_tokens"] = frame["limit_tokens"].astype("Int64")
-    frame["tokens_today"] = frame["tokens_today"].astype("int64")
-    frame["used_share"] = frame["used_share"].astype("float64")
-    frame["over_limit"] = frame["over_limit"].astype(bool)
-    return frame
-
-
-def users_with_limits(users: pd.DataFrame, usage_today: pd.DataFrame, settings: Any) -> pd.DataFrame:
-    """Top users with today's tokens and cost (zero when they made no call today) and their limit status."""
-    tokens = dict(zip(usage_today["user_id"], usage_today["tokens_today"]))
-    cost = dict(zip(usage_today["user_id"], usage_today["cost_today"]))
-    frame = pd.DataFrame({
-        "user_id": users["user_id"],
-        "account_type": users["account_type"],
-        "tokens_today": [int(tokens.get(user, 0)) for user in users["user_id"]],
-        "cost_today": [cost.get(user, ZERO) for user in users["user_id"]],
-    })
-    status = limit_usage(frame, settings).drop(columns=["user_id", "account_type"])
-    return pd.concat([users.reset_index(drop=True), status], axis=1)
-
-
-def limits_table(settings: Any) -> pd.DataFrame:
-    """The per-user daily limits as configured."""
-    return pd.DataFrame(
-        [
-            {
-                "account_type": limit.account_type,
-                "daily_tokens": limit.tokens,
-                "daily_cost_usd": limit.cost_usd,
-                "action": limit.action,
-                "when_over": ACTION_TAKEN[limit.action] if limit.action != "unlimited" else "alerted above",
-                "alert_above_usd": limit.alert_above_usd,
-                "default": name == settings.default_account_type,
-            }
-            for name, limit in settings.limits.items()
-        ]
-    )
-
-
-def account_type_state(limits_today: pd.DataFrame) -> pd.DataFrame:
-    """Today per account type: active users, users over their limit, tokens and cost."""
-    columns = ["account_type", "active_users", "over_limit", "tokens_today", "cost_today"]
-    if limits_today.empty:
-        return pd.DataFrame(columns=columns)
-    grouped = limits_today.groupby("account_type", sort=True)
-    return pd.DataFrame({
-        "account_type": list(grouped.groups),
-        "active_users": grouped["user_id"].count().to_list(),
-        "over_limit": grouped["over_limit"].sum().astype(int).to_list(),
-        "tokens_today": grouped["tokens_today"].sum().astype("int64").to_list(),
-        "cost_today": [sum(group, ZERO) for _, group in grouped["cost_today"]],
-    }, columns=columns)
-
-
 # ---------------------------------------------------------------- failed logs
-
-def day_bounds_utc(start: dt.date, end: dt.date, timezone: str) -> tuple[dt.datetime, dt.datetime]:
-    """The naive-UTC instants where the local day `start` begins and the day after `end` begins."""
-    zone = ZoneInfo(timezone)
-
-    def midnight(day: dt.date) -> dt.datetime:
-        local = dt.datetime.combine(day, dt.time(), tzinfo=zone)
-        return local.astimezone(dt.timezone.utc).replace(tzinfo=None)
-
-    return midnight(start), midnight(end + dt.timedelta(days=1))
-
 
 @dataclass(frozen=True)
 class FailedLogQuery:
@@ -541,21 +377,13 @@ def failed_logs(db: duckdb.DuckDBPyConnection, filters: Filters, timezone: str,
 
 
 def unrecovered_by_error(db: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    return _frame(
-        db,
-        """
-        SELECT error, kind, count(*) AS records, sum(estimated_tokens) AS estimated_tokens,
-               min(logged_at) AS first_logged_at, max(logged_at) AS last_logged_at
-        FROM failed_logs WHERE """ + OPEN_FAILED + """
-        GROUP BY error, kind ORDER BY records DESC, error
-        """,
-    )
+    return _frame(db, queries.OPEN_FAILED_BY_ERROR)
 
 
 def failed_logs_from(db: duckdb.DuckDBPyConnection, filters: Filters, timezone: str,
                      query: FailedLogQuery) -> FailedLogsData:
     rows, matching = failed_logs(db, filters, timezone, query)
-    return FailedLogsData(rows, matching, unrecovered_failed_logs(db), unrecovered_by_error(db))
+    return FailedLogsData(rows, matching, queries.open_failed_count(db), unrecovered_by_error(db))
 
 
 # ---------------------------------------------------------------- budgets and alerts
@@ -577,13 +405,12 @@ def alert_history(db: duckdb.DuckDBPyConnection, filters: Filters, limit: int = 
 class BudgetsData:
     today: pd.DataFrame
     alerts: pd.DataFrame
-    system_cost_today: Decimal
     use_cases: tuple[str, ...]
 
 
 def budgets_from(db: duckdb.DuckDBPyConnection, today: dt.date, filters: Filters) -> BudgetsData:
     seen = tuple(row[0] for row in _rows(db, "SELECT DISTINCT use_case FROM usage_events ORDER BY 1"))
-    return BudgetsData(usage_by_user_on(db, today), alert_history(db, filters), system_cost_on(db, today), seen)
+    return BudgetsData(usage_by_user_on(db, today), alert_history(db, filters), seen)
 
 
 # ---------------------------------------------------------------- running a page's queries

@@ -22,7 +22,7 @@ from llmcost.config import Settings, load_settings
 from llmcost.dashboard import queries as dq
 from llmcost.errors import LLMCostError
 from llmcost.ingestion.run import ingest
-from llmcost.money import money_column_format
+from llmcost.money import money_column_format, today_in
 from llmcost.store.export import frame_to_csv_bytes
 
 NO_DATA = "No data yet: run `llmcost demo` or `llmcost ingest`"
@@ -61,10 +61,6 @@ def settings_or_stop() -> Settings:
         raise  # unreachable: st.stop() raises
 
 
-def today_in(settings: Settings) -> dt.date:
-    return dt.datetime.now(settings.tz).date()
-
-
 @st.cache_data(ttl=CACHE_SECONDS, max_entries=64, show_spinner=False)
 def _cached(bundle_name: str, db_path: str, version: Any, *args: Any) -> Any:
     # `version` is not used here: it is part of the cache key, so a store that changed is read again.
@@ -90,7 +86,7 @@ def stop_without_data() -> None:
 
 def sidebar(settings: Settings) -> PageContext:
     """The filters every page shares; the choices live in session state under their widget keys."""
-    today = today_in(settings)
+    today = today_in(settings.tz)
     found = load(dq.sidebar, settings)
     span, options = found if found else (dq.Span(None, None, 0), {"tenants": [], "providers": [], "models": []})
     with st.sidebar:

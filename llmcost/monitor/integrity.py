@@ -33,12 +33,13 @@ import numpy as np
 import pandas as pd
 
 from llmcost.config import Settings
-from llmcost.monitor.alerts import LEVEL_RANK, Alert, evaluate, format_count, format_usd, today_in
+from llmcost.money import money, number, today_in
+from llmcost.monitor.alerts import LEVEL_RANK, Alert, evaluate
 from llmcost.monitor.reconcile import reconcile
 from llmcost.monitor.reports import json_default, text_table
 from llmcost.pricing.rates import STANDARD_SERVICE_TIERS, Pricer
+from llmcost.store import queries
 from llmcost.store.connection import reading
-from llmcost.store.failed_logs import OPEN_FAILED
 
 CHECK_WINDOW_DAYS = 7
 MAX_ROWS = 100
@@ -97,8 +98,8 @@ class CheckReport:
                  "Times in UTC.", ""]
         lines.append("Alerts:" if self.alerts else "Alerts: none")
         lines += [f"  {a.level.upper():<8} {a.message}" for a in self.alerts]
-        for number, check in enumerate(self.checks, start=1):
-            lines += ["", f"{number}. {check.title} [{check.level.upper()}]", f"   {check.summary}"]
+        for position, check in enumerate(self.checks, start=1):
+            lines += ["", f"{position}. {check.title} [{check.level.upper()}]", f"   {check.summary}"]
             if check.count and not check.rows.empty:
                 shown = check.rows.head(max_rows)
                 table = [[_cell(column, v) for column, v in zip(shown.columns, row)]
@@ -119,7 +120,7 @@ def run_checks(
     """Run today's threshold evaluation and every check (see the module docstring). Reads the store only
     (today's spend is also brought up to date in the control state, `llmcost.control.rebuild.day_spend`)."""
     now = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
-    today = today or today_in(settings, now)
+    today = today or today_in(settings.tz, now)
     start = today - dt.timedelta(days=CHECK_WINDOW_DAYS - 1)
     naive_now = now.replace(tzinfo=None)
     stale_before = naive_now - dt.timedelta(seconds=settings.stale_attempt_seconds)
@@ -181,11 +182,11 @@ def coverage(db, start: dt.date, end: dt.date, stale_before: dt.datetime) -> Che
     days = days[COVERAGE_COLUMNS]
     never = int(days["never_logged"].sum())
     if never:
-        summary = (f"{format_count(never)} calls attempted but never logged (older than the stale threshold, "
+        summary = (f"{number(never)} calls attempted but never logged (older than the stale threshold, "
                    "no usage event with their attempt_id): see stale attempts below")
     else:
-        summary = (f"0 attempted-but-never-logged calls; {format_count(int(days['attempted'].sum()))} attempted, "
-                   f"{format_count(int(days['logged'].sum()))} logged")
+        summary = (f"0 attempted-but-never-logged calls; {number(int(days['attempted'].sum()))} attempted, "
+                   f"{number(int(days['logged'].sum()))} logged")
     return CheckResult("coverage", title, "warning" if never else "ok", never, summary, days)
 
 
@@ -211,18 +212,12 @@ def stale_attempts(db, settings: Settings, start: dt.date, end: dt.date, stale_b
     if not count:
         return CheckResult("stale_attempts", title, "ok", 0, "0 potential unlogged LLM calls", rows)
     by_use_case = rows["use_case"].fillna("(none)").value_counts()
-    summary = (f"{format_count(count)} potential unlogged LLM calls (attempted, no usage logged after "
+    summary = (f"{number(count)} potential unlogged LLM calls (attempted, no usage logged after "
                f"{settings.stale_attempt_seconds} s), by use case: "
                + ", ".join(f"{name} {n}" for name, n in by_use_case.items()))
     return CheckResult("stale_attempts", title, "warning", count, summary, rows)
 
 
-_FAILED = """
-SELECT kind, error, COUNT(*) AS records, SUM(estimated_tokens) AS estimated_tokens,
-       MIN(logged_at) AS first_logged_at, MAX(logged_at) AS last_logged_at
-FROM failed_logs WHERE """ + OPEN_FAILED + """
-GROUP BY kind, error ORDER BY records DESC, kind, error LIMIT ?
-"""
 
 
 def failed_logs(db) -> CheckResult:
@@ -230,12 +225,12 @@ def failed_logs(db) -> CheckResult:
     title = "Unrecovered failed logs"
     if db is None:
         return CheckResult("failed_logs", title, "ok", 0, "0 unrecovered failed logs (the store is empty)")
-    count = _scalar(db, f"SELECT COUNT(*) FROM failed_logs WHERE {OPEN_FAILED}", [])
-    rows = _frame(db, _FAILED, [MAX_ROWS])
+    count = queries.open_failed_count(db)
+    rows = _frame(db, queries.OPEN_FAILED_BY_ERROR + " LIMIT ?", [MAX_ROWS])
     if not count:
         return CheckResult("failed_logs", title, "ok", 0, "0 unrecovered failed logs", rows)
     kinds = rows.groupby("kind")["records"].sum()
-    summary = (f"{format_count(count)} LLM calls failed to log and are not recovered: "
+    summary = (f"{number(count)} LLM calls failed to log and are not recovered: "
                + ", ".join(f"{kind} {n}" for kind, n in kinds.items()))
     return CheckResult("failed_logs", title, "warning", count, summary, rows)
 
@@ -261,7 +256,7 @@ def estimate_mismatch(db, settings: Settings, start: dt.date, end: dt.date) -> C
                           "AND NOT usage_estimated", [start, end])
     rows = _frame(db, _MISMATCH + " ORDER BY abs(total_tokens - estimated_tokens) / estimated_tokens DESC, ts LIMIT ?",
                   params + [MAX_ROWS])
-    summary = f"{format_count(count)} of {format_count(checked)} calls with an estimate were off by more than {percent}"
+    summary = f"{number(count)} of {number(checked)} calls with an estimate were off by more than {percent}"
     return CheckResult("estimate_mismatch", title, "info" if count else "ok", count, summary, rows)
 
 
@@ -316,7 +311,7 @@ def default_rate(db, settings: Settings, start: dt.date, end: dt.date) -> CheckR
     if not count:
         return CheckResult("default_rate", title, "ok", 0, "0 calls priced at the default rate", rows)
     models = ", ".join(f"{p or '?'}/{m or '?'}" for p, m in zip(rows["provider"], rows["model"]))
-    summary = (f"{format_count(count)} calls have no known price and were charged the default rate: {models} "
+    summary = (f"{number(count)} calls have no known price and were charged the default rate: {models} "
                "(add their prices to the price-override file)")
     return CheckResult("default_rate", title, "warning", count, summary, rows)
 
@@ -346,7 +341,7 @@ def service_tier(db, settings: Settings, start: dt.date, end: dt.date) -> CheckR
         return CheckResult("service_tier", title, "ok", 0, "0 calls at a service tier without its own price", rows)
     tiers = ", ".join(sorted({f"{p or '?'}/{m or '?'} at {t}"
                               for p, m, t in zip(rows["provider"], rows["model"], rows["service_tier"])}))
-    summary = (f"{format_count(count)} calls were served at a tier the price table has no price for and were "
+    summary = (f"{number(count)} calls were served at a tier the price table has no price for and were "
                f"charged the standard rate: {tiers} (the bill differs: flex and batch cost about half, priority more; "
                "compare with the provider's invoice)")
     return CheckResult("service_tier", title, "warning", count, summary, rows)
@@ -404,8 +399,8 @@ def _cell(column: str, value: Any, width: int = 80) -> str:
     if isinstance(value, dt.date):
         return value.isoformat()
     if column.endswith("cost_usd"):
-        return format_usd(Decimal(value))
+        return money(Decimal(value))
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return format_count(value)
+        return number(value)
     text = str(value)
     return text if len(text) <= width else text[: width - 1] + "…"

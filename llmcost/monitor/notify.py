@@ -187,20 +187,6 @@ def _takes(notifier: Notifier, alert: Alert) -> bool:
     return alert.rank >= LEVEL_RANK[notifier.min_level]
 
 
-def alert_history(settings: Settings, start: dt.date | None = None, end: dt.date | None = None) -> pd.DataFrame:
-    """The `alerts` table between two days (inclusive), newest first; empty when the store does not exist."""
-    columns = ["raised_at", "day", "level", "scope", "scope_id", "metric", "figure", "threshold", "message",
-               "notifier", "delivered", "attempts", "last_error"]
-    with reading(settings.db_path) as db:
-        if db is None:
-            return pd.DataFrame(columns=columns)
-        return db.execute(
-            f"SELECT {', '.join(columns)} FROM alerts WHERE day >= COALESCE(?, DATE '0001-01-01') "
-            "AND day <= COALESCE(?, DATE '9999-12-31') ORDER BY raised_at DESC, level",
-            [start, end],
-        ).fetchdf()
-
-
 def alert_message(alerts: Sequence[Alert], notifier: str) -> Message:
     """The e-mail, Slack or log text for a batch of alerts, highest level first."""
     ordered = sorted(alerts, key=lambda a: -a.rank)

@@ -50,7 +50,7 @@ import pandas as pd
 
 from llmcost.config import Settings
 from llmcost.errors import ReconcileError
-from llmcost.monitor.alerts import format_count, format_usd
+from llmcost.money import day_bounds_utc, money, number
 from llmcost.monitor.reports import json_default, text_table
 from llmcost.store.connection import reading
 
@@ -193,10 +193,7 @@ def _logged(settings: Settings, theirs: ExportTotals, provider: str | None, expo
     tz = _zone(export_timezone)
     days = [day for day, _ in theirs]
 
-    def utc_start_of(day: dt.date) -> dt.datetime:
-        return dt.datetime.combine(day, dt.time(), tzinfo=tz).astimezone(dt.timezone.utc).replace(tzinfo=None)
-
-    period = [utc_start_of(min(days)), utc_start_of(max(days) + dt.timedelta(days=1))]
+    period = list(day_bounds_utc(min(days), max(days), tz))
     with reading(settings.db_path) as db:
         if db is None:
             return {}
@@ -223,7 +220,7 @@ def _differs(expected: Any, actual: Any, tolerance: Decimal) -> bool:
 
 
 def _describe(figure: str, expected: Any, actual: Any) -> str:
-    show = format_usd if figure == "cost_usd" else format_count
+    show = money if figure == "cost_usd" else number
     gap = Decimal(actual) - Decimal(expected)
     relative = f" ({gap * 100 / Decimal(expected):+.1f}%)" if expected else ""
     return f"{figure} {show(expected)} vs {show(actual)}{relative}"

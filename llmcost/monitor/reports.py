@@ -17,11 +17,15 @@ from decimal import Decimal
 from typing import Any
 
 from llmcost.config import Settings
+from llmcost.control.policy import judge_user, system_level
 from llmcost.control.rebuild import day_spend
-from llmcost.monitor.alerts import LEVEL_RANK, format_count, format_usd, system_level, today_in
+from llmcost.events import UNATTRIBUTED
+from llmcost.money import day_bounds_utc, money, number, today_in
+from llmcost.monitor.alerts import LEVEL_RANK
 from llmcost.monitor.notify import Message
 from llmcost.store.connection import reading
 from llmcost.store.failed_logs import OPEN_FAILED
+from llmcost.store.queries import USER_ACCOUNT_TYPE
 
 TOP_N = 10
 ZERO = Decimal(0)
@@ -42,10 +46,10 @@ class Totals:
     @property
     def token_line(self) -> str:
         """Tokens: total (input, output, cached, and the cache writes when there are any)."""
-        writes = (f", cache writes {format_count(self.cache_write_tokens)} "
-                  f"({format_count(self.cache_write_1h_tokens)} kept 1 hour)") if self.cache_write_tokens else ""
-        return (f"{format_count(self.total_tokens)} (input {format_count(self.input_tokens)}, "
-                f"output {format_count(self.output_tokens)}, cached {format_count(self.cached_tokens)}{writes})")
+        writes = (f", cache writes {number(self.cache_write_tokens)} "
+                  f"({number(self.cache_write_1h_tokens)} kept 1 hour)") if self.cache_write_tokens else ""
+        return (f"{number(self.total_tokens)} (input {number(self.input_tokens)}, "
+                f"output {number(self.output_tokens)}, cached {number(self.cached_tokens)}{writes})")
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "cost_usd": str(self.cost_usd)}
@@ -105,8 +109,8 @@ class Report:
     def to_text(self) -> str:
         t = self.totals
         lines = [self.title, "=" * len(self.title), f"Times in {self.timezone}.", ""]
-        lines.append(f"Calls: {format_count(t.calls)} ({format_count(t.error_calls)} failed)"
-                     f"   Cost: {format_usd(t.cost_usd)}")
+        lines.append(f"Calls: {number(t.calls)} ({number(t.error_calls)} failed)"
+                     f"   Cost: {money(t.cost_usd)}")
         lines.append(f"Tokens: {t.token_line}")
         if self.previous is not None:
             lines.append("Against the previous week: " + ", ".join(
@@ -121,8 +125,8 @@ class Report:
         t = self.totals
         cell = 'style="padding:2px 12px 2px 0"'
         summary = [
-            ("Calls", f"{format_count(t.calls)} ({format_count(t.error_calls)} failed)"),
-            ("Cost", format_usd(t.cost_usd)),
+            ("Calls", f"{number(t.calls)} ({number(t.error_calls)} failed)"),
+            ("Cost", money(t.cost_usd)),
             ("Tokens", t.token_line),
         ]
         if self.previous is not None:
@@ -151,16 +155,18 @@ class Report:
     def message(self) -> Message:
         """The report as a notification: subject line, text body and HTML alternative."""
         calls = "call" if self.totals.calls == 1 else "calls"
-        subject = (f"[llmcost] {self.title}: {format_usd(self.totals.cost_usd)}, "
-                   f"{format_count(self.totals.calls)} {calls}")
+        subject = (f"[llmcost] {self.title}: {money(self.totals.cost_usd)}, "
+                   f"{number(self.totals.calls)} {calls}")
         return Message(subject, self.to_text(), self.to_html())
 
     def _failed_line(self) -> str:
-        return (f"Failed logs: {format_count(self.failed_logs)} recorded in the period, "
-                f"{format_count(self.unrecovered_failed_logs)} of them not recovered.")
+        return (f"Failed logs: {number(self.failed_logs)} recorded in the period, "
+                f"{number(self.unrecovered_failed_logs)} of them not recovered.")
 
     def _tables(self) -> list[tuple[str, list[str], list[list[str]]]]:
-        money, count = format_usd, format_count
+        count = number
+        # A day's report says what each top user's daily limit did that day (`policy.judge_user`).
+        limit_header = ["Daily limit"] if self.kind == "daily" else []
         tables = []
         if self.kind == "weekly":
             tables.append(("By day", ["Day", "Calls", "Tokens", "Cost", "Level crossed"],
@@ -173,9 +179,9 @@ class Report:
             ("By provider and model", ["Provider", "Model", "Calls", "Tokens", "Cost"],
              [[r["provider"] or "-", r["model"] or "-", count(r["calls"]), count(r["total_tokens"]),
                money(r["cost_usd"])] for r in self.by_model]),
-            (f"Top {TOP_N} users", ["User", "Account type", "Calls", "Tokens", "Cost"],
+            (f"Top {TOP_N} users", ["User", "Account type", "Calls", "Tokens", "Cost"] + limit_header,
              [[r["user_id"], r["account_type"] or "-", count(r["calls"]), count(r["total_tokens"]),
-               money(r["cost_usd"])] for r in self.top_users]),
+               money(r["cost_usd"])] + ([r["daily_limit"]] if limit_header else []) for r in self.top_users]),
             (f"Top {TOP_N} tenants", ["Tenant", "Users", "Calls", "Tokens", "Cost"],
              [[r["tenant_id"], count(r["users"]), count(r["calls"]), count(r["total_tokens"]), money(r["cost_usd"])]
               for r in self.top_tenants]),
@@ -187,13 +193,13 @@ class Report:
 
 def daily(settings: Settings, day: dt.date | None = None) -> Report:
     """The report for one day (default: yesterday in the configured time zone)."""
-    day = day or today_in(settings) - dt.timedelta(days=1)
+    day = day or today_in(settings.tz) - dt.timedelta(days=1)
     return _build(settings, "daily", day, day)
 
 
 def weekly(settings: Settings, end: dt.date | None = None) -> Report:
     """The report for the seven days ending on `end` (default: yesterday), with the previous seven days' totals."""
-    end = end or today_in(settings) - dt.timedelta(days=1)
+    end = end or today_in(settings.tz) - dt.timedelta(days=1)
     return _build(settings, "weekly", end - dt.timedelta(days=6), end)
 
 
@@ -207,11 +213,19 @@ def _build(settings: Settings, kind: str, start: dt.date, end: dt.date) -> Repor
             figures.update(_query(db, settings, start, end))
             if kind == "weekly":
                 figures["previous"] = _totals(db, start - dt.timedelta(days=7), end - dt.timedelta(days=7))
+    if kind == "daily":
+        for user in figures["top_users"]:
+            if user["user_id"] == UNATTRIBUTED:  # not a user: calls that named none have no limit
+                user["daily_limit"] = "-"
+                continue
+            judgement = judge_user(settings.limit_for(user["account_type"]), int(user["total_tokens"] or 0),
+                                   Decimal(user["cost_usd"] or 0))
+            user["daily_limit"] = judgement.action
     days = []
     for offset in range((end - start).days + 1):
         day = start + dt.timedelta(days=offset)
         calls, tokens, cost = figures["per_day"].get(day, (0, 0, ZERO))
-        crossed = system_level(settings, day_spend(settings, day) if day >= today_in(settings) - dt.timedelta(days=1)
+        crossed = system_level(settings, day_spend(settings, day) if day >= today_in(settings.tz) - dt.timedelta(days=1)
                                          else cost)  # the days the tracker still counts live: its figure
         days.append({"day": day, "calls": calls, "total_tokens": tokens, "cost_usd": cost,
                      "level": crossed[0] if crossed else None, "threshold_usd": crossed[1] if crossed else None})
@@ -241,7 +255,7 @@ FROM usage_events WHERE day BETWEEN ? AND ?
 GROUP BY provider, model ORDER BY cost_usd DESC, provider, model
 """
 _TOP_USERS = """
-SELECT user_id, arg_max(account_type, ts) FILTER (WHERE account_type IS NOT NULL) AS account_type,
+SELECT user_id, """ + USER_ACCOUNT_TYPE + """ AS account_type,
        COUNT(*) AS calls, SUM(total_tokens) AS total_tokens, SUM(cost_usd) AS cost_usd
 FROM usage_events WHERE day BETWEEN ? AND ?
 GROUP BY user_id ORDER BY cost_usd DESC, user_id LIMIT ?
@@ -255,8 +269,8 @@ GROUP BY tenant_id ORDER BY cost_usd DESC, tenant_id LIMIT ?
 _PER_DAY = """
 SELECT day, COUNT(*), SUM(total_tokens), SUM(cost_usd) FROM usage_events WHERE day BETWEEN ? AND ? GROUP BY day
 """
-_FAILED = """
-SELECT COUNT(*), COUNT(*) FILTER (WHERE """ + OPEN_FAILED + """) FROM failed_logs WHERE logged_at >= ? AND logged_at < ?
+_FAILED = f"""
+SELECT COUNT(*), COUNT(*) FILTER (WHERE {OPEN_FAILED}) FROM failed_logs WHERE logged_at >= ? AND logged_at < ?
 """
 # One row per alert, whichever notifiers carried it.
 _ALERTS = """
@@ -281,7 +295,7 @@ def _totals(db, start: dt.date, end: dt.date) -> Totals:
 
 def _query(db, settings: Settings, start: dt.date, end: dt.date) -> dict[str, Any]:
     period = [start, end]
-    failed_from, failed_to = _utc_bounds(settings, start, end)
+    failed_from, failed_to = day_bounds_utc(start, end, settings.tz)
     return {
         "totals": _totals(db, start, end),
         "by_use_case": _rows(db, _BY_USE_CASE, period),
@@ -295,26 +309,18 @@ def _query(db, settings: Settings, start: dt.date, end: dt.date) -> dict[str, An
     }
 
 
-def _utc_bounds(settings: Settings, start: dt.date, end: dt.date) -> tuple[dt.datetime, dt.datetime]:
-    """The UTC instants (naive, as stored) where local day `start` begins and the day after `end` begins."""
-    def begin(day: dt.date) -> dt.datetime:
-        local = dt.datetime.combine(day, dt.time(), tzinfo=settings.tz)
-        return local.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return begin(start), begin(end + dt.timedelta(days=1))
-
-
 def _threshold_line(settings: Settings, kind: str, days: list[dict[str, Any]]) -> str:
-    warning = format_usd(settings.system.warning_usd)
+    warning = money(settings.system.warning_usd)
     crossed = [d for d in days if d["level"]]
     if kind == "daily":
         day = days[0]
         if not crossed:
-            return f"Threshold: spend of {format_usd(day['cost_usd'])} stayed below the warning level of {warning}."
-        return (f"Threshold: spend of {format_usd(day['cost_usd'])} crossed the {day['level']} level "
-                f"of {format_usd(day['threshold_usd'])}.")
+            return f"Threshold: spend of {money(day['cost_usd'])} stayed below the warning level of {warning}."
+        return (f"Threshold: spend of {money(day['cost_usd'])} crossed the {day['level']} level "
+                f"of {money(day['threshold_usd'])}.")
     if not crossed:
         return f"Threshold: no day crossed the warning level of {warning}."
-    listed = ", ".join(f"{d['day'].isoformat()} ({d['level']}, {format_usd(d['cost_usd'])})" for d in crossed)
+    listed = ", ".join(f"{d['day'].isoformat()} ({d['level']}, {money(d['cost_usd'])})" for d in crossed)
     worst = max((d["level"] for d in crossed), key=LEVEL_RANK.__getitem__)
     return f"Threshold: {len(crossed)} of {len(days)} days crossed a level (highest: {worst}): {listed}."
 

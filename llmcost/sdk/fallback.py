@@ -8,13 +8,10 @@ event in `usage_events` exactly once and lists it in `failed_logs`, marked recov
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from pathlib import Path
 from typing import Any
 
 from llmcost.sdk.journal import append_line, encode_line
-
-log = logging.getLogger("llmcost")
 
 
 def wrap(event: dict[str, Any], error: str, timestamp: dt.datetime | None = None) -> dict[str, Any]:

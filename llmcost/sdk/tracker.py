@@ -43,6 +43,7 @@ from llmcost.errors import (
     UsageNotRecordedError,
 )
 from llmcost.events import UsageEvent
+from llmcost.money import local_day
 from llmcost.pricing.rates import Pricer
 from llmcost.sdk import fallback
 from llmcost.sdk.estimate import CHARS_PER_TOKEN, DEFAULT_EXPECTED_OUTPUT_TOKENS, estimate_missed, estimate_prompt_tokens
@@ -100,7 +101,7 @@ class TrackedCall:
         tracker = self.tracker
         self.started_at = _utcnow()
         self._started_clock = time.perf_counter()
-        day = self.started_at.astimezone(tracker.settings.tz).date()
+        day = local_day(self.started_at, tracker.settings.tz)
         estimated_cost = tracker.pricer.price(
             provider=self.provider, model=self.model, ts=self.started_at,
             input_tokens=min(self.estimated_input_tokens, self.estimated_tokens),
