@@ -255,3 +255,20 @@ def test_retention_deletes_only_old_journal_files_forwarded_in_whole(tmp_path):
     assert not files["old-forwarded"].exists() and files["old-torn"].exists() and files["recent"].exists()
     ingest(host_b.home)
     assert rows(host_b, "SELECT count(*) FROM usage_events") == [(3,)]
+
+
+def test_forward_benchmark_runs_end_to_end_and_proves_exactly_once(tmp_path):
+    out = tmp_path / "forward.json"
+    bench = Path(__file__).resolve().parent.parent / "bench" / "forward.py"
+    done = subprocess.run([sys.executable, str(bench), "--events", "1000", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    assert results["benchmark"] == "forward" and "A journal to B store ev/s" in done.stdout
+    (row,) = results["rows"]
+    assert row["journal_lines"] == 2000 and row["exactly_once"] is True
+    assert row["remote"] == row["local"] == {"events": 1000, "distinct_events": 1000, "attempts": 1000,
+                                             "distinct_attempts": 1000}
+    assert row["local_ingest_s"] > 0 and row["forward_s"] > 0 and row["end_to_end_events_per_s"] > 0
+    assert [t["target"].split(" within")[0] for t in results["targets"]] == [
+        "A's journal to B's store", "every event and call attempt in B's store exactly once"]
