@@ -272,3 +272,22 @@ def test_forward_benchmark_runs_end_to_end_and_proves_exactly_once(tmp_path):
     assert row["local_ingest_s"] > 0 and row["forward_s"] > 0 and row["end_to_end_events_per_s"] > 0
     assert [t["target"].split(" within")[0] for t in results["targets"]] == [
         "A's journal to B's store", "every event and call attempt in B's store exactly once"]
+
+
+def test_forward_settings_come_from_the_file_or_the_environment_and_a_typo_names_the_key(tmp_path, monkeypatch):
+    from llmcost.errors import ConfigError
+
+    config = tmp_path / "llmcost.toml"
+    config.write_text('forward_to = "http://b:8787"\nforward_key = "k1"\nforward_retention_days = 7\n')
+    settings = load_settings(config=config)
+    assert (settings.forward_to, settings.forward_key, settings.forward_retention_days) == ("http://b:8787", "k1", 7)
+    monkeypatch.setenv("LLMCOST_FORWARD_TO", "http://c:8787")
+    monkeypatch.setenv("LLMCOST_FORWARD_KEY", "k2")
+    assert (load_settings(config=config).forward_to, load_settings(config=config).forward_key) == (
+        "http://c:8787", "k2")
+    config.write_text('forward_too = "http://b:8787"\n')
+    with pytest.raises(ConfigError, match="did you mean 'forward_to'"):
+        load_settings(config=config)
+    config.write_text('forward_retention_days = "soon"\n')
+    with pytest.raises(ConfigError, match="forward_retention_days"):
+        load_settings(config=config)
