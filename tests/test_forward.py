@@ -110,16 +110,24 @@ def test_four_writers_and_a_collector_killed_twice_store_every_event_and_attempt
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, f"w{n}", "500"], env=env_for(host_a),
                                 stderr=subprocess.PIPE) for n in range(4)]
     forward_log = open(tmp_path / "forward.log", "wb")  # noqa: SIM115 - closed below
-    forwarder = subprocess.Popen([sys.executable, "-m", "llmcost", "forward", "--to", url, "--interval", "0.2"],
-                                 env=env_for(host_a), stdout=forward_log, stderr=forward_log)
+
+    def start_forwarder() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "llmcost", "forward", "--to", url, "--interval", "0.2"],
+                                env=env_for(host_a), stdout=forward_log, stderr=forward_log)
+
+    forwarder = start_forwarder()
     kills = 0
     try:
-        for _ in range(2):
+        for round_number in range(2):
             with collector_process(host_b, port, collector_log) as collector:
                 time.sleep(1.0)
                 collector.kill()  # kill -9: no shutdown of any kind
                 collector.wait()
                 kills += 1
+            if round_number == 0:  # the forwarder too, mid-retry: its saved offset is all it keeps
+                forwarder.kill()
+                forwarder.wait()
+                forwarder = start_forwarder()
             time.sleep(0.5)  # down for a while: the forwarder retries
         with collector_process(host_b, port, collector_log):
             for writer in writers:
@@ -219,6 +227,7 @@ def test_an_unreachable_collector_loses_nothing_and_status_shows_what_waits(tmp_
     assert f"forward to:    {url}" in status.stdout
     assert "to forward:    20 journal and 0 fallback-log records" in status.stdout
     assert "last forward:  never" in status.stdout and "forward error:" in status.stdout
+    assert f"No store on this host: its records are forwarded to {url}" in status.stdout
     once = subprocess.run([sys.executable, "-m", "llmcost", "forward", "--once"], capture_output=True, text=True)
     assert once.returncode == 1 and "did not answer" in once.stderr
 
@@ -291,3 +300,24 @@ def test_forward_settings_come_from_the_file_or_the_environment_and_a_typo_names
     config.write_text('forward_retention_days = "soon"\n')
     with pytest.raises(ConfigError, match="forward_retention_days"):
         load_settings(config=config)
+
+
+def test_the_collector_checks_attempts_and_fallback_entries_by_ingestion_rules_and_a_tenant_key():
+    from llmcost.collector.auth import Grant
+    from llmcost.collector.intake import check_records
+
+    ts = usage("x")["ts"]
+    records = [
+        {"record": "attempt", "attempt_id": "a1", "ts": ts, "use_case": "chat_tutor"},
+        {"record": "attempt", "attempt_id": "a2", "ts": ts, "tenant_id": "other"},
+        {"record": "attempt", "ts": ts},
+        {"timestamp": ts, "error": "disk full", "event": usage("f1", tenant_id=None)},
+        {"timestamp": ts, "error": "disk full", "event": usage("f2", tenant_id="other")},
+        {"timestamp": ts, "error": "disk full", "event": 7},
+    ]
+    checked = check_records(records, Grant(tenant_id="t1"), source="collector:usage")
+    assert [r["index"] for r in checked.rejected] == [1, 2, 4, 5]
+    assert "attempt_id" in checked.rejected[1]["error"] and "tenant 'other'" in checked.rejected[2]["error"]
+    assert [r.get("attempt_id") or r["event"]["event_id"] for r in checked.accepted] == ["a1", "f1"]
+    assert checked.accepted[1]["event"]["tenant_id"] == "t1"  # a tenant's key speaks for that tenant
+    assert "event_id" not in checked.accepted[0] and checked.events == []  # spend counts plain events only

@@ -288,7 +288,10 @@ def status(settings):
     _forward_status_lines(settings)
     with reading(settings.db_path) as db:
         if db is None:
-            click.echo("The store does not exist yet: run `llmcost demo` or `llmcost ingest`.")
+            if settings.forward_to:
+                click.echo(f"No store on this host: its records are forwarded to {settings.forward_to}.")
+            else:
+                click.echo("The store does not exist yet: run `llmcost demo` or `llmcost ingest`.")
             return
         events, cost = db.execute("SELECT count(*), coalesce(sum(cost_usd), 0) FROM usage_events").fetchall()[0]
         unrecovered = db.execute(f"SELECT count(*) FROM failed_logs WHERE {OPEN_FAILED}").fetchall()[0][0]
