@@ -321,3 +321,34 @@ def test_the_collector_checks_attempts_and_fallback_entries_by_ingestion_rules_a
     assert [r.get("attempt_id") or r["event"]["event_id"] for r in checked.accepted] == ["a1", "f1"]
     assert checked.accepted[1]["event"]["tenant_id"] == "t1"  # a tenant's key speaks for that tenant
     assert "event_id" not in checked.accepted[0] and checked.events == []  # spend counts plain events only
+
+
+def test_a_line_longer_than_any_request_is_kept_on_a_and_the_records_around_it_go_on(tmp_path):
+    host_a, host_b = host(tmp_path, "a"), host(tmp_path, "b")
+    journal = host_a.journal_dir / "long.jsonl"
+    overlong = b'{"event_id": "huge", "metadata": {"note": "' + b"x" * (9 * 1024 * 1024) + b'"}}'
+    journal.write_bytes(b"\n".join([json.dumps(usage("before")).encode(), overlong,
+                                    json.dumps(usage("after")).encode(), b""]))
+    with running_collector(host_b.home) as collector:
+        result = Forwarder(host_a, collector.url).forward_round()
+    assert (result.acknowledged, result.rejected) == (2, 1)
+    (kept,) = read_rejected(host_a)
+    assert "longer than a record may be" in kept["reason"] and kept["line"].startswith('{"event_id": "huge"')
+    ingest(host_b.home)
+    assert sorted(r[0] for r in rows(host_b, "SELECT event_id FROM usage_events")) == ["after", "before"]
+
+
+def test_a_collector_taking_small_bodies_gets_smaller_batches_and_a_record_too_big_for_it_is_kept(tmp_path):
+    host_a, host_b = host(tmp_path, "a"), host(tmp_path, "b")
+    journal = Journal(host_a.journal_dir, fsync=False)
+    for n in range(20):
+        journal.append(usage(f"e{n}"))
+    journal.append(usage("big", metadata={"note": "y" * 3000}))
+    journal.close()
+    with running_collector(host_b.home, "--max-body-bytes", "2048") as collector:
+        result = Forwarder(host_a, collector.url).forward_round()
+    assert (result.acknowledged, result.rejected) == (20, 1)
+    (kept,) = read_rejected(host_a)
+    assert kept["reason"].startswith("collector answered 413") and '"big"' in kept["line"]
+    ingest(host_b.home)
+    assert rows(host_b, "SELECT count(DISTINCT event_id), count(*) FROM usage_events") == [(20, 20)]
