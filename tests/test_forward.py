@@ -199,12 +199,13 @@ def test_a_batch_sent_twice_is_stored_once_and_ids_are_derived_for_records_witho
     no_id = usage("x")
     del no_id["event_id"]
     with next(host_a.journal_dir.glob("*.jsonl")).open("ab") as f:  # a hand-written line: a number, no id
-        f.write(json.dumps(no_id).encode()[:-1] + b', "cost_usd": 0.000123456789}\n')
+        f.write(json.dumps(no_id).encode()[:-1] + b', "cost_usd": 0.000123456789}\n7\n')
     with running_collector(host_b.home) as collector:
         Forwarder(host_a, collector.url).forward_round()
         state_path(host_a).unlink()  # as if A crashed after the 202, before saving its offset
         resent = Forwarder(host_a, collector.url).forward_round()
-    assert resent.acknowledged == 51
+    assert (resent.acknowledged, resent.rejected) == (51, 1)
+    assert [r["line"] for r in read_rejected(host_a)] == ["7"]  # kept once, though rejected twice
     ingest(host_b.home)
     assert rows(host_b, "SELECT count(*), count(DISTINCT event_id) FROM usage_events") == [(51, 51)]
     derived = rows(host_b, "SELECT event_id, cost_usd FROM usage_events WHERE event_id LIKE 'fwd:%'")

@@ -110,11 +110,13 @@ def keep_rejected(settings: Settings, rejected: list[Rejected]) -> None:
     if not rejected:
         return
     now = _now()
-    lines = b"".join(encode_line({
-        "rejected_at": now, "source": str(r.source), "offset": r.offset, "reason": r.reason,
-        "line": r.line.decode("utf-8", errors="backslashreplace"),
-    }) for r in rejected)
-    append_line(rejected_path(settings), lines, fsync=True, lock=True)
+    entries = [{"rejected_at": now, "source": str(r.source), "offset": r.offset, "reason": r.reason,
+                "line": r.line.decode("utf-8", errors="backslashreplace")} for r in rejected]
+    # Kept already when a crash came between keeping them and saving the offset past them: not twice.
+    kept = {(e.get("source"), e.get("offset"), e.get("line")) for e in read_rejected(settings)}
+    lines = b"".join(encode_line(e) for e in entries if (e["source"], e["offset"], e["line"]) not in kept)
+    if lines:
+        append_line(rejected_path(settings), lines, fsync=True, lock=True)
 
 
 def rejected_count(settings: Settings) -> int:
@@ -129,7 +131,14 @@ def read_rejected(settings: Settings) -> list[dict]:
     path = rejected_path(settings)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    entries = []
+    with path.open("rb") as f:
+        for line in f:
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue  # a line torn by a crash: its record is sent again, then kept whole
+    return entries
 
 
 @contextlib.contextmanager
