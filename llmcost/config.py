@@ -4,7 +4,7 @@ Resolution order, first match wins, for every setting:
 1. an explicit argument (`load_settings(home=..., db=...)`, the CLI's `--db`);
 2. environment variables: `LLMCOST_HOME` (data folder), `LLMCOST_DB` (store path alone),
    `LLMCOST_CONFIG` (config file), `LLMCOST_TIMEZONE`, `LLMCOST_SMTP_HOST`, `LLMCOST_SMTP_PORT`,
-   `LLMCOST_SMTP_USER`, `LLMCOST_SMTP_PASSWORD`, `LLMCOST_SLACK_WEBHOOK`;
+   `LLMCOST_SMTP_USER`, `LLMCOST_SMTP_PASSWORD`, `LLMCOST_SLACK_WEBHOOK`, `LLMCOST_FORWARD_TO`, `LLMCOST_FORWARD_KEY`;
 3. the config file: `LLMCOST_CONFIG`, else `llmcost.toml` in the working folder (see README for keys);
 4. defaults: everything under `./data`, UTC, the limits below.
 
@@ -125,6 +125,11 @@ class Settings:
     # Daily spend (USD) above which a tenant or a use case raises a warning; "*" applies to every one.
     tenant_daily_usd: dict[str, Decimal] = field(default_factory=dict)
     use_case_daily_usd: dict[str, Decimal] = field(default_factory=dict)
+    # An app host's collector (`llmcost serve` URL): `llmcost watch` forwards the journals there instead of ingesting.
+    forward_to: str | None = None
+    forward_key: str | None = None  # the collector's service key
+    # Delete journal files forwarded in whole and unchanged for this many days (never unforwarded ones).
+    forward_retention_days: int | None = None
     config_file: Path | None = None
 
     @property
@@ -411,5 +416,8 @@ def load_settings(
         notifier_retries=int(raw.get("notifier_retries", 3)),
         tenant_daily_usd=_amounts(raw.get("tenant_daily_usd", {}), "tenant_daily_usd"),
         use_case_daily_usd=_amounts(raw.get("use_case_daily_usd", {}), "use_case_daily_usd"),
+        forward_to=env.get("LLMCOST_FORWARD_TO") or raw.get("forward_to") or None,
+        forward_key=env.get("LLMCOST_FORWARD_KEY") or raw.get("forward_key") or None,
+        forward_retention_days=raw.get("forward_retention_days"),
         config_file=config_path.resolve() if config_path else None,
     )

@@ -12,7 +12,8 @@ from llmcost.sdk.tracker import Tracker
 from .fake_provider import FakeProvider
 
 ENV_VARS = ("LLMCOST_HOME", "LLMCOST_DB", "LLMCOST_CONFIG", "LLMCOST_TIMEZONE", "LLMCOST_SMTP_HOST",
-            "LLMCOST_SMTP_PORT", "LLMCOST_SMTP_USER", "LLMCOST_SMTP_PASSWORD", "LLMCOST_SLACK_WEBHOOK")
+            "LLMCOST_SMTP_PORT", "LLMCOST_SMTP_USER", "LLMCOST_SMTP_PASSWORD", "LLMCOST_SLACK_WEBHOOK", "LLMCOST_FORWARD_TO",
+            "LLMCOST_FORWARD_KEY")
 
 
 def pytest_report_header(config):

@@ -99,10 +99,17 @@ def ingest(settings, paths):
 @click.option("--once", is_flag=True, help="Ingest once and exit (for tests and cron).")
 @settings_options
 def watch(settings, interval, once):
-    """Keep ingesting the configured sources every few seconds (Ctrl-C to stop)."""
+    """Keep ingesting the configured sources every few seconds (Ctrl-C to stop).
+
+    On an app host with `forward_to` set, forwards the journals to that collector instead.
+    """
     from llmcost.ingestion.run import ingest as run_ingest
 
     settings.ensure_dirs()
+    if settings.forward_to:
+        click.echo(f"forward_to is set: forwarding to {settings.forward_to} instead of ingesting", err=True)
+        _run_forwarder(settings, None, None, interval, once)
+        return
     try:
         while True:
             try:
@@ -119,6 +126,37 @@ def watch(settings, interval, once):
             time.sleep(interval)
     except KeyboardInterrupt:
         click.echo("stopped")
+
+
+@cli.command()
+@click.option("--to", "url", default=None, help="The collector's URL (default: forward_to, LLMCOST_FORWARD_TO).")
+@click.option("--key", default=None, help="The collector's service key (default: forward_key, LLMCOST_FORWARD_KEY).")
+@click.option("--interval", default=5.0, show_default=True, help="Seconds between rounds.")
+@click.option("--once", is_flag=True, help="Forward what waits now and exit (exit code 1 if not acknowledged).")
+@settings_options
+def forward(settings, url, key, interval, once):
+    """Ship this host's journals and fallback log to a collector (`llmcost serve`), exactly once.
+
+    The saved position moves only after the collector's 202; records it rejects are kept in
+    forward-rejected.jsonl with the reason.
+    """
+    settings.ensure_dirs()
+    _run_forwarder(settings, url, key, interval, once)
+
+
+def _run_forwarder(settings, url, key, interval, once) -> None:
+    from llmcost.forward import Forwarder
+
+    def report(text: str) -> None:
+        click.echo(f"{dt.datetime.now():%H:%M:%S} {text}", err=True)
+
+    forwarder = Forwarder(settings, url, key)
+    try:
+        forwarder.run(interval, once=once, report=report)
+    except KeyboardInterrupt:
+        click.echo("stopped")
+    finally:
+        forwarder.close()
 
 
 @cli.command()
@@ -248,9 +286,13 @@ def status(settings):
     click.echo(f"store:         {settings.db_path}")
     click.echo(f"journal:       {settings.journal_dir}")
     click.echo(f"fallback log:  {settings.fallback_log}")
+    _forward_status_lines(settings)
     with reading(settings.db_path) as db:
         if db is None:
-            click.echo("The store does not exist yet: run `llmcost demo` or `llmcost ingest`.")
+            if settings.forward_to:
+                click.echo(f"No store on this host: its records are forwarded to {settings.forward_to}.")
+            else:
+                click.echo("The store does not exist yet: run `llmcost demo` or `llmcost ingest`.")
             return
         events, cost = queries.store_totals(db)
         unrecovered = queries.open_failed_count(db)
@@ -260,6 +302,23 @@ def status(settings):
     click.echo(f"waiting:       {waiting['journal']:,} journal, {waiting['fallback']:,} fallback-log and "
                f"{waiting['inbox']:,} inbox records")
     click.echo(f"last synced:   {last_synced(settings) or 'never'} UTC")
+
+
+def _forward_status_lines(settings) -> None:
+    from llmcost.forward import forward_status
+    from llmcost.forward.state import rejected_path, state_path
+
+    if not (settings.forward_to or state_path(settings).exists()):
+        return
+    status = forward_status(settings)
+    waiting = status["waiting"]
+    click.echo(f"forward to:    {status['to'] or '(forward_to not set)'}")
+    click.echo(f"to forward:    {waiting['journal']:,} journal and {waiting['fallback']:,} fallback-log records")
+    click.echo(f"last forward:  {status['last_success'] or 'never'}")
+    if status["last_error"] and (status["last_success"] or "") < status["last_error"]:
+        click.echo(f"forward error: {status['last_error']}: {status['last_error_reason']}")
+    if status["rejected"]:
+        click.echo(f"rejected:      {status['rejected']:,} records kept in {rejected_path(settings)}")
 
 
 @cli.group()

@@ -100,7 +100,7 @@ class Collector:
         if where == "fallback":
             log.error("llmcost collector: journal failed, %d records kept in the fallback log", len(checked.accepted))
         self.metrics.count(endpoint, len(checked.accepted), len(checked.rejected), checked.unattributed)
-        self.metrics.spend.add(checked.accepted)
+        self.metrics.spend.add(checked.events)
         return {"accepted": len(checked.accepted), "rejected": checked.rejected}
 
     def close(self) -> None:

@@ -2,10 +2,12 @@
 
 Records are validated with the event model ingestion uses (`UsageEvent`) and the same identity rule: a
 record without user, tenant or use case but with usage is accepted as unattributed (its tokens were
-spent) and ingestion lists it in failed logs. Accepted records go to this process's own journal file in
-the journal folder (`<day>-<host>-<pid>-collector.jsonl`), so `llmcost ingest` takes them exactly once
-like any journal. A batch is one write; concurrent requests share one fsync (group commit) and nobody is
-answered before the fsync covering their lines returned.
+spent) and ingestion lists it in failed logs. The tracker's call attempts (`{"record": "attempt", ...}`) and
+fallback-log entries (`{"timestamp", "error", "event"}`, as `llmcost forward` ships them) are accepted too,
+checked by the rules ingestion applies to them, and written as they came. Accepted records go to this
+process's own journal file in the journal folder (`<day>-<host>-<pid>-collector.jsonl`), so `llmcost ingest`
+takes them exactly once like any journal. A batch is one write; concurrent requests share one fsync (group
+commit) and nobody is answered before the fsync covering their lines returned.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pydantic_core
 from pydantic import ValidationError
 
 from llmcost.collector.auth import Grant
-from llmcost.events import IDENTITY_FIELDS, UNATTRIBUTED, UsageEvent, describe_validation_error, has_usage
+from llmcost.events import IDENTITY_FIELDS, UNATTRIBUTED, AttemptRecord, UsageEvent, describe_validation_error, has_usage
 from llmcost.sdk import fallback
 from llmcost.sdk.journal import Journal, append_line, encode_line
 
@@ -68,6 +70,7 @@ class Checked:
     """The outcome of validating a batch: records to write, and the rejected ones with their reasons."""
 
     accepted: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)  # the accepted usage events (not attempts)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     unattributed: int = 0
     refused_tenant: int = 0
@@ -81,21 +84,39 @@ def check_records(records: list[Any], grant: Grant, source: str) -> Checked:
     """Validate each record on its own; never refuse a batch for one bad record."""
     checked = Checked()
     for index, record in enumerate(records):
-        if isinstance(record, dict) and record.get("event_id") is None:
+        inner = _wrapped(record)
+        if inner is not None and not isinstance(inner, dict):
+            checked.rejected.append({"index": index, "error": "a fallback-log entry's event must be a JSON object"})
+            continue
+        target = record if inner is None else inner
+        if isinstance(target, dict) and target.get("event_id") is None and not _is_attempt(target):
             # An id of its own, so a batch that reached both the journal and the fallback log counts once.
-            record["event_id"] = f"{_ID_PREFIX}-{next(_id_counter)}"
-        error, unattributed = _check_one(record, grant)
+            target["event_id"] = f"{_ID_PREFIX}-{next(_id_counter)}"
+        error, unattributed = _check_one(target, grant)
         if error is not None:
             if error.startswith("tenant "):
                 checked.refused_tenant += 1
             checked.rejected.append({"index": index, "error": error})
             continue
-        if grant.tenant_id is not None and not str(record.get("tenant_id") or "").strip():
-            record["tenant_id"] = grant.tenant_id  # a tenant's key speaks for that tenant
-        record.setdefault("source", source)
+        if grant.tenant_id is not None and not str(target.get("tenant_id") or "").strip():
+            target["tenant_id"] = grant.tenant_id  # a tenant's key speaks for that tenant
+        target.setdefault("source", source)
         checked.accepted.append(record)
+        if inner is None and not _is_attempt(record):
+            checked.events.append(record)
         checked.unattributed += unattributed
     return checked
+
+
+def _is_attempt(record: Any) -> bool:
+    return isinstance(record, dict) and record.get("record") == "attempt"
+
+
+def _wrapped(record: Any) -> Any:
+    """The event (or call attempt) inside a fallback-log entry, or None when the record is no such entry."""
+    if isinstance(record, dict) and "event" in record and "error" in record:
+        return record["event"]
+    return None
 
 
 def _blank(value: Any) -> bool:
@@ -107,6 +128,8 @@ def _check_one(record: Any, grant: Grant) -> tuple[str | None, bool]:
         return record.error, False
     if not isinstance(record, dict):
         return f"a record must be a JSON object, not {type(record).__name__}", False
+    if _is_attempt(record):
+        return _check_attempt(record, grant), False
     candidate = record
     if grant.tenant_id is not None:
         tenant = str(record.get("tenant_id") or "").strip()
@@ -125,6 +148,18 @@ def _check_one(record: Any, grant: Grant) -> tuple[str | None, bool]:
     except (ValueError, TypeError, OverflowError, RecursionError) as error:
         return f"record: {error}", False
     return None, unattributed
+
+
+def _check_attempt(record: dict[str, Any], grant: Grant) -> str | None:
+    """A call attempt is checked as ingestion checks it (`AttemptRecord`), and against a tenant's key."""
+    tenant = str(record.get("tenant_id") or "").strip()
+    if grant.tenant_id is not None and tenant and tenant != grant.tenant_id:
+        return f"tenant {tenant!r} is not allowed for this service key (it is tied to another tenant)"
+    try:
+        AttemptRecord.model_validate(record)
+    except ValidationError as error:
+        return f"call attempt: {describe_validation_error(error)}"
+    return None
 
 
 class CollectorJournal(Journal):
@@ -245,7 +280,9 @@ class DurableWriter:
 
     def _to_fallback(self, records: list[dict[str, Any]], journal_error: str) -> None:
         self.fallback_log.parent.mkdir(parents=True, exist_ok=True)
-        lines = b"".join(encode_line(fallback.wrap(record, journal_error)) for record in records)
+        # A fallback-log entry (forwarded from another host) stays one entry, not wrapped again.
+        lines = b"".join(encode_line(record if _wrapped(record) is not None else fallback.wrap(record, journal_error))
+                         for record in records)
         append_line(self.fallback_log, lines, fsync=True, lock=True)
 
     def close(self) -> None:

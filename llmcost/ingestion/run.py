@@ -185,9 +185,10 @@ def _resume_point(db, reading: _Reading) -> tuple[int, int, bool]:
     source = reading.source
     known_key, offset, records = _read_offset(db, source.path)
     begin = reading.start + len(reading.header_line or b"")
-    if known_key is None or not sources.same_content(known_key, str(source.path), source.data, offset, reading.size):
+    saved = sources.saved_offset(source, (known_key, offset) if known_key is not None else None, reading.size)
+    if saved is None:
         return begin, 0, True  # new, rewritten or truncated: its records get ids from their content
-    return max(offset, begin), records, offset < begin
+    return max(saved, begin), records, saved < begin
 
 
 def _next_batch(db, settings, reading: _Reading, pricer, result: IngestResult, limit: int):
@@ -204,22 +205,16 @@ def _next_batch(db, settings, reading: _Reading, pricer, result: IngestResult, l
             _refuse(db, source, problem, result, size=size)
             return size, True, limit
     ids = LineIds(db, str(source.path), reading.header_line, fresh)
-    with source.data.open("rb") as f:
-        f.seek(offset)
-        chunk = f.read(limit)
-    at_end = len(chunk) < limit
-    if at_end and reading.whole and chunk and not chunk.endswith(b"\n"):
-        chunk += b"\n"
-    end = chunk.rfind(b"\n")
-    if end >= 0:
-        batch = parse_lines(db, memoryview(chunk)[: end + 1], start_offset=offset, ids=ids, source=source,
+    lines, at_end = sources.whole_lines(source.data, offset, limit, reading.whole)
+    if lines:
+        batch = parse_lines(db, lines, start_offset=offset, ids=ids, source=source,
                             csv_header=reading.header, settings=settings, pricer=pricer, at_end=at_end)
     elif at_end:
         ids.save()
         _touch_source(db, source, offset, records)
         return offset, True, limit  # the last line is still being written
     else:
-        batch = overlong_line(source, ids, offset, chunk)
+        batch = overlong_line(source, ids, offset, lines.obj)
         if batch is None:
             return offset, True, limit  # no end to that line yet
     new_offset = min(offset + batch.consumed, size)

@@ -225,6 +225,31 @@ def sources_for_paths(settings: Settings, paths: Iterable[str | Path]) -> list[S
     return _once_each(sources)
 
 
+def saved_offset(source: Source, known: tuple[str, int] | None, size: int) -> int | None:
+    """Where reading carries on: the saved offset of `known` (fingerprint, offset) while the file still holds
+    the bytes read before it; None for a new, rewritten or truncated file, which is read from its start."""
+    if known is None or not same_content(known[0], str(source.path), source.data, known[1], size):
+        return None
+    return known[1]
+
+
+def whole_lines(data: Path, offset: int, limit: int, whole: bool) -> tuple[memoryview, bool]:
+    """(the whole lines among the next `limit` bytes from `offset`, whether the file's end was reached);
+    the view's `.obj` is all the bytes read.
+
+    A last line without a newline is left for later (its writer may not have finished it) unless `whole`
+    says the file is finished. No whole line within `limit` bytes: an empty view, with the end not reached
+    when the line is longer than `limit` (the caller decides what to do with it).
+    """
+    with data.open("rb") as f:
+        f.seek(offset)
+        chunk = f.read(limit)
+    at_end = len(chunk) < limit
+    if at_end and whole and chunk and not chunk.endswith(b"\n"):
+        chunk += b"\n"
+    return memoryview(chunk)[: chunk.rfind(b"\n") + 1], at_end
+
+
 def pending(settings: Settings) -> dict[str, int]:
     """Records waiting in the journal folder, the fallback log and the inbox folder, not ingested yet."""
     counts = {"journal": 0, "fallback": 0, "inbox": 0}
@@ -242,6 +267,11 @@ def pending(settings: Settings) -> dict[str, int]:
         except OSError:
             continue
     return counts
+
+
+def waiting_records(source: Source, known: tuple[str, int] | None) -> int:
+    """Lines of a source after its saved (fingerprint, offset): what has not been read yet."""
+    return _waiting_records(source, known)
 
 
 def _waiting_records(source: Source, known: tuple[str, int] | None) -> int:
