@@ -202,7 +202,7 @@ def _next_batch(db, settings, reading: _Reading, pricer, result: IngestResult, l
         problem = sources.encoding_problem(source.data) or (source.finished and sources.not_usage_reason(
             source.data, reading.start, reading.header, {f.name for f in bulk.FIELDS}))
         if problem:
-            _refuse(db, source, problem, result, size=size)
+            _refuse(db, source, problem, result, size=size, raw=sources.head_text(source.data, reading.start))
             return size, True, limit
     ids = LineIds(db, str(source.path), reading.header_line, fresh)
     lines, at_end = sources.whole_lines(source.data, offset, limit, reading.whole)
@@ -237,18 +237,19 @@ def _touch_source(db, source: Source, offset: int, records: int) -> None:
     )
 
 
-def _refuse(db, source: Source, reason: str, result: IngestResult, size: int | None = None) -> None:
-    """Keep one failed_logs row saying why nothing of a file is read; with `size`, the file counts as
-    read until its content changes."""
-    failed_id = "refused:" + hashlib.sha1(f"{source.path}\n{reason}".encode()).hexdigest()[:24]
+def _refuse(db, source: Source, reason: str, result: IngestResult, size: int | None = None,
+            raw: str | None = None) -> None:
+    """Keep one failed_logs row saying why nothing of a file is read, with the text of its head where it may
+    be read (so no record in it is lost); with `size`, the file counts as read until its content changes."""
+    failed_id = "refused:" + hashlib.sha1(f"{source.path}\n{reason}\n{raw or ''}".encode()).hexdigest()[:24]
     with transaction(db):
         before = db.execute("SELECT count(*) FROM failed_logs").fetchall()[0][0]
         db.execute(
             """
-            INSERT INTO failed_logs (failed_id, kind, logged_at, error, source)
-            SELECT ?, 'refused', ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM failed_logs WHERE failed_id = ?)
+            INSERT INTO failed_logs (failed_id, kind, logged_at, error, source, raw)
+            SELECT ?, 'refused', ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM failed_logs WHERE failed_id = ?)
             """,
-            [failed_id, _utcnow(), reason, str(source.path), failed_id],
+            [failed_id, _utcnow(), reason, str(source.path), raw, failed_id],
         )
         if db.execute("SELECT count(*) FROM failed_logs").fetchall()[0][0] > before:
             result.failed += 1

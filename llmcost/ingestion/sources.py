@@ -125,6 +125,13 @@ def encoding_problem(data: Path) -> str | None:
     return None
 
 
+def head_text(data: Path, start: int, limit: int = 1_000_000) -> str:
+    """The first `limit` bytes of a file from `start`, as text (undecodable bytes replaced), for a refusal."""
+    with data.open("rb") as f:
+        f.seek(start)
+        return f.read(limit).decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+
 def not_usage_reason(data: Path, start: int, csv_header: list[str] | None, known_fields: set[str]) -> str | None:
     """Why the file is no usage file at all (its first lines are none of them records), or None."""
     if csv_header is not None:
@@ -139,6 +146,10 @@ def not_usage_reason(data: Path, start: int, csv_header: list[str] | None, known
     if not lines:
         return None
     for line in lines:
+        # A line that opens an object is a record, broken or not: it is kept with its own reason, and the
+        # file is no stray document.
+        if line.lstrip().startswith(b"{"):
+            return None
         try:
             if isinstance(json.loads(line), dict):
                 return None
