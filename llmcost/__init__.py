@@ -35,7 +35,7 @@ _LAZY = {
     "Price": "llmcost.pricing.rates",
     "Pricer": "llmcost.pricing.rates",
     "Tracker": "llmcost.sdk.tracker",
-    "TrackedCall": "llmcost.sdk.tracker",
+    "TrackedCall": "llmcost.sdk.call",
     "IngestResult": "llmcost.ingestion.run",
     "ingest": "llmcost.ingestion.run",
 }
@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from llmcost.events import UsageEvent
     from llmcost.ingestion.run import IngestResult, ingest
     from llmcost.pricing.rates import Price, Pricer
-    from llmcost.sdk.tracker import TrackedCall, Tracker
+    from llmcost.sdk.call import TrackedCall
+    from llmcost.sdk.tracker import Tracker
 
 
 def __getattr__(name: str) -> Any:

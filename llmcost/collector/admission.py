@@ -23,7 +23,8 @@ from llmcost.errors import (
     UseCaseDisabledError,
 )
 from llmcost.events import TOKEN_FIELDS
-from llmcost.sdk.tracker import TrackedCall, Tracker
+from llmcost.sdk.call import TrackedCall
+from llmcost.sdk.tracker import Tracker
 
 RESERVATION_TTL_SECONDS = 3600
 IDENTITY_HEADERS = {"user_id": "x-user-id", "tenant_id": "x-tenant-id"}

@@ -10,7 +10,8 @@ from llmcost.errors import LLMCostError
 from llmcost.sdk.estimate import DEFAULT_EXPECTED_OUTPUT_TOKENS
 
 if TYPE_CHECKING:
-    from llmcost.sdk.tracker import TrackedCall, Tracker
+    from llmcost.sdk.call import TrackedCall
+    from llmcost.sdk.tracker import Tracker
 
 # Paths of the `create` methods that make a billable call, in OpenAI- and Anthropic-style clients.
 TRACKED_PATHS = {("chat", "completions", "create"), ("responses", "create"), ("messages", "create"),
