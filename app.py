@@ -5,7 +5,7 @@ The navigation and the shared sidebar filters live here; each page is a thin scr
 
 import streamlit as st
 
-from llmcost.dashboard import ui
+from llmcost.dashboard import legacy_pages, ui
 
 st.set_page_config(page_title="llmcost", page_icon=":material/paid:", layout="wide")
 
@@ -20,7 +20,7 @@ PAGES = [
     st.Page("pages/06_budgets.py", title="Budgets and alerts", icon=":material/savings:"),
 ]
 
-ui.leave_legacy_multipage_mode()
+legacy_pages.leave_legacy_multipage_mode()
 page = st.navigation(PAGES)
 ui.sidebar(ui.settings_or_stop())
 page.run()

@@ -17,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1 import app_test as app_test_module
 
 from llmcost.config import load_settings
+from llmcost.dashboard import legacy_pages
 from llmcost.dashboard.ui import NO_DATA
 from llmcost.sdk import fallback
 from llmcost.store import connection as store
@@ -28,13 +29,20 @@ PAGES = ["pages/01_overview.py", "pages/02_use_cases.py", "pages/03_users.py", "
 BANNER = "failed to log — cost data may be incomplete"
 
 
+def test_streamlit_still_has_the_legacy_pages_switch():
+    """The dashboard turns off Streamlit's legacy pages/ mode through an internal attribute; an upgrade
+    that renames it must fail here, not silently break deep links."""
+    legacy_pages.check_switch()
+    assert legacy_pages.SWITCH in PagesManager.__annotations__  # declared by Streamlit, not added by us
+
+
 class NavigationPagesManager(PagesManager):
     """Streamlit stops looking at the `pages/` folder once `st.navigation` runs, for the whole process;
     AppTest forgets that before every run, so its reruns would start a page without `app.py`."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        PagesManager.uses_pages_directory = False
+        setattr(PagesManager, legacy_pages.SWITCH, False)
 
 
 @pytest.fixture(autouse=True)

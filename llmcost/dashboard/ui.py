@@ -16,9 +16,9 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-from streamlit.runtime.pages_manager import PagesManager
 
 from llmcost.config import Settings, load_settings
+from llmcost.dashboard import legacy_pages
 from llmcost.dashboard import queries as dq
 from llmcost.errors import LLMCostError
 from llmcost.ingestion.run import ingest
@@ -119,21 +119,9 @@ def _date_range(chosen: Any, today: dt.date) -> tuple[dt.date, dt.date]:
     return min(days), max(days)
 
 
-def leave_legacy_multipage_mode() -> None:
-    """Run `app.py` with st.navigation even on the first request after the server starts.
-
-    Streamlit starts in its legacy multipage mode when a `pages/` folder exists, and in that mode a
-    deep link (/users) runs the page script alone, with a menu built from file names, until a run of
-    `app.py` calls st.navigation. Turning the mode off and rerunning routes every request through app.py.
-    """
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
 def context() -> PageContext:
     """What `app.py` put in place for this run (a page run on its own draws the sidebar itself)."""
-    leave_legacy_multipage_mode()
+    legacy_pages.leave_legacy_multipage_mode()
     found = st.session_state.get(CONTEXT_KEY)
     return found if isinstance(found, PageContext) else sidebar(settings_or_stop())
 
