@@ -23,6 +23,7 @@ from llmcost.errors import (
     UseCaseDisabledError,
 )
 from llmcost.events import TOKEN_FIELDS
+from llmcost.money import local_day
 from llmcost.sdk.call import TrackedCall
 from llmcost.sdk.tracker import Tracker
 
@@ -166,7 +167,7 @@ class Admission:
 
     def _user_figures(self, call: TrackedCall) -> dict[str, Any]:
         settings = self.tracker.settings
-        day = call.started_at.astimezone(settings.tz).date()
+        day = local_day(call.started_at, settings.tz)
         tokens, cost = self.tracker.control.user_spend(day, call.user_id)
         limit = settings.limit_for(call.account_type)
         return {"user_id": call.user_id, "account_type": limit.account_type, "day": day.isoformat(),
@@ -175,7 +176,7 @@ class Admission:
 
     def _system_figures(self, call: TrackedCall) -> dict[str, Any]:
         settings = self.tracker.settings
-        day = call.started_at.astimezone(settings.tz).date()
+        day = local_day(call.started_at, settings.tz)
         shutdown = settings.system.shutdown_usd
         return {"day": day.isoformat(), "system_spent_usd": str(self.tracker.control.system_spend(day)),
                 "shutdown_usd": str(shutdown) if shutdown is not None else None}

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import GaugeMetricFamily
 
 from llmcost.events import TOKEN_FIELDS, UNATTRIBUTED
+from llmcost.money import today_in
 from llmcost.pricing.rates import Pricer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -34,7 +35,7 @@ class _TodaySpend:
         self._given_cost: dict[str, Decimal] = defaultdict(Decimal)
 
     def add(self, records: list[dict[str, Any]]) -> None:
-        today = dt.datetime.now(self.tz).date()
+        today = today_in(self.tz)
         with self._lock:
             if today != self._day:
                 self._day, self._tokens, self._given_cost = today, {}, defaultdict(Decimal)

@@ -36,7 +36,7 @@ from llmcost.ingestion.parse import (
 )
 from llmcost.ingestion.sources import Source, configured_sources, pending, sources_for_paths  # noqa: F401 - pending: the API
 from llmcost.store import connection as store
-from llmcost.store import transaction
+from llmcost.store import queries, transaction
 from llmcost.store.migrations import KEYED_TABLES, event_content_hash
 
 # A batch should hold a few of DuckDB's row groups (122,880 rows), so that the store's insert writes
@@ -401,7 +401,5 @@ def replay(settings: Settings, known: list[Path]) -> tuple[IngestResult, list[Pa
 def last_synced(settings: Settings) -> dt.datetime | None:
     """When the store last ingested any source (UTC, naive), or None."""
     with store.reading(settings.db_path) as db:
-        if db is None:
-            return None
-        return db.execute("SELECT max(last_synced_at) FROM ingest_sources").fetchall()[0][0]
+        return None if db is None else queries.last_synced(db)
 
