@@ -103,39 +103,24 @@ def test_kill_switch_is_seen_by_another_state_on_the_same_file(control_path, con
 
 
 _WATCHER = """
-import sys, time
+import sys
 from llmcost.control.state import ControlState
 control = ControlState(sys.argv[1])
 print("ready", flush=True)
-deadline = time.monotonic() + 5
-while control.disabled_reason("chat_tutor") is None and time.monotonic() < deadline:
-    time.sleep(0.01)
-print(repr(time.time()), flush=True)
+sys.stdin.readline()  # the switch is set now
+print(control.disabled_reason("chat_tutor"), flush=True)
 """
 
 
-def test_another_process_sees_a_kill_switch_within_a_second(control_path, control):
-    watcher = subprocess.Popen([sys.executable, "-c", _WATCHER, str(control_path)], stdout=subprocess.PIPE, text=True)
+def test_another_process_sees_a_kill_switch_at_its_next_check(control_path, control):
+    watcher = subprocess.Popen([sys.executable, "-c", _WATCHER, str(control_path)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
     assert watcher.stdout.readline().strip() == "ready"
-    disabled_at = time.time()
     control.disable("chat_tutor", "incident 42")
-    seen_at = float(watcher.stdout.readline())
+    watcher.stdin.write("go\n")
+    watcher.stdin.flush()
+    assert watcher.stdout.readline().strip() == "incident 42"
     watcher.wait(timeout=10)
-    assert seen_at - disabled_at < 1.0
-
-
-def test_per_call_checks_are_cheap(control):
-    for user in range(200):
-        spend(control, "0.01", 5, user=f"user-{user}")
-    control.disable("scaffolder", "off")
-    started = time.perf_counter()
-    for _ in range(200):
-        assert control.disabled_reason("chat_tutor") is None
-        assert control.halt_reason(DAY, Decimal("200")) is None
-        reservation = reserve(control, "0.01", 5, limit_tokens=10_000, limit_cost=Decimal("100"), enforce=True)
-        control.settle(reservation, 5, Decimal("0.01"))
-    per_call = (time.perf_counter() - started) / 200
-    assert per_call < 0.01, f"{per_call * 1000:.2f} ms per call"
 
 
 # -- emergency shutdown --------------------------------------------------------------------------
