@@ -3,7 +3,7 @@
 import streamlit as st
 
 from llmcost import money as fmt
-from llmcost.dashboard import queries as dq
+from llmcost.dashboard import failed as failed_queries
 from llmcost.dashboard import ui
 
 REPLAY_MESSAGE = "failed_replay_message"
@@ -19,9 +19,9 @@ st.caption("Calls whose record went to the fallback log, lines that could not be
 
 status_column, kinds_column = st.columns(2)
 status = status_column.selectbox("Status", list(STATUS_LABELS), format_func=STATUS_LABELS.get, key="failed_status")
-kinds = kinds_column.multiselect("Kinds", dq.FAILED_KINDS, key="failed_kinds", placeholder="All kinds")
-query = dq.FailedLogQuery(status=status, kinds=tuple(kinds))
-data = ui.load(dq.failed, settings, filters, settings.timezone, query)
+kinds = kinds_column.multiselect("Kinds", failed_queries.FAILED_KINDS, key="failed_kinds", placeholder="All kinds")
+query = failed_queries.FailedLogQuery(status=status, kinds=tuple(kinds))
+data = ui.load(failed_queries.failed, settings, filters, settings.timezone, query)
 if data is None:
     ui.stop_without_data()
 

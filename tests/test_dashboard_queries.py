@@ -13,6 +13,7 @@ from llmcost import money as formatting
 from llmcost.config import SystemLevels, load_settings
 from llmcost.control.policy import system_level
 from llmcost.dashboard import charts, limits
+from llmcost.dashboard import failed as fq
 from llmcost.dashboard import queries as dq
 from llmcost.store import connection as store
 from tests.dashboard_seed import empty_store, event, failed_log, insert
@@ -220,18 +221,18 @@ def test_failed_logs_use_local_day_bounds_and_filters(tmp_path, monkeypatch):
         failed_log(late, recovered=True, tenant_id="tenant-b"),
     ])
     march_31 = dq.Filters(TODAY, TODAY)
-    rows, matching = read(settings, dq.failed_logs, march_31, settings.timezone, dq.FailedLogQuery("unrecovered"))
+    rows, matching = read(settings, fq.failed_logs, march_31, settings.timezone, fq.FailedLogQuery("unrecovered"))
     assert matching == 1 and rows["kind"].tolist() == ["fallback"]
-    rows, matching = read(settings, dq.failed_logs, march_31, settings.timezone, dq.FailedLogQuery("all"))
+    rows, matching = read(settings, fq.failed_logs, march_31, settings.timezone, fq.FailedLogQuery("all"))
     assert matching == 2
-    rows, matching = read(settings, dq.failed_logs, dq.Filters(TODAY, TODAY, tenants=("tenant-b",)),
-                          settings.timezone, dq.FailedLogQuery("recovered"))
+    rows, matching = read(settings, fq.failed_logs, dq.Filters(TODAY, TODAY, tenants=("tenant-b",)),
+                          settings.timezone, fq.FailedLogQuery("recovered"))
     assert matching == 1 and rows["recovered"].tolist() == [True]
-    rows, matching = read(settings, dq.failed_logs, dq.Filters(dt.date(2026, 3, 30), TODAY), settings.timezone,
-                          dq.FailedLogQuery("all", kinds=("invalid",), limit=5))
+    rows, matching = read(settings, fq.failed_logs, dq.Filters(dt.date(2026, 3, 30), TODAY), settings.timezone,
+                          fq.FailedLogQuery("all", kinds=("invalid",), limit=5))
     assert matching == 1 and rows["error"].tolist() == ["OSError: [Errno 28] No space left on device"]
     with pytest.raises(ValueError, match="not one of"):
-        read(settings, dq.failed_logs, march_31, "UTC", dq.FailedLogQuery("lost"))
+        read(settings, fq.failed_logs, march_31, "UTC", fq.FailedLogQuery("lost"))
 
 
 def test_day_bounds_utc_follow_daylight_saving():

@@ -18,14 +18,10 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from llmcost.money import day_bounds_utc
 from llmcost.store import queries
 from llmcost.store.connection import reading
-from llmcost.store.failed_logs import OPEN_FAILED
 
 ZERO = Decimal(0)
-FAILED_KINDS = ("fallback", "invalid", "unattributed", "conflict", "refused")
-FAILED_STATUSES = ("unrecovered", "recovered", "dismissed", "all")
 
 
 @dataclass(frozen=True)
@@ -57,12 +53,12 @@ def _where(filters: Filters, *, days: bool = True) -> tuple[str, dict[str, Any]]
     return " AND ".join(clauses), params
 
 
-def _frame(db: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
+def fetch_frame(db: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
     # Through Arrow so DECIMAL arrives as exact Decimal, not float.
     return db.sql(sql, params=params or None).to_arrow_table().to_pandas()
 
 
-def _rows(db: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+def fetch_rows(db: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
     return db.execute(sql, params or {}).fetchall()
 
 
@@ -76,14 +72,14 @@ class Span:
 
 
 def data_span(db: duckdb.DuckDBPyConnection) -> Span:
-    first, last, events = _rows(db, "SELECT min(day), max(day), count(*) FROM usage_events")[0]
+    first, last, events = fetch_rows(db, "SELECT min(day), max(day), count(*) FROM usage_events")[0]
     return Span(first, last, events)
 
 
 def filter_options(db: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
     """The distinct tenants, providers and models the sidebar offers."""
     # Three single-column DISTINCTs run faster than one over the combinations (10M events: 0.1 s, not 0.35 s).
-    rows = _rows(
+    rows = fetch_rows(
         db,
         """
         SELECT 'tenants', tenant_id FROM (SELECT DISTINCT tenant_id FROM usage_events)
@@ -167,7 +163,7 @@ def daily_cost_by_use_case(db: duckdb.DuckDBPyConnection, filters: Filters,
         where += " AND (day BETWEEN $start AND $end OR day BETWEEN $also_start AND $also_end)"
         params.update(start=filters.start, end=filters.end, also_start=also[0], also_end=also[1])
     params.update(low=low, high=high)
-    return _frame(
+    return fetch_frame(
         db,
         f"""
         SELECT day, use_case, count(*) AS calls, sum(total_tokens)::BIGINT AS tokens, sum(cost_usd) AS cost_usd
@@ -208,7 +204,7 @@ def cost_by_model(db: duckdb.DuckDBPyConnection, filters: Filters, use_case: str
     if use_case is not None:
         where += " AND use_case = $use_case"
         params["use_case"] = use_case
-    return _frame(
+    return fetch_frame(
         db,
         f"""
         SELECT provider, model, count(*) AS calls, sum(total_tokens) AS total_tokens,
@@ -235,7 +231,7 @@ def use_cases_from(db: duckdb.DuckDBPyConnection, today: dt.date, filters: Filte
                   low=min(filters.start, month[0]), high=max(filters.end, today))
     measures = ["count(*) AS calls", "sum(input_tokens) AS input_tokens", "sum(output_tokens) AS output_tokens",
                 "sum(total_tokens) AS total_tokens", "sum(cost_usd) AS cost_usd"]
-    both = _frame(
+    both = fetch_frame(
         db,
         f"""
         SELECT use_case,
@@ -283,7 +279,7 @@ def with_total_row(frame: pd.DataFrame, label_column: str, label: str = "Total")
 def top_users(db: duckdb.DuckDBPyConnection, filters: Filters, limit: int = 20) -> pd.DataFrame:
     where, params = _where(filters)
     params["limit"] = limit
-    return _frame(
+    return fetch_frame(
         db,
         f"""
         SELECT user_id, tenant_id, arg_max(account_type, ts) AS account_type, count(*) AS calls,
@@ -298,7 +294,7 @@ def top_users(db: duckdb.DuckDBPyConnection, filters: Filters, limit: int = 20) 
 def top_tenants(db: duckdb.DuckDBPyConnection, filters: Filters, limit: int = 20) -> pd.DataFrame:
     where, params = _where(filters)
     params["limit"] = limit
-    return _frame(
+    return fetch_frame(
         db,
         f"""
         SELECT tenant_id, count(DISTINCT user_id) AS users, count(*) AS calls,
@@ -327,69 +323,10 @@ def users_from(db: duckdb.DuckDBPyConnection, today: dt.date, filters: Filters, 
     return UsersData(top_users(db, filters, limit), top_tenants(db, filters, limit), usage_by_user_on(db, today))
 
 
-# ---------------------------------------------------------------- failed logs
-
-@dataclass(frozen=True)
-class FailedLogQuery:
-    status: str = "unrecovered"
-    kinds: tuple[str, ...] = ()
-    limit: int = 1000
-
-
-@dataclass(frozen=True)
-class FailedLogsData:
-    rows: pd.DataFrame
-    matching: int
-    unrecovered: int
-    unrecovered_by_error: pd.DataFrame
-
-
-def failed_logs(db: duckdb.DuckDBPyConnection, filters: Filters, timezone: str,
-                query: FailedLogQuery | None = None) -> tuple[pd.DataFrame, int]:
-    """The failed logs in the date range (newest first, at most `query.limit`) and how many match."""
-    query = query or FailedLogQuery()
-    if query.status not in FAILED_STATUSES:
-        raise ValueError(f"failed-log status {query.status!r} is not one of {', '.join(FAILED_STATUSES)}")
-    since, until = day_bounds_utc(filters.start, filters.end, timezone)
-    clauses = ["logged_at >= $since", "logged_at < $until"]
-    params: dict[str, Any] = {"since": since, "until": until}
-    clauses += {"unrecovered": [OPEN_FAILED], "recovered": ["recovered"],
-                "dismissed": ["dismissed_at IS NOT NULL"], "all": []}[query.status]
-    if query.kinds:
-        clauses.append("list_contains($kinds, kind)")
-        params["kinds"] = list(query.kinds)
-    if filters.tenants:
-        clauses.append("list_contains($tenants, tenant_id)")
-        params["tenants"] = list(filters.tenants)
-    where = " AND ".join(clauses)
-    matching = _rows(db, f"SELECT count(*) FROM failed_logs WHERE {where}", params)[0][0]
-    rows = _frame(
-        db,
-        f"""
-        SELECT logged_at, use_case, estimated_tokens, error, user_id, tenant_id, source, kind,
-               recovered, recovered_at, dismissed_at, dismissed_by, dismiss_reason, failed_id
-        FROM failed_logs WHERE {where}
-        ORDER BY logged_at DESC, failed_id LIMIT $limit
-        """,
-        {**params, "limit": query.limit},
-    )
-    return rows, matching
-
-
-def unrecovered_by_error(db: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    return _frame(db, queries.OPEN_FAILED_BY_ERROR)
-
-
-def failed_logs_from(db: duckdb.DuckDBPyConnection, filters: Filters, timezone: str,
-                     query: FailedLogQuery) -> FailedLogsData:
-    rows, matching = failed_logs(db, filters, timezone, query)
-    return FailedLogsData(rows, matching, queries.open_failed_count(db), unrecovered_by_error(db))
-
-
 # ---------------------------------------------------------------- budgets and alerts
 
 def alert_history(db: duckdb.DuckDBPyConnection, filters: Filters, limit: int = 1000) -> pd.DataFrame:
-    return _frame(
+    return fetch_frame(
         db,
         """
         SELECT raised_at, day, level, scope, scope_id, metric, figure, threshold, message, notifier,
@@ -409,7 +346,7 @@ class BudgetsData:
 
 
 def budgets_from(db: duckdb.DuckDBPyConnection, today: dt.date, filters: Filters) -> BudgetsData:
-    seen = tuple(row[0] for row in _rows(db, "SELECT DISTINCT use_case FROM usage_events ORDER BY 1"))
+    seen = tuple(row[0] for row in fetch_rows(db, "SELECT DISTINCT use_case FROM usage_events ORDER BY 1"))
     return BudgetsData(usage_by_user_on(db, today), alert_history(db, filters), seen)
 
 
@@ -453,9 +390,6 @@ def models(db_path: Path, filters: Filters, use_case: str | None = None) -> pd.D
 def users(db_path: Path, today: dt.date, filters: Filters, limit: int = 20) -> UsersData | None:
     return run(db_path, users_from, today, filters, limit)
 
-
-def failed(db_path: Path, filters: Filters, timezone: str, query: FailedLogQuery) -> FailedLogsData | None:
-    return run(db_path, failed_logs_from, filters, timezone, query)
 
 
 def budgets(db_path: Path, today: dt.date, filters: Filters) -> BudgetsData | None:

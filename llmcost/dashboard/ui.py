@@ -8,6 +8,7 @@ show text (tables, select boxes, `st.text`), never markdown or HTML.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,18 +63,18 @@ def settings_or_stop() -> Settings:
 
 
 @st.cache_data(ttl=CACHE_SECONDS, max_entries=64, show_spinner=False)
-def _cached(bundle_name: str, db_path: str, version: Any, *args: Any) -> Any:
+def _cached(module: str, bundle_name: str, db_path: str, version: Any, *args: Any) -> Any:
     # `version` is not used here: it is part of the cache key, so a store that changed is read again.
-    return getattr(dq, bundle_name)(db_path, *args)
+    return getattr(importlib.import_module(module), bundle_name)(db_path, *args)
 
 
 def load(bundle: Callable[..., Any], settings: Settings, *args: Any) -> Any:
-    """A page bundle from `dashboard_queries`, cached until the store changes (or for a minute)."""
+    """A page bundle from the dashboard's query modules, cached until the store changes (or for a minute)."""
     version = dq.store_version(settings.db_path)
     if version is None:
         return None
     try:
-        return _cached(bundle.__name__, str(settings.db_path), version, *args)
+        return _cached(bundle.__module__, bundle.__name__, str(settings.db_path), version, *args)
     except LLMCostError as error:  # the store stayed locked, or cannot be read
         st.error(plain(error))
         st.stop()
