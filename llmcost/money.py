@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from zoneinfo import ZoneInfo
 
 CENT = Decimal("0.01")
@@ -110,3 +110,23 @@ def day_start_utc(day: dt.date, timezone: str | dt.tzinfo) -> dt.datetime:
 def day_bounds_utc(start: dt.date, end: dt.date, timezone: str | dt.tzinfo) -> tuple[dt.datetime, dt.datetime]:
     """The naive-UTC instants where the local day `start` begins and the day after `end` begins."""
     return day_start_utc(start, timezone), day_start_utc(end + dt.timedelta(days=1), timezone)
+
+
+# Live control state counts money in whole picodollars (1e-12 USD), exact in integers.
+_PICO_EXPONENT = 12
+_TWELVE_PLACES = Decimal(1).scaleb(-_PICO_EXPONENT)
+
+
+def to_picodollars(amount: Decimal | int) -> int:
+    """USD as whole picodollars; amounts finer than a picodollar (only estimates) round up, never down."""
+    if isinstance(amount, bool) or not isinstance(amount, (Decimal, int)):
+        raise TypeError(f"money must be a Decimal, not {type(amount).__name__} (use Decimal('0.05'), not 0.05)")
+    amount = Decimal(amount)
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"money must be a finite amount >= 0, got {amount}")
+    return int(amount.scaleb(_PICO_EXPONENT).to_integral_value(rounding=ROUND_CEILING))
+
+
+def from_picodollars(picodollars: int) -> Decimal:
+    """Whole picodollars as USD with 12 decimal places (the store's DECIMAL(18, 12))."""
+    return Decimal(picodollars).scaleb(-_PICO_EXPONENT).quantize(_TWELVE_PLACES)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from llmcost.control.state import ControlState, Reservation, from_picodollars, to_picodollars
+from llmcost.control.state import ControlState, Reservation
 from llmcost.errors import BudgetExceededError
+from llmcost.money import from_picodollars, to_picodollars
 
 DAY = dt.date(2025, 3, 14)
 NEXT_DAY = dt.date(2025, 3, 15)

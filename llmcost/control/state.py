@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 from pathlib import Path
 
 from llmcost.control import audit as control_audit
@@ -54,11 +53,9 @@ from llmcost.control.file import (  # noqa: F401  (re-exported)
     guarded,
     now_iso,
 )
+from llmcost.control.processes import host_and_namespace, is_running, process_started
 from llmcost.errors import BudgetExceededError
-from llmcost.money import money, money_against
-
-_PICO_EXPONENT = 12
-_TWELVE_PLACES = Decimal(1).scaleb(-_PICO_EXPONENT)
+from llmcost.money import from_picodollars, money, money_against, to_picodollars
 
 # Per user: max(settled live, stored tracker events) + stored other events + live estimates in flight.
 _USER_SPEND = """
@@ -95,53 +92,10 @@ INSERT INTO spend (day, user_id, tokens, cost_pico) VALUES (?, ?, ?, ?)
 ON CONFLICT (day, user_id) DO UPDATE SET tokens = tokens + excluded.tokens, cost_pico = cost_pico + excluded.cost_pico
 """
 
-def to_picodollars(amount: Decimal | int) -> int:
-    """USD as whole picodollars; amounts finer than a picodollar (only estimates) round up, never down."""
-    if isinstance(amount, bool) or not isinstance(amount, (Decimal, int)):
-        raise TypeError(f"money must be a Decimal, not {type(amount).__name__} (use Decimal('0.05'), not 0.05)")
-    amount = Decimal(amount)
-    if not amount.is_finite() or amount < 0:
-        raise ValueError(f"money must be a finite amount >= 0, got {amount}")
-    return int(amount.scaleb(_PICO_EXPONENT).to_integral_value(rounding=ROUND_CEILING))
-
-
-def from_picodollars(picodollars: int) -> Decimal:
-    """Whole picodollars as USD with 12 decimal places (the store's DECIMAL(18, 12))."""
-    return Decimal(picodollars).scaleb(-_PICO_EXPONENT).quantize(_TWELVE_PLACES)
-
-
 def _tokens(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
     return value
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _process_started(pid: int) -> str | None:
-    """When the process started (clock ticks since boot, Linux), to tell a reused pid; None where unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return None
-
-
-def _owner() -> str:
-    """This host and pid namespace: where a reservation's pid can be checked."""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        namespace = ""
-    return f"{socket.gethostname()}/{namespace}"
 
 
 @dataclass(frozen=True)
@@ -167,7 +121,7 @@ class ControlState(ControlFile):
 
     def __init__(self, path: Path | str, *, busy_timeout: float | None = None, audit_path: Path | None = None,
                  lazy: bool = False):
-        self._owner = _owner()
+        self._owner = host_and_namespace()
         self._started: tuple[int, str | None] | None = None  # (pid, its start time): read once per process
         super().__init__(path, busy_timeout=busy_timeout, audit_path=audit_path, lazy=lazy)
 
@@ -273,7 +227,7 @@ class ControlState(ControlFile):
         reservation_id = uuid.uuid4().hex
         pid = os.getpid()
         if self._started is None or self._started[0] != pid:
-            self._started = (pid, _process_started(pid))
+            self._started = (pid, process_started(pid))
         with self._transaction() as conn:
             spent_tokens, spent_pico = conn.execute(_USER_SPEND, {"day": key, "user": user_id}).fetchone()
             if enforce:
@@ -342,7 +296,7 @@ class ControlState(ControlFile):
             "SELECT id, pid, created_at, owner, pid_started FROM reservation WHERE released_at IS NULL").fetchall()
         stale = [rid for rid, pid, created_at, owner, started in rows
                  if (cutoff is not None and created_at < cutoff)
-                 or (owner in (self._owner, "") and not _is_running(pid, started))]
+                 or (owner in (self._owner, "") and not is_running(pid, started))]
         if not stale:
             return 0
         with self._transaction() as conn:
@@ -443,10 +397,6 @@ def _add_spend(conn, day: str, user_id: str, tokens: int, cost_pico: int) -> Non
                      "ON CONFLICT (day) DO UPDATE SET cost_pico = cost_pico + excluded.cost_pico", (day, delta))
 
 
-def _is_running(pid: int, started: str | None) -> bool:
-    if not _process_alive(pid):
-        return False
-    return started is None or _process_started(pid) in (None, started)
 
 
 def _budget_message(day: str, user_id: str, account_type: str | None, over: list[str]) -> str:

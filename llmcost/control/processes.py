@@ -1,0 +1,40 @@
+"""Whether the process that made a reservation still runs: checked only where its pid means something."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def process_started(pid: int) -> str | None:
+    """When the process started (clock ticks since boot, Linux), to tell a reused pid; None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def host_and_namespace() -> str:
+    """This host and pid namespace: where a reservation's pid can be checked."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}/{namespace}"
+
+
+def is_running(pid: int, started: str | None) -> bool:
+    if not process_alive(pid):
+        return False
+    return started is None or process_started(pid) in (None, started)
