@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--batches", default="1,100")
-    parser.add_argument("--out", type=Path, default=Path("bench-collector.json"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "collector.json")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="llmcost-bench-collector-") as tmp:

@@ -83,7 +83,7 @@ def counts(home: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=50_000, help="tracker calls in the journal")
-    parser.add_argument("--out", type=Path, default=Path("bench-forward.json"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "forward.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="llmcost-bench-forward-") as tmp:
         root = Path(tmp)

@@ -41,7 +41,7 @@ def time_case(code: str, repeat: int) -> tuple[float, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--out", type=Path, default=Path("bench-import-time.json"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "import_time.json")
     args = parser.parse_args()
     rows = []
     baseline = None
