@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from llmcost.store import connection as store
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -76,3 +78,9 @@ def ingest(home: Path, cwd: Path | None = None) -> str:
                             cwd=cwd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def rows(settings, sql, params=()):
+    """Rows of a query against the store (read-only)."""
+    with store.reading(settings.db_path) as db:
+        return db.execute(sql, list(params)).fetchall()

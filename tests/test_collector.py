@@ -19,9 +19,8 @@ import pytest
 from llmcost.collector.auth import hash_key
 from llmcost.control.state import ControlState
 from llmcost.pricing.rates import Pricer
-from llmcost.store import connection as store
 
-from .collector_server import free_port, ingest, running_collector, serve_command
+from .collector_server import free_port, ingest, rows, running_collector, serve_command
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "collector.py"
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
@@ -33,11 +32,6 @@ def event(n: int, **overrides):
             "output_tokens": 20}
     base.update(overrides)
     return base
-
-
-def rows(settings, sql, params=()):
-    with store.reading(settings.db_path) as db:
-        return db.execute(sql, list(params)).fetchall()
 
 
 @pytest.mark.slow

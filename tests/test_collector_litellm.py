@@ -13,14 +13,8 @@ import httpx
 
 from llmcost.pricing.rates import Pricer
 from llmcost.sdk.tracker import Tracker
-from llmcost.store import connection as store
 
-from .collector_server import ingest, running_collector
-
-
-def rows(settings, sql, params=()):
-    with store.reading(settings.db_path) as db:
-        return db.execute(sql, list(params)).fetchall()
+from .collector_server import ingest, rows, running_collector
 
 
 def payload(call_id: str, prompt: int, completion: int, **overrides) -> dict:

@@ -13,17 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmcost.store import connection as store
-
-from .collector_server import free_port, ingest, running_collector
+from .collector_server import free_port, ingest, rows, running_collector
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "nestjs" / "example-server.js"
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
-
-
-def rows(settings, sql, params=()):
-    with store.reading(settings.db_path) as db:
-        return db.execute(sql, list(params)).fetchall()
 
 
 @contextlib.contextmanager

@@ -13,14 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
-from llmcost.store import connection as store
-
-from .collector_server import ingest, running_collector
-
-
-def rows(settings, sql, params=()):
-    with store.reading(settings.db_path) as db:
-        return db.execute(sql, list(params)).fetchall()
+from .collector_server import ingest, rows, running_collector
 
 
 @pytest.mark.slow
