@@ -43,8 +43,8 @@ ATTEMPT_COLUMNS = ["day", *(name for name in AttemptRecord.model_fields if name 
 
 @dataclass
 class Batch:
-    """One chunk's records: events and call attempts wait in the connection's temp views
-    `batch_events` and `batch_attempts`."""
+    """One chunk's records: events and call attempts wait in the connection's temp views named by
+    `events_view` and `attempts_view`."""
 
     lines: int = 0
     events: int = 0            # rows in batch_events, before de-duplication
@@ -55,6 +55,8 @@ class Batch:
     from_fallback: int = 0     # fallback-log records (events, call attempts) that were valid
     cut_at_row_group: bool = False  # the batch stopped after whole row groups, before the chunk's end
     bulk_events: int = 0       # events that took the bulk path
+    events_view: str = "batch_events"
+    attempts_view: str = "batch_attempts"
 
 
 def overlong_line(source: Source, ids: LineIds, offset: int, head: bytes) -> Batch | None:
@@ -273,8 +275,8 @@ def _priced_slow_rows(parser: RecordParser, settings: Settings, pricer: Pricer) 
     return pa.Table.from_pandas(frame[["off", *EVENT_COLUMNS]], preserve_index=False)
 
 
-BATCH_EVENTS = "batch_events"
-BATCH_ATTEMPTS = "batch_attempts"
+_EVENTS_VIEW = Batch.events_view
+_ATTEMPTS_VIEW = Batch.attempts_view
 _BATCH_TABLES = ("clean_prices", "slow_events", "slow_attempts", bulk.CLEAN_ROWS, bulk.CLEAN_ATTEMPTS)
 
 
@@ -299,7 +301,7 @@ def _load_batch_events(db: duckdb.DuckDBPyConnection, clean_prices: pa.Table | N
         db.execute("CREATE OR REPLACE TEMP TABLE clean_prices AS SELECT * FROM clean_prices_part")
         db.unregister("clean_prices_part")
         parts.append(f"SELECT {columns} FROM {bulk.CLEAN_ROWS} JOIN clean_prices USING (idx)")
-    db.execute(f"CREATE OR REPLACE TEMP VIEW {BATCH_EVENTS} AS " + " UNION ALL ".join(parts))
+    db.execute(f"CREATE OR REPLACE TEMP VIEW {_EVENTS_VIEW} AS " + " UNION ALL ".join(parts))
     return (slow_events.num_rows if slow_events is not None else 0) + \
         (clean_prices.num_rows if clean_prices is not None else 0)
 
@@ -319,13 +321,13 @@ def _load_batch_attempts(db: duckdb.DuckDBPyConnection, parser: RecordParser, se
     if staged:
         parts.append(f"SELECT {columns} FROM {bulk.CLEAN_ATTEMPTS}")
     if parts:
-        db.execute(f"CREATE OR REPLACE TEMP VIEW {BATCH_ATTEMPTS} AS " + " UNION ALL ".join(parts))
+        db.execute(f"CREATE OR REPLACE TEMP VIEW {_ATTEMPTS_VIEW} AS " + " UNION ALL ".join(parts))
     return len(parser.attempts) + staged
 
 
 def drop_batch_tables(db: duckdb.DuckDBPyConnection) -> None:
     """Drop what parse_lines left in the connection for one batch."""
-    for view in (BATCH_EVENTS, BATCH_ATTEMPTS):
+    for view in (_EVENTS_VIEW, _ATTEMPTS_VIEW):
         db.execute(f"DROP VIEW IF EXISTS {view}")
     for table in _BATCH_TABLES:
         db.execute(f"DROP TABLE IF EXISTS {table}")

@@ -27,8 +27,6 @@ from llmcost.ingestion import bulk, sources
 from llmcost.ingestion.content_ids import LineIds
 from llmcost.ingestion.exact import raw_text
 from llmcost.ingestion.parse import (
-    BATCH_ATTEMPTS,
-    BATCH_EVENTS,
     Batch,
     drop_batch_tables,
     overlong_line,
@@ -267,12 +265,12 @@ def _store_batch(db, batch: Batch, source: Source, ids: LineIds, new_offset: int
     now = _utcnow()
     with transaction(db):
         if batch.events:
-            result.stored = _insert_new(db, "usage_events", BATCH_EVENTS, _EVENT_VALUES, now, _EVENT_TARGETS)
-            conflicts = _conflicts(db) if result.stored < batch.events else []
+            result.stored = _insert_new(db, "usage_events", batch.events_view, _EVENT_VALUES, now, _EVENT_TARGETS)
+            conflicts = _conflicts(db, batch.events_view) if result.stored < batch.events else []
             result.duplicates = batch.events - result.stored - len(conflicts)
             _keep_conflicts(db, source, conflicts, now, result)
         if batch.attempts:
-            result.attempts = _insert_new(db, "call_attempts", BATCH_ATTEMPTS, _ATTEMPT_VALUES, now, _ATTEMPT_VALUES)
+            result.attempts = _insert_new(db, "call_attempts", batch.attempts_view, _ATTEMPT_VALUES, now, _ATTEMPT_VALUES)
         if len(batch.failed):
             failed = batch.failed  # noqa: F841
             db.execute(
@@ -299,14 +297,14 @@ def _store_batch(db, batch: Batch, source: Source, ids: LineIds, new_offset: int
     return result
 
 
-def _conflicts(db) -> list[tuple[str, int]]:
+def _conflicts(db, events_view: str) -> list[tuple[str, int]]:
     """(event_id, offset) of the batch's events whose id is stored with other content."""
     return db.execute(
         f"""
         SELECT b.event_id, b.off FROM (SELECT event_id, off, {_BATCH_CONTENT_HASH} AS content_key
-                                       FROM {BATCH_EVENTS}) b
+                                       FROM {events_view}) b
         JOIN (SELECT event_id, content_key FROM usage_events
-              WHERE event_key IN (SELECT hash(event_id) FROM {BATCH_EVENTS})) s USING (event_id)
+              WHERE event_key IN (SELECT hash(event_id) FROM {events_view})) s USING (event_id)
         WHERE b.content_key <> s.content_key
         ORDER BY b.off
         """
