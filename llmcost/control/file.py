@@ -8,6 +8,7 @@ SQLite would apply a deleted file's write-ahead log to the new file at the same 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import functools
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from llmcost.control import audit as control_audit
-from llmcost.control.migrations import migrate
+from llmcost.control.migrations import immediate, migrate
 from llmcost.errors import ControlStateError
 
 log = logging.getLogger("llmcost")
@@ -268,16 +269,8 @@ class ControlFile:
                 self._connections.remove(conn)
         conn.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return immediate(self._connection())
 
     def _close_connections(self) -> None:
         with self._connections_lock:

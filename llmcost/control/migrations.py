@@ -11,7 +11,8 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from llmcost.errors import ControlStateError
 
@@ -79,6 +80,19 @@ def m002_owners_store_spend_generation(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM rebuilt_day")
 
 
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One IMMEDIATE transaction on the control file (the write lock taken at its start, so a decision read
+    inside it stays true until it commits); rolled back when the block raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def migrate(conn: sqlite3.Connection, on_new_file: Callable[[sqlite3.Connection], None] | None = None) -> list[str]:
     """Apply every migration not yet recorded (in one IMMEDIATE transaction); return the names applied now.
 
@@ -87,8 +101,7 @@ def migrate(conn: sqlite3.Connection, on_new_file: Callable[[sqlite3.Connection]
     """
     if conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS):
         return []
-    conn.execute("BEGIN IMMEDIATE")  # other processes opening the same new file wait here, then find it done
-    try:
+    with immediate(conn):  # other processes opening the same new file wait here, then find it done
         conn.execute("CREATE TABLE IF NOT EXISTS _llmcost_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
         done = {row[0] for row in conn.execute("SELECT name FROM _llmcost_migrations")}
         known = {fn.__name__ for fn in MIGRATIONS}
@@ -106,8 +119,4 @@ def migrate(conn: sqlite3.Connection, on_new_file: Callable[[sqlite3.Connection]
         if new_file and on_new_file is not None:
             on_new_file(conn)
         conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")  # an int from len(): no user text
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
     return ran
