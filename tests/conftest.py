@@ -58,3 +58,15 @@ def tracker(settings):
     t = Tracker(settings)
     yield t
     t.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server for this test (Debian's `redis-server`; CI installs it in `.ci/run`)."""
+    from . import redis_server as server
+
+    if not server.available():
+        pytest.skip(f"redis-server not installed at {server.REDIS_SERVER} (apt-get install redis-server)")
+    running = server.RedisServer(tmp_path / "redis")
+    yield running
+    running.stop()

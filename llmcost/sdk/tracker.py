@@ -31,7 +31,7 @@ from typing import Any
 
 from llmcost.config import Settings, load_settings
 from llmcost.control.policy import BudgetDecision, check_before_call, settle_after_call
-from llmcost.control.state import ControlState
+from llmcost.control.interface import open_control
 from llmcost.errors import (
     BudgetExceededError,
     ControlStateError,
@@ -66,8 +66,8 @@ class Tracker:
         self.strict = strict
         self.source = source
         self.journal = Journal(self.settings.journal_dir, fsync=self.settings.fsync)
-        # lazy: an unusable control file is met at the first call, and handled by `on_control_error` there
-        self.control = ControlState(self.settings.control_db, lazy=True)
+        # lazy: an unusable control state is met at the first call, and handled by `on_control_error` there
+        self.control = open_control(self.settings, lazy=True)
         self.pricer = Pricer.from_settings(self.settings)
         self._lock = threading.Lock()
         self._in_flight: dict[str, TrackedCall] = {}
