@@ -85,7 +85,8 @@ for i = 1, count do
   local base = 11 + (i - 1) * 3
   if over == 0 and ARGV[base + 3] == '1' then
     local t, c = spent(v)
-    if (ARGV[base + 1] ~= '' and t + tokens > n(ARGV[base + 1])) or (ARGV[base + 2] ~= '' and c + cost > n(ARGV[base + 2])) then
+    if (ARGV[base + 1] ~= '' and t + tokens > n(ARGV[base + 1]))
+        or (ARGV[base + 2] ~= '' and c + cost > n(ARGV[base + 2])) then
       over = i
     end
   end

@@ -72,6 +72,10 @@ def _reachable(method):
 class RedisControlState:
     """One process's handle on the shared control state (thread-safe: redis-py pools its connections)."""
 
+    # Rebuild counters from the store and journals this often (drift cure): raising only, so it is safe
+    # while other hosts settle calls this host's files do not hold.
+    rebuild_interval_seconds = 300
+
     def __init__(self, url: str, *, audit_path: Path | None = None, lazy: bool = False):
         import redis
 
@@ -106,8 +110,7 @@ class RedisControlState:
 
     @_reachable
     def open(self) -> None:
-        """Connect now, and notice a Redis that lost its data (a new generation)."""
-        self._generation_seen = self._load_generation()
+        """Connect now (without a round trip once connected: `maintain` notices a Redis that lost its data)."""
 
     @property
     def generation(self) -> str:
@@ -240,8 +243,11 @@ class RedisControlState:
         return int(self._scripts["SWEEP"](keys=[f"{PREFIX}inflight"], args=[
             PREFIX, "" if older_than_seconds is None else int(older_than_seconds)]))
 
+    @_reachable
     def maintain(self, today: dt.date, *, reservation_ttl_seconds: float | None) -> int:
-        """Release expired reservations (old keys expire by themselves)."""
+        """Release expired reservations (old keys expire by themselves), and notice a Redis that lost its data:
+        its new generation makes the trackers rebuild."""
+        self._generation_seen = self._load_generation()
         return self.release_stale()
 
     @_reachable

@@ -42,6 +42,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from llmcost.control import audit as control_audit
+from llmcost.control import sqlite_admission
 from llmcost.control.file import (  # noqa: F401  (re-exported)
     BUSY_TIMEOUT_SECONDS,
     DISABLE,
@@ -54,7 +55,6 @@ from llmcost.control.file import (  # noqa: F401  (re-exported)
     guarded,
     now_iso,
 )
-from llmcost.control import sqlite_admission
 from llmcost.control.interface import AdmissionRequest, Admitted, Counter, ScopeLimit, Spend
 from llmcost.control.processes import host_and_namespace, is_running, process_started
 from llmcost.money import from_picodollars, to_picodollars
@@ -121,6 +121,8 @@ class Reservation:
 
 class ControlState(ControlFile):
     """The control file's state: open it once per process and share it between threads."""
+
+    rebuild_interval_seconds = None  # one file per host: rebuilt when new, its store figures refreshed in upkeep
 
     def __init__(self, path: Path | str, *, busy_timeout: float | None = None, audit_path: Path | None = None,
                  lazy: bool = False):

@@ -30,8 +30,8 @@ from types import MappingProxyType
 from typing import Any
 
 from llmcost.config import Settings, load_settings
-from llmcost.control.policy import BudgetDecision, check_before_call, settle_after_call
 from llmcost.control.interface import open_control
+from llmcost.control.policy import BudgetDecision, check_before_call, settle_after_call
 from llmcost.errors import (
     BudgetExceededError,
     ControlStateError,
@@ -73,6 +73,7 @@ class Tracker:
         self._in_flight: dict[str, TrackedCall] = {}
         self._rebuilt_days: set[tuple[str, dt.date]] = set()
         self._next_maintenance = 0.0
+        self._next_rebuild = time.monotonic() + (self.control.rebuild_interval_seconds or 0)
         self._store_seen: tuple | None = None
         self._unsettled: list[tuple[BudgetDecision, int, Decimal]] = []
         self._warned: set[tuple] = set()
@@ -215,6 +216,12 @@ class Tracker:
             return
         self._next_maintenance = now + self.settings.control_maintenance_seconds
         self.control.maintain(day, reservation_ttl_seconds=self.settings.reservation_ttl_seconds)
+        interval = self.control.rebuild_interval_seconds
+        if interval and now >= self._next_rebuild:  # drift cure of a shared state (see its backend)
+            from llmcost.control.rebuild import rebuild_day
+
+            self._next_rebuild = now + interval
+            rebuild_day(self.control, self.settings, day, force=True)
         seen = _file_state(self.settings.db_path)
         if seen != self._store_seen:  # the store changed: ingested records may count towards today
             from llmcost.control.rebuild import refresh_store_spend
