@@ -127,3 +127,23 @@ def test_stale_reservations_stop_counting(control, backend_settings, tracker):
                              account_type="lesson_builder", estimated_tokens=20_000, estimated_cost=Decimal("0.01"))
     assert decision.allowed
     assert control.user_spend(DAY, "u1")[0] == 20_000
+
+
+def test_budgets_table_and_status_agree_with_admission(control, backend_settings):
+    from llmcost.control.budgets import budget_status
+    from llmcost.control.rebuild import rebuild_day
+    from llmcost.dashboard.limits import budgets_table
+    from llmcost.money import today_in
+
+    settings = dataclasses.replace(backend_settings, tenant_budgets={
+        "acme": Budget("tenant", "acme", tokens=5_000, cost_usd=Decimal("1"), period="month", action="hard")})
+    today = today_in(settings.tz)
+    rebuild_day(control, settings, today)  # as a tracker does before its first call of the day
+    decision = check(control, settings, tenant="acme", tokens=2_000, cost="0.25", day=today)
+    settle_after_call(control, decision, 1_500, Decimal("0.20"))
+    table = budgets_table(settings, today)
+    assert table.to_dict("records") == [{
+        "scope": "tenant", "name": "acme", "period": f"{today:%Y-%m}", "action": "hard", "limit_usd": Decimal("1"),
+        "limit_tokens": 5_000, "spent_usd": Decimal("0.2"), "spent_tokens": 1_500, "remaining_usd": Decimal("0.8"),
+        "remaining_tokens": 3_500, "over": False}]
+    assert budget_status(settings, today)[0].tokens == 1_500
