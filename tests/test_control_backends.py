@@ -147,3 +147,23 @@ def test_budgets_table_and_status_agree_with_admission(control, backend_settings
         "limit_tokens": 5_000, "spent_usd": Decimal("0.2"), "spent_tokens": 1_500, "remaining_usd": Decimal("0.8"),
         "remaining_tokens": 3_500, "over": False}]
     assert budget_status(settings, today)[0].tokens == 1_500
+
+
+def test_two_collector_instances_settling_one_reservation_record_it_once(backend_settings):
+    from llmcost.collector.admission import Admission, Refusal
+    from llmcost.sdk.tracker import Tracker
+
+    first, second = Admission(Tracker(backend_settings)), Admission(Tracker(backend_settings))
+    reserved = first.reserve({"user_id": "u1", "tenant_id": "t1", "account_type": None},
+                             {"use_case": "chat_tutor", "model": "gpt-4o-mini", "estimated_tokens": 100})
+    racing = [admission._resumed(reserved["reservation_id"]) for admission in (first, second)]  # both saw it open
+    for call in racing:
+        call.record(input_tokens=70, output_tokens=10)
+    event = second._finish(racing[1], None)
+    with pytest.raises(Refusal) as refused:
+        first._finish(racing[0], None)
+    assert refused.value.status == 409 and event.total_tokens == 80
+    journaled = [line for path in backend_settings.journal_dir.glob("*.jsonl") for line in path.read_text().splitlines()
+                 if '"record":"attempt"' not in line.replace(" ", "")]
+    assert len(journaled) == 1
+    assert first.tracker.control.user_spend(racing[0].started_at.date(), "u1")[0] == 80

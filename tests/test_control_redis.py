@@ -188,3 +188,32 @@ def test_budgets_command_shows_limit_spend_and_remaining(hosts):
     line = next(line for line in result.stdout.splitlines() if "northside-high" in line)
     assert f"{today_in(host.tz):%Y-%m}" in line and "300,000 tok" in line and "1,500 tok" in line
     assert "298,500 tok" in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["redis", "sqlite"])
+def test_a_reservation_made_at_one_collector_settles_once_at_another(backend, tmp_path, redis_server):
+    import httpx
+
+    from .collector_server import ingest as ingest_cli
+    from .collector_server import running_collector
+
+    home = tmp_path / "collectors"
+    home.mkdir()
+    env = {"LLMCOST_CONTROL_BACKEND": backend, "LLMCOST_REDIS_URL": redis_server.url}
+    headers = {"x-user-id": "u1", "x-tenant-id": "t1"}
+    with running_collector(home, env=env) as first, running_collector(home, env=env) as second:
+        reserved = httpx.post(first.url + "/v1/reserve", headers=headers, timeout=30, json={
+            "use_case": "chat_tutor", "provider": "openai", "model": "gpt-4o-mini", "estimated_tokens": 500})
+        assert reserved.status_code == 200, reserved.text
+        reservation = reserved.json()["reservation_id"]
+        settle = {"reservation_id": reservation, "input_tokens": 300, "output_tokens": 40}
+        settled = httpx.post(second.url + "/v1/settle", json=settle, timeout=30)
+        assert settled.status_code == 200, settled.text + second.log()
+        again = [httpx.post(c.url + "/v1/settle", json=settle, timeout=30) for c in (first, second)]
+        assert [r.status_code for r in again] == [404, 404]  # no longer open anywhere: never recorded twice
+    ingest_cli(home)
+    settings = load_settings(home=home)
+    stored = rows(settings, "SELECT attempt_id, user_id, tenant_id, use_case, model, input_tokens, output_tokens "
+                            "FROM usage_events")
+    assert stored == [(reservation, "u1", "t1", "chat_tutor", "gpt-4o-mini", 300, 40)]

@@ -172,18 +172,21 @@ class Tracker:
 
     # -- the control state: admission and settling ---------------------------------------------
     def admit(self, *, day: dt.date, user_id: str, tenant_id: str, use_case: str, account_type: str | None,
-              estimated_tokens: int, estimated_cost: Decimal) -> BudgetDecision:
+              estimated_tokens: int, estimated_cost: Decimal, service_key: str | None = None,
+              details: dict | None = None, reservation_id: str | None = None) -> BudgetDecision:
         """Kill switch, shutdown and budget for one call, after the control state's upkeep.
 
         A refusal is checked once more after releasing stale reservations, so a call is never refused
-        for the estimate of a call whose process died. Raises ControlStateError when the file is unusable.
+        for the estimate of a call whose process died. `details` and `reservation_id` keep the reservation
+        settleable by any process sharing the control state (`TrackedCall.resumed`). Raises ControlStateError
+        when the control state is unusable.
         """
         self.ensure_control_rebuilt(day)
         self._upkeep(day)
         check = functools.partial(
             check_before_call, self.control, self.settings, day=day, user_id=user_id, tenant_id=tenant_id,
             use_case=use_case, account_type=account_type, estimated_tokens=estimated_tokens,
-            estimated_cost=estimated_cost)
+            estimated_cost=estimated_cost, service_key=service_key, details=details, reservation_id=reservation_id)
         try:
             return check()
         except (BudgetExceededError, SpendingHaltedError):
