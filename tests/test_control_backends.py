@@ -167,3 +167,70 @@ def test_two_collector_instances_settling_one_reservation_record_it_once(backend
                  if '"record":"attempt"' not in line.replace(" ", "")]
     assert len(journaled) == 1
     assert first.tracker.control.user_spend(racing[0].started_at.date(), "u1")[0] == 80
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[tenant_budgets.acme]\ncost_usd = "300"\nperiod = "week"',
+     "tenant_budgets.acme.period = 'week': expected one of day, month"),
+    ('[tenant_budgets.acme]\ncost_usd = "300"\naction = "unlimited"',
+     "tenant_budgets.acme.action: 'unlimited' is not one of soft, hard, alert"),
+    ('[use_case_budgets.chat_tutor]\nperiod = "day"', "use_case_budgets.chat_tutor: give cost_usd and/or tokens"),
+    ('[key_budgets.my-secret-key]\ntokens = 5', "name a service key by its hash 'sha256:<hex>'"),
+    ('[tenant_budgets.acme]\ncost_usd = "300"\nperoid = "month"', "did you mean 'period'"),
+    ('control_backend = "redis"', "needs redis_url"),
+    ('control_backend = "memcached"', "control_backend = 'memcached': expected one of sqlite, redis"),
+])
+def test_budget_and_backend_settings_are_checked(tmp_path, text, message):
+    from llmcost.config import load_settings
+    from llmcost.errors import ConfigError
+
+    config = tmp_path / "llmcost.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("(", "\\(").replace(")", "\\)").replace(".", "\\.")):
+        load_settings(config=config)
+
+
+def test_budgets_and_backend_from_file_and_environment(tmp_path, monkeypatch):
+    from llmcost.config import load_settings
+
+    config = tmp_path / "llmcost.toml"
+    config.write_text('redis_url = "redis://file:6379/0"\n[tenant_budgets."northside-high"]\ncost_usd = "300"\n'
+                      'period = "month"\naction = "hard"\n')
+    settings = load_settings(config=config)
+    assert settings.control_backend == "sqlite"
+    assert settings.tenant_budgets == {"northside-high": Budget("tenant", "northside-high", None, Decimal("300"),
+                                                               "month", "hard")}
+    monkeypatch.setenv("LLMCOST_CONTROL_BACKEND", "redis")
+    monkeypatch.setenv("LLMCOST_REDIS_URL", "redis://env:6379/1")
+    settings = load_settings(config=config)
+    assert (settings.control_backend, settings.redis_url) == ("redis", "redis://env:6379/1")
+
+
+def test_redis_down_is_a_control_state_error_naming_the_fix(settings):
+    from llmcost.errors import ControlStateError
+
+    from .redis_server import _free_port
+
+    down = dataclasses.replace(settings, control_backend="redis", redis_url=f"redis://127.0.0.1:{_free_port()}/0")
+    with pytest.raises(ControlStateError, match="Redis at redis://127.0.0.1:.*failed.*start Redis or fix redis_url"):
+        open_control(down)
+    control = open_control(down, lazy=True)
+    with pytest.raises(ControlStateError):
+        check(control, down)
+
+
+def test_a_budget_over_its_limit_is_an_alert_in_check(control, backend_settings):
+    from llmcost.control.rebuild import rebuild_day
+    from llmcost.money import today_in
+    from llmcost.monitor.alerts import evaluate
+
+    settings = dataclasses.replace(backend_settings, use_case_budgets={
+        "chat_tutor": Budget("use_case", "chat_tutor", tokens=1_000, period="month", action="alert")})
+    today = today_in(settings.tz)
+    rebuild_day(control, settings, today)
+    decision = check(control, settings, tokens=900, account_type="super_admin", day=today)
+    settle_after_call(control, decision, 1_200, Decimal("0.01"))
+    alert = next(a for a in evaluate(settings) if a.scope == "use_case_budget")
+    assert (alert.level, alert.scope_id, alert.figure, alert.threshold) == (
+        "warning", f"chat_tutor {today:%Y-%m}", Decimal(1_200), Decimal(1_000))
+    assert alert.message == f"Use case chat_tutor spent 1,200 of 1,000 tokens in {today:%Y-%m}: over its alert budget."
