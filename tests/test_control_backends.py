@@ -234,3 +234,28 @@ def test_a_budget_over_its_limit_is_an_alert_in_check(control, backend_settings)
     assert (alert.level, alert.scope_id, alert.figure, alert.threshold) == (
         "warning", f"chat_tutor {today:%Y-%m}", Decimal(1_200), Decimal(1_000))
     assert alert.message == f"Use case chat_tutor spent 1,200 of 1,000 tokens in {today:%Y-%m}: over its alert budget."
+
+
+def test_service_key_budget_through_the_collector_and_from_the_store(backend_settings):
+    from llmcost.collector.admission import Admission, Refusal
+    from llmcost.control.rebuild import rebuild_day
+    from llmcost.ingestion.run import ingest
+    from llmcost.money import today_in
+    from llmcost.sdk.tracker import Tracker
+
+    settings = dataclasses.replace(backend_settings, key_budgets={
+        "sha256:ab": Budget("key", "sha256:ab", tokens=1_000, period="month", action="hard")})
+    admission = Admission(Tracker(settings))
+    identity = {"user_id": "u1", "tenant_id": "t1", "account_type": "super_admin"}
+    reserved = admission.reserve(identity, {"use_case": "chat_tutor", "estimated_tokens": 600}, service_key="sha256:ab")
+    admission.settle({"reservation_id": reserved["reservation_id"], "input_tokens": 500, "output_tokens": 100})
+    with pytest.raises(Refusal) as refused:
+        admission.reserve(identity, {"use_case": "chat_tutor", "estimated_tokens": 600}, service_key="sha256:ab")
+    assert refused.value.status == 429 and "key 'sha256:ab'" in refused.value.body["error"]
+    admission.reserve(identity, {"use_case": "chat_tutor", "estimated_tokens": 600})  # another key (or none)
+    admission.tracker.close()
+    ingest(settings)
+    today = today_in(settings.tz)
+    with open_control(settings) as control:
+        rebuild_day(control, settings, today, force=True)
+        assert control.counter_spend(Counter(f"{today:%Y-%m}", "key", "sha256:ab")).tokens == 600

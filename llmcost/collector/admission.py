@@ -104,6 +104,8 @@ class Admission:
             metadata=metadata if isinstance(metadata, dict) else None,
         )
         call.service_key, call.shared = service_key, True
+        if service_key:  # stored with the event, so the store's figures of key budgets find it
+            call.metadata["service_key"] = service_key
         try:
             call.start()
         except ControlStateError as error:
