@@ -71,12 +71,13 @@ def store_spend_rows(db, day: dt.date | str, scope: str = "user") -> list[StoreS
             db.execute(sql, [first, last]).fetchall()]
 
 
-def _stored_rows(settings: Settings, day: dt.date | str, timeout: float = 5, scope: str = "user"
-                 ) -> tuple[list[StoreSpendRow], dict[str, int]]:
+def _stored(settings: Settings, wanted: list[tuple[str, str]], timeout: float = 5
+            ) -> tuple[dict[tuple[str, str], list[StoreSpendRow]], dict[str, int]]:
+    """The store's rows of each (period, scope), and how far it read each file: one opening of the store."""
     with _reading_store(settings.db_path, timeout=timeout) as db:
         if db is None:
-            return [], {}
-        rows = store_spend_rows(db, day, scope)
+            return {key: [] for key in wanted}, {}
+        rows = {(period, scope): store_spend_rows(db, period, scope) for period, scope in wanted}
         offsets = dict(db.execute("SELECT path, bytes_consumed FROM ingest_sources").fetchall())
     return rows, offsets
 
@@ -125,12 +126,18 @@ def _rows_of_period(path, offset: int, settings: Settings, day: dt.date | str, s
 def spend_rows(settings: Settings, day: dt.date | str, scope: str = "user") -> list[tuple[str, int, Decimal]]:
     """(name, tokens, cost) rows of a period's tracker calls per name of the scope (user by default): stored ones
     plus journal lines not ingested yet."""
+    key = (day if isinstance(day, str) else day.isoformat(), scope)
     try:
-        stored, offsets = _stored_rows(settings, day, scope=scope)
+        stored, offsets = _stored(settings, [key])
     except LLMCostError as error:
         log.warning("llmcost: rebuilding live spend without the store (%s); journals only", error)
-        stored, offsets = [], {}
-    return [(name, tokens, cost) for name, tokens, cost, _, _ in stored] + _pending_rows(settings, day, offsets, scope)
+        stored, offsets = {key: []}, {}
+    return _tracked(settings, key, stored[key], offsets)
+
+
+def _tracked(settings: Settings, key: tuple[str, str], stored: list[StoreSpendRow], offsets: dict[str, int]):
+    period, scope = key
+    return [(name, tokens, cost) for name, tokens, cost, _, _ in stored] + _pending_rows(settings, period, offsets, scope)
 
 
 def budget_periods(settings: Settings, day: dt.date) -> list[tuple[str, str]]:
@@ -139,32 +146,42 @@ def budget_periods(settings: Settings, day: dt.date) -> list[tuple[str, str]]:
 
 
 def rebuild_day(control, settings: Settings, day: dt.date, *, force: bool = False) -> bool:
-    """Fill the day's live spend and store figures (users, and the scopes' day and month counters) when this
-    control state has not done it yet, or always with `force`; True when it did."""
+    """Fill the day's live spend and store figures (users, and the scopes' day and month counters) from one
+    reading of the store and the journals' lines not ingested yet, when this control state has not done it yet,
+    or always with `force`; True when it did."""
     if not (force or control.needs_rebuild(day)):
         return False
-    refresh_store_spend(control, settings, day)
-    if not control.rebuild(day, spend_rows(settings, day), only_if_needed=not force):
+    wanted = [(day.isoformat(), "user"), *budget_periods(settings, day)]
+    try:
+        stored, offsets = _stored(settings, wanted)
+        _set_store_figures(control, stored)
+    except LLMCostError as error:
+        log.warning("llmcost: rebuilding live spend without the store (%s); journals only", error)
+        stored, offsets = {key: [] for key in wanted}, {}
+    if not control.rebuild(day, _tracked(settings, wanted[0], stored[wanted[0]], offsets), only_if_needed=not force):
         return False
-    for period, scope in budget_periods(settings, day):
-        control.rebuild_scope(period, scope, spend_rows(settings, period, scope))
+    for key in wanted[1:]:
+        control.rebuild_scope(*key, _tracked(settings, key, stored[key], offsets))
     return True
+
+
+def _set_store_figures(control, stored: dict[tuple[str, str], list[StoreSpendRow]]) -> None:
+    for (period, scope), rows in stored.items():
+        if scope == "user":
+            control.set_store_spend(period, rows)
+        else:
+            control.set_store_scope_spend(period, scope, rows)
 
 
 def refresh_store_spend(control, settings: Settings, day: dt.date, *, timeout: float = 5) -> bool:
     """Copy the store's figures of the day (and of the budgets' periods) into the control state; False when the
     store could not be read."""
     try:
-        with _reading_store(settings.db_path, timeout=timeout) as db:
-            rows = store_spend_rows(db, day) if db is not None else []
-            scoped = [(period, scope, store_spend_rows(db, period, scope) if db is not None else [])
-                      for period, scope in budget_periods(settings, day)]
+        stored, _ = _stored(settings, [(day.isoformat(), "user"), *budget_periods(settings, day)], timeout)
     except LLMCostError as error:
         log.warning("llmcost: today's spend not refreshed from the store (%s); the last figures stay", error)
         return False
-    control.set_store_spend(day, rows)
-    for period, scope, figures in scoped:
-        control.set_store_scope_spend(period, scope, figures)
+    _set_store_figures(control, stored)
     return True
 
 
@@ -174,8 +191,8 @@ def period_spends(settings: Settings, counters: list[Counter]) -> dict[Counter, 
     try:
         with open_control(settings) as control:
             today = today_in(settings.tz)
-            rebuild_day(control, settings, today)
-            refresh_store_spend(control, settings, today)
+            if not rebuild_day(control, settings, today):
+                refresh_store_spend(control, settings, today)
             found = {counter: control.counter_spend(counter) for counter in counters}
             return {counter: (spend.tokens, from_picodollars(spend.cost_pico)) for counter, spend in found.items()}
     except ControlStateError as error:
@@ -201,8 +218,8 @@ def day_spend(settings: Settings, day: dt.date) -> Decimal:
         if not kept:
             raise ControlStateError(f"the control state keeps today and yesterday only, not {day}")
         with open_control(settings) as control:
-            rebuild_day(control, settings, day)
-            refresh_store_spend(control, settings, day)
+            if not rebuild_day(control, settings, day):  # a rebuild read the store already
+                refresh_store_spend(control, settings, day)
             return control.system_spend(day)
     except ControlStateError as error:
         if kept:
