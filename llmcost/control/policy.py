@@ -2,9 +2,12 @@
 
 `judge_user` and `system_level` are pure (no I/O): the tracker's admission, `llmcost check`'s alerts, the
 reports and the dashboard all call them, so they agree on the same figures. Before each tracked call,
-`check_before_call` applies the kill switch, then emergency shutdown, then the user's budget; every call
-that passes holds its estimate as a reservation in the control state and settles it with the actual
-figures afterwards (`settle_after_call`), so system and per-user spend include calls in flight.
+`check_before_call` applies the kill switch, then emergency shutdown, then the user's limit and the tenant's,
+use case's and service key's budgets (by day or calendar month): `admission_request` states them in whole
+tokens and picodollars, and the control state's backend (SQLite or Redis) applies them and reserves the
+call's estimate in one atomic step; this module words the refusal or the warning. Every call that passes
+settles its reservation with the actual figures afterwards (`settle_after_call`), so every figure includes
+calls in flight.
 """
 
 from __future__ import annotations
