@@ -109,7 +109,8 @@ def verdict(met: bool | None) -> str:
 def tracker_targets(result: dict) -> list[dict]:
     return [
         {
-            "target": f"tracker overhead p50 < {TRACKER_P50_TARGET_MS:g} ms (fsync {'on' if r['fsync'] else 'off'})",
+            "target": f"tracker overhead p50 < {TRACKER_P50_TARGET_MS:g} ms ({r.get('backend', 'sqlite')}, "
+                      f"fsync {'on' if r['fsync'] else 'off'})",
             "figure": f"{r['overhead_p50_ms']:.3f} ms",
             "met": r["overhead_p50_ms"] < TRACKER_P50_TARGET_MS,
         }
@@ -120,14 +121,14 @@ def tracker_targets(result: dict) -> list[dict]:
 def tracker_section(result: dict) -> list[str]:
     rows = [
         [
-            "on" if r["fsync"] else "off", f"{r['calls']:,}", f"{r['untracked_p50_ms']:.3f} ms",
+            r.get("backend", "sqlite"), "on" if r["fsync"] else "off", f"{r['calls']:,}", f"{r['untracked_p50_ms']:.3f} ms",
             f"{r['tracked_p50_ms']:.3f} ms", f"{r['overhead_p50_ms']:.3f} ms", f"{r['overhead_p99_ms']:.3f} ms",
             f"{r['overhead_mean_ms']:.3f} ms",
         ]
         for r in result["rows"]
     ]
-    return table(["fsync", "calls", "untracked p50", "tracked p50", "overhead p50", "overhead p99", "overhead mean"],
-                 rows)
+    return table(["backend", "fsync", "calls", "untracked p50", "tracked p50", "overhead p50", "overhead p99",
+                  "overhead mean"], rows)
 
 
 def ingest_section(result: dict) -> list[str]:

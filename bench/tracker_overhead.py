@@ -3,7 +3,8 @@
 The "LLM call" is building a real openai ChatCompletion from a dict (no network), so the difference
 is the tracker's own work: identity, kill switch, shutdown and budget checks in SQLite, the write-ahead
 attempt record, pricing, and the usage record. Run with fsync off (a record survives a process crash
-once written) and on (it also survives power loss).
+once written) and on (it also survives power loss), for each control backend: the SQLite file, and Redis
+(a local `redis-server` started for the run on a free loopback port; skipped with a note when absent).
 
     python bench/tracker_overhead.py [--calls 3000]
 """
@@ -15,7 +16,10 @@ import json
 import logging
 import os
 import platform
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,9 +57,11 @@ def measure_untracked(calls: int) -> list[float]:
     return samples
 
 
-def measure_tracked(calls: int, fsync: bool) -> list[float]:
+def measure_tracked(calls: int, fsync: bool, redis_url: str | None = None) -> list[float]:
     home = Path(tempfile.mkdtemp(prefix="llmcost-bench-"))
     settings = replace(load_settings(home=home), fsync=fsync)
+    if redis_url:
+        settings = replace(settings, control_backend="redis", redis_url=redis_url)
     tracker = Tracker(settings)
     samples = []
     for n in range(calls):
@@ -68,6 +74,27 @@ def measure_tracked(calls: int, fsync: bool) -> list[float]:
     return samples
 
 
+def start_redis() -> tuple[subprocess.Popen | None, str | None]:
+    """A throwaway redis-server on a free loopback port (no persistence), or (None, None) without one."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None, None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder = tempfile.mkdtemp(prefix="llmcost-bench-redis-")
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                "--dir", folder], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return process, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    return None, None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=3000)
@@ -77,10 +104,21 @@ def main() -> None:
     measure_tracked(200, fsync=False)  # warm-up: imports, price-table load
     baseline = measure_untracked(args.calls)
     rows = []
-    for fsync in (False, True):
-        tracked = measure_tracked(args.calls, fsync)
+    redis_process, redis_url = start_redis()
+    backends = [("sqlite", None)] + ([("redis", redis_url)] if redis_url else [])
+    if not redis_url:
+        print("redis-server not found: the Redis backend is not measured (apt-get install redis-server)")
+    try:
+        runs = [(backend, fsync, measure_tracked(args.calls, fsync, url)) for backend, url in backends
+                for fsync in (False, True)]
+    finally:
+        if redis_process is not None:
+            redis_process.kill()
+            redis_process.wait()
+    for backend, fsync, tracked in runs:
         base_p50, base_p99 = percentile(baseline, 0.5), percentile(baseline, 0.99)
         rows.append({
+            "backend": backend,
             "fsync": fsync,
             "calls": args.calls,
             "untracked_p50_ms": base_p50 * 1e3,
@@ -89,10 +127,11 @@ def main() -> None:
             "overhead_p99_ms": (percentile(tracked, 0.99) - base_p99) * 1e3,
             "overhead_mean_ms": (statistics.fmean(tracked) - statistics.fmean(baseline)) * 1e3,
         })
-    print(f"{'fsync':<6} {'calls':>6} {'untracked p50':>14} {'tracked p50':>12} {'overhead p50':>13} {'overhead p99':>13}")
+    print(f"{'backend':<8} {'fsync':<6} {'calls':>6} {'untracked p50':>14} {'tracked p50':>12} "
+          f"{'overhead p50':>13} {'overhead p99':>13}")
     for r in rows:
-        print(f"{str(r['fsync']):<6} {r['calls']:>6} {r['untracked_p50_ms']:>11.3f} ms {r['tracked_p50_ms']:>9.3f} ms "
-              f"{r['overhead_p50_ms']:>10.3f} ms {r['overhead_p99_ms']:>10.3f} ms")
+        print(f"{r['backend']:<8} {str(r['fsync']):<6} {r['calls']:>6} {r['untracked_p50_ms']:>11.3f} ms "
+              f"{r['tracked_p50_ms']:>9.3f} ms {r['overhead_p50_ms']:>10.3f} ms {r['overhead_p99_ms']:>10.3f} ms")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "tracker_overhead", "python": sys.version.split()[0], "machine": platform.machine(),

@@ -4,7 +4,8 @@ Resolution order, first match wins, for every setting:
 1. an explicit argument (`load_settings(home=..., db=...)`, the CLI's `--db`);
 2. environment variables: `LLMCOST_HOME` (data folder), `LLMCOST_DB` (store path alone),
    `LLMCOST_CONFIG` (config file), `LLMCOST_TIMEZONE`, `LLMCOST_SMTP_HOST`, `LLMCOST_SMTP_PORT`,
-   `LLMCOST_SMTP_USER`, `LLMCOST_SMTP_PASSWORD`, `LLMCOST_SLACK_WEBHOOK`, `LLMCOST_FORWARD_TO`, `LLMCOST_FORWARD_KEY`;
+   `LLMCOST_SMTP_USER`, `LLMCOST_SMTP_PASSWORD`, `LLMCOST_SLACK_WEBHOOK`, `LLMCOST_FORWARD_TO`, `LLMCOST_FORWARD_KEY`,
+   `LLMCOST_CONTROL_BACKEND`, `LLMCOST_REDIS_URL`;
 3. the config file: `LLMCOST_CONFIG`, else `llmcost.toml` in the working folder (see README for keys);
 4. defaults: everything under `./data`, UTC, the limits below.
 
@@ -33,6 +34,11 @@ from llmcost.errors import ConfigError
 ACCOUNT_ACTIONS = ("soft", "hard", "alert", "unlimited")
 ALERT_LEVELS = ("info", "warning", "critical", "shutdown")
 CONTROL_ERROR_POLICIES = ("refuse", "allow")
+CONTROL_BACKENDS = ("sqlite", "redis")
+BUDGET_ACTIONS = ("soft", "hard", "alert")
+BUDGET_PERIODS = ("day", "month")
+# The budget tables of the config file, by the scope they limit.
+BUDGET_SCOPES = {"tenant": "tenant_budgets", "use_case": "use_case_budgets", "key": "key_budgets"}
 DEFAULT_USE_CASES = ("content_analyzer", "auto_populate", "chat_tutor", "scaffolder", "interaction_generator")
 
 
@@ -57,6 +63,22 @@ DEFAULT_LIMITS = {
     "admin": AccountLimit("admin", 500_000, Decimal("2.50"), "alert"),
     "super_admin": AccountLimit("super_admin", None, None, "unlimited", Decimal("50")),
 }
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A spend limit of one tenant, use case or service key over a day or a calendar month (configured time zone).
+
+    action: `soft` warns and allows, `hard` refuses the call, `alert` only alerts. A service key is named by
+    its hash as configured (`sha256:<hex>`), never by the key itself.
+    """
+
+    scope: str
+    name: str
+    tokens: int | None = None
+    cost_usd: Decimal | None = None
+    period: str = "day"
+    action: str = "hard"
 
 
 @dataclass(frozen=True)
@@ -118,6 +140,13 @@ class Settings:
     control_maintenance_seconds: int = 30
     # When the control file cannot be used before a call: refuse it, or allow it unchecked (noted in its metadata).
     on_control_error: str = "refuse"
+    # Where the live control state lives: one SQLite file per host, or Redis shared by every host.
+    control_backend: str = "sqlite"
+    redis_url: str | None = None
+    # Spend limits per tenant, use case and service key, by day or calendar month (see `Budget`).
+    tenant_budgets: dict[str, Budget] = field(default_factory=dict)
+    use_case_budgets: dict[str, Budget] = field(default_factory=dict)
+    key_budgets: dict[str, Budget] = field(default_factory=dict)
     estimate_mismatch_ratio: Decimal = Decimal("0.20")
     email: EmailSettings = field(default_factory=EmailSettings)
     slack: SlackSettings = field(default_factory=SlackSettings)
@@ -141,6 +170,10 @@ class Settings:
         if account_type and account_type in self.limits:
             return self.limits[account_type]
         return self.limits[self.default_account_type]
+
+    def budgets(self) -> list[Budget]:
+        """Every tenant, use case and service key budget, in that order."""
+        return [*self.tenant_budgets.values(), *self.use_case_budgets.values(), *self.key_budgets.values()]
 
     def ensure_dirs(self, strict: bool = True) -> list[str]:
         """Create the data folders. With strict=False, return the problems instead of raising
@@ -181,9 +214,10 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
 # Settings fields spelled differently in the file, and fields that are not settings a file gives.
 _FILE_NAMES = {"db_path": "db", "price_overrides_file": "price_overrides"}
-_NOT_IN_FILE = {"config_file", "account_type"}
+_NOT_IN_FILE = {"config_file", "account_type", "scope", "name"}
 _CHOICES = {"action": ACCOUNT_ACTIONS, "min_level": ALERT_LEVELS, "security": ("starttls", "ssl", "none"),
-            "on_control_error": CONTROL_ERROR_POLICIES}
+            "on_control_error": CONTROL_ERROR_POLICIES, "control_backend": CONTROL_BACKENDS,
+            "period": BUDGET_PERIODS}
 
 
 def _file_keys(settings_class: type) -> dict[str, Any]:
@@ -270,6 +304,31 @@ def _amounts(raw: Any, key: str) -> dict[str, Decimal]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{key} must be a table of name = amount in USD (\"*\" for every one)")
     return {str(name): _decimal(value, f"{key}.{name}") for name, value in raw.items()}
+
+
+def _budgets(raw: dict[str, Any], scope: str) -> dict[str, Budget]:
+    key = BUDGET_SCOPES[scope]
+    budgets = {}
+    for name, spec in raw.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{key}.{name} must be a table, e.g. [{key}.\"{name}\"] cost_usd = \"300\" "
+                              'period = "month" action = "hard"')
+        action, period = spec.get("action", "hard"), spec.get("period", "day")
+        if action not in BUDGET_ACTIONS:
+            raise ConfigError(f"{key}.{name}.action: {action!r} is not one of {', '.join(BUDGET_ACTIONS)}")
+        if period not in BUDGET_PERIODS:
+            raise ConfigError(f"{key}.{name}.period: {period!r} is not one of {', '.join(BUDGET_PERIODS)}")
+        tokens = spec.get("tokens")
+        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0):
+            raise ConfigError(f"{key}.{name}.tokens: {tokens!r} must be a whole number >= 0")
+        cost = _decimal(spec.get("cost_usd"), f"{key}.{name}.cost_usd")
+        if tokens is None and cost is None:
+            raise ConfigError(f"{key}.{name}: give cost_usd and/or tokens (a budget without either limits nothing)")
+        if scope == "key" and not name.startswith("sha256:"):
+            raise ConfigError(f"{key}.{name}: name a service key by its hash 'sha256:<hex>' "
+                              "(`llmcost serve --hash-key` prints it), never the key itself")
+        budgets[name] = Budget(scope, name, tokens, cost, period, action)
+    return budgets
 
 
 def _limits(raw: dict[str, Any]) -> dict[str, AccountLimit]:
@@ -378,6 +437,14 @@ def load_settings(
     on_control_error = raw.get("on_control_error", "refuse")
     if on_control_error not in CONTROL_ERROR_POLICIES:
         raise ConfigError(f"on_control_error: {on_control_error!r} is not one of {', '.join(CONTROL_ERROR_POLICIES)}")
+    control_backend = env.get("LLMCOST_CONTROL_BACKEND") or raw.get("control_backend", "sqlite")
+    if control_backend not in CONTROL_BACKENDS:
+        source = "LLMCOST_CONTROL_BACKEND" if env.get("LLMCOST_CONTROL_BACKEND") else f"{in_file}control_backend"
+        raise ConfigError(f"{source}: {control_backend!r} is not one of {', '.join(CONTROL_BACKENDS)}")
+    redis_url = env.get("LLMCOST_REDIS_URL") or raw.get("redis_url") or None
+    if control_backend == "redis" and not redis_url:
+        raise ConfigError(f"{in_file}control_backend = \"redis\" needs redis_url (e.g. redis_url = "
+                          "\"redis://127.0.0.1:6379/0\", or set LLMCOST_REDIS_URL)")
     control_seconds = {}
     for key, default in (("reservation_ttl_seconds", 3600), ("control_maintenance_seconds", 30)):
         value = raw.get(key, default)
@@ -409,6 +476,9 @@ def load_settings(
         stale_attempt_seconds=int(raw.get("stale_attempt_seconds", 60)),
         inbox_settle_seconds=float(raw.get("inbox_settle_seconds", 10)),
         on_control_error=on_control_error,
+        control_backend=control_backend,
+        redis_url=redis_url,
+        **{BUDGET_SCOPES[scope]: _budgets(raw.get(BUDGET_SCOPES[scope], {}), scope) for scope in BUDGET_SCOPES},
         **control_seconds,
         estimate_mismatch_ratio=_decimal(raw.get("estimate_mismatch_ratio", "0.20"), "estimate_mismatch_ratio"),
         email=email,

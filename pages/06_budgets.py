@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from llmcost import money as fmt
-from llmcost.control.state import ControlState
+from llmcost.control.interface import open_control
 from llmcost.dashboard import limits, ui
 from llmcost.dashboard import queries as dq
 from llmcost.monitor import alerts
@@ -28,7 +28,7 @@ def switch_off() -> None:
         state[KILL_SWITCH_MESSAGE] = ("warning",
                                       "Tick the confirmation: every call of this use case will be refused.")
     else:
-        with ControlState(settings.control_db) as switches:
+        with open_control(settings) as switches:
             switches.disable(use_case, reason, by="dashboard")
         state["budgets_disable_reason"], state["budgets_disable_confirm"] = "", False
         state[KILL_SWITCH_MESSAGE] = ("success", f"Disabled {ui.plain(use_case)}: its calls are refused from now on.")
@@ -42,7 +42,7 @@ def switch_on() -> None:
     elif not state.get("budgets_enable_confirm"):
         state[KILL_SWITCH_MESSAGE] = ("warning", "Tick the confirmation to enable it again.")
     else:
-        with ControlState(settings.control_db) as switches:
+        with open_control(settings) as switches:
             switches.enable(use_case, by="dashboard")
         state["budgets_enable_confirm"] = False
         state[KILL_SWITCH_MESSAGE] = ("success", f"Enabled {ui.plain(use_case)}: its calls are allowed again.")
@@ -74,6 +74,14 @@ ui.table(limits.account_type_state(limits.limit_usage(data.today, settings)), "b
          file_name="account-types-today.csv", money=["cost_today"],
          counts=["active_users", "over_limit", "tokens_today"])
 
+st.subheader("Budgets per tenant, use case and service key")
+budgets = limits.budgets_table(settings, context.today)
+if budgets.empty:
+    st.info("No tenant, use case or key budgets configured (e.g. `[tenant_budgets.\"acme\"]` in llmcost.toml).")
+else:
+    ui.table(budgets, "budgets_scopes", file_name="budgets.csv", money=["limit_usd", "spent_usd", "remaining_usd"],
+             counts=["limit_tokens", "spent_tokens", "remaining_tokens"])
+
 st.subheader("Thresholds crossed today")
 crossed = pd.DataFrame([dataclasses.asdict(alert) for alert in alerts.evaluate(settings, context.today)])
 if crossed.empty:
@@ -86,7 +94,7 @@ ui.table(data.alerts, "budgets_alerts", file_name="alerts.csv", counts=["attempt
          timezone=settings.timezone)
 
 st.subheader("Kill switches")
-with ControlState(settings.control_db) as switches:
+with open_control(settings) as switches:
     disabled = switches.disabled()
     halted = switches.halt_reason(context.today, settings.system.shutdown_usd)
 if halted:

@@ -13,7 +13,7 @@ from .fake_provider import FakeProvider
 
 ENV_VARS = ("LLMCOST_HOME", "LLMCOST_DB", "LLMCOST_CONFIG", "LLMCOST_TIMEZONE", "LLMCOST_SMTP_HOST",
             "LLMCOST_SMTP_PORT", "LLMCOST_SMTP_USER", "LLMCOST_SMTP_PASSWORD", "LLMCOST_SLACK_WEBHOOK", "LLMCOST_FORWARD_TO",
-            "LLMCOST_FORWARD_KEY")
+            "LLMCOST_FORWARD_KEY", "LLMCOST_CONTROL_BACKEND", "LLMCOST_REDIS_URL")
 
 
 def pytest_report_header(config):
@@ -58,3 +58,15 @@ def tracker(settings):
     t = Tracker(settings)
     yield t
     t.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server for this test (Debian's `redis-server`; CI installs it in `.ci/run`)."""
+    from . import redis_server as server
+
+    if not server.available():
+        pytest.skip(f"redis-server not installed at {server.REDIS_SERVER} (apt-get install redis-server)")
+    running = server.RedisServer(tmp_path / "redis")
+    yield running
+    running.stop()

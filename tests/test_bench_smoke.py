@@ -80,8 +80,8 @@ def test_run_all_renders_the_benchmarks_page_from_results(ingest_results, tmp_pa
     page = page_path.read_text()
     for heading in ("## Machine", "## Targets", "## Tracker overhead per call", "## Ingest"):
         assert heading in page
-    assert "| tracker overhead p50 < 1 ms (fsync off) | 0.336 ms | ✅ met |" in page
-    assert "| tracker overhead p50 < 1 ms (fsync on) | 1.596 ms | ❌ not met |" in page
+    assert "| tracker overhead p50 < 1 ms (sqlite, fsync off) | 0.336 ms | ✅ met |" in page
+    assert "| tracker overhead p50 < 1 ms (sqlite, fsync on) | 1.596 ms | ❌ not met |" in page
     assert "| every event stored exactly once (jsonl 2,000) | 2,000 of 2,000 | ✅ met |" in page
     assert "dashboard process < 1 GB at 10M events | not run | — |" in page
     assert "## Dashboard queries" not in page

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from llmcost import store
+from llmcost.cli import control as cli_control
 from llmcost.cli import monitor as cli_monitor
 from llmcost.config import load_settings
 from llmcost.errors import LLMCostError, StoreMissingError
@@ -233,10 +234,10 @@ def rebuild(settings, yes):
 @settings_options
 def disable(settings, use_case, reason, by):
     """Switch a use case off: every tracked call for it is refused until `llmcost enable`."""
-    from llmcost.control.state import ControlState
+    from llmcost.control.interface import open_control
 
     settings.ensure_dirs()
-    ControlState(settings.control_db).disable(use_case, reason, by=by)
+    open_control(settings).disable(use_case, reason, by=by)
     click.echo(f"Disabled {use_case}: {reason}")
 
 
@@ -245,10 +246,10 @@ def disable(settings, use_case, reason, by):
 @settings_options
 def enable(settings, use_case):
     """Switch a use case back on."""
-    from llmcost.control.state import ControlState
+    from llmcost.control.interface import open_control
 
     settings.ensure_dirs()
-    control = ControlState(settings.control_db)
+    control = open_control(settings)
     if control.enable(use_case):
         click.echo(f"Enabled {use_case}")
     else:
@@ -261,11 +262,11 @@ def enable(settings, use_case):
 @settings_options
 def resume(settings, day):
     """Lift today's emergency shutdown (spending halt)."""
-    from llmcost.control.state import ControlState
+    from llmcost.control.interface import open_control
 
     settings.ensure_dirs()
     day = day.date() if day else today_in(settings.tz)
-    control = ControlState(settings.control_db)
+    control = open_control(settings)
     if control.halt_reason(day, settings.system.shutdown_usd) is None:
         # Resuming now would also lift the automatic shutdown for the rest of the day before it ever fired.
         click.echo(f"Spending is not halted for {day}; nothing to resume.")
@@ -365,7 +366,7 @@ def serve(settings, host, port, workers, keys_file, allow_unauthenticated, max_b
                   allow_unauthenticated=allow_unauthenticated, max_body_bytes=max_body_bytes)
 
 
-for _command in cli_monitor.COMMANDS:
+for _command in (*cli_monitor.COMMANDS, *cli_control.COMMANDS):
     cli.add_command(_command)
 
 

@@ -2,9 +2,12 @@
 
 A reservation is a started `TrackedCall` of this process's `Tracker` (kill switch, halt, budget and the
 write-ahead attempt record are the tracker's own code); settling it records the usage and swaps the
-estimate for the actual figures. Reservations live in this collector process, so a settle must reach the
-process that reserved (one collector, or sticky routing); one never settled is finished with its
-estimate after `RESERVATION_TTL_SECONDS`, as the tracker bills a call that reported no usage.
+estimate for the actual figures. The reservation lives in the shared control state with what its settle
+needs (identity, use case, provider, model, estimate), so any collector instance sharing that state (Redis,
+or the same SQLite file on one host) can settle it, exactly once: the settle claims the reservation before
+it journals the event, and a second settle is refused (409). One never settled is finished with its
+estimate by the instance that reserved it after `RESERVATION_TTL_SECONDS`, as the tracker bills a call that
+reported no usage (unless another instance settled it first).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 from llmcost.errors import (
     BudgetExceededError,
+    ControlStateError,
     LLMCostError,
     SpendingHaltedError,
     TrackingUnavailableError,
@@ -78,14 +82,16 @@ def _text_field(body: dict[str, Any], name: str, required: bool = False) -> str 
 
 
 class Admission:
-    """Reservations held by this collector process."""
+    """Reserve and settle through the shared control state; remembers the reservations it made, to bill
+    those never settled."""
 
     def __init__(self, tracker: Tracker):
         self.tracker = tracker
         self._lock = threading.Lock()
-        self._pending: dict[str, tuple[float, TrackedCall]] = {}
+        self._pending: dict[str, float] = {}  # reservation id -> when reserved (monotonic)
 
-    def reserve(self, identity: dict[str, str | None], body: dict[str, Any]) -> dict[str, Any]:
+    def reserve(self, identity: dict[str, str | None], body: dict[str, Any],
+                service_key: str | None = None) -> dict[str, Any]:
         """Start a tracked call; its attempt id is the reservation id. Raises Refusal (403/429/503)."""
         self.expire()
         metadata = body.get("metadata")
@@ -97,8 +103,13 @@ class Admission:
             expected_output_tokens=_int_field(body, "expected_output_tokens"),
             metadata=metadata if isinstance(metadata, dict) else None,
         )
+        call.service_key, call.shared = service_key, True
+        if service_key:  # stored with the event, so the store's figures of key budgets find it
+            call.metadata["service_key"] = service_key
         try:
             call.start()
+        except ControlStateError as error:
+            raise Refusal(503, "control_state_unavailable", {"error": str(error)}) from None
         except UseCaseDisabledError as error:
             raise Refusal(403, "use_case_disabled", {"error": str(error), "use_case": call.use_case}) from None
         except SpendingHaltedError as error:
@@ -108,7 +119,7 @@ class Admission:
         except TrackingUnavailableError as error:
             raise Refusal(503, "not_recorded", {"error": str(error)}) from None
         with self._lock:
-            self._pending[call.attempt_id] = (time.monotonic(), call)
+            self._pending[call.attempt_id] = time.monotonic()
         return {"reservation_id": call.attempt_id, "estimated_tokens": call.estimated_tokens,
                 "budget_warning": call.decision.reason if call.decision else None}
 
@@ -120,47 +131,67 @@ class Admission:
         reservation_id = _text_field(body, "reservation_id", required=True)
         counts = {name: _int_field(body, name) for name in TOKEN_FIELDS}  # checked before the reservation is taken
         model = _text_field(body, "model")
-        with self._lock:
-            entry = self._pending.get(reservation_id)
-            if entry is not None and tenant_id is not None and entry[1].tenant_id != tenant_id:
-                raise Refusal(403, "tenant_not_allowed", {
-                    "error": "this reservation belongs to a tenant this service key is not allowed to settle for"})
-            self._pending.pop(reservation_id, None)
-        if entry is None:
-            raise Refusal(404, "unknown_reservation", {
-                "error": f"reservation {reservation_id!r} is not open in this collector process (already settled, "
-                         f"expired after {RESERVATION_TTL_SECONDS}s, or reserved at another collector: send settle "
-                         "to the collector that reserved)"})
-        call = entry[1]
+        call = self._resumed(reservation_id)
+        if tenant_id is not None and call.tenant_id != tenant_id:
+            raise Refusal(403, "tenant_not_allowed", {
+                "error": "this reservation belongs to a tenant this service key is not allowed to settle for"})
         if body.get("response") is not None:
             call.record(body["response"])
         if counts["input_tokens"] is not None or counts["output_tokens"] is not None:
             call.record(**{name: value or 0 for name, value in counts.items()}, model=model)
         failed = body.get("status") == "error"
-        try:
-            event = call.finish(CallReportedError(_text_field(body, "error") or "the call failed") if failed else None)
-        except UsageNotRecordedError as error:
-            raise Refusal(503, "not_recorded", {"error": str(error), "event": error.event.model_dump(mode="json")
-                                                if error.event else None}) from None
-        except LLMCostError as error:
-            raise Refusal(400, "invalid_usage", {"error": str(error)}) from None
-        except ValueError as error:  # the usage did not make a valid event (the fallback log kept it)
-            raise Refusal(400, "invalid_usage", {"error": str(error)}) from None
+        event = self._finish(call, CallReportedError(_text_field(body, "error") or "the call failed") if failed else None)
         return {"event_id": event.event_id, "total_tokens": event.total_tokens, "cost_usd": str(event.cost_usd),
                 "price_source": event.price_source, "usage_estimated": event.usage_estimated}
 
+    def _resumed(self, reservation_id: str) -> TrackedCall:
+        """The reserved call as any instance sharing the control state sees it; Refusal(404) when not open."""
+        try:
+            details = self.tracker.control.reservation_details(reservation_id)
+        except ControlStateError as error:
+            raise Refusal(503, "control_state_unavailable", {"error": str(error)}) from None
+        if not details:
+            raise Refusal(404, "unknown_reservation", {
+                "error": f"reservation {reservation_id!r} is not open (already settled, never made, or made more than "
+                         f"a day ago)"})
+        return TrackedCall.resumed(self.tracker, reservation_id, details)
+
+    def _finish(self, call: TrackedCall, exc: BaseException | None):
+        """Claim and record the call once; Refusal(409) when another settle claimed it first."""
+        try:
+            event = call.finish_once(exc)
+        except UsageNotRecordedError as error:
+            raise Refusal(503, "not_recorded", {"error": str(error), "event": error.event.model_dump(mode="json")
+                                                if error.event else None}) from None
+        except ControlStateError as error:
+            raise Refusal(503, "control_state_unavailable", {"error": str(error)}) from None
+        except LLMCostError as error:
+            raise Refusal(400, "invalid_usage", {"error": str(error)}) from None
+        except ValueError as error:  # the usage did not make a valid event
+            raise Refusal(400, "invalid_usage", {"error": str(error)}) from None
+        finally:
+            with self._lock:
+                self._pending.pop(call.attempt_id, None)
+        if event is None:
+            raise Refusal(409, "already_settled", {
+                "error": f"reservation {call.attempt_id!r} was already settled (its usage is recorded once)"})
+        return event
+
     def expire(self, now: float | None = None) -> int:
-        """Finish reservations never settled, billing their estimate; returns how many."""
+        """Bill the estimate of reservations made here and never settled; returns how many were billed here."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            old = [key for key, (created, _) in self._pending.items() if now - created > RESERVATION_TTL_SECONDS]
-            calls = [self._pending.pop(key)[1] for key in old]
-        for call in calls:
+            old = [key for key, created in self._pending.items() if now - created > RESERVATION_TTL_SECONDS]
+        billed = 0
+        for reservation_id in old:
             try:
-                call.finish(CallReportedError(f"never settled within {RESERVATION_TTL_SECONDS}s: estimate billed"))
-            except LLMCostError:
-                pass  # the tracker logged it critically and the record is attached to its error
-        return len(calls)
+                call = self._resumed(reservation_id)
+                self._finish(call, CallReportedError(f"never settled within {RESERVATION_TTL_SECONDS}s: estimate billed"))
+                billed += 1
+            except Refusal:
+                with self._lock:  # settled elsewhere, or the control state is gone: nothing more to do here
+                    self._pending.pop(reservation_id, None)
+        return billed
 
     def close(self) -> None:
         self.expire(now=float("inf"))

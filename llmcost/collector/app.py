@@ -153,7 +153,7 @@ def _routes(c: Collector) -> list[Route]:
             raise Refusal(403, "tenant_not_allowed", {
                 "error": f"tenant {identity['tenant_id']!r} is not allowed for this service key"})
         body = _json_object(await c.body(request))
-        return JSONResponse(await _admit(c, "reserve", c.admission.reserve, identity, body))
+        return JSONResponse(await _admit(c, "reserve", c.admission.reserve, identity, body, grant.key))
 
     async def settle(request: Request, grant: Grant) -> Response:
         body = _json_object(await c.body(request))

@@ -22,9 +22,10 @@ _ENTRY = re.compile(r"^sha256:(?P<digest>[0-9a-fA-F]{64})(?:@(?P<tenant>.+))?$")
 
 @dataclass(frozen=True)
 class Grant:
-    """What a request may do: `tenant_id` None means any tenant."""
+    """What a request may do: `tenant_id` None means any tenant; `key` is the key's hash (for key budgets)."""
 
     tenant_id: str | None
+    key: str | None = None
 
 
 OPEN_GRANT = Grant(tenant_id=None)
@@ -52,7 +53,7 @@ def _parse_entries(text: str, where: str) -> dict[str, Grant]:
                 "(store the key's hash, made with `llmcost serve --hash-key`, never the key itself)"
             )
         tenant = (match["tenant"] or "").strip() or None
-        grants[match["digest"].lower()] = Grant(tenant_id=tenant)
+        grants[match["digest"].lower()] = Grant(tenant_id=tenant, key=f"sha256:{match['digest'].lower()}")
     return grants
 
 

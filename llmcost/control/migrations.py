@@ -80,6 +80,29 @@ def m002_owners_store_spend_generation(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM rebuilt_day")
 
 
+@migration
+def m003_scope_budgets(conn: sqlite3.Connection) -> None:
+    # Tenant, use case and service key counters per day or month (period `2026-12-03` or `2026-12`);
+    # details: what a settle at another process needs to record the call (the collector's reservations).
+    _script(conn, """
+    CREATE TABLE scope_spend (
+        period TEXT NOT NULL, scope TEXT NOT NULL, name TEXT NOT NULL,
+        tokens INTEGER NOT NULL, cost_pico INTEGER NOT NULL, PRIMARY KEY (period, scope, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE scope_store_spend (
+        period TEXT NOT NULL, scope TEXT NOT NULL, name TEXT NOT NULL,
+        tracked_tokens INTEGER NOT NULL, tracked_cost_pico INTEGER NOT NULL,
+        external_tokens INTEGER NOT NULL, external_cost_pico INTEGER NOT NULL, PRIMARY KEY (period, scope, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE reservation_scope (
+        reservation_id TEXT NOT NULL, period TEXT NOT NULL, scope TEXT NOT NULL, name TEXT NOT NULL,
+        tokens INTEGER NOT NULL, cost_pico INTEGER NOT NULL, PRIMARY KEY (reservation_id, period, scope, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX reservation_scope_by_counter ON reservation_scope (period, scope, name);
+    ALTER TABLE reservation ADD COLUMN details TEXT
+    """)
+
+
 @contextmanager
 def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One IMMEDIATE transaction on the control file (the write lock taken at its start, so a decision read

@@ -2,9 +2,12 @@
 
 `judge_user` and `system_level` are pure (no I/O): the tracker's admission, `llmcost check`'s alerts, the
 reports and the dashboard all call them, so they agree on the same figures. Before each tracked call,
-`check_before_call` applies the kill switch, then emergency shutdown, then the user's budget; every call
-that passes holds its estimate as a reservation in the control state and settles it with the actual
-figures afterwards (`settle_after_call`), so system and per-user spend include calls in flight.
+`check_before_call` applies the kill switch, then emergency shutdown, then the user's limit and the tenant's,
+use case's and service key's budgets (by day or calendar month): `admission_request` states them in whole
+tokens and picodollars, and the control state's backend (SQLite or Redis) applies them and reserves the
+call's estimate in one atomic step; this module words the refusal or the warning. Every call that passes
+settles its reservation with the actual figures afterwards (`settle_after_call`), so every figure includes
+calls in flight.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
-from llmcost.config import AccountLimit, Settings
-from llmcost.control.state import ControlState, Reservation
-from llmcost.errors import SpendingHaltedError, UseCaseDisabledError
-from llmcost.money import money, money_against, number
+from llmcost.config import BUDGET_SCOPES, AccountLimit, Budget, Settings
+from llmcost.control.interface import AdmissionRequest, Admitted, Counter, ScopeLimit, Spend, period_key
+from llmcost.errors import BudgetExceededError, SpendingHaltedError, UseCaseDisabledError
+from llmcost.money import from_picodollars, money, money_against, number, to_picodollars
 
 # What happens to a user over the limit of their account type, by the limit's action.
 ACTION_TAKEN = {"soft": "warned", "hard": "blocked", "alert": "alerted"}
@@ -131,12 +135,100 @@ class BudgetDecision:
     allowed: bool
     action: str
     reason: str | None
-    reservation: Reservation | None
+    reservation: Any  # llmcost.control.state.Reservation
     alert: bool
 
 
+def applicable_budgets(settings: Settings, *, tenant_id: str, use_case: str, service_key: str | None) -> list[Budget]:
+    """The tenant, use case and service key budgets configured for a call's identity."""
+    found = [settings.tenant_budgets.get(tenant_id), settings.use_case_budgets.get(use_case)]
+    if service_key:
+        found.append(settings.key_budgets.get(service_key))
+    return [budget for budget in found if budget is not None]
+
+
+def budget_label(budget: Budget, day: dt.date) -> str:
+    key = period_key(budget.period, day)
+    return f"{budget.scope.replace('_', ' ')} {budget.name!r} ({'today' if budget.period == 'day' else f'month {key}'})"
+
+
+def admission_request(settings: Settings, *, day: dt.date, user_id: str, tenant_id: str, use_case: str,
+                      account_type: str | None, estimated_tokens: int, estimated_cost: Decimal,
+                      service_key: str | None = None, details: dict | None = None,
+                      reservation_id: str | None = None) -> AdmissionRequest:
+    """Every limit that applies to a call, in whole tokens and picodollars: the user's first (even when its
+    account type is unlimited, so its spend comes back for `alert_above_usd`), then the scopes' budgets."""
+    limit = settings.limit_for(account_type)
+    limited = limit.action != "unlimited"
+    user = Counter(day.isoformat(), "user", user_id)
+    limits = [ScopeLimit(user, limit.tokens if limited else None,
+                         to_picodollars(limit.cost_usd) if limited and limit.cost_usd is not None else None,
+                         limit.action, f"user {user_id!r} (account type {limit.account_type!r})")]
+    for budget in applicable_budgets(settings, tenant_id=tenant_id, use_case=use_case, service_key=service_key):
+        limits.append(ScopeLimit(
+            Counter(period_key(budget.period, day), budget.scope, budget.name), budget.tokens,
+            to_picodollars(budget.cost_usd) if budget.cost_usd is not None else None, budget.action,
+            budget_label(budget, day)))
+    shutdown = settings.system.shutdown_usd
+    return AdmissionRequest(
+        day=day, user_id=user_id, tenant_id=tenant_id, use_case=use_case, account_type=limit.account_type,
+        tokens=_whole(estimated_tokens), cost_pico=to_picodollars(estimated_cost),
+        shutdown_pico=to_picodollars(shutdown) if shutdown is not None else None, limits=tuple(limits),
+        counters=(user, Counter(day.isoformat(), "system", ""), *(item.counter for item in limits[1:])),
+        ttl_seconds=settings.reservation_ttl_seconds, details=dict(details or {}), reservation_id=reservation_id)
+
+
+def _whole(tokens: int) -> int:
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise ValueError(f"estimated tokens must be a whole number >= 0, got {tokens!r}")
+    return tokens
+
+
+def over_limit(item: ScopeLimit, spent: Spend, tokens: int, cost_pico: int) -> list[str]:
+    """What a call's estimate would take past a limit, worded for the message (empty when within it).
+
+    The backends apply the same comparison (spent + estimate > limit) in their atomic step."""
+    period = "today" if len(item.counter.period) == 10 else "this month"
+    over = []
+    if item.tokens is not None and spent.tokens + tokens > item.tokens:
+        over.append(f"{item.tokens:,} tokens limit, {spent.tokens:,} used {period}, this call needs ~{tokens:,}")
+    if item.cost_pico is not None and spent.cost_pico + cost_pico > item.cost_pico:
+        over.append(f"{money(from_picodollars(item.cost_pico))} limit, {money(from_picodollars(spent.cost_pico))} "
+                    f"spent {period}, this call needs ~{money(from_picodollars(cost_pico))}")
+    return over
+
+
+def refusal(request: AdmissionRequest, admitted: Admitted) -> Exception:
+    """The error that tells a refused caller why, and what lifts the refusal."""
+    day = request.day.isoformat()
+    if admitted.refused == "disabled":
+        return UseCaseDisabledError(f"use case {request.use_case!r} is disabled: {admitted.reason} "
+                                    f"(run `llmcost enable {request.use_case}` to turn it back on)")
+    if admitted.refused == "halted":
+        reason = admitted.reason or shutdown_reason(day, from_picodollars(admitted.system.cost_pico),
+                                                    from_picodollars(request.shutdown_pico))
+        return SpendingHaltedError(f"all LLM calls are halted for {day}: {reason} "
+                                   "(run `llmcost resume` to allow calls again today, or wait until tomorrow)")
+    item = request.limits[admitted.over]
+    over = over_limit(item, admitted.spent[admitted.over], request.tokens, request.cost_pico)
+    if item.counter.scope == "user":
+        account_type = request.account_type
+        return BudgetExceededError(
+            f"daily budget exceeded for user {request.user_id!r} (account type {account_type!r}) on {day}: "
+            f"{'; '.join(over)} (raise [limits.{account_type}] in llmcost.toml or wait until tomorrow)")
+    table = BUDGET_SCOPES[item.counter.scope]
+    wait = "tomorrow" if len(item.counter.period) == 10 else "next month"
+    return BudgetExceededError(f"budget exceeded for {item.label}: {'; '.join(over)} "
+                               f"(raise [{table}.\"{item.counter.name}\"] in llmcost.toml or wait until {wait})")
+
+
+def shutdown_reason(day: str, spent: Decimal, shutdown_usd: Decimal) -> str:
+    return (f"system-wide spend on {day} is {money_against(spent, shutdown_usd)}, "
+            f"at or above the emergency shutdown level of {money(shutdown_usd)}")
+
+
 def check_before_call(
-    control: ControlState,
+    control,
     settings: Settings,
     *,
     day: dt.date,
@@ -146,46 +238,45 @@ def check_before_call(
     account_type: str | None,
     estimated_tokens: int,
     estimated_cost: Decimal,
+    service_key: str | None = None,
+    details: dict | None = None,
+    reservation_id: str | None = None,
 ) -> BudgetDecision:
-    """Check kill switch, shutdown and budget in that order, and reserve the call's estimate.
+    """Check kill switch, shutdown and every budget in that order, and reserve the call's estimate: one
+    atomic step of the control state (`control.admit`).
 
     Raises UseCaseDisabledError, SpendingHaltedError, or BudgetExceededError (hard limits only).
     """
-    disabled_reason = control.disabled_reason(use_case)
-    if disabled_reason is not None:
-        raise UseCaseDisabledError(
-            f"use case {use_case!r} is disabled: {disabled_reason} "
-            f"(run `llmcost enable {use_case}` to turn it back on)"
-        )
-    halt_reason = control.halt_reason(day, settings.system.shutdown_usd)
-    if halt_reason is not None:
-        raise SpendingHaltedError(
-            f"all LLM calls are halted for {day.isoformat()}: {halt_reason} "
-            "(run `llmcost resume` to allow calls again today, or wait until tomorrow)"
-        )
-
+    request = admission_request(
+        settings, day=day, user_id=user_id, tenant_id=tenant_id, use_case=use_case, account_type=account_type,
+        estimated_tokens=estimated_tokens, estimated_cost=estimated_cost, service_key=service_key,
+        details=details, reservation_id=reservation_id)
+    admitted = control.admit(request)
+    if admitted.refused is not None:
+        raise refusal(request, admitted)
     limit = settings.limit_for(account_type)
-    limited = limit.action != "unlimited"
-    reservation = control.reserve(
-        day, user_id, tenant_id, use_case, estimated_tokens, estimated_cost,
-        limit_tokens=limit.tokens if limited else None,
-        limit_cost=limit.cost_usd if limited else None,
-        enforce=limit.action == "hard",
-        account_type=limit.account_type,
-    )
-    judgement = judge_user(limit, reservation.spent_tokens_before, reservation.spent_cost_before,
-                           call_tokens=reservation.tokens, call_cost=reservation.cost)
-    return BudgetDecision(True, limit.action, judgement.reason, reservation, alert=judgement.action == "alerted")
+    user = admitted.spent[0]
+    judgement = judge_user(limit, user.tokens, from_picodollars(user.cost_pico),
+                           call_tokens=request.tokens, call_cost=from_picodollars(request.cost_pico))
+    reasons, alert, action = ([judgement.reason] if judgement.reason else []), judgement.action == "alerted", None
+    for item, spent in zip(request.limits[1:], admitted.spent[1:]):
+        over = over_limit(item, spent, request.tokens, request.cost_pico)
+        if over:  # past a hard one the call was refused above: this one warns (soft) or alerts
+            reasons.append(f"{item.action} budget exceeded for {item.label}: {'; '.join(over)}")
+            alert = alert or item.action == "alert"
+            action = action or item.action
+    action = limit.action if judgement.reason or action is None else action
+    return BudgetDecision(True, action, "; ".join(reasons) or None, admitted.reservation, alert=alert)
 
 
-def settle_after_call(control: ControlState, decision: BudgetDecision, actual_tokens: int, actual_cost: Decimal) -> bool:
+def settle_after_call(control, decision: BudgetDecision, actual_tokens: int, actual_cost: Decimal) -> bool:
     """Swap the call's reserved estimate for its actual figures; False when already settled."""
     if decision.reservation is None:
         return False
     return control.settle(decision.reservation, actual_tokens, actual_cost)
 
 
-def release_after_refusal(control: ControlState, decision: BudgetDecision) -> bool:
+def release_after_refusal(control, decision: BudgetDecision) -> bool:
     """Drop the reservation of a call that was refused after the check (it never reached the provider)."""
     if decision.reservation is None:
         return False

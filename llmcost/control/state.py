@@ -32,15 +32,17 @@ Every failure is a `ControlStateError`.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
 from llmcost.control import audit as control_audit
+from llmcost.control import sqlite_admission
 from llmcost.control.file import (  # noqa: F401  (re-exported)
     BUSY_TIMEOUT_SECONDS,
     DISABLE,
@@ -53,9 +55,9 @@ from llmcost.control.file import (  # noqa: F401  (re-exported)
     guarded,
     now_iso,
 )
+from llmcost.control.interface import AdmissionRequest, Admitted, Counter, ScopeLimit, Spend
 from llmcost.control.processes import host_and_namespace, is_running, process_started
-from llmcost.errors import BudgetExceededError
-from llmcost.money import from_picodollars, money, money_against, to_picodollars
+from llmcost.money import from_picodollars, to_picodollars
 
 # Per user: max(settled live, stored tracker events) + stored other events + live estimates in flight.
 _USER_SPEND = """
@@ -114,10 +116,13 @@ class Reservation:
     spent_tokens_before: int
     spent_cost_before: Decimal
     generation: str = ""
+    counters: tuple[Counter, ...] = ()
 
 
 class ControlState(ControlFile):
     """The control file's state: open it once per process and share it between threads."""
+
+    rebuild_interval_seconds = None  # one file per host: rebuilt when new, its store figures refreshed in upkeep
 
     def __init__(self, path: Path | str, *, busy_timeout: float | None = None, audit_path: Path | None = None,
                  lazy: bool = False):
@@ -195,60 +200,50 @@ class ControlState(ControlFile):
             return None
         spent = self.system_spend(day)
         if spent >= shutdown_usd:
-            return (f"system-wide spend on {key} is {money_against(spent, shutdown_usd)}, "
-                    f"at or above the emergency shutdown level of {money(shutdown_usd)}")
+            from llmcost.control.policy import shutdown_reason
+
+            return shutdown_reason(key, spent, shutdown_usd)
         return None
 
     # -- spend and reservations --------------------------------------------------------------
 
     @guarded
-    def reserve(
-        self,
-        day: dt.date | str,
-        user_id: str,
-        tenant_id: str,
-        use_case: str,
-        tokens: int,
-        cost: Decimal,
-        *,
-        limit_tokens: int | None,
-        limit_cost: Decimal | None,
-        enforce: bool,
-        account_type: str | None = None,
-    ) -> Reservation:
-        """Hold a call's estimate against the user's day; with `enforce`, refuse it past a limit.
-
-        Raises BudgetExceededError when `enforce` is set and the user's spend (see `user_spend`) plus
-        this estimate would exceed `limit_tokens` or `limit_cost`; nothing is recorded then.
-        """
-        key = day_key(day)
-        tokens = _tokens(tokens, "estimated tokens")
-        cost_pico = to_picodollars(cost)
-        reservation_id = uuid.uuid4().hex
+    def admit(self, request: AdmissionRequest) -> Admitted:
+        """Kill switch, halt, shutdown level, every limit of the request and the reservation: one transaction."""
         pid = os.getpid()
         if self._started is None or self._started[0] != pid:
             self._started = (pid, process_started(pid))
+        reservation_id = request.reservation_id or uuid.uuid4().hex
         with self._transaction() as conn:
-            spent_tokens, spent_pico = conn.execute(_USER_SPEND, {"day": key, "user": user_id}).fetchone()
-            if enforce:
-                over = []
-                if limit_tokens is not None and spent_tokens + tokens > limit_tokens:
-                    over.append(f"{limit_tokens:,} tokens limit, {spent_tokens:,} used today, this call needs ~{tokens:,}")
-                if limit_cost is not None and spent_pico + cost_pico > to_picodollars(limit_cost):
-                    over.append(f"{money(limit_cost)} limit, {money(from_picodollars(spent_pico))} spent today, "
-                                f"this call needs ~{money(from_picodollars(cost_pico))}")
-                if over:
-                    raise BudgetExceededError(_budget_message(key, user_id, account_type, over))
-            conn.execute(
-                "INSERT INTO reservation (id, day, user_id, tenant_id, use_case, tokens, cost_pico, created_at, pid, "
-                "owner, pid_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (reservation_id, key, user_id, tenant_id, use_case, tokens, cost_pico, time.time(), pid,
-                 self._owner, self._started[1]),
-            )
-        return Reservation(
-            reservation_id, dt.date.fromisoformat(key), user_id, tokens, from_picodollars(cost_pico),
-            spent_tokens, from_picodollars(spent_pico), self._generation,
-        )
+            admitted = sqlite_admission.admit(
+                conn, request, reservation_id=reservation_id, pid=pid, owner=self._owner, started=self._started[1],
+                user_spend_sql=_USER_SPEND, system_spend_sql=_SYSTEM_SPEND)
+        if admitted.refused is not None:
+            return admitted
+        user = admitted.spent[0] if admitted.spent else Spend()
+        return replace(admitted, reservation=Reservation(
+            reservation_id, request.day, request.user_id, request.tokens, from_picodollars(request.cost_pico),
+            user.tokens, from_picodollars(user.cost_pico), self._generation, request.counters))
+
+    def reserve(self, day: dt.date | str, user_id: str, tenant_id: str, use_case: str, tokens: int, cost: Decimal, *,
+                limit_tokens: int | None, limit_cost: Decimal | None, enforce: bool,
+                account_type: str | None = None) -> Reservation:
+        """Hold a call's estimate against the user's day alone (no shutdown level or other scope); with
+        `enforce`, raise BudgetExceededError past a limit and record nothing."""
+        from llmcost.control.policy import refusal  # the policy words refusals; it imports nothing from here
+
+        day = dt.date.fromisoformat(day_key(day))
+        user = Counter(day.isoformat(), "user", user_id)
+        limit = ScopeLimit(user, limit_tokens, to_picodollars(limit_cost) if limit_cost is not None else None,
+                           "hard" if enforce else "soft")
+        request = AdmissionRequest(day=day, user_id=user_id, tenant_id=tenant_id, use_case=use_case,
+                                   account_type=account_type or "", tokens=_tokens(tokens, "estimated tokens"),
+                                   cost_pico=to_picodollars(cost), shutdown_pico=None, limits=(limit,),
+                                   counters=(user,), ttl_seconds=0)
+        admitted = self.admit(request)
+        if admitted.refused is not None:
+            raise refusal(request, admitted)
+        return admitted.reservation
 
     @guarded
     def settle(self, reservation: Reservation | str, actual_tokens: int, actual_cost: Decimal) -> bool:
@@ -263,6 +258,7 @@ class ControlState(ControlFile):
         cost_pico = to_picodollars(actual_cost)
         with self._transaction() as conn:
             row = conn.execute("DELETE FROM reservation WHERE id = ? RETURNING day, user_id", (reservation_id,)).fetchone()
+            counters = reservation.counters if isinstance(reservation, Reservation) else None
             if row is None:
                 if not isinstance(reservation, Reservation) or reservation.generation == self._generation:
                     return False  # settled or released in this file already
@@ -272,6 +268,7 @@ class ControlState(ControlFile):
                                     (reservation_id, row[0])).rowcount:
                     return False
             _add_spend(conn, row[0], row[1], tokens, cost_pico)
+            sqlite_admission.settle_scopes(conn, reservation_id, tokens, cost_pico, counters)
         return True
 
     @guarded
@@ -279,6 +276,7 @@ class ControlState(ControlFile):
         """Drop a reservation without spend (the call never happened); False when already settled or released."""
         reservation_id = reservation.id if isinstance(reservation, Reservation) else reservation
         with self._transaction() as conn:
+            conn.execute("DELETE FROM reservation_scope WHERE reservation_id = ?", (reservation_id,))
             return conn.execute("DELETE FROM reservation WHERE id = ? AND released_at IS NULL",
                                 (reservation_id,)).rowcount > 0
 
@@ -341,6 +339,32 @@ class ControlState(ControlFile):
             conn.executemany("INSERT INTO store_spend VALUES (?, ?, ?, ?, ?, ?)", values)
             conn.execute(_DAY_TOTAL, {"day": key})
 
+    @guarded
+    def counter_spend(self, counter: Counter) -> Spend:
+        """One counter's tokens and picodollars by the one rule (settled, stored and in flight)."""
+        return sqlite_admission.counter_spend(self._connection(), counter, _USER_SPEND, _SYSTEM_SPEND)
+
+    @guarded
+    def set_store_scope_spend(self, period: str, scope: str, rows: Iterable[tuple[str, int, Decimal, int, Decimal]]
+                              ) -> None:
+        """Keep the store's figures of a scope's period: (name, tracker tokens, tracker cost, other tokens, other cost)."""
+        values = [(name, _tokens(tt, "tokens"), to_picodollars(tc), _tokens(et, "tokens"), to_picodollars(ec))
+                  for name, tt, tc, et, ec in rows]
+        with self._transaction() as conn:
+            sqlite_admission.set_store_scope_spend(conn, period, scope, values)
+
+    @guarded
+    def rebuild_scope(self, period: str, scope: str, rows: Iterable[tuple[str, int, Decimal]]) -> None:
+        """Replace a scope's settled spend of a period with (name, tokens, cost) rows of tracker calls."""
+        with self._transaction() as conn:
+            sqlite_admission.rebuild_scope(conn, period, scope, _totals(rows))
+
+    @guarded
+    def reservation_details(self, reservation_id: str) -> dict | None:
+        """What a reservation's admission recorded for its settle (None when it is not open)."""
+        row = self._connection().execute("SELECT details FROM reservation WHERE id = ?", (reservation_id,)).fetchone()
+        return None if row is None else json.loads(row[0] or "{}")
+
     # -- recovery ----------------------------------------------------------------------------
 
     @guarded
@@ -361,11 +385,7 @@ class ControlState(ControlFile):
         In-flight reservations are kept.
         """
         key = day_key(day)
-        totals: dict[str, list[int]] = {}
-        for user_id, tokens, cost in rows:
-            total = totals.setdefault(user_id, [0, 0])
-            total[0] += _tokens(tokens, "tokens")
-            total[1] += to_picodollars(cost)
+        totals = _totals(rows)
         with self._transaction() as conn:
             if only_if_needed and conn.execute("SELECT 1 FROM rebuilt_day WHERE day = ?", (key,)).fetchone():
                 return False
@@ -384,6 +404,17 @@ class ControlState(ControlFile):
             for table in ("spend", "store_spend", "day_total", "reservation", "finished_reservation", "rebuilt_day",
                           "halt"):
                 conn.execute(f"DELETE FROM {table} WHERE day < ?", (key,))  # table names are constants
+            sqlite_admission.prune_scopes(conn, key)
+
+
+def _totals(rows: Iterable[tuple[str, int, Decimal]]) -> dict[str, list[int]]:
+    """(name, tokens, cost) rows summed per name, in whole tokens and picodollars."""
+    totals: dict[str, list[int]] = {}
+    for name, tokens, cost in rows:
+        total = totals.setdefault(name, [0, 0])
+        total[0] += _tokens(tokens, "tokens")
+        total[1] += to_picodollars(cost)
+    return totals
 
 
 def _add_spend(conn, day: str, user_id: str, tokens: int, cost_pico: int) -> None:
@@ -398,8 +429,3 @@ def _add_spend(conn, day: str, user_id: str, tokens: int, cost_pico: int) -> Non
 
 
 
-
-def _budget_message(day: str, user_id: str, account_type: str | None, over: list[str]) -> str:
-    who = f"user {user_id!r}" + (f" (account type {account_type!r})" if account_type else "")
-    fix = f"raise [limits.{account_type}] in llmcost.toml" if account_type else "raise the limit in llmcost.toml"
-    return f"daily budget exceeded for {who} on {day}: {'; '.join(over)} ({fix} or wait until tomorrow)"

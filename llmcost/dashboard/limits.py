@@ -108,6 +108,22 @@ def limits_table(settings: Any) -> pd.DataFrame:
     )
 
 
+def budgets_table(settings, today: dt.date) -> pd.DataFrame:
+    """Each tenant, use case and key budget with its spend and what remains (`control.budgets.budget_status`)."""
+    from llmcost.control.budgets import budget_status
+
+    columns = ["scope", "name", "period", "action", "limit_usd", "limit_tokens", "spent_usd", "spent_tokens",
+               "remaining_usd", "remaining_tokens", "over"]
+    frame = pd.DataFrame([{
+        "scope": row.budget.scope, "name": row.budget.name, "period": row.period, "action": row.budget.action,
+        "limit_usd": row.budget.cost_usd, "limit_tokens": row.budget.tokens, "spent_usd": row.cost,
+        "spent_tokens": row.tokens, "remaining_usd": row.remaining_usd, "remaining_tokens": row.remaining_tokens,
+        "over": row.over} for row in budget_status(settings, today)], columns=columns)
+    for name in ("limit_tokens", "spent_tokens", "remaining_tokens"):
+        frame[name] = frame[name].astype("Int64")
+    return frame
+
+
 def account_type_state(limits_today: pd.DataFrame) -> pd.DataFrame:
     """Today per account type: active users, users over their limit, tokens and cost."""
     columns = ["account_type", "active_users", "over_limit", "tokens_today", "cost_today"]

@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 from llmcost.config import Settings
-from llmcost.control.policy import UserJudgement, judge_user, system_level
+from llmcost.control.policy import ACTION_LEVEL, ACTION_TAKEN, UserJudgement, judge_user, system_level
 from llmcost.money import local_day, money, money_against, number, today_in
 from llmcost.store import queries
 from llmcost.store.connection import reading
@@ -94,6 +94,7 @@ def evaluate(settings: Settings, day: dt.date | None = None, *, now: dt.datetime
     today = today_in(settings.tz, now)
     day = day or today
     control_alerts = [_control_file_alert(settings, day, entry) for entry in _control_files_set_aside(settings, day)]
+    control_alerts += _budget_alerts(settings, day) if day == today else []
     with reading(settings.db_path) as db:
         if db is None:
             return control_alerts
@@ -133,6 +134,30 @@ def _group_alert(settings: Settings, scope: str, day: dt.date, today: dt.date, n
     message = (f"{label} {name} spent {money_against(spend, threshold)} {_when(day, today)}, above its daily "
                f"threshold of {money(threshold)}")
     return Alert(day, "warning", scope, name, "cost_usd", spend, threshold, message + ".")
+
+
+def _budget_alerts(settings: Settings, day: dt.date) -> list[Alert]:
+    """Tenant, use case and key budgets over their limit in the current day or month (`control.budgets`)."""
+    if not settings.budgets():
+        return []
+    from llmcost.control.budgets import budget_status
+
+    alerts = []
+    for row in budget_status(settings, day):
+        if not row.over:
+            continue
+        b = row.budget
+        on_cost = b.cost_usd is not None and row.cost > b.cost_usd
+        figure, threshold = (row.cost, b.cost_usd) if on_cost else (Decimal(row.tokens), Decimal(b.tokens))
+        shown = (f"{money_against(row.cost, b.cost_usd)} of {money(b.cost_usd)}" if on_cost
+                 else f"{row.tokens:,} of {b.tokens:,} tokens")
+        period = "today" if b.period == "day" else f"in {row.period}"
+        message = f"{b.scope.replace('_', ' ').capitalize()} {b.name} spent {shown} {period}: over its {b.action} budget"
+        if b.action == "hard":
+            message += " (calls in flight or untracked got past the refusal)"
+        alerts.append(Alert(day, ACTION_LEVEL[ACTION_TAKEN[b.action]], f"{b.scope}_budget", f"{b.name} {row.period}",
+                            "cost_usd" if on_cost else "tokens", figure, threshold, message + "."))
+    return alerts
 
 
 def _system_alert(settings: Settings, day: dt.date, today: dt.date, spend: Decimal) -> list[Alert]:

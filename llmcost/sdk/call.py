@@ -69,6 +69,8 @@ class TrackedCall:
         self.event: UsageEvent | None = None
         self._finished = False
         self._token: contextvars.Token | None = None
+        self.service_key: str | None = None  # the collector's key hash, for key budgets
+        self.shared = False  # reserve in the control state with what another process needs to settle it
 
     # -- before the call -------------------------------------------------------------------------
     def start(self) -> TrackedCall:
@@ -89,11 +91,13 @@ class TrackedCall:
             self.decision = tracker.admit(
                 day=day, user_id=self.user_id, tenant_id=self.tenant_id, use_case=self.use_case,
                 account_type=self.account_type, estimated_tokens=self.estimated_tokens, estimated_cost=estimated_cost,
+                service_key=self.service_key, details=self.details() if self.shared else None,
+                reservation_id=self.attempt_id if self.shared else None,
             )
         except ControlStateError as error:
             if tracker.settings.on_control_error != "allow":
                 raise ControlStateError(f"call refused: {error} (set on_control_error = \"allow\" in llmcost.toml "
-                                        "to make calls unchecked while the control file is unusable)") from error
+                                        "to make calls unchecked while the control state is unusable)") from error
             self.metadata["control_error"] = f"allowed unchecked (on_control_error = allow): {error}"
             tracker.warn_once((day, "control_error"), "llmcost: %s; calls are allowed unchecked", error)
         if self.decision is not None and self.decision.reason:
@@ -122,6 +126,47 @@ class TrackedCall:
             ) from error
         tracker._register(self)
         return self
+
+    def details(self) -> dict[str, Any]:
+        """What another process needs to settle this call (see `resumed`)."""
+        return {"use_case": self.use_case, "user_id": self.user_id, "tenant_id": self.tenant_id,
+                "account_type": self.account_type, "provider": self.provider, "model": self.model,
+                "estimated_tokens": self.estimated_tokens, "estimated_input_tokens": self.estimated_input_tokens,
+                "started_at": self.started_at.isoformat() if self.started_at else None, "metadata": self.metadata}
+
+    @classmethod
+    def resumed(cls, tracker: Tracker, reservation_id: str, details: dict[str, Any]) -> TrackedCall:
+        """A call reserved by another process sharing the control state, to record and settle here
+        (`finish_once`); its reservation id is its attempt id."""
+        call = cls(tracker, use_case=details["use_case"], user_id=details["user_id"], tenant_id=details["tenant_id"],
+                   provider=details.get("provider"), model=details.get("model"),
+                   account_type=details.get("account_type"), prompt=None,
+                   estimated_tokens=details["estimated_tokens"], expected_output_tokens=None,
+                   metadata=details.get("metadata"))
+        call.estimated_input_tokens = details.get("estimated_input_tokens", 0)
+        call.attempt_id = reservation_id
+        call.started_at = dt.datetime.fromisoformat(details["started_at"])
+        call._started_clock = time.perf_counter() - (_utcnow() - call.started_at).total_seconds()
+        call.shared = True
+        return call
+
+    def finish_once(self, exc: BaseException | None = None) -> UsageEvent | None:
+        """Price the call, claim its reservation in the shared control state, then journal its usage; None when
+        another process claimed it first (so the event is recorded exactly once).
+
+        Claimed before journaled: a crash in between leaves the attempt record without usage, which
+        `llmcost check` reports as a potential unlogged call, never a second event."""
+        if self._finished:
+            return self.event
+        self._finished = True
+        if self.stream_usage is not None and self.usage is None:
+            self.usage = self.stream_usage.result()
+        event = self._build_event(exc)
+        if not self.tracker.control.settle(self.attempt_id, event.total_tokens, event.cost_usd):
+            return None
+        self.event = event
+        self.tracker._journal_event(event, self.response)
+        return event
 
     def __enter__(self) -> TrackedCall:
         self.start()

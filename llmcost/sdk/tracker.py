@@ -30,8 +30,8 @@ from types import MappingProxyType
 from typing import Any
 
 from llmcost.config import Settings, load_settings
+from llmcost.control.interface import open_control
 from llmcost.control.policy import BudgetDecision, check_before_call, settle_after_call
-from llmcost.control.state import ControlState
 from llmcost.errors import (
     BudgetExceededError,
     ControlStateError,
@@ -66,13 +66,14 @@ class Tracker:
         self.strict = strict
         self.source = source
         self.journal = Journal(self.settings.journal_dir, fsync=self.settings.fsync)
-        # lazy: an unusable control file is met at the first call, and handled by `on_control_error` there
-        self.control = ControlState(self.settings.control_db, lazy=True)
+        # lazy: an unusable control state is met at the first call, and handled by `on_control_error` there
+        self.control = open_control(self.settings, lazy=True)
         self.pricer = Pricer.from_settings(self.settings)
         self._lock = threading.Lock()
         self._in_flight: dict[str, TrackedCall] = {}
         self._rebuilt_days: set[tuple[str, dt.date]] = set()
         self._next_maintenance = 0.0
+        self._next_rebuild = time.monotonic() + (self.control.rebuild_interval_seconds or 0)
         self._store_seen: tuple | None = None
         self._unsettled: list[tuple[BudgetDecision, int, Decimal]] = []
         self._warned: set[tuple] = set()
@@ -171,18 +172,21 @@ class Tracker:
 
     # -- the control state: admission and settling ---------------------------------------------
     def admit(self, *, day: dt.date, user_id: str, tenant_id: str, use_case: str, account_type: str | None,
-              estimated_tokens: int, estimated_cost: Decimal) -> BudgetDecision:
+              estimated_tokens: int, estimated_cost: Decimal, service_key: str | None = None,
+              details: dict | None = None, reservation_id: str | None = None) -> BudgetDecision:
         """Kill switch, shutdown and budget for one call, after the control state's upkeep.
 
         A refusal is checked once more after releasing stale reservations, so a call is never refused
-        for the estimate of a call whose process died. Raises ControlStateError when the file is unusable.
+        for the estimate of a call whose process died. `details` and `reservation_id` keep the reservation
+        settleable by any process sharing the control state (`TrackedCall.resumed`). Raises ControlStateError
+        when the control state is unusable.
         """
         self.ensure_control_rebuilt(day)
         self._upkeep(day)
         check = functools.partial(
             check_before_call, self.control, self.settings, day=day, user_id=user_id, tenant_id=tenant_id,
             use_case=use_case, account_type=account_type, estimated_tokens=estimated_tokens,
-            estimated_cost=estimated_cost)
+            estimated_cost=estimated_cost, service_key=service_key, details=details, reservation_id=reservation_id)
         try:
             return check()
         except (BudgetExceededError, SpendingHaltedError):
@@ -215,6 +219,12 @@ class Tracker:
             return
         self._next_maintenance = now + self.settings.control_maintenance_seconds
         self.control.maintain(day, reservation_ttl_seconds=self.settings.reservation_ttl_seconds)
+        interval = self.control.rebuild_interval_seconds
+        if interval and now >= self._next_rebuild:  # drift cure of a shared state (see its backend)
+            from llmcost.control.rebuild import rebuild_day
+
+            self._next_rebuild = now + interval
+            rebuild_day(self.control, self.settings, day, force=True)
         seen = _file_state(self.settings.db_path)
         if seen != self._store_seen:  # the store changed: ingested records may count towards today
             from llmcost.control.rebuild import refresh_store_spend

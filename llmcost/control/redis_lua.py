@@ -1,0 +1,163 @@
+"""The Redis backend's Lua scripts: each runs atomically on the server, so one admission is one round trip.
+
+A counter is a hash of whole numbers: `lt`/`lc` tokens and picodollars settled live, `tt`/`tc` the store's
+tracker calls, `et`/`ec` the store's other events, `ft`/`fc` in flight. Its spend is max(lt, tt) + et + ft
+(and the same for cost). Changes go through HINCRBY/HSET with the caller's decimal strings, so stored figures
+are exact 64-bit integers; comparisons in Lua use doubles, exact up to 2^53 picodollars (about $9,000 per
+counter) and within a few picodollars above.
+
+Reservations are hashes `<prefix>r:<id>` indexed by expiry time in the sorted set `<prefix>inflight`; each
+admission first releases the reservations past their TTL (a dead process's), which stay readable as
+released for a day so that a late settle still records its actual figures once.
+"""
+
+# Shared by the scripts: release expired reservations (ARGV[1] is the key prefix).
+_EXPIRE = """
+local prefix = ARGV[1]
+local function n(x) return tonumber(x) or 0 end
+local function neg(x) if not x or x == '' or x == '0' then return '0' end return '-' .. x end
+local function split(text)
+  local out = {}
+  for part in string.gmatch(text or '', '[^\\n]+') do out[#out + 1] = part end
+  return out
+end
+local function drop_in_flight(rkey)
+  local r = redis.call('HMGET', rkey, 't', 'c', 'counters', 'released')
+  if not r[3] or r[4] == '1' then return 0 end
+  for _, counter in ipairs(split(r[3])) do
+    redis.call('HINCRBY', counter, 'ft', neg(r[1]))
+    redis.call('HINCRBY', counter, 'fc', neg(r[2]))
+  end
+  return 1
+end
+local now = tonumber(redis.call('TIME')[1])
+local function expire_old(zset)
+  local released = 0
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', zset, '-inf', now)) do
+    local rkey = prefix .. 'r:' .. id
+    released = released + drop_in_flight(rkey)
+    redis.call('HSET', rkey, 'released', '1')
+    redis.call('EXPIRE', rkey, 86400)
+    redis.call('ZREM', zset, id)
+  end
+  return released
+end
+local function figures(key)
+  local v = redis.call('HMGET', key, 'lt', 'lc', 'tt', 'tc', 'et', 'ec', 'ft', 'fc')
+  for i = 1, 8 do v[i] = v[i] or '0' end
+  return v
+end
+local function spent(v)
+  return math.max(n(v[1]), n(v[3])) + n(v[5]) + n(v[7]), math.max(n(v[2]), n(v[4])) + n(v[6]) + n(v[8])
+end
+"""
+
+# KEYS: disabled hash, halt hash, system counter, inflight zset, reservation, then one counter per limit.
+# ARGV: prefix, use_case, tokens, cost, shutdown ('' = none), ttl, details, day, user, counter ttl, limit count,
+# then per limit: tokens ('' = none), cost ('' = none), hard (1/0).
+# Returns {status, reason, system figures (8), figures per limit (8 each), over index (0 = none)}.
+ADMIT = _EXPIRE + """
+local function answer(status, reason, system, limits, over)
+  local out = {status, reason or ''}
+  for i = 1, 8 do out[#out + 1] = system[i] end
+  for _, v in ipairs(limits) do for i = 1, 8 do out[#out + 1] = v[i] end end
+  out[#out + 1] = tostring(over or 0)
+  return out
+end
+expire_old(KEYS[4])
+local disabled = redis.call('HGET', KEYS[1], ARGV[2])
+if disabled then return answer('disabled', disabled, figures(KEYS[3]), {}, 0) end
+local system = figures(KEYS[3])
+local halt = redis.call('HMGET', KEYS[2], 'reason', 'resumed_at')
+if not halt[2] then
+  if halt[1] then return answer('halted', halt[1], system, {}, 0) end
+  if ARGV[5] ~= '' then
+    local _, cost = spent(system)
+    if cost >= n(ARGV[5]) then return answer('halted', '', system, {}, 0) end
+  end
+end
+local tokens, cost = n(ARGV[3]), n(ARGV[4])
+local limits, over = {}, 0
+local count = n(ARGV[11])
+for i = 1, count do
+  local v = figures(KEYS[5 + i])
+  limits[i] = v
+  local base = 11 + (i - 1) * 3
+  if over == 0 and ARGV[base + 3] == '1' then
+    local t, c = spent(v)
+    if (ARGV[base + 1] ~= '' and t + tokens > n(ARGV[base + 1]))
+        or (ARGV[base + 2] ~= '' and c + cost > n(ARGV[base + 2])) then
+      over = i
+    end
+  end
+end
+if over > 0 then return answer('budget', '', system, limits, over) end
+local held = {KEYS[3]}
+for i = 1, count do held[#held + 1] = KEYS[5 + i] end
+for _, counter in ipairs(held) do
+  redis.call('HINCRBY', counter, 'ft', ARGV[3])
+  redis.call('HINCRBY', counter, 'fc', ARGV[4])
+  redis.call('EXPIRE', counter, ARGV[10])
+end
+local id = string.sub(KEYS[5], #prefix + 3)
+redis.call('HSET', KEYS[5], 't', ARGV[3], 'c', ARGV[4], 'counters', table.concat(held, '\\n'), 'details', ARGV[7],
+           'day', ARGV[8], 'user', ARGV[9], 'created', tostring(now), 'released', '0')
+redis.call('EXPIRE', KEYS[5], n(ARGV[6]) + 86400)
+redis.call('ZADD', KEYS[4], now + n(ARGV[6]), id)
+return answer('ok', '', system, limits, 0)
+"""
+
+# KEYS: reservation, inflight zset. ARGV: prefix, tokens, cost, settle (1) or release (0).
+# Returns 1 when this call settled (or released) it, 0 when it was already settled, released or unknown.
+FINISH = _EXPIRE + """
+local r = redis.call('HMGET', KEYS[1], 'counters', 'released')
+if not r[1] then return 0 end
+if ARGV[4] == '0' and r[2] == '1' then return 0 end
+drop_in_flight(KEYS[1])
+if ARGV[4] == '1' then
+  for _, counter in ipairs(split(r[1])) do
+    redis.call('HINCRBY', counter, 'lt', ARGV[2])
+    redis.call('HINCRBY', counter, 'lc', ARGV[3])
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], string.sub(KEYS[1], #ARGV[1] + 3))
+return 1
+"""
+
+# KEYS: inflight zset. ARGV: prefix, older than seconds ('' = by TTL only). Returns how many were released.
+SWEEP = _EXPIRE + """
+local released = expire_old(KEYS[1])
+if ARGV[2] ~= '' then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    local rkey = prefix .. 'r:' .. id
+    if n(redis.call('HGET', rkey, 'created')) < now - n(ARGV[2]) then
+      released = released + drop_in_flight(rkey)
+      redis.call('HSET', rkey, 'released', '1')
+      redis.call('ZREM', KEYS[1], id)
+    end
+  end
+end
+return released
+"""
+
+# KEYS: counters. ARGV: prefix, ttl, then per counter: field prefix ('l' live raised, 's' store set), tokens, cost,
+# and for 's' other tokens, other cost. Live figures are only raised: other hosts' settles may not be in this
+# host's store or journals yet, so a rebuild never lowers what they added.
+SET_FIGURES = _EXPIRE + """
+local i = 3
+for _, counter in ipairs(KEYS) do
+  local kind = ARGV[i]
+  if kind == 'l' then
+    local v = figures(counter)
+    if n(ARGV[i + 1]) > n(v[1]) then redis.call('HSET', counter, 'lt', ARGV[i + 1]) end
+    if n(ARGV[i + 2]) > n(v[2]) then redis.call('HSET', counter, 'lc', ARGV[i + 2]) end
+    i = i + 3
+  else
+    redis.call('HSET', counter, 'tt', ARGV[i + 1], 'tc', ARGV[i + 2], 'et', ARGV[i + 3], 'ec', ARGV[i + 4])
+    i = i + 5
+  end
+  redis.call('EXPIRE', counter, ARGV[2])
+end
+return 1
+"""
