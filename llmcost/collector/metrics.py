@@ -10,6 +10,7 @@ import datetime as dt
 import threading
 from collections import defaultdict
 from decimal import Decimal
+from itertools import repeat
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
@@ -36,23 +37,28 @@ class _TodaySpend:
 
     def add(self, records: list[dict[str, Any]]) -> None:
         today = today_in(self.tz)
+        given_cost: list[dict[str, Any]] = []
+        groups: dict[tuple, list[dict[str, Any]]] = {}
+        for record in records:
+            if record.get("cost_usd") is not None:
+                given_cost.append(record)
+                continue
+            key = (record.get("use_case") or UNATTRIBUTED, record.get("provider"), record.get("model"))
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [record]
+            else:
+                group.append(record)
+        sums = {key: [_token_sum(group, name) for name in TOKEN_FIELDS] for key, group in groups.items()}
         with self._lock:
             if today != self._day:
                 self._day, self._tokens, self._given_cost = today, {}, defaultdict(Decimal)
-            tokens = self._tokens
-            for record in records:
-                use_case = record.get("use_case") or UNATTRIBUTED
-                if record.get("cost_usd") is not None:
-                    self._given_cost[use_case] += Decimal(str(record["cost_usd"]))
-                    continue
-                key = (use_case, record.get("provider"), record.get("model"))
-                counts = tokens.get(key)
-                if counts is None:
-                    counts = tokens[key] = [0] * len(TOKEN_FIELDS)
-                for i, name in enumerate(TOKEN_FIELDS):
-                    value = record.get(name)
-                    if value:
-                        counts[i] += value if type(value) is int else int(value)  # validated: "12" or 12.0 at worst
+            for key, counts in sums.items():
+                totals = self._tokens.setdefault(key, [0] * len(TOKEN_FIELDS))
+                for i, number in enumerate(counts):
+                    totals[i] += number
+            for record in given_cost:
+                self._given_cost[record.get("use_case") or UNATTRIBUTED] += Decimal(str(record["cost_usd"]))
 
     def collect(self):
         family = GaugeMetricFamily("llmcost_collector_spend_today_usd",
@@ -67,6 +73,15 @@ class _TodaySpend:
         for use_case, amount in sorted(totals.items()):
             family.add_metric([use_case], float(amount))
         yield family
+
+
+def _token_sum(records: list[dict[str, Any]], name: str) -> int:
+    """The sum of one token count over records, summed in C when every value is an int (as most are)."""
+    total = sum(filter(None, map(dict.get, records, repeat(name))))
+    if type(total) is int:
+        return total
+    # Validated by the exact path, a count may still be "12" or 12.0.
+    return sum(int(value) for value in map(dict.get, records, repeat(name)) if value)
 
 
 class Metrics:
