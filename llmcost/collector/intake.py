@@ -278,7 +278,7 @@ def _fsync_path(path: Path) -> None:
 def encode_records(records: list[dict[str, Any]]) -> bytes:
     """Journal lines of records parsed from JSON (only JSON types: pydantic's encoder writes what json would,
     newlines escaped, in a tenth of the time)."""
-    return b"".join(pydantic_core.to_json(record) + b"\n" for record in records)
+    return b"\n".join(map(pydantic_core.to_json, records)) + b"\n"
 
 
 class DurableWriter:

@@ -25,23 +25,40 @@ disable_created_metrics()  # the *_created series only double what a scraper see
 
 
 class _TodaySpend:
-    """Token counts accepted today per (use case, provider, model), priced when scraped."""
+    """Token counts accepted today per (use case, provider, model), priced when scraped.
+
+    A request only files its records; they are summed a few thousand at a time (or when scraped), where
+    grouping and summing in bulk costs a fraction of doing it per request."""
+
+    FOLD_AT = 4096  # records held before they are summed: bounded memory, most requests do no summing
 
     def __init__(self, pricer: Pricer, tz):
         self.pricer = pricer
         self.tz = tz
         self._lock = threading.Lock()
         self._day: dt.date | None = None
+        self._pending: list[dict[str, Any]] = []
         self._tokens: dict[tuple, list[int]] = {}
         self._given_cost: dict[str, Decimal] = defaultdict(Decimal)
 
     def add(self, records: list[dict[str, Any]]) -> None:
         today = today_in(self.tz)
-        given_cost: list[dict[str, Any]] = []
+        with self._lock:
+            self._start_day_locked(today)
+            self._pending += records
+            if len(self._pending) >= self.FOLD_AT:
+                self._fold_locked()
+
+    def _start_day_locked(self, today: dt.date) -> None:
+        if today != self._day:
+            self._day, self._pending, self._tokens, self._given_cost = today, [], {}, defaultdict(Decimal)
+
+    def _fold_locked(self) -> None:
+        records, self._pending = self._pending, []
         groups: dict[tuple, list[dict[str, Any]]] = {}
         for record in records:
             if record.get("cost_usd") is not None:
-                given_cost.append(record)
+                self._given_cost[record.get("use_case") or UNATTRIBUTED] += Decimal(str(record["cost_usd"]))
                 continue
             key = (record.get("use_case") or UNATTRIBUTED, record.get("provider"), record.get("model"))
             group = groups.get(key)
@@ -49,21 +66,18 @@ class _TodaySpend:
                 groups[key] = [record]
             else:
                 group.append(record)
-        sums = {key: [_token_sum(group, name) for name in TOKEN_FIELDS] for key, group in groups.items()}
-        with self._lock:
-            if today != self._day:
-                self._day, self._tokens, self._given_cost = today, {}, defaultdict(Decimal)
-            for key, counts in sums.items():
-                totals = self._tokens.setdefault(key, [0] * len(TOKEN_FIELDS))
-                for i, number in enumerate(counts):
-                    totals[i] += number
-            for record in given_cost:
-                self._given_cost[record.get("use_case") or UNATTRIBUTED] += Decimal(str(record["cost_usd"]))
+        for key, group in groups.items():
+            totals = self._tokens.setdefault(key, [0] * len(TOKEN_FIELDS))
+            for i, name in enumerate(TOKEN_FIELDS):
+                totals[i] += _token_sum(group, name)
 
     def collect(self):
         family = GaugeMetricFamily("llmcost_collector_spend_today_usd",
                                    "Spend accepted by this collector process today, by use case", labels=["use_case"])
+        today = today_in(self.tz)
         with self._lock:
+            self._start_day_locked(today)  # yesterday's spend is not today's, even before today's first record
+            self._fold_locked()
             groups = {key: list(value) for key, value in self._tokens.items()}
             totals: dict[str, Decimal] = defaultdict(Decimal, self._given_cost)
         now = dt.datetime.now(dt.timezone.utc)
