@@ -163,8 +163,10 @@ def main() -> None:
                 load(servers["baseline"][1], batch, 0.5, args.connections)
                 figures = interleaved(servers, batch, args.seconds, args.connections)
                 ratio = figures["baseline"]["events_per_s"] / figures["collector"]["events_per_s"]
+                cpu_ratio = (figures["collector"]["server_cpu_us_per_request"]
+                             / max(figures["baseline"]["server_cpu_us_per_request"], 0.1))
                 rows.append({"batch": batch, "baseline": figures["baseline"], "collector": figures["collector"],
-                             "ratio": round(ratio, 2)})
+                             "ratio": round(ratio, 2), "cpu_ratio": round(cpu_ratio, 2)})
             journaled = sum(1 for path in (Path(tmp) / "collector" / "journal").glob("*-collector.jsonl")
                             for _ in path.open("rb"))
         finally:
@@ -179,7 +181,8 @@ def main() -> None:
               f"{row['ratio']:>6.2f}   {row['baseline']['server_cpu_us_per_request']:,.0f}, "
               f"{row['collector']['server_cpu_us_per_request']:,.0f}")
     targets = [{"target": f"collector within {TARGET_RATIO}x of the bare endpoint, batch {row['batch']}",
-                "figure": f"{row['ratio']:.2f}x", "met": row["ratio"] <= TARGET_RATIO} for row in rows]
+                "figure": f"{row['ratio']:.2f}x (server CPU per request {row['cpu_ratio']:.2f}x)",
+                "met": row["ratio"] <= TARGET_RATIO} for row in rows]
     # The warm-up requests were acknowledged too: the journal holds at least every measured one.
     targets.append({"target": "every acknowledged event in the journal", "figure": f"{journaled:,} lines for "
                     f"{acknowledged:,} measured events", "met": journaled >= acknowledged})

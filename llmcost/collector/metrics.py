@@ -111,11 +111,15 @@ class Metrics:
                                          "Time to make a batch durable (write and fsync)", registry=self.registry)
         self.spend = _TodaySpend(pricer, tz)
         self.registry.register(self.spend)
+        self._record_counters: dict[tuple[str, str], Any] = {}  # labels() looks its child up under a lock each time
 
     def count(self, endpoint: str, accepted: int, rejected: int, unattributed: int) -> None:
         for outcome, number in (("accepted", accepted), ("rejected", rejected), ("unattributed", unattributed)):
             if number:
-                self.records.labels(endpoint, outcome).inc(number)
+                counter = self._record_counters.get((endpoint, outcome))
+                if counter is None:
+                    counter = self._record_counters[(endpoint, outcome)] = self.records.labels(endpoint, outcome)
+                counter.inc(number)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
