@@ -131,24 +131,35 @@ class UsageEvent(BaseModel):
 
     @model_validator(mode="after")
     def _totals(self) -> UsageEvent:
-        if self.cache_write_1h_tokens > self.cache_write_tokens:
-            raise ValueError("cache_write_1h_tokens exceed cache_write_tokens "
-                             "(cache_write_tokens must include the 1-hour cache writes)")
-        if self.cache_read_tokens + self.cache_write_tokens > self.input_tokens and self.input_tokens:
-            raise ValueError(
-                "cache_read_tokens + cache_write_tokens exceed input_tokens "
-                "(input_tokens must include cached tokens)"
-            )
-        if self.reasoning_tokens > self.output_tokens and self.output_tokens:
-            raise ValueError("reasoning_tokens exceed output_tokens (output_tokens must include reasoning tokens)")
-        parts = self.input_tokens + self.output_tokens
+        problem = token_totals_problem(self.__dict__)
+        if problem is not None:
+            raise ValueError(problem)
         if self.total_tokens is None:
-            self.total_tokens = parts
-        elif parts and self.total_tokens < parts:
-            raise ValueError(f"total_tokens {self.total_tokens} is less than input + output tokens ({parts})")
+            self.total_tokens = self.input_tokens + self.output_tokens
         if self.cost_usd is not None and self.price_source is None:
             self.price_source = "provider"
         return self
+
+
+def token_totals_problem(counts: dict[str, Any]) -> str | None:
+    """Why a call's token counts do not add up, or None; absent or null counts are 0 (the total: not given).
+
+    The one rule `UsageEvent` applies, also called on raw records by the collector's batch check.
+    """
+    get = counts.get
+    input_tokens, output_tokens = get("input_tokens") or 0, get("output_tokens") or 0
+    cache_write_tokens = get("cache_write_tokens") or 0
+    if (get("cache_write_1h_tokens") or 0) > cache_write_tokens:
+        return ("cache_write_1h_tokens exceed cache_write_tokens "
+                "(cache_write_tokens must include the 1-hour cache writes)")
+    if (get("cache_read_tokens") or 0) + cache_write_tokens > input_tokens and input_tokens:
+        return "cache_read_tokens + cache_write_tokens exceed input_tokens (input_tokens must include cached tokens)"
+    if (get("reasoning_tokens") or 0) > output_tokens and output_tokens:
+        return "reasoning_tokens exceed output_tokens (output_tokens must include reasoning tokens)"
+    parts, total_tokens = input_tokens + output_tokens, get("total_tokens")
+    if total_tokens is not None and parts and total_tokens < parts:
+        return f"total_tokens {total_tokens} is less than input + output tokens ({parts})"
+    return None
 
 
 class AttemptRecord(BaseModel):
