@@ -309,3 +309,16 @@ def test_a_file_read_by_an_earlier_version_resumes_where_it_stopped(settings, tm
     with path.open("ab") as f:
         f.write(jsonl([record(7)]))
     assert (ingest(settings, [path]).stored, stored(settings)) == (1, (4, 4))
+
+
+def test_a_file_whose_first_line_is_no_record_and_whose_next_is_long_is_read_not_refused(settings, tmp_path):
+    # The sniff sees whole lines within its first megabyte only: one line that is no object must not
+    # stand for the file when the next line does not end within that window (its record would be lost).
+    path = tmp_path / "long-second-line.jsonl"
+    long_record = {"event_id": "long", "ts": "2026-11-20T10:00:00Z", "user_id": "u1", "tenant_id": "t1",
+              "use_case": "chat_tutor", "input_tokens": 5, "metadata": {"note": "x" * 2_000_000}}
+    path.write_text('["not a record"]\n' + json.dumps(long_record) + "\n")
+    result = ingest(settings, [path])
+    assert (result.read, result.stored, result.failed) == (2, 1, 1)
+    [(error,)] = query(settings, "SELECT error FROM failed_logs")
+    assert "must be a JSON object" in error

@@ -143,7 +143,9 @@ def not_usage_reason(data: Path, start: int, csv_header: list[str] | None, known
         f.seek(start)
         head = f.read(SNIFF_BYTES)
     lines = [line for line in head.split(b"\n")[:-1] if line.strip()][:SNIFF_LINES]
-    if not lines:
+    # Fewer lines than the rule names, with more of the file to come (a long line after them): too few to
+    # judge the file by, so it is read line by line, each line kept or failed with its own reason.
+    if not lines or (len(lines) < SNIFF_LINES and len(head) == SNIFF_BYTES):
         return None
     for line in lines:
         # A line that opens an object is a record, broken or not: it is kept with its own reason, and the
