@@ -280,3 +280,33 @@ def test_the_tenant_scope_limits_every_query_whatever_the_filters_ask(configured
     assert len(dq.budgets(configured.db_path, day, everything).alerts) == 3
     only_b = dataclasses.replace(everything, scope=("tenant-b",))
     assert dq.budgets(configured.db_path, day, only_b).alerts["scope_id"].tolist() == ["tenant-b"]
+
+
+def test_operator_actions_are_recorded_with_the_signed_in_email(configured):
+    from llmcost.control import audit
+    from llmcost.control.state import ControlState
+
+    app = open_app(user=signed_in("ana@example.com"), page=PAGES[5])
+    app.selectbox(key="budgets_disable_use_case").set_value("chat_tutor")
+    app.text_input(key="budgets_disable_reason").input("runaway loop")
+    app.checkbox(key="budgets_disable_confirm").check()
+    app.button(key="budgets_disable").click().run()
+    assert_no_exception(app)
+    today = dt.datetime.now(configured.tz).date()
+    with ControlState(configured.control_db) as control:
+        assert control.disabled()["chat_tutor"]["disabled_by"] == "ana@example.com"
+        control.halt(today, "spend spike", by="cli")
+    app.run()
+    assert not app.button(key="budgets_resume").disabled
+    app.button(key="budgets_resume").click().run()
+    assert_no_exception(app)
+    with ControlState(configured.control_db) as control:
+        assert control.halt_reason(today, configured.system.shutdown_usd) is None
+    entries = [(e["action"], e["by"]) for e in audit.entries(audit.audit_path_for(configured.control_db))]
+    assert entries == [("disable", "ana@example.com"), ("halt", "cli"), ("resume", "ana@example.com")]
+
+    with ControlState(configured.control_db) as control:
+        control.halt(today, "another spike", by="cli")
+    viewer = open_app(user=signed_in("vic@example.com"), page=PAGES[5])
+    assert any("emergency shutdown" in e.value for e in viewer.error)
+    assert not [b for b in viewer.button if b.key == "budgets_resume"]  # only operators may resume

@@ -108,3 +108,12 @@ def test_two_refreshes_at_once_one_runs_and_the_other_is_told(stored):
     assert outcomes[1][0] == "success", outcomes
     with store.reading(stored.db_path) as db:
         assert db.execute("SELECT count(*) FROM usage_events").fetchone()[0] == 101_000
+
+
+def test_mixing_read_only_and_write_connections_in_one_process_names_the_problem(settings):
+    from llmcost.errors import StoreError
+
+    with store.writing(settings.db_path):
+        with pytest.raises(StoreError, match="this process already has it open the other way"):
+            with store.reading(settings.db_path):
+                pass

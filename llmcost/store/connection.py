@@ -22,6 +22,7 @@ from llmcost.store.migrations import migrate, refresh_id_keys
 
 DEFAULT_LOCK_TIMEOUT = 30.0
 _LOCK_MARKERS = ("could not set lock", "conflicting lock", "database is locked", "resource temporarily unavailable")
+_SAME_PROCESS_MARKER = "different configuration than existing connections"
 _CORRUPT_MARKERS = ("not a valid duckdb database", "is not a valid", "failed to read database header",
                     "corrupt", "invalid magic", "checksum", "could not read enough bytes")
 
@@ -64,6 +65,12 @@ def connect(path: Path, *, read_only: bool = False, timeout: float = DEFAULT_LOC
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.5)
                 continue
+            if _SAME_PROCESS_MARKER in _error_text(error, path):
+                raise StoreError(
+                    f"cannot open the store {path} {'read-only' if read_only else 'for writing'}: this process "
+                    "already has it open the other way, and DuckDB refuses both in one process (write from a child "
+                    "process, as the dashboard does: llmcost.dashboard.writes)"
+                ) from error
             if _is_corrupt_error(error, path):
                 raise StoreCorruptError(
                     f"the store {path} is not a readable DuckDB database ({error}); "
