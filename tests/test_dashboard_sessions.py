@@ -117,3 +117,35 @@ def test_mixing_read_only_and_write_connections_in_one_process_names_the_problem
         with pytest.raises(StoreError, match="this process already has it open the other way"):
             with store.reading(settings.db_path):
                 pass
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from llmcost.store import connection as store
+path, rounds, polite = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "yield"
+for _ in range(rounds):
+    with store.writing(path):  # a writer that reopens the store at once, as ingestion does between batches
+        print("holding", flush=True)
+        time.sleep(0.5)
+    if polite:
+        store.let_readers_in(path)
+"""
+
+
+def test_readers_get_in_between_a_writers_connections(settings):
+    """Without `let_readers_in` between its connections, the writer below keeps every reader out (each fails
+    with StoreLockedError after its 1.5 s): a reader polling with backoff misses the instant between two."""
+    import subprocess
+
+    store.connect(settings.db_path).close()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(settings.db_path), "12", "yield"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "holding"
+        for _ in range(5):
+            with store.reading(settings.db_path, timeout=1.5) as db:  # 3 of the writer's holds
+                assert db.execute("SELECT count(*) FROM usage_events").fetchone() == (0,)
+    finally:
+        writer.kill()
+        writer.wait()

@@ -139,8 +139,13 @@ def open_page(page, title: str) -> None:
 
 
 def wait_until_drawn(page, title: str) -> None:
-    """Until the page's last heading shows and its script run ends (Streamlit's status widget goes)."""
-    page.get_by_role("heading", name=title).wait_for(timeout=60_000)
+    """Until the page's last heading shows and its script run ends (Streamlit's status widget goes), or it
+    shows an exception or an error instead of its heading (`problems` reads them)."""
+    heading = page.get_by_role("heading", name=title)
+    heading.or_(page.get_by_test_id("stException")).or_(page.get_by_test_id("stAlertContentError")).first.wait_for(
+        timeout=60_000)
+    if heading.count() == 0:
+        return
     if title in LAST_HEADING:
         page.get_by_role("heading", name=LAST_HEADING[title]).wait_for(timeout=60_000)
     time.sleep(1)
@@ -228,11 +233,13 @@ def local_dashboard(settings, tmp_path):
 PAGE_TITLES = ("Overview", "Use cases", "Users and tenants", "Failed logs", "Integrity", "Budgets and alerts")
 
 
-def problems(page) -> list[str]:
-    """Exceptions and errors about the store that a page shows."""
+def problems(page, title: str) -> list[str]:
+    """Exceptions and errors about the store that a page shows, or that it shows none of itself."""
     shown = page.get_by_test_id("stException").all_inner_texts()
     shown += [text for text in page.get_by_test_id("stAlertContentError").all_inner_texts()
               if "store" in text or "failed" in text.lower() and "Ingest" in text]
+    if page.get_by_role("heading", name=title).count() == 0:
+        shown.append("the page did not draw its heading")
     return shown
 
 
@@ -254,7 +261,7 @@ def test_pages_load_in_one_session_while_another_refreshes_a_million_lines(setti
     while refresher.get_by_text("Ingested:").count() == 0 and rounds < 20:
         for title in PAGE_TITLES:
             open_page(reader, title)
-            seen += [f"{title}: {text}" for text in problems(reader)]
+            seen += [f"{title}: {text}" for text in problems(reader, title)]
         rounds += 1
     refresher.get_by_text("Ingested:").wait_for(timeout=300_000)
     assert refresher.get_by_text("stored 1,000,000").count() == 1
