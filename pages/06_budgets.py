@@ -19,7 +19,7 @@ settings, filters = context.settings, context.filters
 
 def switch_off() -> None:
     state = st.session_state
-    if ui.operator_or_refuse(KILL_SWITCH_MESSAGE) is None:
+    if (access := ui.operator_or_refuse(KILL_SWITCH_MESSAGE)) is None:
         return
     use_case, reason = state.get("budgets_disable_use_case"), (state.get("budgets_disable_reason") or "").strip()
     if not use_case:
@@ -31,14 +31,14 @@ def switch_off() -> None:
                                       "Tick the confirmation: every call of this use case will be refused.")
     else:
         with ControlState(settings.control_db) as switches:
-            switches.disable(use_case, reason, by=context.access.who)
+            switches.disable(use_case, reason, by=access.who)
         state["budgets_disable_reason"], state["budgets_disable_confirm"] = "", False
         state[KILL_SWITCH_MESSAGE] = ("success", f"Disabled {ui.plain(use_case)}: its calls are refused from now on.")
 
 
 def switch_on() -> None:
     state = st.session_state
-    if ui.operator_or_refuse(KILL_SWITCH_MESSAGE) is None:
+    if (access := ui.operator_or_refuse(KILL_SWITCH_MESSAGE)) is None:
         return
     use_case = state.get("budgets_enable_use_case")
     if not use_case:
@@ -47,16 +47,16 @@ def switch_on() -> None:
         state[KILL_SWITCH_MESSAGE] = ("warning", "Tick the confirmation to enable it again.")
     else:
         with ControlState(settings.control_db) as switches:
-            switches.enable(use_case, by=context.access.who)
+            switches.enable(use_case, by=access.who)
         state["budgets_enable_confirm"] = False
         state[KILL_SWITCH_MESSAGE] = ("success", f"Enabled {ui.plain(use_case)}: its calls are allowed again.")
 
 
 def resume() -> None:
-    if ui.operator_or_refuse(KILL_SWITCH_MESSAGE) is None:
+    if (access := ui.operator_or_refuse(KILL_SWITCH_MESSAGE)) is None:
         return
     with ControlState(settings.control_db) as switches:
-        switches.resume(context.today, by=context.access.who)
+        switches.resume(context.today, by=access.who)
     st.session_state[KILL_SWITCH_MESSAGE] = ("success", "Resumed: tracked calls are allowed again today.")
 
 
