@@ -142,10 +142,13 @@ def wait_until_drawn(page, title: str) -> None:
     """Until the page's last heading shows and its script run ends (Streamlit's status widget goes), or it
     shows an exception or an error instead of its heading (`problems` reads them)."""
     heading = page.get_by_role("heading", name=title)
-    heading.or_(page.get_by_test_id("stException")).or_(page.get_by_test_id("stAlertContentError")).first.wait_for(
-        timeout=60_000)
-    if heading.count() == 0:
-        return
+    deadline = time.monotonic() + 60
+    # The page before's elements stay on screen until the new run replaces them: wait for this page's heading
+    # unless an exception or a store error shows first.
+    while heading.count() == 0:
+        if time.monotonic() > deadline or store_problems(page):
+            return
+        time.sleep(0.2)
     if title in LAST_HEADING:
         page.get_by_role("heading", name=LAST_HEADING[title]).wait_for(timeout=60_000)
     time.sleep(1)
@@ -233,11 +236,16 @@ def local_dashboard(settings, tmp_path):
 PAGE_TITLES = ("Overview", "Use cases", "Users and tenants", "Failed logs", "Integrity", "Budgets and alerts")
 
 
-def problems(page, title: str) -> list[str]:
-    """Exceptions and errors about the store that a page shows, or that it shows none of itself."""
+def store_problems(page) -> list[str]:
+    """Exceptions, and errors about the store, that a page shows."""
     shown = page.get_by_test_id("stException").all_inner_texts()
-    shown += [text for text in page.get_by_test_id("stAlertContentError").all_inner_texts()
-              if "store" in text or "failed" in text.lower() and "Ingest" in text]
+    return shown + [text for text in page.get_by_test_id("stAlertContentError").all_inner_texts()
+                    if "store" in text or "failed" in text.lower() and "Ingest" in text]
+
+
+def problems(page, title: str) -> list[str]:
+    """What `store_problems` finds, or that the page shows no heading of its own."""
+    shown = store_problems(page)
     if page.get_by_role("heading", name=title).count() == 0:
         shown.append("the page did not draw its heading")
     return shown
