@@ -16,11 +16,16 @@ PAGES = [
     st.Page("pages/02_use_cases.py", title="Use cases", icon=":material/category:"),
     st.Page("pages/03_users.py", title="Users and tenants", icon=":material/group:"),
     st.Page("pages/04_failed_logs.py", title="Failed logs", icon=":material/report:"),
+]
+# Pages about the whole system, not shown to a tenant-scoped viewer, who sees only their tenants' figures.
+SYSTEM_WIDE_PAGES = [
     st.Page("pages/05_integrity.py", title="Integrity", icon=":material/fact_check:"),
     st.Page("pages/06_budgets.py", title="Budgets and alerts", icon=":material/savings:"),
 ]
 
 legacy_pages.leave_legacy_multipage_mode()
-page = st.navigation(PAGES)
-ui.sidebar(ui.settings_or_stop())
+settings = ui.settings_or_stop()
+access = ui.access_or_stop(settings)
+page = st.navigation(PAGES + SYSTEM_WIDE_PAGES if access.sees_every_tenant else PAGES)
+ui.sidebar(settings, access)
 page.run()

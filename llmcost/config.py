@@ -117,6 +117,30 @@ class SlackSettings:
 
 
 @dataclass(frozen=True)
+class DashboardRoles:
+    """Who gets which role once signed in: an email, "@domain" for a whole domain, or "group:NAME" for a
+    value of the groups claim."""
+
+    operator: tuple[str, ...] = ()
+    viewer: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    """Sign-in to the dashboard (`[dashboard]`): roles from the identity's claims, and tenant-scoped viewers."""
+
+    # Served on a non-loopback address without sign-in ([auth] in .streamlit/secrets.toml), show data anyway
+    # (read only) instead of refusing.
+    allow_anonymous: bool = False
+    roles: DashboardRoles = field(default_factory=DashboardRoles)
+    # Tenants a viewer is limited to, by who they are (same entries as the roles): "@client.example" = ["t1"].
+    tenants: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    groups_claim: str = "groups"
+    # A claim naming the identity's tenant(s); when set, an identity carrying it sees only those tenants.
+    tenant_claim: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     db_path: Path
@@ -159,6 +183,7 @@ class Settings:
     forward_key: str | None = None  # the collector's service key
     # Delete journal files forwarded in whole and unchanged for this many days (never unforwarded ones).
     forward_retention_days: int | None = None
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     config_file: Path | None = None
 
     @property
@@ -353,6 +378,28 @@ def _limits(raw: dict[str, Any]) -> dict[str, AccountLimit]:
     return limits
 
 
+def _identity_entries(entries: tuple[str, ...], key: str) -> tuple[str, ...]:
+    for entry in entries:
+        if not (entry.startswith("group:") and len(entry) > 6 or "@" in entry[:-1]):
+            raise ConfigError(f"{key}: {entry!r} is not an email, an \"@domain\" or a \"group:NAME\" "
+                              "(for example \"ana@example.com\", \"@example.com\" or \"group:llm-ops\")")
+    return tuple(entry.strip() for entry in entries)
+
+
+def _dashboard(raw: dict[str, Any], in_file: str) -> DashboardSettings:
+    roles = raw.get("roles", {})
+    tenants = {who: _names(names) for who, names in raw.get("tenants", {}).items()}
+    _identity_entries(tuple(tenants), f"{in_file}dashboard.tenants")
+    return DashboardSettings(
+        allow_anonymous=raw.get("allow_anonymous", False),
+        roles=DashboardRoles(**{role: _identity_entries(_names(roles.get(role, ())), f"{in_file}dashboard.roles.{role}")
+                                for role in ("operator", "viewer")}),
+        tenants=tenants,
+        groups_claim=raw.get("groups_claim", "groups"),
+        tenant_claim=raw.get("tenant_claim") or None,
+    )
+
+
 def load_settings(
     home: str | Path | None = None,
     db: str | Path | None = None,
@@ -489,5 +536,6 @@ def load_settings(
         forward_to=env.get("LLMCOST_FORWARD_TO") or raw.get("forward_to") or None,
         forward_key=env.get("LLMCOST_FORWARD_KEY") or raw.get("forward_key") or None,
         forward_retention_days=raw.get("forward_retention_days"),
+        dashboard=_dashboard(raw.get("dashboard", {}), in_file),
         config_file=config_path.resolve() if config_path else None,
     )

@@ -32,8 +32,9 @@ def sync_section(last_synced) -> None:
                        + fmt.local_time(last_synced, settings.timezone) + ".")
     journal.metric("Waiting in journals", fmt.number(waiting["journal"]) if waiting else "—")
     fallback.metric("Waiting in the fallback log", fmt.number(waiting["fallback"]) if waiting else "—")
-    button.button("Refresh", key="overview_refresh", on_click=ui.ingest_now, args=(settings, REFRESH_MESSAGE),
-                  help="Ingest the configured sources now and reload every figure.", type="primary")
+    if context.access.can_operate:
+        button.button("Refresh", key="overview_refresh", on_click=ui.ingest_now, args=(settings, REFRESH_MESSAGE),
+                      help="Ingest the configured sources now and reload every figure.", type="primary")
     ui.show_message(REFRESH_MESSAGE)
 
 
@@ -71,17 +72,18 @@ kpi_column(month, "Month to date", periods["month_to_date"], periods["previous_m
 if any((context.filters.tenants, context.filters.providers, context.filters.models)):
     st.caption("These figures follow the tenant, provider and model filters.")
 
-st.subheader("System-wide spend today")
-system = limits.system_spend_today(settings, context.today)
 levels = limits.system_levels(settings)
-spend = fmt.money(system.spend)
-if system.level is None:
-    st.success(ui.dollars(f"Today's spend {spend} is below the warning level ({fmt.money(levels['warning'])})."),
-               icon=":material/check_circle:")
-else:
-    text = (f"Today's spend {spend} has reached the {system.level} level ({fmt.money(system.threshold)}): "
-            f"{LEVEL_ADVICE[system.level]}.")
-    (st.warning if system.level == "warning" else st.error)(ui.dollars(text), icon="⚠️")
+if context.access.sees_every_tenant:  # a tenant-scoped viewer sees their tenants' figures only
+    st.subheader("System-wide spend today")
+    system = limits.system_spend_today(settings, context.today)
+    spend = fmt.money(system.spend)
+    if system.level is None:
+        st.success(ui.dollars(f"Today's spend {spend} is below the warning level ({fmt.money(levels['warning'])})."),
+                   icon=":material/check_circle:")
+    else:
+        text = (f"Today's spend {spend} has reached the {system.level} level ({fmt.money(system.threshold)}): "
+                f"{LEVEL_ADVICE[system.level]}.")
+        (st.warning if system.level == "warning" else st.error)(ui.dollars(text), icon="⚠️")
 
 st.plotly_chart(charts.daily_spend(data.daily, levels, (context.filters.start, context.filters.end)),
                 key="overview_daily_chart")

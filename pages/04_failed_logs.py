@@ -29,9 +29,11 @@ unrecovered, matching, replay = st.columns([1, 1, 2], vertical_alignment="bottom
 unrecovered.metric("Not recovered (all days)", fmt.number(data.unrecovered))
 matching.metric("Matching these filters", fmt.number(data.matching))
 fallback_exists = settings.fallback_log.is_file()
-replay.button("Replay the fallback log", key="failed_replay", on_click=ui.ingest_now,
-              args=(settings, REPLAY_MESSAGE, [settings.fallback_log]), disabled=not fallback_exists,
-              help="Ingest the fallback log now: its events are stored once and their failed logs marked recovered.")
+if context.access.can_operate:
+    replay.button("Replay the fallback log", key="failed_replay", on_click=ui.ingest_now,
+                  args=(settings, REPLAY_MESSAGE, [settings.fallback_log]), disabled=not fallback_exists,
+                  help="Ingest the fallback log now: its events are stored once and their failed logs marked "
+                       "recovered.")
 ui.show_message(REPLAY_MESSAGE)
 if not fallback_exists:
     st.caption("There is no fallback log at the configured path, so nothing to replay.")
@@ -43,17 +45,18 @@ ui.table(data.rows, "failed_table", file_name="failed-logs.csv", counts=["estima
          times=["logged_at", "recovered_at", "dismissed_at"], timezone=settings.timezone)
 
 open_ids = data.rows.loc[~data.rows["recovered"] & data.rows["dismissed_at"].isna(), "failed_id"].tolist()
-with st.expander("Dismiss failed logs that need nothing more", expanded=False):
-    st.caption("Dismissed entries stay in this table, marked with who dismissed them, when and why; they leave "
-               "the warning banner and the counts of entries not recovered.")
-    chosen = st.multiselect("Failed logs shown above", open_ids, key="failed_dismiss_ids",
-                            placeholder="Choose by failed_id")
-    reason = st.text_input("Why they need nothing more", key="failed_dismiss_reason")
-    by = st.text_input("Dismissed by", key="failed_dismiss_by")
-    confirmed = st.checkbox(f"Dismiss {len(chosen)} failed log(s)", key="failed_dismiss_confirm")
-    st.button("Dismiss", key="failed_dismiss", on_click=ui.dismiss_now,
-              args=(settings, DISMISS_MESSAGE, chosen, reason, by),
-              disabled=not (chosen and reason.strip() and confirmed))
+if context.access.can_operate:
+    with st.expander("Dismiss failed logs that need nothing more", expanded=False):
+        st.caption("Dismissed entries stay in this table, marked with who dismissed them, when and why; they leave "
+                   "the warning banner and the counts of entries not recovered.")
+        chosen = st.multiselect("Failed logs shown above", open_ids, key="failed_dismiss_ids",
+                                placeholder="Choose by failed_id")
+        reason = st.text_input("Why they need nothing more", key="failed_dismiss_reason")
+        by = context.access.who if context.access.signed_in else st.text_input("Dismissed by", key="failed_dismiss_by")
+        confirmed = st.checkbox(f"Dismiss {len(chosen)} failed log(s)", key="failed_dismiss_confirm")
+        st.button("Dismiss", key="failed_dismiss", on_click=ui.dismiss_now,
+                  args=(settings, DISMISS_MESSAGE, chosen, reason, by),
+                  disabled=not (chosen and reason.strip() and confirmed))
 ui.show_message(DISMISS_MESSAGE)
 
 st.subheader("Not recovered, by error")

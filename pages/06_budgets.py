@@ -19,6 +19,8 @@ settings, filters = context.settings, context.filters
 
 def switch_off() -> None:
     state = st.session_state
+    if (access := ui.operator_or_refuse(KILL_SWITCH_MESSAGE)) is None:
+        return
     use_case, reason = state.get("budgets_disable_use_case"), (state.get("budgets_disable_reason") or "").strip()
     if not use_case:
         state[KILL_SWITCH_MESSAGE] = ("warning", "Choose the use case to disable.")
@@ -29,13 +31,15 @@ def switch_off() -> None:
                                       "Tick the confirmation: every call of this use case will be refused.")
     else:
         with open_control(settings) as switches:
-            switches.disable(use_case, reason, by="dashboard")
+            switches.disable(use_case, reason, by=access.who)
         state["budgets_disable_reason"], state["budgets_disable_confirm"] = "", False
         state[KILL_SWITCH_MESSAGE] = ("success", f"Disabled {ui.plain(use_case)}: its calls are refused from now on.")
 
 
 def switch_on() -> None:
     state = st.session_state
+    if (access := ui.operator_or_refuse(KILL_SWITCH_MESSAGE)) is None:
+        return
     use_case = state.get("budgets_enable_use_case")
     if not use_case:
         state[KILL_SWITCH_MESSAGE] = ("warning", "Choose the use case to enable.")
@@ -43,9 +47,17 @@ def switch_on() -> None:
         state[KILL_SWITCH_MESSAGE] = ("warning", "Tick the confirmation to enable it again.")
     else:
         with open_control(settings) as switches:
-            switches.enable(use_case, by="dashboard")
+            switches.enable(use_case, by=access.who)
         state["budgets_enable_confirm"] = False
         state[KILL_SWITCH_MESSAGE] = ("success", f"Enabled {ui.plain(use_case)}: its calls are allowed again.")
+
+
+def resume() -> None:
+    if (access := ui.operator_or_refuse(KILL_SWITCH_MESSAGE)) is None:
+        return
+    with open_control(settings) as switches:
+        switches.resume(context.today, by=access.who)
+    st.session_state[KILL_SWITCH_MESSAGE] = ("success", "Resumed: tracked calls are allowed again today.")
 
 
 st.title("Budgets and alerts")
@@ -101,6 +113,9 @@ if halted:
     st.error("Every tracked call is refused today (emergency shutdown); `llmcost resume` lifts it.",
              icon=":material/block:")
     st.text(halted)
+    if context.access.can_operate:
+        st.button("Resume", key="budgets_resume", on_click=resume, help="What `llmcost resume` does: lift "
+                  "today's emergency shutdown, also the automatic one, for the rest of the day.")
 disabled_table = pd.DataFrame(
     [{"use_case": name, **details} for name, details in disabled.items()],
     columns=["use_case", "reason", "disabled_at", "disabled_by"],
@@ -110,19 +125,20 @@ if disabled_table.empty:
 else:
     ui.table(disabled_table, "budgets_disabled", file_name="disabled-use-cases.csv")
 
-known = sorted(set(settings.use_cases) | set(data.use_cases) | set(disabled))
-switch_off_column, switch_on_column = st.columns(2)
-with switch_off_column:
-    st.markdown("**Disable a use case**")
-    st.selectbox("Use case", [name for name in known if name not in disabled], index=None,
-                 key="budgets_disable_use_case", placeholder="Choose a use case")
-    st.text_input("Reason", key="budgets_disable_reason", max_chars=500)
-    st.checkbox("I understand every call of this use case will be refused", key="budgets_disable_confirm")
-    st.button("Disable", key="budgets_disable", on_click=switch_off, type="primary")
-with switch_on_column:
-    st.markdown("**Enable a use case**")
-    st.selectbox("Disabled use case", list(disabled), index=None, key="budgets_enable_use_case",
-                 placeholder="Choose a disabled use case")
-    st.checkbox("Enable it again", key="budgets_enable_confirm")
-    st.button("Enable", key="budgets_enable", on_click=switch_on)
+if context.access.can_operate:
+    known = sorted(set(settings.use_cases) | set(data.use_cases) | set(disabled))
+    switch_off_column, switch_on_column = st.columns(2)
+    with switch_off_column:
+        st.markdown("**Disable a use case**")
+        st.selectbox("Use case", [name for name in known if name not in disabled], index=None,
+                     key="budgets_disable_use_case", placeholder="Choose a use case")
+        st.text_input("Reason", key="budgets_disable_reason", max_chars=500)
+        st.checkbox("I understand every call of this use case will be refused", key="budgets_disable_confirm")
+        st.button("Disable", key="budgets_disable", on_click=switch_off, type="primary")
+    with switch_on_column:
+        st.markdown("**Enable a use case**")
+        st.selectbox("Disabled use case", list(disabled), index=None, key="budgets_enable_use_case",
+                     placeholder="Choose a disabled use case")
+        st.checkbox("Enable it again", key="budgets_enable_confirm")
+        st.button("Enable", key="budgets_enable", on_click=switch_on)
 ui.show_message(KILL_SWITCH_MESSAGE)

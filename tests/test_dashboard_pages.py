@@ -50,6 +50,17 @@ def navigation_pages(monkeypatch):
     monkeypatch.setattr(app_test_module, "PagesManager", NavigationPagesManager)
 
 
+@pytest.fixture(autouse=True)
+def served_on_loopback():
+    """AppTest has no server: say it listens on 127.0.0.1, so the app is in local mode (as `make run` serves it)."""
+    from streamlit import config
+
+    before = config.get_option("server.address")
+    config.set_option("server.address", "127.0.0.1")
+    yield
+    config.set_option("server.address", before)
+
+
 def open_page(page: str = PAGES[0]) -> AppTest:
     app = AppTest.from_file(str(APP), default_timeout=30).run()
     if page != PAGES[0]:

@@ -1,4 +1,5 @@
-"""The control audit log: every kill switch, halt and resume (and a corrupt control file set aside), one JSON line each.
+"""The control audit log: every kill switch, halt, resume and dashboard ingest (and a corrupt control file set
+aside), one JSON line each.
 
 An append-only file of its own next to the control file (`control.sqlite` -> `control-audit.jsonl`), never
 the usage journal that ingestion reads. It is the trail of who did what, when and why, and the source from
@@ -21,7 +22,8 @@ from llmcost.sdk.journal import append_line, encode_line
 
 log = logging.getLogger("llmcost")
 
-ACTIONS = ("disable", "enable", "halt", "resume", "control_file_set_aside")
+# "ingest": an operator ran an ingest from the dashboard (restoring a control file skips it)
+ACTIONS = ("disable", "enable", "halt", "resume", "control_file_set_aside", "ingest")
 
 
 def audit_path_for(control_path: Path) -> Path:

@@ -50,6 +50,9 @@ def failed_logs(db: duckdb.DuckDBPyConnection, filters: Filters, timezone: str,
     if filters.tenants:
         clauses.append("list_contains($tenants, tenant_id)")
         params["tenants"] = list(filters.tenants)
+    if filters.scope is not None:
+        clauses.append("list_contains($scope, tenant_id)")
+        params["scope"] = list(filters.scope)
     where = " AND ".join(clauses)
     matching = fetch_rows(db, f"SELECT count(*) FROM failed_logs WHERE {where}", params)[0][0]
     rows = fetch_frame(
@@ -65,14 +68,16 @@ def failed_logs(db: duckdb.DuckDBPyConnection, filters: Filters, timezone: str,
     return rows, matching
 
 
-def unrecovered_by_error(db: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    return fetch_frame(db, queries.OPEN_FAILED_BY_ERROR)
+def unrecovered_by_error(db: duckdb.DuckDBPyConnection, scope: tuple[str, ...] | None = None) -> pd.DataFrame:
+    sql, params = queries.open_failed_by_error(scope)
+    return fetch_frame(db, sql, params)
 
 
 def failed_logs_from(db: duckdb.DuckDBPyConnection, filters: Filters, timezone: str,
                      query: FailedLogQuery) -> FailedLogsData:
     rows, matching = failed_logs(db, filters, timezone, query)
-    return FailedLogsData(rows, matching, queries.open_failed_count(db), unrecovered_by_error(db))
+    return FailedLogsData(rows, matching, queries.open_failed_count(db, filters.scope),
+                          unrecovered_by_error(db, filters.scope))
 
 
 def failed(db_path: Path, filters: Filters, timezone: str, query: FailedLogQuery) -> FailedLogsData | None:

@@ -19,10 +19,10 @@ import pandas as pd
 import streamlit as st
 
 from llmcost.config import Settings, load_settings
-from llmcost.dashboard import legacy_pages
+from llmcost.dashboard import legacy_pages, writes
 from llmcost.dashboard import queries as dq
+from llmcost.dashboard.access import Access, decide_access, without_sign_in
 from llmcost.errors import LLMCostError
-from llmcost.ingestion.run import ingest
 from llmcost.money import money_column_format, today_in
 from llmcost.store.export import frame_to_csv_bytes
 
@@ -51,6 +51,7 @@ class PageContext:
     settings: Settings
     filters: dq.Filters
     today: dt.date
+    access: Access
 
 
 def settings_or_stop() -> Settings:
@@ -85,12 +86,70 @@ def stop_without_data() -> None:
     st.stop()
 
 
-def sidebar(settings: Settings) -> PageContext:
-    """The filters every page shares; the choices live in session state under their widget keys."""
+def sign_in_configured() -> bool:
+    """Whether `.streamlit/secrets.toml` has an `[auth]` section, which `st.login` signs in with."""
+    try:
+        return st.secrets.load_if_toml_exists() and "auth" in st.secrets
+    except FileNotFoundError:
+        return False
+
+
+def access_or_stop(settings: Settings) -> Access:
+    """Who this session is and what they may do, or a sign-in, no-access or refusal page and `st.stop()`."""
+    if not sign_in_configured():
+        address = st.get_option("server.address")
+        found = without_sign_in(address, settings.dashboard)
+        if found is None:
+            st.title("llmcost")
+            st.error(
+                f"This dashboard is served on {plain(address or 'every network interface')} without sign-in, so it "
+                "shows no data. Configure sign-in (`[auth]` in `.streamlit/secrets.toml`, see docs/dashboard.md), "
+                "serve it on 127.0.0.1 (`--server.address 127.0.0.1`), or set `allow_anonymous = true` under "
+                "`[dashboard]` in llmcost.toml to show it read only to anyone who can reach it.")
+            st.stop()
+        return found
+    if not st.user.is_logged_in:
+        st.title("llmcost")
+        st.info("Sign in to see the dashboard.")
+        st.button("Sign in", key="auth_sign_in", on_click=st.login, type="primary")
+        st.stop()
+    claims = st.user.to_dict()
+    found = decide_access(claims, settings.dashboard)
+    if found is None:
+        st.title("No access")
+        st.error(f"You are signed in as {plain(claims.get('email') or claims.get('sub') or 'unknown')}, who has no "
+                 "role on this dashboard. Ask an admin to add you to `[dashboard.roles]` in llmcost.toml.")
+        st.button("Sign out", key="auth_sign_out_no_access", on_click=st.logout)
+        st.stop()
+    return found
+
+
+def current_access() -> Access | None:
+    """The access this session's last run established (button callbacks run before the next one)."""
+    found = st.session_state.get(CONTEXT_KEY)
+    return found.access if isinstance(found, PageContext) else None
+
+
+def _access_box(access: Access) -> None:
+    if access.signed_in:
+        st.caption(f"Signed in as {plain(access.who)} ({plain(access.describe())})")
+        st.button("Sign out", key="auth_sign_out", on_click=st.logout)
+    elif access.can_operate:
+        st.caption("Local mode: no sign-in is configured, and this dashboard is served on this machine only.")
+    else:
+        st.caption("Anonymous, read only: no sign-in is configured (`allow_anonymous = true`).")
+
+
+def sidebar(settings: Settings, access: Access) -> PageContext:
+    """The filters every page shares; the choices live in session state under their widget keys.
+
+    A tenant-scoped viewer's scope goes into the filters here, from their access, never from a widget.
+    """
     today = today_in(settings.tz)
-    found = load(dq.sidebar, settings)
+    found = load(dq.sidebar, settings, access.tenants)
     span, options = found if found else (dq.Span(None, None, 0), {"tenants": [], "providers": [], "models": []})
     with st.sidebar:
+        _access_box(access)
         st.header("Filters")
         chosen = st.date_input(
             "Dates",
@@ -105,7 +164,8 @@ def sidebar(settings: Settings) -> PageContext:
         models = st.multiselect("Models", options["models"], key="filter_models", placeholder="All models")
         st.caption(f"Times in {settings.timezone}")
     start, end = _date_range(chosen, today)
-    context = PageContext(settings, dq.Filters(start, end, tuple(tenants), tuple(providers), tuple(models)), today)
+    filters = dq.Filters(start, end, tuple(tenants), tuple(providers), tuple(models), scope=access.tenants)
+    context = PageContext(settings, filters, today, access)
     st.session_state[CONTEXT_KEY] = context
     return context
 
@@ -124,7 +184,10 @@ def context() -> PageContext:
     """What `app.py` put in place for this run (a page run on its own draws the sidebar itself)."""
     legacy_pages.leave_legacy_multipage_mode()
     found = st.session_state.get(CONTEXT_KEY)
-    return found if isinstance(found, PageContext) else sidebar(settings_or_stop())
+    if isinstance(found, PageContext):
+        return found
+    settings = settings_or_stop()
+    return sidebar(settings, access_or_stop(settings))
 
 
 def clear_cached_figures() -> None:
@@ -193,11 +256,28 @@ def _in_zone(column: pd.Series, timezone: str) -> pd.Series:
     return values.dt.tz_convert(timezone)
 
 
+def operator_or_refuse(message_key: str) -> Access | None:
+    """This session's access when it may operate; otherwise leave a refusal message and return None."""
+    access = current_access()
+    if access is None or not access.can_operate:
+        st.session_state[message_key] = ("error", "Only an operator can do this: ask an admin to add you to "
+                                                  "`operator` under `[dashboard.roles]` in llmcost.toml.")
+        return None
+    return access
+
+
 def ingest_now(settings: Settings, message_key: str, paths: Sequence[Any] | None = None) -> None:
-    """Ingest (the configured sources, or `paths`), then drop every cached figure. A button callback."""
+    """Ingest (the configured sources, or `paths`) in a child process, then drop every cached figure.
+    A button callback, for operators; one ingest at a time per server (`dashboard.writes`)."""
+    access = operator_or_refuse(message_key)
+    if access is None:
+        return
     try:
-        result = ingest(settings, list(paths) if paths else None)
-    except LLMCostError as error:
+        result = writes.ingest(settings, access.who, list(paths) if paths else None)
+    except writes.WriteRunningError as running:
+        st.session_state[message_key] = ("info", "Not started: " + plain(running))
+        return
+    except (LLMCostError, OSError) as error:
         st.session_state[message_key] = ("error", "Ingest failed: " + plain(error))
         return
     clear_cached_figures()
@@ -205,11 +285,18 @@ def ingest_now(settings: Settings, message_key: str, paths: Sequence[Any] | None
 
 
 def dismiss_now(settings: Settings, message_key: str, failed_ids: Sequence[str], reason: str, by: str) -> None:
-    """Dismiss the chosen failed logs, then drop every cached figure. A button callback."""
-    from llmcost.store.failed_logs import dismiss
+    """Dismiss the chosen failed logs, then drop every cached figure. A button callback, for operators.
 
+    A signed-in operator is who dismissed them; in local mode, whoever the form names."""
+    access = operator_or_refuse(message_key)
+    if access is None:
+        return
+    who = access.who if access.signed_in else (by or "").strip() or access.who
     try:
-        count = dismiss(settings, list(failed_ids), reason=reason, by=by)
+        count = writes.dismiss(settings, who, list(failed_ids), reason)
+    except writes.WriteRunningError as running:
+        st.session_state[message_key] = ("info", "Not dismissed yet: " + plain(running))
+        return
     except LLMCostError as error:
         st.session_state[message_key] = ("error", "Not dismissed: " + plain(error))
         return

@@ -166,6 +166,8 @@ def _ingest_readable(settings, source: Source, pricer, progress, lock_timeout, r
                 offset, finished, limit = _next_batch(db, settings, reading, pricer, result, limit)
                 if progress:
                     progress(str(source.path), offset, size)
+        if not finished:
+            store.let_readers_in(settings.db_path)
 
 
 @dataclass(frozen=True)

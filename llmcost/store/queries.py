@@ -27,16 +27,23 @@ class UserDay(NamedTuple):
     cost: Decimal
 
 
-def usage_by_user_on(db, day: dt.date) -> list[UserDay]:
-    """Every attributed user's calls, tokens and cost on a day, unfiltered: daily limits count all their calls."""
+def in_tenants(tenants: tuple[str, ...] | None) -> tuple[str, list]:
+    """An SQL condition (and its one bound parameter) limiting rows to a tenant scope; None: every tenant."""
+    return ("list_contains(?, tenant_id)", [list(tenants)]) if tenants is not None else ("true", [])
+
+
+def usage_by_user_on(db, day: dt.date, tenants: tuple[str, ...] | None = None) -> list[UserDay]:
+    """Every attributed user's calls, tokens and cost on a day, unfiltered (daily limits count all their calls)
+    but for a tenant scope, whose viewers see only their tenants' calls."""
+    scope, scope_params = in_tenants(tenants)
     rows = db.execute(
         f"""
         SELECT user_id, {USER_ACCOUNT_TYPE} AS account_type, count(*), coalesce(sum(total_tokens), 0),
                coalesce(sum(cost_usd), 0)
-        FROM usage_events WHERE day = ? AND user_id <> ?
+        FROM usage_events WHERE day = ? AND user_id <> ? AND {scope}
         GROUP BY user_id ORDER BY 5 DESC, user_id
         """,
-        [day, UNATTRIBUTED],
+        [day, UNATTRIBUTED, *scope_params],
     ).fetchall()
     return [UserDay(user, account_type, int(calls), int(tokens), Decimal(cost))
             for user, account_type, calls, tokens, cost in rows]
@@ -62,9 +69,10 @@ def store_totals(db) -> tuple[int, Decimal]:
     return int(events), Decimal(cost)
 
 
-def open_failed_count(db) -> int:
-    """Failed logs still to deal with: neither recovered nor dismissed."""
-    return db.execute(f"SELECT count(*) FROM failed_logs WHERE {OPEN_FAILED}").fetchall()[0][0]
+def open_failed_count(db, tenants: tuple[str, ...] | None = None) -> int:
+    """Failed logs still to deal with: neither recovered nor dismissed (in a tenant scope, when given)."""
+    scope, params = in_tenants(tenants)
+    return db.execute(f"SELECT count(*) FROM failed_logs WHERE {OPEN_FAILED} AND {scope}", params).fetchall()[0][0]
 
 
 def open_failed_by_kind(db) -> list[tuple[str, int]]:
@@ -73,12 +81,21 @@ def open_failed_by_kind(db) -> list[tuple[str, int]]:
     ).fetchall()
 
 
-OPEN_FAILED_BY_ERROR = f"""
+_OPEN_FAILED_BY_ERROR = f"""
 SELECT error, kind, count(*) AS records, sum(estimated_tokens) AS estimated_tokens,
        min(logged_at) AS first_logged_at, max(logged_at) AS last_logged_at
-FROM failed_logs WHERE {OPEN_FAILED}
+FROM failed_logs WHERE {OPEN_FAILED} AND {{scope}}
 GROUP BY error, kind ORDER BY records DESC, kind, error
 """
+
+
+def open_failed_by_error(tenants: tuple[str, ...] | None = None) -> tuple[str, list]:
+    """The open failed logs grouped by error and kind (in a tenant scope, when given): SQL and parameters."""
+    scope, params = in_tenants(tenants)
+    return _OPEN_FAILED_BY_ERROR.format(scope=scope), params
+
+
+OPEN_FAILED_BY_ERROR = open_failed_by_error()[0]
 
 
 def last_synced(db) -> dt.datetime | None:
