@@ -30,8 +30,8 @@ st.caption(f"The checks `llmcost check` runs, for the {integrity.CHECK_WINDOW_DA
            "The sidebar's filters do not apply here.")
 figures = st.columns(len(report.checks))
 for column, check in zip(figures, report.checks):
-    column.metric(check.name.replace("_", " ").capitalize(), fmt.number(check.count),
-                  help=ui.plain(check.title))
+    column.metric(check.name.replace("_", " ").capitalize(),
+                  "skipped" if check.level == "skipped" else fmt.number(check.count), help=ui.plain(check.title))
 
 for check in report.checks:
     st.subheader(check.title)

@@ -12,18 +12,17 @@ import importlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from llmcost.config import Settings, load_settings
-from llmcost.dashboard import legacy_pages
+from llmcost.dashboard import legacy_pages, tables, url_state
 from llmcost.dashboard import queries as dq
 from llmcost.errors import LLMCostError
 from llmcost.ingestion.run import ingest
-from llmcost.money import money_column_format, today_in
+from llmcost.money import today_in
 from llmcost.store.export import frame_to_csv_bytes
 
 NO_DATA = "No data yet: run `llmcost demo` or `llmcost ingest`"
@@ -90,11 +89,14 @@ def sidebar(settings: Settings) -> PageContext:
     today = today_in(settings.tz)
     found = load(dq.sidebar, settings)
     span, options = found if found else (dq.Span(None, None, 0), {"tenants": [], "providers": [], "models": []})
+    default_range = (today - dt.timedelta(days=DEFAULT_DAYS - 1), today)
+    url_state.restore(options, max(today, span.last_day or today), default_range)
     with st.sidebar:
         st.header("Filters")
         chosen = st.date_input(
             "Dates",
-            value=(today - dt.timedelta(days=DEFAULT_DAYS - 1), today),
+            # No `value`: the range (a link's, else the default) is in session state, and a value that
+            # changed between runs would make this a new widget.
             max_value=max(today, span.last_day or today),
             key="filter_dates",
             help="Days in the configured time zone (" + settings.timezone + ").",
@@ -105,6 +107,8 @@ def sidebar(settings: Settings) -> PageContext:
         models = st.multiselect("Models", options["models"], key="filter_models", placeholder="All models")
         st.caption(f"Times in {settings.timezone}")
     start, end = _date_range(chosen, today)
+    url_state.keep(start, end, {"filter_tenants": tenants, "filter_providers": providers, "filter_models": models},
+                   default_range)
     context = PageContext(settings, dq.Filters(start, end, tuple(tenants), tuple(providers), tuple(models)), today)
     st.session_state[CONTEXT_KEY] = context
     return context
@@ -139,34 +143,28 @@ def table(
     money: Sequence[str] = (),
     counts: Sequence[str] = (),
     times: Sequence[str] = (),
+    percents: Sequence[str] = (),
+    unlimited: Sequence[str] = (),
     timezone: str = "UTC",
     styler: Callable[[pd.DataFrame], Any] | None = None,
-    height: int | str = "auto",
+    order: Sequence[str] | None = None,
+    pinned: Sequence[str] = (),
 ) -> None:
-    """A table with a CSV download of exactly its rows (exact amounts, neutralised text cells).
+    """A table with readable headers and a CSV download of exactly its rows (exact amounts, neutralised text).
 
-    Times are naive UTC in the frame; both the table and the CSV show them in `timezone`.
+    Times are naive UTC in the frame; both the table and the CSV show them in `timezone`. `order` picks and
+    orders the columns shown (the CSV keeps them all); `pinned` columns stay in view while scrolling sideways.
     """
-    shown = frame.copy()
-    for column in times:
-        shown[column] = _in_zone(shown[column], timezone)
-    config: dict[str, Any] = {}
-    for column in money:
-        config[column] = st.column_config.NumberColumn(format=money_column_format(shown[column]))
-        shown[column] = shown[column].map(lambda v: None if v is None or pd.isna(v) else float(v))
-    for column in counts:
-        config[column] = st.column_config.NumberColumn(format="%,d")
-    for column in shown.columns:
-        if column not in money and _holds_decimals(shown[column]):
-            shown[column] = shown[column].map(lambda v: None if v is None or pd.isna(v) else float(v))
+    shown = tables.prepare(frame, money=money, counts=counts, times=times, percents=percents,
+                           unlimited=unlimited, timezone=timezone, pinned=pinned)
     # The container carries the key, so tests (and CSS) find the table and its download together.
     with st.container(key=key):
-        if shown.empty:
+        if shown.frame.empty:
             st.caption("No rows for these filters.")
         else:
             # The frame's own order is the meaningful one (cost, time); an index column adds nothing.
-            st.dataframe(styler(shown) if styler else shown, column_config=config, hide_index=True,
-                         width="stretch", height=height)
+            st.dataframe(styler(shown.frame) if styler else shown.frame, column_config=shown.config,
+                         hide_index=True, width="stretch", height=shown.height, column_order=order)
         csv_frame = frame.copy()
         for column in times:
             csv_frame[column] = _in_zone(csv_frame[column], timezone)
@@ -179,11 +177,6 @@ def table(
             on_click="ignore",
             disabled=frame.empty,
         )
-
-
-def _holds_decimals(column: pd.Series) -> bool:
-    present = column.dropna()
-    return column.dtype == object and not present.empty and isinstance(present.iloc[0], Decimal)
 
 
 def _in_zone(column: pd.Series, timezone: str) -> pd.Series:
