@@ -9,7 +9,7 @@ from llmcost.control.policy import system_level
 from llmcost.dashboard import charts, limits, trends, ui
 from llmcost.dashboard import queries as dq
 from llmcost.errors import LLMCostError
-from llmcost.ingestion.run import pending
+from llmcost.ingestion.sources import pending  # not ingestion.run: that loads the whole ingestion path
 
 REFRESH_MESSAGE = "overview_refresh_message"
 LEVEL_ADVICE = {

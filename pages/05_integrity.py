@@ -1,12 +1,9 @@
 """Integrity: is every call logged? The same checks as `llmcost check`, over its last seven days."""
 
-import datetime as dt
-
 import streamlit as st
 
 from llmcost import money as fmt
 from llmcost.dashboard import charts, ui
-from llmcost.errors import LLMCostError
 from llmcost.monitor import integrity
 
 LEVEL_BOXES = {"ok": st.success, "skipped": st.info, "info": st.info}
@@ -17,13 +14,10 @@ context = ui.context()
 settings = context.settings
 
 st.title("Integrity")
-if not settings.db_path.is_file():
+# Cached until the store changes (or for a minute), like every other page's figures.
+report = ui.load_report(integrity.run_checks, settings, context.today)
+if report is None:
     ui.stop_without_data()
-try:
-    report = integrity.run_checks(settings, context.today, now=dt.datetime.now(dt.timezone.utc))
-except LLMCostError as error:
-    st.error(ui.plain(error))
-    st.stop()
 
 st.caption(f"The checks `llmcost check` runs, for the {integrity.CHECK_WINDOW_DAYS} days to "
            f"{report.today:%Y-%m-%d}; checked at {fmt.local_time(report.checked_at, settings.timezone)}. "

@@ -86,6 +86,11 @@ def _missing(value: Any) -> bool:
     return value is None or (not isinstance(value, (str, bytes)) and bool(pd.isna(value)))
 
 
+def _plain_number(value: Any) -> str:
+    number = float(value)
+    return fmt.number(number) if number.is_integer() else f"{number:,.2f}"
+
+
 def prepare(frame: pd.DataFrame, *, money: Sequence[str] = (), counts: Sequence[str] = (),
             times: Sequence[str] = (), percents: Sequence[str] = (), unlimited: Sequence[str] = (),
             timezone: str = "UTC", pinned: Sequence[str] = ()) -> Shown:
@@ -122,6 +127,9 @@ def prepare(frame: pd.DataFrame, *, money: Sequence[str] = (), counts: Sequence[
         elif column in percents:
             shown[column] = [float(v) for v in values]
             config[column] = st.column_config.NumberColumn(label, format="percent")
+        elif has_gaps and pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            shown[column] = [blank if _missing(v) else _plain_number(v) for v in values]
+            config[column] = st.column_config.TextColumn(label)
         elif has_gaps or values.dtype == object:
             shown[column] = pd.Series([blank if _missing(v) else (float(v) if isinstance(v, Decimal) else v)
                                        for v in values], index=shown.index, dtype=object)

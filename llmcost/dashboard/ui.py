@@ -21,7 +21,6 @@ from llmcost.config import Settings, load_settings
 from llmcost.dashboard import legacy_pages, tables, url_state
 from llmcost.dashboard import queries as dq
 from llmcost.errors import LLMCostError
-from llmcost.ingestion.run import ingest
 from llmcost.money import today_in
 from llmcost.store.export import frame_to_csv_bytes
 
@@ -75,6 +74,23 @@ def load(bundle: Callable[..., Any], settings: Settings, *args: Any) -> Any:
     try:
         return _cached(bundle.__module__, bundle.__name__, str(settings.db_path), version, *args)
     except LLMCostError as error:  # the store stayed locked, or cannot be read
+        st.error(plain(error))
+        st.stop()
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=16, show_spinner=False)
+def _cached_with_settings(module: str, name: str, settings: Settings, version: Any, *args: Any) -> Any:
+    return getattr(importlib.import_module(module), name)(settings, *args)
+
+
+def load_report(report: Callable[..., Any], settings: Settings, *args: Any) -> Any:
+    """A library report over the store (`report(settings, *args)`), cached like `load`: None without a store."""
+    version = dq.store_version(settings.db_path)
+    if version is None:
+        return None
+    try:
+        return _cached_with_settings(report.__module__, report.__name__, settings, version, *args)
+    except LLMCostError as error:
         st.error(plain(error))
         st.stop()
 
@@ -188,6 +204,8 @@ def _in_zone(column: pd.Series, timezone: str) -> pd.Series:
 
 def ingest_now(settings: Settings, message_key: str, paths: Sequence[Any] | None = None) -> None:
     """Ingest (the configured sources, or `paths`), then drop every cached figure. A button callback."""
+    from llmcost.ingestion.run import ingest  # only when asked: it imports the whole ingestion path
+
     try:
         result = ingest(settings, list(paths) if paths else None)
     except LLMCostError as error:
