@@ -7,7 +7,9 @@ script finished, its heading is there, every Plotly chart on show has drawn its 
 
 For each page: the first load on the fresh server (the Overview, at /, nothing cached in the browser) and then
 `--runs` loads, each in a new tab (a new Streamlit session) of one browser profile whose cache a first, uncounted
-load filled: the median and the fastest, each as a ratio to the bare page's median measured the same way.
+load filled: the median and the fastest, each as a ratio to the bare page's median measured the same way. Two
+reference pages (the bare page plus one small Plotly chart, or one small table) show what Streamlit's frontend
+alone costs to draw a chart or a table.
 
     python bench/dashboard_load.py [--runs 5] [--days 30] [--out bench/results/dashboard_load.json] [--app PATH]
 """
@@ -36,6 +38,18 @@ VIEWPORT = {"width": 1400, "height": 1000}
 PAGES = (("Overview", ""), ("Use cases", "use_cases"), ("Users and tenants", "users"),
          ("Failed logs", "failed_logs"), ("Integrity", "integrity"), ("Budgets and alerts", "budgets"))
 BARE_PAGE = 'import streamlit as st\n\nst.title("Bare")\nst.write("A bare Streamlit page.")\n'
+# Floors for reference: the bare page plus one small Plotly chart, or one small table. What Streamlit's frontend
+# costs to draw them is a floor no page with a chart or a table can go under.
+REFERENCES = {
+    "bare page + one Plotly chart (reference)":
+        BARE_PAGE + "import plotly.graph_objects as go\n\nst.plotly_chart(go.Figure(go.Bar(x=[1, 2], y=[2, 1])))\n",
+    "bare page + one table (reference)":
+        BARE_PAGE + "import pandas as pd\n\nst.dataframe(pd.DataFrame({'x': [1, 2], 'y': [2, 1]}))\n",
+}
+COUNTS = """() => {
+    const shown = (selector) => [...document.querySelectorAll(selector)].filter(e => e.checkVisibility()).length;
+    return {charts: shown('[data-testid=stPlotlyChart]'), tables: shown('[data-testid=stDataFrame]')};
+}"""
 # True once the script run finished and everything it drew is on screen.
 RENDERED = """(heading) => {
     const app = document.querySelector('[data-testid=stApp]');
@@ -115,7 +129,7 @@ def load_once(browser, url: str, heading: str, context=None) -> dict[str, float]
         errors = page.locator("[data-testid=stException]").count()
         if errors:
             raise RuntimeError(f"{url} shows {errors} exception(s)")
-        return {"heading_s": heading_s, "rendered_s": rendered_s}
+        return {"heading_s": heading_s, "rendered_s": rendered_s, **page.evaluate(COUNTS)}
     finally:
         page.close()
         if own:
@@ -132,7 +146,8 @@ def measure(browser, url: str, heading: str, runs: int) -> dict[str, float]:
         context.close()
     rendered = [load["rendered_s"] for load in loads]
     return {"median_s": statistics.median(rendered), "best_s": min(rendered),
-            "heading_median_s": statistics.median(load["heading_s"] for load in loads)}
+            "heading_median_s": statistics.median(load["heading_s"] for load in loads),
+            "charts": loads[-1]["charts"], "tables": loads[-1]["tables"]}
 
 
 def main() -> None:
@@ -165,6 +180,15 @@ def main() -> None:
                     bare = measure(browser, bare_url, "Bare", args.runs)
                 finally:
                     stop(bare_server)
+                references = {}
+                for name, code in REFERENCES.items():
+                    script = work / f"reference_{len(references)}.py"
+                    script.write_text(code)
+                    server, url = start_server(script, work, env)
+                    try:
+                        references[name] = measure(browser, url, "Bare", args.runs)
+                    finally:
+                        stop(server)
                 app_server, app_url = start_server(app, work, env)
                 try:
                     first = load_once(browser, app_url, PAGES[0][0])
@@ -182,16 +206,18 @@ def main() -> None:
                  "heading_median_s": first["heading_s"], "ratio": first["rendered_s"] / bare_first["rendered_s"]})
     rows += [{"page": title, "first_load_s": None, **figures, "ratio": figures["median_s"] / base}
              for title, figures in pages.items()]
-    print(f"{'page':<40} {'heading':>9} {'rendered':>9} {'best':>8} {'vs bare':>8}")
+    rows += [{"page": name, "first_load_s": None, **figures, "ratio": figures["median_s"] / base}
+             for name, figures in references.items()]
+    print(f"{'page':<42} {'heading':>9} {'rendered':>9} {'best':>8} {'vs bare':>8}  charts tables")
     for r in rows:
-        print(f"{r['page']:<40} {r['heading_median_s'] * 1000:>6.0f} ms {r['median_s'] * 1000:>6.0f} ms "
-              f"{r['best_s'] * 1000:>5.0f} ms {r['ratio']:>7.2f}x")
+        print(f"{r['page']:<42} {r['heading_median_s'] * 1000:>6.0f} ms {r['median_s'] * 1000:>6.0f} ms "
+              f"{r['best_s'] * 1000:>5.0f} ms {r['ratio']:>7.2f}x  {r.get('charts', '')!s:>6} {r.get('tables', '')!s:>6}")
     targets = [{"target": f"{r['page']} fully rendered within {TARGET_RATIO:g}x a bare Streamlit page",
                 "figure": f"{r['median_s'] * 1000:.0f} ms ({r['ratio']:.2f}x of {base * 1000:.0f} ms)"
                 if r["first_load_s"] is None else
                 f"{r['median_s'] * 1000:.0f} ms ({r['ratio']:.2f}x of the bare page's first load, "
                 f"{bare_first['rendered_s'] * 1000:.0f} ms)",
-                "met": r["ratio"] <= TARGET_RATIO} for r in rows[1:]]
+                "met": r["ratio"] <= TARGET_RATIO} for r in rows[1:] if r["page"] not in REFERENCES]
     result = {"benchmark": "dashboard_load", "app": str(app), "runs": args.runs, "days": args.days,
               "python": sys.version.split()[0], "cpus": os.cpu_count(), "rows": rows, "targets": targets}
     args.out.parent.mkdir(parents=True, exist_ok=True)

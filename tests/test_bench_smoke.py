@@ -115,10 +115,14 @@ def test_dashboard_load_benchmark_renders_every_page_against_a_bare_one(tmp_path
     results = json.loads(out.read_text())
     pages = [row["page"] for row in results["rows"]]
     assert pages == ["bare Streamlit page (baseline)", "Overview, first load on a fresh server", "Overview",
-                     "Use cases", "Users and tenants", "Failed logs", "Integrity", "Budgets and alerts"]
+                     "Use cases", "Users and tenants", "Failed logs", "Integrity", "Budgets and alerts",
+                     "bare page + one Plotly chart (reference)", "bare page + one table (reference)"]
     for row in results["rows"]:
         assert 0 < row["heading_median_s"] <= row["median_s"] and row["best_s"] <= row["median_s"]
     base = results["rows"][0]["median_s"]
     assert results["rows"][3]["ratio"] == pytest.approx(results["rows"][3]["median_s"] / base)
     assert len(results["targets"]) == 7 and all(isinstance(t["met"], bool) for t in results["targets"])
+    charts = {row["page"]: row.get("charts") for row in results["rows"]}
+    assert charts["bare Streamlit page (baseline)"] == 0 and charts["bare page + one Plotly chart (reference)"] == 1
+    assert charts["Overview"] >= 2  # the daily spend and spend by model
     assert "vs bare" in done.stdout
