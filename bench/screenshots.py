@@ -18,6 +18,9 @@ from pathlib import Path
 from dashboard_load import CHROMIUM, CHROMIUM_ARGS, PAGES, RENDERED, ROOT, start_server, stop
 
 SLUGS = {"": "overview"}
+MAX_HEIGHT = 6000
+CONTENT_HEIGHT = """() => Math.max(...[...document.querySelectorAll(
+    '[data-testid=stMain], [data-testid=stMainBlockContainer]')].map(e => e.scrollHeight))"""
 
 
 def main() -> None:
@@ -39,9 +42,14 @@ def main() -> None:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": args.width, "height": 900})
                 for title, path in PAGES:
+                    page.set_viewport_size({"width": args.width, "height": 900})
                     page.goto(f"{url}/{path}")
                     page.wait_for_function(RENDERED, arg=title, timeout=90_000, polling=50)
-                    page.wait_for_timeout(500)  # charts finish their transition
+                    # Streamlit scrolls its main block, not the document: grow the window to the whole page.
+                    height = page.evaluate(CONTENT_HEIGHT)
+                    page.set_viewport_size({"width": args.width, "height": min(height + 80, MAX_HEIGHT)})
+                    page.wait_for_function(RENDERED, arg=title, timeout=90_000, polling=50)
+                    page.wait_for_timeout(800)  # charts finish redrawing at the new size
                     target = args.out / f"{SLUGS.get(path, path)}.png"
                     page.screenshot(path=str(target), full_page=True)
                     print(f"{title:<20} {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target}")

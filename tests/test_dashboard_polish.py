@@ -134,7 +134,8 @@ def test_thresholds_and_alert_history_are_formatted_and_explained(settings):
 def test_overview_draws_no_level_line_the_bars_do_not_reach_and_offers_a_log_scale(settings):
     day = today(settings)
     insert(settings.db_path, "usage_events", [event(day, "0.40"), event(day - dt.timedelta(days=1), "0.10",
-                                                                      model="gpt-4o-mini")])
+                                                                      model="gpt-4o-mini"),
+                                              event(day - dt.timedelta(days=2), "0.50")])
     app = open_page()
     assert_no_exception(app)
     daily = json.loads(app.get("plotly_chart")[0].proto.spec)
@@ -148,6 +149,11 @@ def test_overview_draws_no_level_line_the_bars_do_not_reach_and_offers_a_log_sca
     assert movers[["use_case", "cost_day_before", "cost_usd", "change_usd"]].values.tolist() == [
         ["chat_tutor", 0.10, 0.40, 0.30]]
     assert movers["change"].tolist() == [3.0]
+    app.date_input(key="filter_dates").set_value((day - dt.timedelta(days=5), day - dt.timedelta(days=1))).run()
+    _, config, movers = rendered(app, "overview_movers")
+    # A fall is written as money writes it, "-$0.40", in the table's one format (printf would give "$-0.40").
+    assert movers[["cost_day_before", "cost_usd", "change_usd"]].values.tolist() == [[0.5, 0.1, "-$0.40"]]
+    assert money_formats(config) == {"$%,.2f"} and config["change_usd"]["label"] == "Change"
 
 
 def test_filters_and_page_come_back_from_a_link(settings):

@@ -109,7 +109,8 @@ def prepare(frame: pd.DataFrame, *, money: Sequence[str] = (), counts: Sequence[
             shown[column] = [blank if _missing(v) else fmt.local_time(pd.Timestamp(v).to_pydatetime(), timezone)
                              for v in values]
             config[column] = st.column_config.TextColumn(label)
-        elif column in money and has_gaps:
+        elif column in money and (has_gaps or any(v < 0 for v in values if not _missing(v))):
+            # Text, as `money` writes it: a blank or "unlimited" for a gap, and "-$0.15" (printf gives "$-0.15").
             shown[column] = [blank if _missing(v) else fmt.money(v, places) for v in values]
             config[column] = st.column_config.TextColumn(label)
         elif column in money:
