@@ -22,7 +22,9 @@ if report is None:
 st.caption(f"The checks `llmcost check` runs, for the {integrity.CHECK_WINDOW_DAYS} days to "
            f"{report.today:%Y-%m-%d}; checked at {fmt.local_time(report.checked_at, settings.timezone)}. "
            "The sidebar's filters do not apply here.")
-figures = st.columns(len(report.checks))
+FIGURES_PER_ROW = 4  # wide enough for "skipped" and five-digit counts
+figures = [column for start in range(0, len(report.checks), FIGURES_PER_ROW)
+           for column in st.columns(FIGURES_PER_ROW)][:len(report.checks)]
 for column, check in zip(figures, report.checks):
     column.metric(check.name.replace("_", " ").capitalize(),
                   "skipped" if check.level == "skipped" else fmt.number(check.count), help=ui.plain(check.title))
