@@ -36,7 +36,7 @@ def main() -> None:
         env = {**os.environ, "LLMCOST_HOME": str(work / "home"), "PYTHONUNBUFFERED": "1"}
         env.pop("LLMCOST_DB", None)
         subprocess.run([sys.executable, "-m", "llmcost", "demo"], env=env, cwd=work, check=True, capture_output=True)
-        server, url = start_server(ROOT / "app.py", work, env)
+        server, url = start_server(ROOT / "app.py", ROOT, env)  # from the checkout: its .streamlit/config.toml
         try:
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

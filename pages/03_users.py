@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from llmcost.dashboard import charts, limits, trends, ui
+from llmcost.dashboard import limits, trends, ui
 from llmcost.dashboard import queries as dq
 
 context = ui.context()
@@ -26,17 +26,15 @@ if data is None:
     ui.stop_without_data()
 
 st.subheader("Top users by cost")
-st.caption(f"Cost from {filters.start:%Y-%m-%d} to {filters.end:%Y-%m-%d}. \"Used of daily limit\" is the "
-           f"share of the daily limit used today ({context.today:%Y-%m-%d}); users over their limit today are "
-           "highlighted, in red on the chart, with the action taken.")
+st.caption(f"Cost from {filters.start:%Y-%m-%d} to {filters.end:%Y-%m-%d}, drawn as bars. \"Used of daily "
+           f"limit\" is the share of the daily limit used today ({context.today:%Y-%m-%d}); users over their limit "
+           "today are highlighted, with the action taken.")
 top = limits.users_with_limits(data.users, data.today, settings)
-if not top.empty:
-    st.plotly_chart(charts.cost_bars(top, "user_id", f"Cost by user, top {len(top)}", alert_column="over_limit"),
-                    key="users_chart")
+# The bars are the table's own (a cell chart): a chart library would double this page's load time.
 ui.table(top, "users_top", file_name="top-users.csv", money=["cost_usd", "cost_today", "limit_cost_usd"],
          counts=["calls", "total_tokens", "tokens_today", "limit_tokens"], percents=["used_share"],
          unlimited=["limit_tokens", "limit_cost_usd"], styler=highlight_over_limit, order=TOP_USER_COLUMNS,
-         pinned=["user_id"])
+         pinned=["user_id"], bars=["cost_usd"])
 
 st.subheader("Over their daily limit in this range")
 st.caption(f"Every user-day from {filters.start:%Y-%m-%d} to {filters.end:%Y-%m-%d} over the limit of the "

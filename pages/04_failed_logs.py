@@ -47,11 +47,11 @@ if not data.rows.empty:
     with st.expander("Full error and raw text of one failed log", expanded=False):
         chosen_id = st.selectbox("Failed log", data.rows["failed_id"].tolist(), key="failed_detail_id")
         chosen_row = data.rows.loc[data.rows["failed_id"] == chosen_id].iloc[0]
-        # st.text and st.code show the text exactly as stored: never read as markdown or HTML.
-        st.text("Error:")
-        st.code(str(chosen_row["error"] or ""), language=None, wrap_lines=True)
-        st.text("Raw text:")
-        st.code(str(chosen_row["raw"] or ""), language=None, wrap_lines=True)
+        # st.text shows the text exactly as stored, never read as markdown or HTML.
+        st.markdown("**Error**")
+        st.text(str(chosen_row["error"] or ""))
+        st.markdown("**Raw text**")
+        st.text(str(chosen_row["raw"] or ""))
 
 open_ids = data.rows.loc[~data.rows["recovered"] & data.rows["dismissed_at"].isna(), "failed_id"].tolist()
 with st.expander("Dismiss failed logs that need nothing more", expanded=False):

@@ -50,6 +50,7 @@ def test_top_users_table_has_readable_headers_key_columns_first_and_one_money_fo
     assert not [h for h in headers if "_" in h] and "Over the limit" not in headers
     assert config["user_id"]["pinned"] is True
     assert money_formats(config) == {"$%,.4f"}  # $17.18 and $0.00525 in one table: one format
+    assert config["cost_usd"]["type_config"]["type"] == "progress"  # the users' chart: bars in the cost cells
     assert config["used_share"]["type_config"]["format"] == "percent"
     assert len(cells) == 20  # as many as "How many to show" asks
     assert tables.prepare(cells, money=["cost_usd"]).height >= tables.ROW_PX * 21  # all 20 rows in view
@@ -115,8 +116,8 @@ def test_failed_log_shows_its_full_error_and_raw_text_verbatim(settings):
     assert "Raw" not in headers and headers[0] == "Logged at"
     assert cells["recovered_at"].tolist() == [""] and cells["dismissed_by"].tolist() == [""]  # blank, not None
     assert cells["logged_at"].iloc[0].endswith(" UTC")
-    shown = [code.value for code in app.code]
-    assert shown == [long_error, HOSTILE_RAW]  # whole and exact, in code blocks: never markdown or HTML
+    shown = [text.value for text in app.text]
+    assert shown == [long_error, HOSTILE_RAW]  # whole and exact, as plain text: never markdown or HTML
     assert not any("onerror" in m.value for m in app.markdown)
 
 

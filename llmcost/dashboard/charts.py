@@ -71,11 +71,10 @@ def daily_spend(daily: pd.DataFrame, levels: Mapping[str, Decimal],
     return figure
 
 
-def cost_bars(frame: pd.DataFrame, label_column: str, title: str, alert_column: str | None = None) -> go.Figure:
-    """Horizontal bars of `cost_usd` per label, largest on top; rows where `alert_column` is true in red."""
+def cost_bars(frame: pd.DataFrame, label_column: str, title: str) -> go.Figure:
+    """Horizontal bars of `cost_usd` per label, largest on top."""
     ordered = frame.sort_values("cost_usd", ascending=True) if not frame.empty else frame
-    colour = ([ALERT_COLOUR if alert else CALM_COLOUR for alert in ordered[alert_column]]
-              if alert_column and not ordered.empty else CALM_COLOUR)
+    colour = CALM_COLOUR
     figure = go.Figure(go.Bar(
         x=ordered["cost_usd"].map(float) if not ordered.empty else [],
         y=_plain(ordered[label_column]) if not ordered.empty else [],

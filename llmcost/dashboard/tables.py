@@ -93,9 +93,10 @@ def _plain_number(value: Any) -> str:
 
 def prepare(frame: pd.DataFrame, *, money: Sequence[str] = (), counts: Sequence[str] = (),
             times: Sequence[str] = (), percents: Sequence[str] = (), unlimited: Sequence[str] = (),
-            timezone: str = "UTC", pinned: Sequence[str] = ()) -> Shown:
+            timezone: str = "UTC", pinned: Sequence[str] = (), bars: Sequence[str] = ()) -> Shown:
     """The table a reader sees: one money format for all money columns, times in the configured zone as
-    `local_time` writes them, `None` as "unlimited" in `unlimited` columns and as a blank elsewhere."""
+    `local_time` writes them, `None` as "unlimited" in `unlimited` columns and as a blank elsewhere. Money
+    columns in `bars` are drawn as bars in their cells: a chart the table draws, without a chart library."""
     shown = frame.copy()
     places = fmt.money_places(itertools.chain.from_iterable(
         (v for v in shown[c] if not _missing(v)) for c in money if c in shown.columns))
@@ -113,6 +114,10 @@ def prepare(frame: pd.DataFrame, *, money: Sequence[str] = (), counts: Sequence[
             # Text, as `money` writes it: a blank or "unlimited" for a gap, and "-$0.15" (printf gives "$-0.15").
             shown[column] = [blank if _missing(v) else fmt.money(v, places) for v in values]
             config[column] = st.column_config.TextColumn(label)
+        elif column in money and column in bars:
+            shown[column] = [float(v) for v in values]
+            config[column] = st.column_config.ProgressColumn(label, format=f"$%,.{places}f", min_value=0,
+                                                             max_value=max(shown[column], default=0) or 1)
         elif column in money:
             shown[column] = [float(v) for v in values]
             config[column] = st.column_config.NumberColumn(label, format=f"$%,.{places}f")

@@ -165,14 +165,16 @@ def table(
     styler: Callable[[pd.DataFrame], Any] | None = None,
     order: Sequence[str] | None = None,
     pinned: Sequence[str] = (),
+    bars: Sequence[str] = (),
 ) -> None:
     """A table with readable headers and a CSV download of exactly its rows (exact amounts, neutralised text).
 
     Times are naive UTC in the frame; both the table and the CSV show them in `timezone`. `order` picks and
-    orders the columns shown (the CSV keeps them all); `pinned` columns stay in view while scrolling sideways.
+    orders the columns shown (the CSV keeps them all); `pinned` columns stay in view while scrolling sideways;
+    `bars` money columns are drawn as bars in their cells.
     """
     shown = tables.prepare(frame, money=money, counts=counts, times=times, percents=percents,
-                           unlimited=unlimited, timezone=timezone, pinned=pinned)
+                           unlimited=unlimited, timezone=timezone, pinned=pinned, bars=bars)
     # The container carries the key, so tests (and CSS) find the table and its download together.
     with st.container(key=key):
         if shown.frame.empty:
