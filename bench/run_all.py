@@ -24,7 +24,8 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-SCRIPTS = ("import_time", "tracker_overhead", "ingest", "ingest_floor", "dashboard_queries", "collector")
+SCRIPTS = ("import_time", "tracker_overhead", "ingest", "ingest_floor", "dashboard_queries", "dashboard_load",
+           "collector")
 QUICK_ARGS = {
     "import_time": ["--repeat", "2"],
     "collector": ["--seconds", "1"],
@@ -32,6 +33,7 @@ QUICK_ARGS = {
     "ingest": ["--sizes", "5000", "--repeat", "1"],
     "ingest_floor": ["--sizes", "5000", "--repeat", "1"],
     "dashboard_queries": ["--sizes", "20000", "--runs", "2"],
+    "dashboard_load": ["--runs", "1", "--days", "3"],
 }
 TITLES = {
     "import_time": "Import time of the SDK and the CLI against a bare interpreter",
@@ -40,6 +42,7 @@ TITLES = {
     "ingest": "Ingest: files into the store against raw DuckDB",
     "ingest_floor": "Ingest floor: reading every record exactly and writing the store, before any check",
     "dashboard_queries": "Dashboard queries",
+    "dashboard_load": "Dashboard pages in Chromium: time to fully rendered against a bare Streamlit page",
 }
 TRACKER_P50_TARGET_MS = 1.0
 DASHBOARD_TARGETS = (
@@ -254,6 +257,9 @@ def all_targets(results: dict[str, dict]) -> list[dict]:
     ]
     targets += results.get("dashboard_queries", {}).get("targets") or [
         not_measured(target, results, "dashboard_queries") for target in DASHBOARD_TARGETS
+    ]
+    targets += results.get("dashboard_load", {}).get("targets") or [
+        not_measured("each dashboard page fully rendered within 2x a bare Streamlit page", results, "dashboard_load")
     ]
     return targets
 

@@ -29,12 +29,15 @@ def decimals_for(amount: Decimal | float | int) -> int:
     return min(MAX_DECIMALS, -amount.adjusted() + 1)
 
 
-def money(value: Decimal | float | int | None) -> str:
-    """Dollars with cents, and fractions of a cent where small: `$1,234.56`, `$0.0042`, `-$0.50`."""
+def money(value: Decimal | float | int | None, places: int | None = None) -> str:
+    """Dollars with cents, and fractions of a cent where small: `$1,234.56`, `$0.0042`, `-$0.50`.
+
+    `places` fixes the decimals (a table shows every amount with its `money_places`).
+    """
     if value is None:
         return "—"
     amount = _as_decimal(value)
-    places = decimals_for(amount)
+    places = decimals_for(amount) if places is None else places
     rounded = amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
     if rounded == 0 and amount != 0:
         return "<$" + format(Decimal(1).scaleb(-MAX_DECIMALS), f".{MAX_DECIMALS}f")
@@ -54,10 +57,14 @@ def money_against(figure: Decimal, threshold: Decimal) -> str:
     return f"${figure:,f}"
 
 
+def money_places(values: Iterable[Decimal | float | int | None]) -> int:
+    """The decimals every amount of one table shows: cents, or as many as its smallest amount needs."""
+    return max((decimals_for(v) for v in values if v is not None and v == v), default=2)
+
+
 def money_column_format(values: Iterable[Decimal | float | int | None]) -> str:
-    """A printf format for a table's money column: cents, or as many decimals as its smallest amount needs."""
-    places = max((decimals_for(v) for v in values if v is not None), default=2)
-    return f"$%,.{places}f"
+    """A printf format for a table's money columns: cents, or as many decimals as its smallest amount needs."""
+    return f"$%,.{money_places(values)}f"
 
 
 def number(value: int | float | Decimal | None) -> str:

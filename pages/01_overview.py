@@ -1,13 +1,15 @@
 """Overview: today, yesterday and the month so far; daily spend against the levels; sync state."""
 
+import datetime as dt
+
 import streamlit as st
 
 from llmcost import money as fmt
 from llmcost.control.policy import system_level
-from llmcost.dashboard import charts, limits, ui
+from llmcost.dashboard import charts, limits, trends, ui
 from llmcost.dashboard import queries as dq
 from llmcost.errors import LLMCostError
-from llmcost.ingestion.run import pending
+from llmcost.ingestion.sources import pending  # not ingestion.run: that loads the whole ingestion path
 
 REFRESH_MESSAGE = "overview_refresh_message"
 LEVEL_ADVICE = {
@@ -85,14 +87,33 @@ if context.access.sees_every_tenant:  # a tenant-scoped viewer sees their tenant
                 f"{LEVEL_ADVICE[system.level]}.")
         (st.warning if system.level == "warning" else st.error)(ui.dollars(text), icon="⚠️")
 
-st.plotly_chart(charts.daily_spend(data.daily, levels, (context.filters.start, context.filters.end)),
-                key="overview_daily_chart")
+log_scale = st.toggle("Log scale", key="overview_log_scale",
+                      help="Keeps ordinary days readable next to a spike day.")
+st.plotly_chart(charts.daily_spend(data.daily, levels, (context.filters.start, context.filters.end),
+                                   log_scale=log_scale), key="overview_daily_chart")
 daily_totals = data.daily.groupby("day")["cost_usd"].sum() if not data.daily.empty else []
 days_over = sum(1 for total in daily_totals if system_level(settings, total) is not None)
 if days_over:
     st.caption(f"{days_over} day(s) in this range reached the warning level with these filters.")
+else:
+    st.caption(ui.dollars(f"No day in this range reached the warning level ({fmt.money(levels['warning'])}), "
+                          "so the levels are not drawn."))
 with st.expander("Daily figures by use case"):
     ui.table(data.daily, "overview_daily", file_name="daily-spend.csv", money=["cost_usd"],
              counts=["calls", "tokens"])
+
+by_model, movers = st.columns(2)
+with by_model:
+    models = ui.load(dq.models, settings, context.filters)
+    if models is not None and not models.empty:
+        models = models.assign(label=models["provider"] + " / " + models["model"])
+        st.plotly_chart(charts.cost_bars(models.head(15), "label", "Spend by model"), key="overview_models_chart")
+with movers:
+    last_day = context.filters.end
+    st.subheader("Top movers, day over day")
+    st.caption(f"Use cases whose cost changed most from {last_day - dt.timedelta(days=1):%Y-%m-%d} "
+               f"to {last_day:%Y-%m-%d} (the range's last day).")
+    ui.table(trends.movers(data.daily, last_day), "overview_movers", file_name="top-movers.csv",
+             money=["cost_day_before", "cost_usd", "change_usd"], percents=["change"])
 
 sync_section(data.last_synced)

@@ -42,7 +42,18 @@ if data.matching > len(data.rows):
     st.caption(f"Showing the newest {fmt.number(len(data.rows))} of {fmt.number(data.matching)}; "
                "the CSV holds the rows shown.")
 ui.table(data.rows, "failed_table", file_name="failed-logs.csv", counts=["estimated_tokens"],
-         times=["logged_at", "recovered_at", "dismissed_at"], timezone=settings.timezone)
+         times=["logged_at", "recovered_at", "dismissed_at"], timezone=settings.timezone,
+         order=[c for c in data.rows.columns if c != "raw"], pinned=["logged_at"])
+
+if not data.rows.empty:
+    with st.expander("Full error and raw text of one failed log", expanded=False):
+        chosen_id = st.selectbox("Failed log", data.rows["failed_id"].tolist(), key="failed_detail_id")
+        chosen_row = data.rows.loc[data.rows["failed_id"] == chosen_id].iloc[0]
+        # st.text shows the text exactly as stored, never read as markdown or HTML.
+        st.markdown("**Error**")
+        st.text(str(chosen_row["error"] or ""))
+        st.markdown("**Raw text**")
+        st.text(str(chosen_row["raw"] or ""))
 
 open_ids = data.rows.loc[~data.rows["recovered"] & data.rows["dismissed_at"].isna(), "failed_id"].tolist()
 if context.access.can_operate:

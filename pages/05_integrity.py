@@ -1,12 +1,9 @@
 """Integrity: is every call logged? The same checks as `llmcost check`, over its last seven days."""
 
-import datetime as dt
-
 import streamlit as st
 
 from llmcost import money as fmt
 from llmcost.dashboard import charts, ui
-from llmcost.errors import LLMCostError
 from llmcost.monitor import integrity
 
 LEVEL_BOXES = {"ok": st.success, "skipped": st.info, "info": st.info}
@@ -17,21 +14,20 @@ context = ui.context()
 settings = context.settings
 
 st.title("Integrity")
-if not settings.db_path.is_file():
+# Cached until the store changes (or for a minute), like every other page's figures.
+report = ui.load_report(integrity.run_checks, settings, context.today)
+if report is None:
     ui.stop_without_data()
-try:
-    report = integrity.run_checks(settings, context.today, now=dt.datetime.now(dt.timezone.utc))
-except LLMCostError as error:
-    st.error(ui.plain(error))
-    st.stop()
 
 st.caption(f"The checks `llmcost check` runs, for the {integrity.CHECK_WINDOW_DAYS} days to "
            f"{report.today:%Y-%m-%d}; checked at {fmt.local_time(report.checked_at, settings.timezone)}. "
            "The sidebar's filters do not apply here.")
-figures = st.columns(len(report.checks))
+FIGURES_PER_ROW = 4  # wide enough for "skipped" and five-digit counts
+figures = [column for start in range(0, len(report.checks), FIGURES_PER_ROW)
+           for column in st.columns(FIGURES_PER_ROW)][:len(report.checks)]
 for column, check in zip(figures, report.checks):
-    column.metric(check.name.replace("_", " ").capitalize(), fmt.number(check.count),
-                  help=ui.plain(check.title))
+    column.metric(check.name.replace("_", " ").capitalize(),
+                  "skipped" if check.level == "skipped" else fmt.number(check.count), help=ui.plain(check.title))
 
 for check in report.checks:
     st.subheader(check.title)

@@ -7,7 +7,7 @@ import streamlit as st
 
 from llmcost import money as fmt
 from llmcost.control.interface import open_control
-from llmcost.dashboard import limits, ui
+from llmcost.dashboard import limits, tables, ui
 from llmcost.dashboard import queries as dq
 from llmcost.monitor import alerts
 
@@ -99,11 +99,14 @@ crossed = pd.DataFrame([dataclasses.asdict(alert) for alert in alerts.evaluate(s
 if crossed.empty:
     st.success("No threshold crossed today.", icon=":material/check_circle:")
 else:
-    ui.table(crossed, "budgets_crossed_today", file_name="thresholds-crossed-today.csv")
+    ui.table(tables.with_measures_as_text(crossed), "budgets_crossed_today",
+             file_name="thresholds-crossed-today.csv")
 
 st.subheader("Alert history")
-ui.table(data.alerts, "budgets_alerts", file_name="alerts.csv", counts=["attempts"], times=["raised_at"],
-         timezone=settings.timezone)
+st.caption("Only `llmcost check --notify` records alerts here (one row per alert and notifier, when it was sent); "
+           "the thresholds crossed above are judged afresh on every load and are not recorded.")
+ui.table(tables.with_measures_as_text(data.alerts), "budgets_alerts", file_name="alerts.csv", counts=["attempts"],
+         times=["raised_at"], timezone=settings.timezone)
 
 st.subheader("Kill switches")
 with open_control(settings) as switches:
@@ -123,7 +126,8 @@ disabled_table = pd.DataFrame(
 if disabled_table.empty:
     st.success("Every use case is enabled.", icon=":material/check_circle:")
 else:
-    ui.table(disabled_table, "budgets_disabled", file_name="disabled-use-cases.csv")
+    ui.table(disabled_table, "budgets_disabled", file_name="disabled-use-cases.csv", times=["disabled_at"],
+             timezone=settings.timezone)
 
 if context.access.can_operate:
     known = sorted(set(settings.use_cases) | set(data.use_cases) | set(disabled))

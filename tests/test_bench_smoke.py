@@ -100,3 +100,29 @@ def test_ingest_floor_benchmark_reads_every_record_of_both_formats(tmp_path):
         assert r["raw_s"] > 0 and r["read_exactly_s"] > 0 and r["write_s"] > 0
         assert r["floor_ratio"] == pytest.approx((r["read_exactly_s"] + r["write_s"]) / r["raw_s"])
     assert "floor" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_dashboard_load_benchmark_renders_every_page_against_a_bare_one(tmp_path):
+    if not Path("/usr/bin/chromium").is_file():
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is missing")
+    out = tmp_path / "dashboard_load.json"
+    done = subprocess.run([sys.executable, str(BENCH / "dashboard_load.py"), "--runs", "1", "--days", "3",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    pages = [row["page"] for row in results["rows"]]
+    assert pages == ["bare Streamlit page (baseline)", "Overview, first load on a fresh server", "Overview",
+                     "Use cases", "Users and tenants", "Failed logs", "Integrity", "Budgets and alerts",
+                     "bare page + one Plotly chart (reference)", "bare page + one table (reference)"]
+    for row in results["rows"]:
+        assert 0 < row["heading_median_s"] <= row["median_s"] and row["best_s"] <= row["median_s"]
+    base = results["rows"][0]["median_s"]
+    assert results["rows"][3]["ratio"] == pytest.approx(results["rows"][3]["median_s"] / base)
+    assert len(results["targets"]) == 7 and all(isinstance(t["met"], bool) for t in results["targets"])
+    charts = {row["page"]: row.get("charts") for row in results["rows"]}
+    assert charts["bare Streamlit page (baseline)"] == 0 and charts["bare page + one Plotly chart (reference)"] == 1
+    assert charts["Overview"] >= 2  # the daily spend and spend by model
+    assert "vs bare" in done.stdout

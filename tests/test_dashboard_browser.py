@@ -145,6 +145,11 @@ def test_overview_in_a_real_browser(settings, chromium, dashboard):
     expect(values.nth(0)).to_have_text("$1.26", timeout=30_000)  # plus gpt-4o's 1,000 in and 500 out: $0.0075
     assert store_rows(settings, "SELECT count(*) FROM usage_events WHERE event_id = 'from-fallback'") == [(1,)]
 
+    # The rerun after Refresh draws the rest of the page (charts, movers) after the figures: a click on a
+    # download button it is about to replace would fetch nothing.
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state') === 'notRunning'",
+        timeout=30_000)
     page.get_by_text("Daily figures by use case").click()
     with page.expect_download() as download_info:
         page.locator(".st-key-overview_daily").get_by_role("button", name="Download CSV").click()
@@ -159,3 +164,26 @@ def test_overview_in_a_real_browser(settings, chromium, dashboard):
     }
     assert downloaded == expected
     assert ("'=cmd|' /C calc'!A0" in {use_case for _, use_case in downloaded})
+
+
+@pytest.mark.slow
+def test_a_link_reproduces_filters_and_page_and_the_top_users_fit(settings, chromium, dashboard):
+    today = dt.datetime.now(settings.tz).date()
+    insert(settings.db_path, "usage_events", [
+        *[event(today, f"0.{i + 10}", user_id=f"user-{i:02d}", tenant_id="tenant-b") for i in range(24)],
+        event(today, "5", user_id="other", tenant_id="tenant-a"),
+        event(today - dt.timedelta(days=50), "1", user_id="old", tenant_id="tenant-b"),
+    ])
+    start = today - dt.timedelta(days=60)
+    page = chromium.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(f"{dashboard}/users?tenant=tenant-b&start={start}&end={today}")
+    page.get_by_role("heading", name="Users and tenants").wait_for(timeout=30_000)
+    from playwright.sync_api import expect
+
+    sidebar = page.get_by_test_id("stSidebar")
+    expect(sidebar.get_by_text("tenant-b")).to_be_visible(timeout=30_000)  # the link's tenant is chosen
+    expect(sidebar.locator("input[type=date]").first).to_have_value(str(start))
+    assert "tenant=tenant-b" in page.url and f"start={start}" in page.url and "/users" in page.url
+    # Twenty rows asked, twenty in view: the table is as tall as 20 rows and its header (35 px each).
+    grid = page.locator(".st-key-users_top [data-testid=stDataFrameResizable]")
+    expect(grid).to_have_css("height", "738px", timeout=30_000)

@@ -298,5 +298,20 @@ def test_chart_draws_the_nearest_levels_and_escapes_labels(settings):
     levels = [shape.y0 for shape in figure.layout.shapes]
     assert levels == [10.0]  # the day reached $13: critical ($50) and shutdown would squash the bars
     levels = {"warning": D(10), "critical": D(50), "shutdown": D(200)}
-    assert charts.levels_to_draw(levels, D(0)) == {"warning": D(10)}  # the lowest level is always drawn
-    assert charts.levels_to_draw(levels, D(25)) == {"warning": D(10), "critical": D(50)}
+    # A level is drawn only where the bars reach it (or come within 10%): a $10 line over $0.40 days
+    # would pin the axis to $10 and leave the bars as slivers.
+    assert charts.levels_to_draw(levels, D(0)) == {}
+    assert charts.levels_to_draw(levels, D("0.40")) == {}
+    assert charts.levels_to_draw(levels, D("9.10")) == {"warning": D(10)}
+    assert charts.levels_to_draw(levels, D(25)) == {"warning": D(10)}
+    assert charts.levels_to_draw(levels, D(46)) == {"warning": D(10), "critical": D(50)}
+
+
+def test_use_case_colours_keep_red_and_orange_for_levels_and_alerts(settings):
+    names = [f"use-case-{i}" for i in range(30)]
+    insert(settings.db_path, "usage_events", [event(TODAY, "1", use_case=name) for name in names])
+    figure = charts.daily_spend(read(settings, dq.daily_cost_by_use_case, everything()),
+                                limits.system_levels(settings), log_scale=True)
+    bar_colours = {trace.marker.color for trace in figure.data}
+    assert len(bar_colours) > 5 and not bar_colours & {*charts.LEVEL_COLOURS.values(), charts.ALERT_COLOUR}
+    assert figure.layout.yaxis.type == "log"

@@ -59,7 +59,7 @@ def failed_logs(db: duckdb.DuckDBPyConnection, filters: Filters, timezone: str,
         db,
         f"""
         SELECT logged_at, use_case, estimated_tokens, error, user_id, tenant_id, source, kind,
-               recovered, recovered_at, dismissed_at, dismissed_by, dismiss_reason, failed_id
+               recovered, recovered_at, dismissed_at, dismissed_by, dismiss_reason, failed_id, raw
         FROM failed_logs WHERE {where}
         ORDER BY logged_at DESC, failed_id LIMIT $limit
         """,

@@ -137,3 +137,11 @@ def account_type_state(limits_today: pd.DataFrame) -> pd.DataFrame:
         "tokens_today": grouped["tokens_today"].sum().astype("int64").to_list(),
         "cost_today": [sum(group, ZERO) for _, group in grouped["cost_today"]],
     }, columns=columns)
+
+
+def breaches(user_days: pd.DataFrame, settings: Any) -> pd.DataFrame:
+    """Every user-day over its account type's limit, judged as today's are (`limit_usage`), newest first."""
+    judged = limit_usage(user_days, settings)
+    judged.insert(0, "day", list(user_days["day"]))
+    over = judged.loc[judged["over_limit"]].drop(columns=["over_limit"]).reset_index(drop=True)
+    return over.rename(columns={"tokens_today": "tokens", "cost_today": "cost_usd"})

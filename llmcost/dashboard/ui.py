@@ -12,18 +12,17 @@ import importlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from llmcost.config import Settings, load_settings
-from llmcost.dashboard import legacy_pages, writes
+from llmcost.dashboard import legacy_pages, tables, url_state, writes
 from llmcost.dashboard import queries as dq
 from llmcost.dashboard.access import Access, decide_access, without_sign_in
 from llmcost.errors import LLMCostError
-from llmcost.money import money_column_format, today_in
+from llmcost.money import today_in
 from llmcost.store.export import frame_to_csv_bytes
 
 NO_DATA = "No data yet: run `llmcost demo` or `llmcost ingest`"
@@ -77,6 +76,23 @@ def load(bundle: Callable[..., Any], settings: Settings, *args: Any) -> Any:
     try:
         return _cached(bundle.__module__, bundle.__name__, str(settings.db_path), version, *args)
     except LLMCostError as error:  # the store stayed locked, or cannot be read
+        st.error(plain(error))
+        st.stop()
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=16, show_spinner=False)
+def _cached_with_settings(module: str, name: str, settings: Settings, version: Any, *args: Any) -> Any:
+    return getattr(importlib.import_module(module), name)(settings, *args)
+
+
+def load_report(report: Callable[..., Any], settings: Settings, *args: Any) -> Any:
+    """A library report over the store (`report(settings, *args)`), cached like `load`: None without a store."""
+    version = dq.store_version(settings.db_path)
+    if version is None:
+        return None
+    try:
+        return _cached_with_settings(report.__module__, report.__name__, settings, version, *args)
+    except LLMCostError as error:
         st.error(plain(error))
         st.stop()
 
@@ -148,12 +164,15 @@ def sidebar(settings: Settings, access: Access) -> PageContext:
     today = today_in(settings.tz)
     found = load(dq.sidebar, settings, access.tenants)
     span, options = found if found else (dq.Span(None, None, 0), {"tenants": [], "providers": [], "models": []})
+    default_range = (today - dt.timedelta(days=DEFAULT_DAYS - 1), today)
+    url_state.restore(options, max(today, span.last_day or today), default_range)
     with st.sidebar:
         _access_box(access)
         st.header("Filters")
         chosen = st.date_input(
             "Dates",
-            value=(today - dt.timedelta(days=DEFAULT_DAYS - 1), today),
+            # No `value`: the range (a link's, else the default) is in session state, and a value that
+            # changed between runs would make this a new widget.
             max_value=max(today, span.last_day or today),
             key="filter_dates",
             help="Days in the configured time zone (" + settings.timezone + ").",
@@ -164,6 +183,8 @@ def sidebar(settings: Settings, access: Access) -> PageContext:
         models = st.multiselect("Models", options["models"], key="filter_models", placeholder="All models")
         st.caption(f"Times in {settings.timezone}")
     start, end = _date_range(chosen, today)
+    url_state.keep(start, end, {"filter_tenants": tenants, "filter_providers": providers, "filter_models": models},
+                   default_range)
     filters = dq.Filters(start, end, tuple(tenants), tuple(providers), tuple(models), scope=access.tenants)
     context = PageContext(settings, filters, today, access)
     st.session_state[CONTEXT_KEY] = context
@@ -202,34 +223,30 @@ def table(
     money: Sequence[str] = (),
     counts: Sequence[str] = (),
     times: Sequence[str] = (),
+    percents: Sequence[str] = (),
+    unlimited: Sequence[str] = (),
     timezone: str = "UTC",
     styler: Callable[[pd.DataFrame], Any] | None = None,
-    height: int | str = "auto",
+    order: Sequence[str] | None = None,
+    pinned: Sequence[str] = (),
+    bars: Sequence[str] = (),
 ) -> None:
-    """A table with a CSV download of exactly its rows (exact amounts, neutralised text cells).
+    """A table with readable headers and a CSV download of exactly its rows (exact amounts, neutralised text).
 
-    Times are naive UTC in the frame; both the table and the CSV show them in `timezone`.
+    Times are naive UTC in the frame; both the table and the CSV show them in `timezone`. `order` picks and
+    orders the columns shown (the CSV keeps them all); `pinned` columns stay in view while scrolling sideways;
+    `bars` money columns are drawn as bars in their cells.
     """
-    shown = frame.copy()
-    for column in times:
-        shown[column] = _in_zone(shown[column], timezone)
-    config: dict[str, Any] = {}
-    for column in money:
-        config[column] = st.column_config.NumberColumn(format=money_column_format(shown[column]))
-        shown[column] = shown[column].map(lambda v: None if v is None or pd.isna(v) else float(v))
-    for column in counts:
-        config[column] = st.column_config.NumberColumn(format="%,d")
-    for column in shown.columns:
-        if column not in money and _holds_decimals(shown[column]):
-            shown[column] = shown[column].map(lambda v: None if v is None or pd.isna(v) else float(v))
+    shown = tables.prepare(frame, money=money, counts=counts, times=times, percents=percents,
+                           unlimited=unlimited, timezone=timezone, pinned=pinned, bars=bars)
     # The container carries the key, so tests (and CSS) find the table and its download together.
     with st.container(key=key):
-        if shown.empty:
+        if shown.frame.empty:
             st.caption("No rows for these filters.")
         else:
             # The frame's own order is the meaningful one (cost, time); an index column adds nothing.
-            st.dataframe(styler(shown) if styler else shown, column_config=config, hide_index=True,
-                         width="stretch", height=height)
+            st.dataframe(styler(shown.frame) if styler else shown.frame, column_config=shown.config,
+                         hide_index=True, width="stretch", height=shown.height, column_order=order)
         csv_frame = frame.copy()
         for column in times:
             csv_frame[column] = _in_zone(csv_frame[column], timezone)
@@ -242,11 +259,6 @@ def table(
             on_click="ignore",
             disabled=frame.empty,
         )
-
-
-def _holds_decimals(column: pd.Series) -> bool:
-    present = column.dropna()
-    return column.dtype == object and not present.empty and isinstance(present.iloc[0], Decimal)
 
 
 def _in_zone(column: pd.Series, timezone: str) -> pd.Series:

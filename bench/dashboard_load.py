@@ -1,0 +1,228 @@
+"""Dashboard page load in a real browser: each page's time to fully rendered against a bare Streamlit page.
+
+Loads the demo data (`llmcost demo`) into a temporary folder, starts `streamlit run app.py` and, in the same run,
+`streamlit run` of a bare page (a title and a line of text), each on a fresh server, and drives them with
+headless Chromium (Playwright; Debian's /usr/bin/chromium). A page is fully rendered when Streamlit says its
+script finished, its heading is there, every Plotly chart on show has drawn its SVG and every table its canvas.
+
+For each page: the first load on the fresh server (the Overview, at /, nothing cached in the browser) and then
+`--runs` loads, each in a new tab (a new Streamlit session) of one browser profile whose cache a first, uncounted
+load filled: the median and the fastest, each as a ratio to the bare page's median measured the same way. Two
+reference pages (the bare page plus one small Plotly chart, or one small table) show what Streamlit's frontend
+alone costs to draw a chart or a table.
+
+    python bench/dashboard_load.py [--runs 5] [--days 30] [--out bench/results/dashboard_load.json] [--app PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+TARGET_RATIO = 2.0
+VIEWPORT = {"width": 1400, "height": 1000}
+PAGES = (("Overview", ""), ("Use cases", "use_cases"), ("Users and tenants", "users"),
+         ("Failed logs", "failed_logs"), ("Integrity", "integrity"), ("Budgets and alerts", "budgets"))
+BARE_PAGE = 'import streamlit as st\n\nst.title("Bare")\nst.write("A bare Streamlit page.")\n'
+# Floors for reference: the bare page plus one small Plotly chart, or one small table. What Streamlit's frontend
+# costs to draw them is a floor no page with a chart or a table can go under.
+REFERENCES = {
+    "bare page + one Plotly chart (reference)":
+        BARE_PAGE + "import plotly.graph_objects as go\n\nst.plotly_chart(go.Figure(go.Bar(x=[1, 2], y=[2, 1])))\n",
+    "bare page + one table (reference)":
+        BARE_PAGE + "import pandas as pd\n\nst.dataframe(pd.DataFrame({'x': [1, 2], 'y': [2, 1]}))\n",
+}
+COUNTS = """() => {
+    const shown = (selector) => [...document.querySelectorAll(selector)].filter(e => e.checkVisibility()).length;
+    return {charts: shown('[data-testid=stPlotlyChart]'), tables: shown('[data-testid=stDataFrame]')};
+}"""
+# True once the script run finished and everything it drew is on screen.
+RENDERED = """(heading) => {
+    const app = document.querySelector('[data-testid=stApp]');
+    if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
+    const titles = [...document.querySelectorAll('h1')].map(h => h.innerText.trim());
+    if (!titles.includes(heading)) return false;
+    if (document.querySelector('[data-testid=stSkeleton]')) return false;
+    // Only what is on show: a table in a closed expander draws nothing until it is opened.
+    const shown = (selector) => [...document.querySelectorAll(selector)].filter(e => e.checkVisibility());
+    if (shown('[data-testid=stPlotlyChart]').some(c => !c.querySelector('.main-svg'))) return false;
+    return !shown('[data-testid=stDataFrame]').some(t => !t.querySelector('canvas'));
+}"""
+
+
+STATE = """() => ({
+    script: document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state'),
+    titles: [...document.querySelectorAll('h1')].map(h => h.innerText),
+    skeleton: !!document.querySelector('[data-testid=stSkeleton]'),
+    charts: [...document.querySelectorAll('[data-testid=stPlotlyChart]')].map(c => !!c.querySelector('.main-svg')),
+    tables: [...document.querySelectorAll('[data-testid=stDataFrame]')].map(t => !!t.querySelector('canvas')),
+})"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(script: Path, cwd: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"streamlit run {script.name} exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return server, url
+        except OSError:
+            time.sleep(0.2)
+    server.kill()
+    raise TimeoutError(f"streamlit run {script.name} did not answer within 90 s")
+
+
+def stop(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+def load_once(browser, url: str, heading: str, context=None) -> dict[str, float]:
+    """Seconds from navigation to the heading, and to fully rendered, in a new Streamlit session (a new tab;
+    in a new browser profile too, with nothing cached, unless `context` is given)."""
+    own = context is None
+    context = context or browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    try:
+        started = time.perf_counter()
+        page.goto(url)
+        page.get_by_role("heading", name=heading, exact=True).first.wait_for(timeout=60_000)
+        heading_s = time.perf_counter() - started
+        try:
+            page.wait_for_function(RENDERED, arg=heading, timeout=60_000, polling=20)
+        except Exception as error:
+            raise RuntimeError(f"{url} did not finish rendering: {page.evaluate(STATE)}") from error
+        rendered_s = time.perf_counter() - started
+        errors = page.locator("[data-testid=stException]").count()
+        if errors:
+            raise RuntimeError(f"{url} shows {errors} exception(s)")
+        return {"heading_s": heading_s, "rendered_s": rendered_s, **page.evaluate(COUNTS)}
+    finally:
+        page.close()
+        if own:
+            context.close()
+
+
+def measure(browser, url: str, heading: str, runs: int) -> dict[str, float]:
+    """`runs` loads, each in a new tab of one browser profile: a returning user, static files cached."""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        load_once(browser, url, heading, context)  # fills the browser's cache; not counted
+        loads = [load_once(browser, url, heading, context) for _ in range(runs)]
+    finally:
+        context.close()
+    rendered = [load["rendered_s"] for load in loads]
+    return {"median_s": statistics.median(rendered), "best_s": min(rendered),
+            "heading_median_s": statistics.median(load["heading_s"] for load in loads),
+            "charts": loads[-1]["charts"], "tables": loads[-1]["tables"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="loads per page after the first (new sessions)")
+    parser.add_argument("--days", type=int, default=30, help="days of demo data")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dashboard_load.json")
+    parser.add_argument("--app", type=Path, default=ROOT / "app.py",
+                        help="the app.py to serve (another checkout's, to compare before and after)")
+    args = parser.parse_args()
+    app = args.app.resolve()
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="llmcost-load-") as folder:
+        work = Path(folder)
+        # The served checkout's package, whichever one this interpreter has installed.
+        env = {**os.environ, "LLMCOST_HOME": str(work / "home"), "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(app.parent), os.environ.get("PYTHONPATH")]))}
+        env.pop("LLMCOST_DB", None)
+        subprocess.run([sys.executable, "-m", "llmcost", "demo", "--days", str(args.days)], env=env, cwd=work,
+                       check=True, capture_output=True)
+        bare_script = work / "bare.py"
+        bare_script.write_text(BARE_PAGE)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                bare_server, bare_url = start_server(bare_script, work, env)
+                try:
+                    bare_first = load_once(browser, bare_url, "Bare")
+                    bare = measure(browser, bare_url, "Bare", args.runs)
+                finally:
+                    stop(bare_server)
+                references = {}
+                for name, code in REFERENCES.items():
+                    script = work / f"reference_{len(references)}.py"
+                    script.write_text(code)
+                    server, url = start_server(script, work, env)
+                    try:
+                        references[name] = measure(browser, url, "Bare", args.runs)
+                    finally:
+                        stop(server)
+                app_server, app_url = start_server(app, work, env)
+                try:
+                    first = load_once(browser, app_url, PAGES[0][0])
+                    pages = {title: measure(browser, f"{app_url}/{path}", title, args.runs) for title, path in PAGES}
+                finally:
+                    stop(app_server)
+            finally:
+                browser.close()
+
+    base = bare["median_s"]
+    rows = [{"page": "bare Streamlit page (baseline)", "first_load_s": bare_first["rendered_s"], **bare,
+             "ratio": 1.0}]
+    rows.append({"page": "Overview, first load on a fresh server", "first_load_s": first["rendered_s"],
+                 "median_s": first["rendered_s"], "best_s": first["rendered_s"],
+                 "heading_median_s": first["heading_s"], "ratio": first["rendered_s"] / bare_first["rendered_s"]})
+    rows += [{"page": title, "first_load_s": None, **figures, "ratio": figures["median_s"] / base}
+             for title, figures in pages.items()]
+    rows += [{"page": name, "first_load_s": None, **figures, "ratio": figures["median_s"] / base}
+             for name, figures in references.items()]
+    print(f"{'page':<42} {'heading':>9} {'rendered':>9} {'best':>8} {'vs bare':>8}  charts tables")
+    for r in rows:
+        print(f"{r['page']:<42} {r['heading_median_s'] * 1000:>6.0f} ms {r['median_s'] * 1000:>6.0f} ms "
+              f"{r['best_s'] * 1000:>5.0f} ms {r['ratio']:>7.2f}x  {r.get('charts', '')!s:>6} {r.get('tables', '')!s:>6}")
+    targets = [{"target": f"{r['page']} fully rendered within {TARGET_RATIO:g}x a bare Streamlit page",
+                "figure": f"{r['median_s'] * 1000:.0f} ms ({r['ratio']:.2f}x of {base * 1000:.0f} ms)"
+                if r["first_load_s"] is None else
+                f"{r['median_s'] * 1000:.0f} ms ({r['ratio']:.2f}x of the bare page's first load, "
+                f"{bare_first['rendered_s'] * 1000:.0f} ms)",
+                "met": r["ratio"] <= TARGET_RATIO} for r in rows[1:] if r["page"] not in REFERENCES]
+    result = {"benchmark": "dashboard_load", "app": str(app), "runs": args.runs, "days": args.days,
+              "python": sys.version.split()[0], "cpus": os.cpu_count(), "rows": rows, "targets": targets}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
