@@ -12,9 +12,18 @@ import pandas as pd
 
 from llmcost.dashboard import tables
 from tests.dashboard_seed import event, failed_log, insert
-from tests.test_dashboard_pages import PAGES, assert_no_exception, navigation_pages, open_page, texts, today
+from tests.test_dashboard_pages import (
+    PAGES,
+    assert_no_exception,
+    navigation_pages,
+    open_page,
+    served_on_loopback,
+    texts,
+    today,
+)
 
-__all__ = ["navigation_pages"]  # the autouse fixture, so pages run under app.py's navigation
+# The autouse fixtures: pages run under app.py's navigation, in local mode.
+__all__ = ["navigation_pages", "served_on_loopback"]
 
 
 def rendered(app, key: str) -> tuple[list[str], dict[str, dict], pd.DataFrame]:
