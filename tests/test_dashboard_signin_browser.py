@@ -219,7 +219,8 @@ def test_operator_viewer_and_tenant_user_sign_in_and_see_what_their_role_allows(
 
     stranger = sign_in(browser, url, "mallory@elsewhere.org")
     stranger.get_by_role("heading", name="No access").wait_for(timeout=30_000)
-    assert stranger.get_by_text("Ask an admin to add you to [dashboard.roles]").count() == 1
+    # the heading is drawn before the message below it: wait for the message rather than count it at once
+    stranger.get_by_text("Ask an admin to add you to [dashboard.roles]").wait_for(timeout=30_000)
     assert stranger.get_by_test_id("stMetricValue").count() == 0
 
 
