@@ -8,6 +8,8 @@ once written) and on (it also survives power loss), for each control backend: th
 
 The floor is measured in the same run, in the folder the tracker writes to: one `os.write` of a journal line,
 one write + fsync, and two of each (a durable tracked call needs two: the write-ahead attempt and the event),
+measured alone after the tracked runs and, with fsync on, also between the tracked calls of each run (the disk's
+load changes by the second on a shared machine, so the target compares the call with the floor sampled beside it),
 and for Redis one PING round trip and two (one admission and one settle is the least a shared state needs).
 Targets (issue 17): fsync off p50 <= 0.15 ms and p99 <= 1 ms; fsync on p50 <= 1.5x of 2 x (write + fsync).
 
@@ -135,28 +137,45 @@ def targets(rows: list[dict], floor: dict[str, dict]) -> list[dict]:
             checks.append({"target": f"tracker overhead p99 <= {P99_TARGET_MS:g} ms ({label})",
                            "figure": f"{r['overhead_p99_ms']:.3f} ms", "met": r["overhead_p99_ms"] <= P99_TARGET_MS})
         else:
+            beside = r.get("floor_beside_p50_ms") or durable  # the floor sampled between this run's calls
             checks.append({
                 "target": f"tracked call p50 <= {FSYNC_FLOOR_RATIO:g}x of 2 x (write + fsync) ({label})",
-                "figure": f"{r['tracked_p50_ms']:.3f} ms = {r['tracked_p50_ms'] / durable:.2f}x of {durable:.3f} ms",
-                "met": r["tracked_p50_ms"] <= FSYNC_FLOOR_RATIO * durable})
+                "figure": f"{r['tracked_p50_ms']:.3f} ms = {r['tracked_p50_ms'] / beside:.2f}x of {beside:.3f} ms "
+                          f"(the floor sampled between its calls; {durable:.3f} ms measured alone)",
+                "met": r["tracked_p50_ms"] <= FSYNC_FLOOR_RATIO * beside})
     return checks
 
 
-def measure_tracked(calls: int, fsync: bool, redis_url: str | None = None) -> list[float]:
+def measure_tracked(calls: int, fsync: bool, redis_url: str | None = None, line: bytes = b"") -> list[float]:
+    """Each tracked call's time; with fsync on, each call is followed by a sample of the floor (two writes of
+    `line`, each with its fsync) in the same folder, so the two meet the same disk load (`fsync_floor`)."""
     home = Path(tempfile.mkdtemp(prefix="llmcost-bench-"))
     settings = replace(load_settings(home=home), fsync=fsync)
     if redis_url:
         settings = replace(settings, control_backend="redis", redis_url=redis_url)
     tracker = Tracker(settings)
-    samples = []
+    samples, floor = [], []
+    fd = os.open(home / "floor.jsonl", os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644) if fsync and line else None
     for n in range(calls):
         start = time.perf_counter()
         with tracker.call(use_case="chat_tutor", user_id=f"user-{n % 50}", tenant_id="bench", account_type="admin",
                           provider="openai", model="gpt-4o-mini", prompt=PROMPT) as call:
             call.record(fake_llm_call())
         samples.append(time.perf_counter() - start)
+        if fd is not None:
+            start = time.perf_counter()
+            for _ in range(2):
+                os.write(fd, line)
+                os.fsync(fd)
+            floor.append(time.perf_counter() - start)
+    if fd is not None:
+        os.close(fd)
     tracker.close()
+    fsync_floor[(redis_url, fsync)] = floor
     return samples
+
+
+fsync_floor: dict[tuple, list[float]] = {}
 
 
 def start_redis() -> tuple[subprocess.Popen | None, str | None]:
@@ -195,16 +214,20 @@ def main() -> None:
     if not redis_url:
         print("redis-server not found: the Redis backend is not measured (apt-get install redis-server)")
     try:
-        runs = [(backend, fsync, fastest(functools.partial(measure_tracked, args.calls, fsync, url), args.repeat))
-                for backend, url in backends for fsync in (False, True)]
-        floor_samples = measure_floor(args.calls, journal_line())
+        line = journal_line()
+        runs = []
+        for backend, url in backends:
+            for fsync in (False, True):
+                tracked = fastest(functools.partial(measure_tracked, args.calls, fsync, url, line), args.repeat)
+                runs.append((backend, fsync, tracked, fsync_floor.get((url, fsync))))
+        floor_samples = measure_floor(args.calls, line)
         if redis_url:
             floor_samples.update(measure_round_trips(args.calls, redis_url))
     finally:
         if redis_process is not None:
             redis_process.kill()
             redis_process.wait()
-    for backend, fsync, tracked in runs:
+    for backend, fsync, tracked, beside in runs:
         base_p50, base_p99 = percentile(baseline, 0.5), percentile(baseline, 0.99)
         rows.append({
             "backend": backend,
@@ -216,6 +239,8 @@ def main() -> None:
             "overhead_p50_ms": (percentile(tracked, 0.5) - base_p50) * 1e3,
             "overhead_p99_ms": (percentile(tracked, 0.99) - base_p99) * 1e3,
             "overhead_mean_ms": (statistics.fmean(tracked) - statistics.fmean(baseline)) * 1e3,
+            # 2 x (write + fsync) sampled after each tracked call of this run (fsync on only)
+            "floor_beside_p50_ms": percentile(beside, 0.5) * 1e3 if beside else None,
         })
     floor = {name: {"p50_ms": percentile(samples, 0.5) * 1e3, "p99_ms": percentile(samples, 0.99) * 1e3}
              for name, samples in floor_samples.items()}
