@@ -83,7 +83,9 @@ def test_built_event_writes_the_journal_line_validation_would(case):
     old_record = old.model_dump(mode="json", exclude_none=True)
     assert new_record.pop("event_id") and old_record.pop("event_id")
     assert encode_line(new_record) == encode_line(old_record)
+    assert new.model_fields_set == old.model_fields_set
     assert new == old.model_copy(update={"event_id": new.event_id})
+    assert new.model_dump() == {**old.model_dump(), "event_id": new.event_id}
 
 
 def test_built_event_skips_validation_only_for_values_it_would_keep(monkeypatch):

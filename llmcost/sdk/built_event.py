@@ -43,6 +43,10 @@ def _length_bounds(name: str) -> tuple[int, int]:
 _NAME_BOUNDS = {name: _length_bounds(name) for name in _NAMES}
 _ERROR_BOUNDS = _length_bounds("error")
 _NEW_EVENT_ID = UsageEvent.model_fields["event_id"].default_factory
+_FIELD_ORDER = tuple(UsageEvent.model_fields)
+# Every field the tracker may leave out has a plain default (event_id, metadata and total_tokens are always given).
+_DEFAULTS = {name: field.default for name, field in UsageEvent.model_fields.items()
+             if not field.is_required() and field.default_factory is None}
 _REQUIRED = {name for name in _NAMES if UsageEvent.model_fields[name].is_required()}
 
 
@@ -98,11 +102,24 @@ def built_event(**fields: Any) -> UsageEvent:
     """`UsageEvent(**fields)`, constructed without validation when validation would change nothing."""
     if not _kept_as_given(fields):
         return UsageEvent(**fields)
-    values = {name: value for name, value in fields.items() if value is not None}
-    # given here: pydantic inspects a default factory's signature on every construction (~10 µs)
-    values["event_id"] = _NEW_EVENT_ID()
-    values["metadata"] = dict(values.get("metadata") or {})
-    values["total_tokens"] = values.get("input_tokens", 0) + values.get("output_tokens", 0)
-    if "cost_usd" in values and "price_source" not in values:
-        values["price_source"] = "provider"
-    return UsageEvent.model_construct(**values)
+    given = {name: value for name, value in fields.items() if value is not None}
+    given["total_tokens"] = given.get("input_tokens", 0) + given.get("output_tokens", 0)
+    if "cost_usd" in given and "price_source" not in given:
+        given["price_source"] = "provider"
+    fields_set = set(given)  # as validation leaves it: what was given, and what its validators assigned
+    given["event_id"] = _NEW_EVENT_ID()  # the model's own factory (by the model it is left out of fields_set)
+    given["metadata"] = dict(given.get("metadata") or {})
+    return _constructed(given, fields_set)
+
+
+def _constructed(given: dict[str, Any], fields_set: set[str]) -> UsageEvent:
+    """What `UsageEvent.model_construct(**given)` builds, without its loop over every field and alias (~30 µs in
+    pydantic 2.14): the fields in their declared order, defaults for the rest; tests/test_tracker_event.py
+    checks the result equals the validated event."""
+    event = UsageEvent.__new__(UsageEvent)
+    object.__setattr__(event, "__dict__", {name: given[name] if name in given else _DEFAULTS[name]
+                                           for name in _FIELD_ORDER})
+    object.__setattr__(event, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(event, "__pydantic_extra__", None)
+    object.__setattr__(event, "__pydantic_private__", None)
+    return event
