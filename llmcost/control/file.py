@@ -28,6 +28,11 @@ log = logging.getLogger("llmcost")
 
 BUSY_TIMEOUT_SECONDS = 10.0
 WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
+# With checkpoints in the background: how often the write-ahead log is looked at, the size that starts a
+# checkpoint, and the pages past which a caller still checkpoints itself (the background fell behind).
+CHECKPOINT_INTERVAL_SECONDS = 0.1
+CHECKPOINT_AT_BYTES = 1024 * 1024
+BACKSTOP_CHECKPOINT_PAGES = 10_000
 _CORRUPT_MARKERS = ("not a database", "malformed", "file is encrypted")
 _LOCK_MARKERS = ("locked", "busy")
 _SIDE_FILES = ("-wal", "-shm")
@@ -100,6 +105,8 @@ class ControlFile:
         self._file: tuple[int, int] | None = None
         self._generation = ""
         self.recreated = False
+        self._checkpointer: tuple[int, threading.Thread, threading.Event] | None = None  # (pid, thread, stop)
+        self._checkpoint_in_background = False
         self.set_aside: Path | None = None
         if not lazy:
             self.open()
@@ -257,6 +264,9 @@ class ControlFile:
         # NORMAL in WAL survives a process crash; a power cut may drop the last commits, which `rebuild` restores.
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
+        if self._checkpoint_in_background:
+            conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
+            self._start_checkpointer()
         self._local.conn = conn
         self._local.key = (os.getpid(), self._epoch)
         with self._connections_lock:
@@ -279,8 +289,59 @@ class ControlFile:
             conn.close()
         self._local = threading.local()
 
+    def checkpoint_in_background(self) -> None:
+        """Copy the write-ahead log into the file from a thread of this process rather than in the operation that
+        fills it (SQLite's automatic checkpoint, which made every ~60th tracked call several times slower)."""
+        self._checkpoint_in_background = True
+        with self._connections_lock:
+            for conn in self._connections:  # opened before: in this thread, so only this thread's may be changed
+                if conn is getattr(self._local, "conn", None):
+                    conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
+
+    def _start_checkpointer(self) -> None:
+        pid = os.getpid()
+        with self._connections_lock:
+            if self._checkpointer is not None and self._checkpointer[0] == pid:
+                return  # a forked child has none of its parent's threads: it starts its own
+            stop = threading.Event()
+            thread = threading.Thread(target=self._checkpoint_while_open, args=(stop,), daemon=True,
+                                      name="llmcost-control-checkpoint")
+            self._checkpointer = (pid, thread, stop)
+        thread.start()
+
+    def _checkpoint_while_open(self, stop: threading.Event) -> None:
+        """Checkpoint the file the callers use while the log is large. Its own connection opens only an existing
+        file (mode=rw), and only while the file at the path is the one open: it never creates a file, nor applies
+        a deleted file's log to a new one (see `_drop_foreign_side_files`)."""
+        wal, conn, opened_for = f"{self.path}-wal", None, None
+        try:
+            while not stop.wait(CHECKPOINT_INTERVAL_SECONDS):
+                try:
+                    current = self._file
+                    if current is None or os.stat(wal).st_size < CHECKPOINT_AT_BYTES or _identity(self.path) != current:
+                        continue
+                    if conn is None or opened_for != current:
+                        if conn is not None:
+                            conn.close()
+                        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", uri=True, timeout=0,
+                                               isolation_level=None, check_same_thread=False)
+                        opened_for = current
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except (OSError, sqlite3.Error) as error:  # the callers' own operations report a failing file
+                    log.debug("llmcost: background checkpoint of %s skipped: %s", self.path, error)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _stop_checkpointer(self) -> None:
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None and checkpointer[0] == os.getpid():
+            checkpointer[2].set()
+            checkpointer[1].join(timeout=5)
+
     def close(self) -> None:
         """Close every connection this object opened (in any thread)."""
+        self._stop_checkpointer()
         self._close_connections()
         self._file = None
 

@@ -7,7 +7,9 @@ is the interface's one rule: max(settled live, stored tracker calls) + stored ot
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import sqlite3
 import time
 
@@ -50,20 +52,59 @@ def counter_spend(conn: sqlite3.Connection, counter: Counter, user_spend_sql: st
     return Spend(tokens, pico)
 
 
+@functools.lru_cache(maxsize=64)
+def _figures_sql(scopes: tuple[str, ...], user_spend_sql: str, system_spend_sql: str) -> str:
+    """One statement reading the gate, the system's spend and each limit's counter (the same queries as
+    `counter_spend`, each a one-row subquery with its parameters suffixed by its position)."""
+    def numbered(sql: str, index: int) -> str:
+        return re.sub(r":(\w+)", rf":\1_{index}", sql)
+
+    parts = [f"({_GATE}) g", f"({numbered(system_spend_sql, 's')}) s"]
+    for index, scope in enumerate(scopes):
+        sql = user_spend_sql if scope == "user" else system_spend_sql if scope == "system" else SCOPE_SPEND
+        parts.append(f"({numbered(sql, index)}) l{index}")
+    return "SELECT * FROM " + ", ".join(parts)
+
+
+def _figures_parameters(request: AdmissionRequest, day: str) -> dict[str, str]:
+    values = {"use_case": request.use_case, "day": day, "day_s": day}
+    for index, item in enumerate(request.limits):
+        counter = item.counter
+        if counter.scope == "user":
+            values[f"day_{index}"], values[f"user_{index}"] = counter.period, counter.name
+        elif counter.scope == "system":
+            values[f"day_{index}"] = counter.period
+        else:
+            values.update({f"period_{index}": counter.period, f"scope_{index}": counter.scope,
+                           f"name_{index}": counter.name})
+    return values
+
+
 def admit(conn: sqlite3.Connection, request: AdmissionRequest, *, reservation_id: str, pid: int, owner: str,
           started: str | None, user_spend_sql: str, system_spend_sql: str) -> Admitted:
-    """Decide and reserve inside the caller's IMMEDIATE transaction (see the module docstring)."""
+    """Decide and reserve inside the caller's IMMEDIATE transaction (see the module docstring): one statement
+    reads every figure, one records the reservation (and one its scope counters, when it has any)."""
     day = request.day.isoformat()
-    disabled, halt_reason, resumed = conn.execute(_GATE, {"use_case": request.use_case, "day": day}).fetchone()
+    sql = _figures_sql(tuple(item.counter.scope for item in request.limits), user_spend_sql, system_spend_sql)
+    row = conn.execute(sql, _figures_parameters(request, day)).fetchone()
+    disabled, halt_reason, resumed = row[:3]
     if disabled is not None:
         return Admitted("disabled", disabled, Spend(), ())
-    system = counter_spend(conn, Counter(day, "system", ""), user_spend_sql, system_spend_sql)
+    system = Spend(0, row[3])
     if not resumed:
         if halt_reason is not None:
             return Admitted("halted", halt_reason, system, ())
         if request.shutdown_pico is not None and system.cost_pico >= request.shutdown_pico:
             return Admitted("halted", None, system, ())
-    spent = tuple(counter_spend(conn, item.counter, user_spend_sql, system_spend_sql) for item in request.limits)
+    figures, offset = [], 4
+    for item in request.limits:
+        if item.counter.scope == "system":
+            figures.append(Spend(0, row[offset]))
+            offset += 1
+        else:
+            figures.append(Spend(row[offset], row[offset + 1]))
+            offset += 2
+    spent = tuple(figures)
     for index, (item, figures) in enumerate(zip(request.limits, spent)):
         if item.action == "hard" and (
                 (item.tokens is not None and figures.tokens + request.tokens > item.tokens)
@@ -83,6 +124,8 @@ def settle_scopes(conn: sqlite3.Connection, reservation_id: str, tokens: int, co
                   counters: tuple[Counter, ...] | None) -> None:
     """Move a finished reservation's scope counters from in flight to settled (the reservation's own rows, or
     the given counters for a reservation made in an earlier file)."""
+    if counters and all(c.scope in LIVE_SCOPES for c in counters):
+        return  # admitted without scope counters: no reservation_scope rows were written for it
     rows = conn.execute("DELETE FROM reservation_scope WHERE reservation_id = ? RETURNING period, scope, name",
                         (reservation_id,)).fetchall()
     if not rows and counters:

@@ -85,9 +85,15 @@ SELECT :day, COALESCE(SUM(max(live, tracked) + external), 0) FROM (
 ) WHERE true  -- SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT
 ON CONFLICT (day) DO UPDATE SET cost_pico = excluded.cost_pico
 """
-_LIVE_AND_TRACKED = """
-SELECT COALESCE((SELECT cost_pico FROM spend WHERE day = ? AND user_id = ?), 0),
-       COALESCE((SELECT tracked_cost_pico FROM store_spend WHERE day = ? AND user_id = ?), 0)
+# A settled call's effect on the day's total, read before its spend is added: per user the larger of live and
+# stored tracker spend counts, so the total grows only by what the larger one grows.
+_ADD_DAY_TOTAL = """
+INSERT INTO day_total (day, cost_pico)
+SELECT :day, max(live + :cost, tracked) - max(live, tracked) FROM (
+    SELECT COALESCE((SELECT cost_pico FROM spend WHERE day = :day AND user_id = :user), 0) AS live,
+           COALESCE((SELECT tracked_cost_pico FROM store_spend WHERE day = :day AND user_id = :user), 0) AS tracked)
+WHERE max(live + :cost, tracked) > max(live, tracked)
+ON CONFLICT (day) DO UPDATE SET cost_pico = cost_pico + excluded.cost_pico
 """
 _ADD_SPEND = """
 INSERT INTO spend (day, user_id, tokens, cost_pico) VALUES (?, ?, ?, ?)
@@ -418,14 +424,9 @@ def _totals(rows: Iterable[tuple[str, int, Decimal]]) -> dict[str, list[int]]:
 
 
 def _add_spend(conn, day: str, user_id: str, tokens: int, cost_pico: int) -> None:
-    """Add a settled call to the user's live spend, and its effect on the day's total (per user the larger of
-    live and stored tracker spend counts, so the total grows only by what the larger one grows)."""
-    live, tracked = conn.execute(_LIVE_AND_TRACKED, (day, user_id, day, user_id)).fetchone()
+    """Add a settled call to the user's live spend, and its effect on the day's total (`_ADD_DAY_TOTAL`)."""
+    conn.execute(_ADD_DAY_TOTAL, {"day": day, "user": user_id, "cost": cost_pico})
     conn.execute(_ADD_SPEND, (day, user_id, tokens, cost_pico))
-    delta = max(live + cost_pico, tracked) - max(live, tracked)
-    if delta:
-        conn.execute("INSERT INTO day_total (day, cost_pico) VALUES (?, ?) "
-                     "ON CONFLICT (day) DO UPDATE SET cost_pico = cost_pico + excluded.cost_pico", (day, delta))
 
 
 

@@ -25,6 +25,7 @@ from llmcost.errors import (
 from llmcost.events import UsageEvent
 from llmcost.money import local_day
 from llmcost.sdk import fallback
+from llmcost.sdk.built_event import built_event
 from llmcost.sdk.estimate import CHARS_PER_TOKEN, DEFAULT_EXPECTED_OUTPUT_TOKENS, estimate_missed, estimate_prompt_tokens
 from llmcost.sdk.usage import ExtractedUsage, StreamUsage, extract_usage
 
@@ -297,7 +298,7 @@ class TrackedCall:
             self.metadata["estimate_ratio"] = float(round(ratio, 4))
             if estimate_missed(ratio, self.tracker.settings.estimate_mismatch_ratio):
                 self.metadata["estimate_mismatch"] = True
-        return UsageEvent(
+        return built_event(
             ts=ts, user_id=self.user_id, tenant_id=self.tenant_id, use_case=self.use_case,
             account_type=self.account_type, provider=provider, model=model,
             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,

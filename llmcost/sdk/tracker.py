@@ -68,6 +68,8 @@ class Tracker:
         self.journal = Journal(self.settings.journal_dir, fsync=self.settings.fsync)
         # lazy: an unusable control state is met at the first call, and handled by `on_control_error` there
         self.control = open_control(self.settings, lazy=True)
+        if hasattr(self.control, "checkpoint_in_background"):  # the SQLite file: keep checkpoints off the calls
+            self.control.checkpoint_in_background()
         self.pricer = Pricer.from_settings(self.settings)
         self._lock = threading.Lock()
         self._in_flight: dict[str, TrackedCall] = {}

@@ -1,0 +1,63 @@
+"""The tracker's control file is checkpointed by a thread of its own, not inside tracked calls."""
+
+import sqlite3
+import time
+
+from llmcost.control import file as control_file
+from llmcost.sdk.tracker import Tracker
+
+
+def tracked_calls(tracker, count):
+    for n in range(count):
+        with tracker.call(use_case="chat", user_id=f"user-{n % 5}", tenant_id="acme", provider="openai",
+                          model="gpt-4o-mini", prompt="hello") as call:
+            call.record(input_tokens=10, output_tokens=5)
+
+
+def wait_for(condition, seconds=20.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_callers_leave_checkpoints_to_the_background_thread(settings, monkeypatch):
+    monkeypatch.setattr(control_file, "CHECKPOINT_AT_BYTES", 1)
+    tracker = Tracker(settings)
+    try:
+        tracked_calls(tracker, 1)
+        caller = tracker.control._connection()
+        assert caller.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == control_file.BACKSTOP_CHECKPOINT_PAGES
+        thread = tracker.control._checkpointer[1]
+        assert thread.name == "llmcost-control-checkpoint" and thread.is_alive()
+        tracked_calls(tracker, 20)
+        # Callers never checkpoint below the backstop, so settled spend reaching the file itself (not only its
+        # write-ahead log) was the background thread's doing.
+        def in_main_file():
+            copy = settings.control_db.parent / "copy.sqlite"
+            copy.write_bytes(settings.control_db.read_bytes())  # the file alone, without its -wal
+            with sqlite3.connect(copy) as db:
+                try:
+                    return db.execute("SELECT count(*) FROM spend").fetchone()[0] > 0
+                except sqlite3.DatabaseError:
+                    return False
+        assert wait_for(in_main_file)
+    finally:
+        tracker.close()
+    assert not thread.is_alive()
+
+
+def test_background_checkpoint_never_recreates_a_deleted_control_file(settings, monkeypatch):
+    monkeypatch.setattr(control_file, "CHECKPOINT_AT_BYTES", 1)
+    tracker = Tracker(settings)
+    try:
+        tracked_calls(tracker, 3)
+        settings.control_db.unlink()
+        time.sleep(10 * control_file.CHECKPOINT_INTERVAL_SECONDS)
+        assert not settings.control_db.exists()
+        tracked_calls(tracker, 1)  # the next call opens a new file, as before
+        assert settings.control_db.exists()
+    finally:
+        tracker.close()
