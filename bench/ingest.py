@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -58,11 +59,14 @@ USERS = 500
 DAYS = 30
 ERROR_SHARE = 0.015
 ERRORS = ("APITimeoutError: Request timed out.", "RateLimitError: 429 Too Many Requests")
-FORMATS = ("jsonl", "csv", "journal")
-RAW_READERS = {"jsonl": "read_json", "csv": "read_csv", "journal": "read_json"}
-SUFFIXES = {"jsonl": "jsonl", "csv": "csv", "journal": "journal.jsonl"}
+FORMATS = ("jsonl", "csv", "journal", "jsonl-bad")
+# The file with bad lines is read raw skipping what DuckDB cannot read (a torn line, a number for a name).
+RAW_READERS = {"jsonl": "read_json", "csv": "read_csv", "journal": "read_json",
+               "jsonl-bad": "read_json_auto(?, ignore_errors = true)"}
+SUFFIXES = {"jsonl": "jsonl", "csv": "csv", "journal": "journal.jsonl", "jsonl-bad": "bad.jsonl"}
 REINGEST_TARGET_S = 0.5
-RATIO_TARGET = 2.0
+# Within this many times raw DuckDB's time (issue 17): a file with bad lines scattered may take longer.
+RATIO_TARGETS = {"jsonl": 2.0, "journal": 2.0, "csv": 1.5, "jsonl-bad": 3.0}
 GROWN_TARGET = 1.25  # ours: a store that holds more must not make each new file much slower to ingest
 
 
@@ -162,7 +166,37 @@ def write_journal(frame: pd.DataFrame, path: Path) -> None:
             f.write("".join(a + "\n" + e + "\n" for a, e in zip(attempt_lines, event_lines)))
 
 
-WRITERS = {"jsonl": write_jsonl, "csv": write_csv, "journal": write_journal}
+BAD_SHARE = 0.01
+# Bad lines as they turn up, each refused by the exact path: a number for a name, a fraction for a count, an
+# unknown key, a torn line, a negative count, a time in the future.
+BAD_LINES = (
+    (re.compile(r'"user_id":"user-0*(\d+)"'), r'"user_id":1\1'),  # 1...: a user_id of 0 reads as none
+    (re.compile(r'"input_tokens":(\d+)'), r'"input_tokens":\1.5'),
+    (re.compile(r'^\{'), '{"surprise":1,'),
+    (re.compile(r',"model".*$'), ''),
+    (re.compile(r'"input_tokens":(\d+)'), r'"input_tokens":-\1'),
+    (re.compile(r'"ts":"[^"]*"'), '"ts":"2099-01-01T00:00:00Z"'),
+)
+
+
+def bad_positions(count: int) -> set[int]:
+    return set(np.random.default_rng(SEED + 1).choice(count, int(count * BAD_SHARE), replace=False).tolist())
+
+
+def write_jsonl_bad(frame: pd.DataFrame, path: Path) -> None:
+    """JSON Lines with BAD_SHARE of the lines, scattered, made bad in one of the BAD_LINES ways."""
+    bad = bad_positions(len(frame))
+    with path.open("w", encoding="utf-8") as f:
+        for start in range(0, len(frame), WRITE_ROWS):
+            lines = frame.iloc[start:start + WRITE_ROWS].to_json(orient="records", lines=True,
+                                                                 force_ascii=False).splitlines()
+            for n in sorted(bad.intersection(range(start, start + len(lines)))):
+                pattern, replacement = BAD_LINES[n % len(BAD_LINES)]
+                lines[n - start] = pattern.sub(replacement, lines[n - start], count=1)
+            f.write("".join(line + "\n" for line in lines))
+
+
+WRITERS = {"jsonl": write_jsonl, "csv": write_csv, "journal": write_journal, "jsonl-bad": write_jsonl_bad}
 
 
 def child_ingest(file: Path) -> dict:
@@ -224,7 +258,8 @@ def child_raw(file: Path, fmt: str, db_path: Path) -> dict:
     # Timed like llmcost's ingest, which opens the store, loads and closes it (its checkpoint included).
     start = time.perf_counter()
     db = duckdb.connect(str(db_path))
-    db.execute(f"CREATE TABLE t AS SELECT * FROM {RAW_READERS[fmt]}(?)", [str(file)])
+    reader = RAW_READERS[fmt] if "(" in RAW_READERS[fmt] else RAW_READERS[fmt] + "(?)"
+    db.execute(f"CREATE TABLE t AS SELECT * FROM {reader}", [str(file)])
     db.close()
     seconds = time.perf_counter() - start
     rss = peak_rss_mb()
@@ -302,9 +337,13 @@ def measure(fmt: str, file: Path, generated: int, workdir: Path, repeat: int, gr
         fastest = min(grown_runs, key=lambda r: r["seconds"])
         row.update(grown_existing=grown, grown_ingest_s=fastest["seconds"],
                    grown_vs_fresh=fastest["seconds"] / first["seconds"])
+    bad = len(bad_positions(generated)) if fmt == "jsonl-bad" else 0
+    row["bad_lines"] = bad
+    good = generated - bad
     row["exactly_once"] = (
-        all(f["stored"] == f["rows_in_store"] == f["distinct_event_ids"] == generated for f in firsts)
-        and row["rows_in_store"] == row["distinct_event_ids"] == generated
+        all(f["stored"] == f["rows_in_store"] == f["distinct_event_ids"] == good and f["failed"] == bad
+            for f in firsts)
+        and row["rows_in_store"] == row["distinct_event_ids"] == good
         and row["reingest_stored"] == 0
         and row["attempts_in_store"] == (generated if fmt == "journal" else 0)
         and all(g["stored"] == g["rows_in_store"] == generated for g in grown_runs)
@@ -332,8 +371,9 @@ def targets(rows: list[dict]) -> list[dict]:
     checks = []
     for r in rows:
         label = f"{r['format']} {r['events']:,}"
-        checks.append({"target": f"ingest within {RATIO_TARGET:g}x of raw DuckDB ({label})",
-                       "figure": f"{r['ratio']:.1f}x", "met": r["ratio"] <= RATIO_TARGET})
+        target = RATIO_TARGETS[r["format"]]
+        checks.append({"target": f"ingest within {target:g}x of raw DuckDB ({label})",
+                       "figure": f"{r['ratio']:.1f}x", "met": r["ratio"] <= target})
         checks.append({"target": f"re-ingest of the unchanged file near zero, < {REINGEST_TARGET_S} s ({label})",
                        "figure": f"{r['reingest_s']:.3f} s", "met": r["reingest_s"] < REINGEST_TARGET_S})
         if "grown_ingest_s" in r:
@@ -341,7 +381,9 @@ def targets(rows: list[dict]) -> list[dict]:
                                      f"{GROWN_TARGET:g}x of into an empty one ({label})",
                            "figure": f"{r['grown_vs_fresh']:.2f}x", "met": r["grown_vs_fresh"] <= GROWN_TARGET})
         checks.append({"target": f"every event stored exactly once ({label})",
-                       "figure": f"{r['rows_in_store']:,} of {r['generated']:,}", "met": r["exactly_once"]})
+                       "figure": f"{r['rows_in_store']:,} of {r['generated'] - r['bad_lines']:,}"
+                                 + (f" ({r['bad_lines']:,} bad lines kept as failed)" if r["bad_lines"] else ""),
+                       "met": r["exactly_once"]})
     return checks
 
 

@@ -140,7 +140,8 @@ def ingest_section(result: dict) -> list[str]:
             r["format"], f"{r['events']:,}", f"{r['file_mb']:.0f} MB",
             f"{r['raw_events_per_s']:,.0f}/s ({r['raw_s']:.2f} s)",
             f"{r['ingest_events_per_s']:,.0f}/s ({r['ingest_s']:.2f} s)", f"{r['ratio']:.1f}x",
-            f"{r['reingest_s']:.3f} s", f"{r['rows_in_store']:,} / {r['generated']:,}",
+            f"{r['reingest_s']:.3f} s", f"{r['rows_in_store']:,} / {r['generated'] - r.get('bad_lines', 0):,}"
+            + (f" ({r['bad_lines']:,} bad lines kept as failed)" if r.get("bad_lines") else ""),
             f"{r['ingest_peak_rss_mb']:.0f} MB", f"{r['raw_peak_rss_mb']:.0f} MB",
         ]
         for r in result["rows"]
@@ -153,7 +154,10 @@ def ingest_section(result: dict) -> list[str]:
         "transaction and closes the store; both are timed from opening to closing. Each figure is the fastest "
         "of `repeat` runs, each in a fresh process; peak RSS is that whole process (Python, imports and all). "
         "`journal` is the file the tracker writes: a write-ahead call attempt before each event, and the "
-        "event's cost as the tracker priced it; raw DuckDB reads both kinds of line into one table.",
+        "event's cost as the tracker priced it; raw DuckDB reads both kinds of line into one table. "
+        "`jsonl-bad` is the JSON Lines file with 1% of its lines, scattered, made bad (a number for a name, a "
+        "fraction for a count, an unknown key, a torn line, a negative count, a time in the future); raw "
+        "DuckDB reads it with `ignore_errors`.",
     ]
     for r in result["rows"]:
         if "grown_ingest_s" in r:
