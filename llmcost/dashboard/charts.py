@@ -103,7 +103,8 @@ def cost_bars(frame: pd.DataFrame, label_column: str, title: str) -> alt.Chart:
     """Horizontal bars of `cost_usd` per label, largest on top."""
     data = pd.DataFrame({"label": _names(frame[label_column]) if not frame.empty else pd.Series(dtype=str),
                          "cost_usd": frame["cost_usd"].map(float) if not frame.empty else pd.Series(dtype=float)})
-    return alt.Chart(data, title=title, height=max(150, 30 * len(data))).mark_bar(color=CALM_COLOUR).encode(
+    # A step per bar, so every label has room however many bars there are.
+    return alt.Chart(data, title=title, height=alt.Step(24)).mark_bar(color=CALM_COLOUR).encode(
         x=alt.X("cost_usd:Q", title="USD", axis=alt.Axis(format=USD)),
         y=alt.Y("label:N", title=None, sort="-x", axis=alt.Axis(labelLimit=260)),
         tooltip=[alt.Tooltip("label:N", title=label_column.replace("_", " ").capitalize()),
