@@ -3,13 +3,14 @@
 Loads the demo data (`llmcost demo`) into a temporary folder, starts `streamlit run app.py` and, in the same run,
 `streamlit run` of a bare page (a title and a line of text), each on a fresh server, and drives them with
 headless Chromium (Playwright; Debian's /usr/bin/chromium). A page is fully rendered when Streamlit says its
-script finished, its heading is there, every Plotly chart on show has drawn its SVG and every table its canvas.
+script finished, its heading is there, every chart on show has drawn (a Plotly chart its SVG, a Vega-Lite chart
+its canvas or SVG) and every table its canvas.
 
 For each page: the first load on the fresh server (the Overview, at /, nothing cached in the browser) and then
 `--runs` loads, each in a new tab (a new Streamlit session) of one browser profile whose cache a first, uncounted
-load filled: the median and the fastest, each as a ratio to the bare page's median measured the same way. Two
-reference pages (the bare page plus one small Plotly chart, or one small table) show what Streamlit's frontend
-alone costs to draw a chart or a table.
+load filled: the median and the fastest, each as a ratio to the bare page's median measured the same way. Three
+reference pages (the bare page plus one small Vega-Lite chart, one small Plotly chart when Plotly is installed, or
+one small table) show what Streamlit's frontend alone costs to draw a chart or a table.
 
     python bench/dashboard_load.py [--runs 5] [--days 30] [--out bench/results/dashboard_load.json] [--app PATH]
 """
@@ -17,6 +18,7 @@ alone costs to draw a chart or a table.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -38,18 +40,26 @@ VIEWPORT = {"width": 1400, "height": 1000}
 PAGES = (("Overview", ""), ("Use cases", "use_cases"), ("Users and tenants", "users"),
          ("Failed logs", "failed_logs"), ("Integrity", "integrity"), ("Budgets and alerts", "budgets"))
 BARE_PAGE = 'import streamlit as st\n\nst.title("Bare")\nst.write("A bare Streamlit page.")\n'
-# Floors for reference: the bare page plus one small Plotly chart, or one small table. What Streamlit's frontend
-# costs to draw them is a floor no page with a chart or a table can go under.
+# Floors for reference: the bare page plus one small chart, or one small table. What Streamlit's frontend
+# costs to draw them is a floor no page with a chart or a table can go under. The dashboard draws Vega-Lite;
+# the Plotly one (when Plotly is installed) shows what it replaced.
 REFERENCES = {
+    "bare page + one Vega-Lite chart (reference)":
+        BARE_PAGE + "import altair as alt\nimport pandas as pd\n\n"
+        "st.altair_chart(alt.Chart(pd.DataFrame({'x': [1, 2], 'y': [2, 1]})).mark_bar().encode(x='x:O', y='y:Q'))\n",
     "bare page + one Plotly chart (reference)":
         BARE_PAGE + "import plotly.graph_objects as go\n\nst.plotly_chart(go.Figure(go.Bar(x=[1, 2], y=[2, 1])))\n",
     "bare page + one table (reference)":
         BARE_PAGE + "import pandas as pd\n\nst.dataframe(pd.DataFrame({'x': [1, 2], 'y': [2, 1]}))\n",
 }
+if importlib.util.find_spec("plotly") is None:
+    del REFERENCES["bare page + one Plotly chart (reference)"]
+CHARTS = "[data-testid=stPlotlyChart], [data-testid=stVegaLiteChart]"
+
 COUNTS = """() => {
     const shown = (selector) => [...document.querySelectorAll(selector)].filter(e => e.checkVisibility()).length;
-    return {charts: shown('[data-testid=stPlotlyChart]'), tables: shown('[data-testid=stDataFrame]')};
-}"""
+    return {charts: shown('CHARTS'), tables: shown('[data-testid=stDataFrame]')};
+}""".replace("CHARTS", CHARTS)
 # True once the script run finished and everything it drew is on screen.
 RENDERED = """(heading) => {
     const app = document.querySelector('[data-testid=stApp]');
@@ -59,18 +69,18 @@ RENDERED = """(heading) => {
     if (document.querySelector('[data-testid=stSkeleton]')) return false;
     // Only what is on show: a table in a closed expander draws nothing until it is opened.
     const shown = (selector) => [...document.querySelectorAll(selector)].filter(e => e.checkVisibility());
-    if (shown('[data-testid=stPlotlyChart]').some(c => !c.querySelector('.main-svg'))) return false;
+    if (shown('CHARTS').some(c => !c.querySelector('.main-svg, .vega-embed canvas, .vega-embed svg'))) return false;
     return !shown('[data-testid=stDataFrame]').some(t => !t.querySelector('canvas'));
-}"""
+}""".replace("CHARTS", CHARTS)
 
 
 STATE = """() => ({
     script: document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state'),
     titles: [...document.querySelectorAll('h1')].map(h => h.innerText),
     skeleton: !!document.querySelector('[data-testid=stSkeleton]'),
-    charts: [...document.querySelectorAll('[data-testid=stPlotlyChart]')].map(c => !!c.querySelector('.main-svg')),
+    charts: [...document.querySelectorAll('CHARTS')].map(c => !!c.querySelector('.main-svg, .vega-embed canvas')),
     tables: [...document.querySelectorAll('[data-testid=stDataFrame]')].map(t => !!t.querySelector('canvas')),
-})"""
+})""".replace("CHARTS", CHARTS)
 
 
 def free_port() -> int:

@@ -107,7 +107,7 @@ def timed(function, runs: int) -> tuple[dict, object]:
 
 def child_dashboard(db_path: Path, today: dt.date, runs: int) -> dict:
     """The dashboard's side: every query on its own connection, then each page bundle."""
-    import plotly  # noqa: F401 - loaded as the dashboard process loads it
+    import altair  # noqa: F401 - loaded as the dashboard process loads it
     import streamlit  # noqa: F401
 
     from llmcost.config import SystemLevels
@@ -147,7 +147,8 @@ def child_dashboard(db_path: Path, today: dt.date, runs: int) -> dict:
             overview = result
     levels = {"warning": SystemLevels().warning_usd, "critical": SystemLevels().critical_usd,
               "shutdown": SystemLevels().shutdown_usd}
-    timings["overview chart (plotly)"], _ = timed(lambda: charts.daily_spend(overview.daily, levels), runs)
+    timings["overview chart (Vega-Lite spec)"], _ = timed(lambda: charts.daily_spend(overview.daily, levels).to_dict(),
+                                                         runs)
     figures = {
         "periods": {name: [t.calls, t.tokens, str(t.cost_usd)] for name, t in overview.periods.items()},
         "daily_rows": len(overview.daily),

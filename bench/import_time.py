@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-HEAVY = ("duckdb", "pandas", "pyarrow", "numpy", "streamlit", "plotly")
+HEAVY = ("duckdb", "pandas", "pyarrow", "numpy", "streamlit", "altair")
 PROBE = "import sys; {code}; print('heavy:' + ','.join(m for m in {heavy!r} if m in sys.modules))"
 CASES = {
     "python -c pass (baseline)": "pass",

@@ -251,7 +251,7 @@ def all_targets(results: dict[str, dict]) -> list[dict]:
         targets.append(not_measured(target, results, "tracker_overhead"))
     if "import_time" in results:
         for row in results["import_time"]["rows"][1:]:
-            targets.append({"target": f"`{row['case']}` loads no duckdb, pandas, pyarrow, numpy, streamlit, plotly",
+            targets.append({"target": f"`{row['case']}` loads no duckdb, pandas, pyarrow, numpy, streamlit, altair",
                             "figure": f"{row['seconds'] * 1000:.0f} ms ({row['ratio']:.1f}x of python -c pass); "
                                       f"heavy: {', '.join(row['heavy_modules']) or 'none'}",
                             "met": not row["heavy_modules"]})

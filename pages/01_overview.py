@@ -89,8 +89,8 @@ if context.access.sees_every_tenant:  # a tenant-scoped viewer sees their tenant
 
 log_scale = st.toggle("Log scale", key="overview_log_scale",
                       help="Keeps ordinary days readable next to a spike day.")
-st.plotly_chart(charts.daily_spend(data.daily, levels, (context.filters.start, context.filters.end),
-                                   log_scale=log_scale), key="overview_daily_chart")
+st.altair_chart(charts.daily_spend(data.daily, levels, (context.filters.start, context.filters.end),
+                                   log_scale=log_scale), width="stretch", key="overview_daily_chart")
 daily_totals = data.daily.groupby("day")["cost_usd"].sum() if not data.daily.empty else []
 days_over = sum(1 for total in daily_totals if system_level(settings, total) is not None)
 if days_over:
@@ -107,7 +107,8 @@ with by_model:
     models = ui.load(dq.models, settings, context.filters)
     if models is not None and not models.empty:
         models = models.assign(label=models["provider"] + " / " + models["model"])
-        st.plotly_chart(charts.cost_bars(models.head(15), "label", "Spend by model"), key="overview_models_chart")
+        st.altair_chart(charts.cost_bars(models.head(15), "label", "Spend by model"), width="stretch",
+                        key="overview_models_chart")
 with movers:
     last_day = context.filters.end
     st.subheader("Top movers, day over day")

@@ -100,7 +100,8 @@ def test_use_cases_lists_configured_use_cases_without_calls(settings):
     assert set(shown) == {"chat_tutor", *settings.use_cases}
     assert headers == ["Use case", "Calls", "Input tokens", "Output tokens", "Tokens", "Cost"]
     assert any("interaction\\_generator" in c for c in texts(app.caption))
-    assert app.get("plotly_chart")  # the per-use-case trend over time
+    assert [json.loads(c.proto.spec)["title"] for c in app.get("vega_lite_chart")] == [
+        "Cost by use case", "Daily cost per use case"]  # the per-use-case trend over time
 
 
 def test_integrity_says_skipped_for_a_check_it_did_not_run(settings):
@@ -148,13 +149,14 @@ def test_overview_draws_no_level_line_the_bars_do_not_reach_and_offers_a_log_sca
                                               event(day - dt.timedelta(days=2), "0.50")])
     app = open_page()
     assert_no_exception(app)
-    daily = json.loads(app.get("plotly_chart")[0].proto.spec)
-    assert not daily["layout"].get("shapes")  # no $10 line pinning the axis over $0.40 bars
+    daily = json.loads(app.get("vega_lite_chart")[0].proto.spec)
+    assert [layer["mark"]["type"] for layer in daily["layer"]] == ["bar"]  # no $10 line pinning the axis
+    assert daily["layer"][0]["encoding"]["y"]["scale"] == {}
     app.toggle(key="overview_log_scale").set_value(True).run()
-    daily = json.loads(app.get("plotly_chart")[0].proto.spec)
-    assert daily["layout"]["yaxis"]["type"] == "log"
-    models = json.loads(app.get("plotly_chart")[1].proto.spec)
-    assert models["layout"]["title"]["text"] == "Spend by model"
+    daily = json.loads(app.get("vega_lite_chart")[0].proto.spec)
+    assert daily["layer"][0]["encoding"]["y"]["scale"]["type"] == "symlog"
+    models = json.loads(app.get("vega_lite_chart")[1].proto.spec)
+    assert models["title"] == "Spend by model"
     _, _, movers = rendered(app, "overview_movers")
     assert movers[["use_case", "cost_day_before", "cost_usd", "change_usd"]].values.tolist() == [
         ["chat_tutor", 0.10, 0.40, 0.30]]

@@ -289,14 +289,38 @@ def test_numbers_changes_and_times():
     assert formatting.local_time(None, "UTC") == "never"
 
 
-def test_chart_draws_the_nearest_levels_and_escapes_labels(settings):
+def layers(chart) -> list[tuple[dict, list[dict]]]:
+    """Each layer of a Vega-Lite chart (nested layers flattened) with the rows it draws."""
+    spec = chart.to_dict()
+    found = []
+
+    def walk(part, data=None):
+        data = part.get("data", data)  # Altair lifts data the layers share to their parent
+        for layer in part.get("layer", []):
+            walk(layer, data)
+        if "mark" in part:
+            found.append((part, spec["datasets"][data["name"]]))
+    walk(spec)
+    return found
+
+
+def mark(layer: dict) -> str:
+    return layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"]
+
+
+def test_chart_draws_the_nearest_levels_and_shows_labels_as_text(settings):
     insert(settings.db_path, "usage_events", [
         event(TODAY, "12", use_case="<b>bold</b>"), event(TODAY, "1", use_case="plain")])
     daily = read(settings, dq.daily_cost_by_use_case, everything())
-    figure = charts.daily_spend(daily, limits.system_levels(settings))
-    assert sorted(trace.name for trace in figure.data) == ["&lt;b&gt;bold&lt;/b&gt;", "plain"]
-    levels = [shape.y0 for shape in figure.layout.shapes]
-    assert levels == [10.0]  # the day reached $13: critical ($50) and shutdown would squash the bars
+    drawn = layers(charts.daily_spend(daily, limits.system_levels(settings)))
+    (bars, rows), = [(layer, rows) for layer, rows in drawn if mark(layer) == "bar"]
+    # Vega-Lite draws labels as text, never HTML: the name is kept as written, unescaped.
+    assert bars["encoding"]["color"]["scale"]["domain"] == ["<b>bold</b>", "plain"]
+    assert sorted((row["label"], row["cost_usd"]) for row in rows) == [("<b>bold</b>", 12.0), ("plain", 1.0)]
+    levels = [(row["level"], row["usd"]) for layer, rows in drawn if mark(layer) == "rule" for row in rows]
+    assert levels == [("warning", 10.0)]  # the day reached $13: critical ($50) and shutdown would squash the bars
+    labels = [row["text"] for layer, rows in drawn if mark(layer) == "text" for row in rows]
+    assert labels == ["warning $10.00"]
     levels = {"warning": D(10), "critical": D(50), "shutdown": D(200)}
     # A level is drawn only where the bars reach it (or come within 10%): a $10 line over $0.40 days
     # would pin the axis to $10 and leave the bars as slivers.
@@ -312,6 +336,41 @@ def test_use_case_colours_keep_red_and_orange_for_levels_and_alerts(settings):
     insert(settings.db_path, "usage_events", [event(TODAY, "1", use_case=name) for name in names])
     figure = charts.daily_spend(read(settings, dq.daily_cost_by_use_case, everything()),
                                 limits.system_levels(settings), log_scale=True)
-    bar_colours = {trace.marker.color for trace in figure.data}
+    (bars, rows), = [(layer, rows) for layer, rows in layers(figure) if mark(layer) == "bar"]
+    colour = bars["encoding"]["color"]["scale"]
+    assert sorted(colour["domain"]) == sorted(names) and {row["label"] for row in rows} == set(names)
+    bar_colours = set(colour["range"])
     assert len(bar_colours) > 5 and not bar_colours & {*charts.LEVEL_COLOURS.values(), charts.ALERT_COLOUR}
-    assert figure.layout.yaxis.type == "log"
+    # Symlog: logarithmic above a cent, so a day without spend still sits on the axis.
+    assert bars["encoding"]["y"]["scale"]["type"] == "symlog"
+
+
+def test_never_logged_calls_stay_visible_next_to_thousands():
+    days = [TODAY - dt.timedelta(days=1), TODAY]
+    frame = pd.DataFrame({"day": days, "attempted": [4000, 3000], "logged_with_attempt": [3999, 3000],
+                          "never_logged": [1, 0]})
+    chart = charts.coverage(frame)
+    assert chart.to_dict()["resolve"]["scale"]["y"] == "independent"  # never logged gets its own axis
+    drawn = layers(chart)
+    never_bars = [(layer, rows) for layer, rows in drawn if mark(layer) == "bar"
+                  and rows[0]["series"].startswith("never")]
+    (bars, rows), = never_bars
+    assert [row["calls"] for row in rows] == [1, 0]
+    assert bars["encoding"]["y"]["scale"]["domain"] == [0, 2.6]  # one call fills a third of the axis, not 1/4000
+    assert bars["encoding"]["color"]["scale"]["range"][2] == charts.ALERT_COLOUR
+    (counts, count_rows), = [(layer, rows) for layer, rows in drawn if mark(layer) == "text"]
+    assert [row["text"] for row in count_rows] == ["1", ""] and counts["encoding"]["y"] == bars["encoding"]["y"]
+
+
+def test_cost_bars_put_the_largest_on_top_and_trend_draws_a_line_per_use_case():
+    frame = pd.DataFrame({"model": ["small", "<i>big</i>"], "cost_usd": [D("0.5"), D("7.25")]})
+    (bars, rows), = layers(charts.cost_bars(frame, "model", "Spend by model"))
+    assert bars["encoding"]["y"]["sort"] == "-x" and bars["mark"]["color"] == charts.CALM_COLOUR
+    assert sorted((row["label"], row["cost_usd"]) for row in rows) == [("<i>big</i>", 7.25), ("small", 0.5)]
+    daily = pd.DataFrame({"day": [TODAY, TODAY, TODAY - dt.timedelta(days=1)], "use_case": ["a", "b", "a"],
+                          "cost_usd": [D("1.5"), D(2), D("0.25")], "calls": [1, 2, 3]})
+    (line, rows), = layers(charts.trend(daily))
+    assert mark(line) == "line" and line["encoding"]["color"]["scale"]["domain"] == ["a", "b"]
+    assert sorted((row["day"], row["label"], row["cost_usd"]) for row in rows) == [
+        (f"{TODAY - dt.timedelta(days=1):%Y-%m-%d}", "a", 0.25), (f"{TODAY:%Y-%m-%d}", "a", 1.5),
+        (f"{TODAY:%Y-%m-%d}", "b", 2.0)]

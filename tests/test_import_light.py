@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-HEAVY = ("duckdb", "pandas", "pyarrow", "numpy", "streamlit", "plotly")
+HEAVY = ("duckdb", "pandas", "pyarrow", "numpy", "streamlit", "altair")
 
 
 def loaded_after(code: str, tmp_path) -> list[str]:

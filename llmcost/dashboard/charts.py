@@ -1,18 +1,18 @@
-"""Plotly figures for the dashboard, built from the small frames `dashboard_queries` returns.
+"""Vega-Lite charts (Altair) for the dashboard, built from the small frames `dashboard_queries` returns.
 
-Plotly reads a few HTML tags in labels, so every label that comes from the data (use cases, models)
-is escaped first and shows as the text it is.
+Vega-Lite, not Plotly: Streamlit's Plotly component alone costs about 3x a bare page to draw in the browser,
+its Vega-Lite one about 2x (bench/dashboard_load.py). Vega-Lite draws every label as text, never as HTML, so a
+use case or model name shows as the text it is without escaping.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import html
 from collections.abc import Mapping
 from decimal import Decimal
 
+import altair as alt
 import pandas as pd
-import plotly.graph_objects as go
 
 from llmcost.money import money
 
@@ -22,16 +22,30 @@ ALERT_COLOUR = "#c92a2a"
 SERIES_COLOURS = ("#1c7ed6", "#37b24d", "#7048e8", "#1098ad", "#ae3ec9", "#74b816", "#4263eb", "#0ca678",
                   "#845ef7", "#3bc9db", "#5c940d", "#868e96")
 CALM_COLOUR = SERIES_COLOURS[0]
-_LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.15), hovermode="x unified")
+ATTEMPTED_COLOUR = "#adb5bd"
+# Symlog is linear within a cent of zero, so days without spend still sit on the axis, and logarithmic above.
+LOG_SCALE = alt.Scale(type="symlog", constant=0.01)
+DAY = "utcyearmonthdate"  # days travel as ISO dates, which Vega reads as UTC midnight
+USD = "$,.2f"
+USD_EXACT = "$,.4f"
+LEGEND = alt.Legend(orient="bottom", title=None)
 
 
-def _plain(values: pd.Series) -> pd.Series:
-    return values.map(lambda v: html.escape("(none)" if v is None or pd.isna(v) else str(v)))
+def _names(values: pd.Series) -> pd.Series:
+    return values.map(lambda v: "(none)" if v is None or pd.isna(v) else str(v))
+
+
+def _iso_days(values: pd.Series) -> pd.Series:
+    return values.map(lambda day: pd.Timestamp(day).strftime("%Y-%m-%d"))
 
 
 def colours(names) -> dict[str, str]:
     """A calm colour per name, the same for a name wherever it is drawn in one chart."""
     return {name: SERIES_COLOURS[index % len(SERIES_COLOURS)] for index, name in enumerate(sorted(set(names)))}
+
+
+def _colour_scale(palette: Mapping[str, str]) -> alt.Scale:
+    return alt.Scale(domain=list(palette), range=list(palette.values()))
 
 
 def levels_to_draw(levels: Mapping[str, Decimal], highest_day: Decimal) -> dict[str, Decimal]:
@@ -40,76 +54,100 @@ def levels_to_draw(levels: Mapping[str, Decimal], highest_day: Decimal) -> dict[
             if amount <= highest_day * Decimal("1.1")}
 
 
+def _daily_frame(daily: pd.DataFrame, label_column: str) -> pd.DataFrame:
+    if daily.empty:
+        return pd.DataFrame({"day": pd.Series(dtype=str), "label": pd.Series(dtype=str),
+                             "cost_usd": pd.Series(dtype=float), "calls": pd.Series(dtype=int)})
+    return pd.DataFrame({"day": _iso_days(daily["day"]), "label": _names(daily[label_column]),
+                         "cost_usd": daily["cost_usd"].map(float),
+                         "calls": daily["calls"] if "calls" in daily else 0})
+
+
 def daily_spend(daily: pd.DataFrame, levels: Mapping[str, Decimal],
-                days: tuple[dt.date, dt.date] | None = None, *, log_scale: bool = False) -> go.Figure:
+                days: tuple[dt.date, dt.date] | None = None, *, log_scale: bool = False) -> alt.LayerChart:
     """Daily cost stacked by use case over `days` (inclusive), with the system-wide levels in range as dashed
     lines; `log_scale` keeps the ordinary days readable next to a spike."""
-    figure = go.Figure()
-    labels = _plain(daily["use_case"]) if not daily.empty else pd.Series(dtype=str)
-    palette = colours(labels)
-    for use_case in sorted(labels.unique()):
-        part = daily[labels == use_case]
-        figure.add_bar(
-            x=part["day"], y=part["cost_usd"].map(float), name=use_case, marker_color=palette[use_case],
-            customdata=part["calls"], hovertemplate="%{y:$,.4f} (%{customdata:,} calls)",
-        )
-    highest = daily.groupby("day")["cost_usd"].sum().max() if not daily.empty else Decimal(0)
-    for name, amount in levels_to_draw(levels, Decimal(highest)).items():
-        figure.add_hline(
-            y=float(amount), line_dash="dash", line_color=LEVEL_COLOURS.get(name, "#868e96"),
-            annotation_text=f"{name} {money(amount)}", annotation_position="top left",
-        )
-    figure.update_layout(barmode="stack", title="Daily spend by use case", yaxis_title="USD",
-                         yaxis_tickformat="$,.2f", **_LAYOUT)
-    if log_scale:
-        figure.update_yaxes(type="log", tickformat="$,.2~f")
+    frame = _daily_frame(daily, "use_case")
+    palette = colours(frame["label"])
+    y_scale = LOG_SCALE if log_scale else alt.Scale()
+    x_scale = alt.Scale()
     if days is not None:
         # The whole range, so days without a call show as days without spend.
-        half_day = dt.timedelta(hours=12)
-        figure.update_xaxes(range=[dt.datetime.combine(days[0], dt.time()) - half_day,
-                                   dt.datetime.combine(days[1], dt.time()) + half_day])
-    return figure
+        x_scale = alt.Scale(domain=[f"{days[0]:%Y-%m-%d}", f"{days[1] + dt.timedelta(days=1):%Y-%m-%d}"])
+    bars = alt.Chart(frame).mark_bar().encode(
+        x=alt.X("day:T", timeUnit=DAY, title=None, scale=x_scale, axis=alt.Axis(format="%b %d")),
+        y=alt.Y("sum(cost_usd):Q", stack="zero", title="USD", scale=y_scale, axis=alt.Axis(format=USD)),
+        color=alt.Color("label:N", title="Use case", scale=_colour_scale(palette), legend=LEGEND),
+        order=alt.Order("label:N"),
+        tooltip=[alt.Tooltip("day:T", timeUnit=DAY, title="Day"), alt.Tooltip("label:N", title="Use case"),
+                 alt.Tooltip("sum(cost_usd):Q", title="Cost", format=USD_EXACT),
+                 alt.Tooltip("sum(calls):Q", title="Calls", format=",")],
+    )
+    highest = daily.groupby("day")["cost_usd"].sum().max() if not daily.empty else Decimal(0)
+    drawn = levels_to_draw(levels, Decimal(highest))
+    layers: list[alt.Chart] = [bars]
+    if drawn:
+        lines = pd.DataFrame({"level": list(drawn), "usd": [float(amount) for amount in drawn.values()],
+                              "text": [f"{name} {money(amount)}" for name, amount in drawn.items()]})
+        level_colour = alt.Color("level:N", scale=alt.Scale(domain=list(drawn),
+                                                            range=[LEVEL_COLOURS.get(n, "#868e96") for n in drawn]),
+                                 legend=None)
+        rule = alt.Chart(lines).mark_rule(strokeDash=[6, 4], strokeWidth=2)
+        layers.append(rule.encode(y=alt.Y("usd:Q", scale=y_scale), color=level_colour))
+        layers.append(rule.mark_text(align="left", baseline="bottom", dx=4, dy=-2, x=0, fontWeight="bold").encode(
+            y=alt.Y("usd:Q", scale=y_scale), text="text:N", color=level_colour))
+    return alt.layer(*layers, title="Daily spend by use case").resolve_scale(color="independent")
 
 
-def cost_bars(frame: pd.DataFrame, label_column: str, title: str) -> go.Figure:
+def cost_bars(frame: pd.DataFrame, label_column: str, title: str) -> alt.Chart:
     """Horizontal bars of `cost_usd` per label, largest on top."""
-    ordered = frame.sort_values("cost_usd", ascending=True) if not frame.empty else frame
-    colour = CALM_COLOUR
-    figure = go.Figure(go.Bar(
-        x=ordered["cost_usd"].map(float) if not ordered.empty else [],
-        y=_plain(ordered[label_column]) if not ordered.empty else [],
-        orientation="h", hovertemplate="%{y}: %{x:$,.4f}<extra></extra>", marker_color=colour,
-    ))
-    figure.update_layout(title=title, xaxis_title="USD", xaxis_tickformat="$,.2f",
-                         margin=_LAYOUT["margin"], height=max(250, 40 * len(ordered) + 100))
-    return figure
+    data = pd.DataFrame({"label": _names(frame[label_column]) if not frame.empty else pd.Series(dtype=str),
+                         "cost_usd": frame["cost_usd"].map(float) if not frame.empty else pd.Series(dtype=float)})
+    # A step per bar, so every label has room however many bars there are.
+    return alt.Chart(data, title=title, height=alt.Step(24)).mark_bar(color=CALM_COLOUR).encode(
+        x=alt.X("cost_usd:Q", title="USD", axis=alt.Axis(format=USD)),
+        y=alt.Y("label:N", title=None, sort="-x", axis=alt.Axis(labelLimit=260)),
+        tooltip=[alt.Tooltip("label:N", title=label_column.replace("_", " ").capitalize()),
+                 alt.Tooltip("cost_usd:Q", title="Cost", format=USD_EXACT)],
+    )
 
 
-def coverage(frame: pd.DataFrame) -> go.Figure:
+def coverage(frame: pd.DataFrame) -> alt.LayerChart:
     """Calls the tracker attempted against calls logged, per day; attempts never logged, in red on their own
     axis with their count written on the bar, stay visible at one or two calls next to thousands."""
-    figure = go.Figure()
-    for column, name, colour in (("attempted", "attempted", "#adb5bd"), ("logged_with_attempt", "logged", CALM_COLOUR)):
-        figure.add_bar(x=frame["day"], y=frame[column], name=name, marker_color=colour, offsetgroup=name)
-    never = frame["never_logged"]
-    figure.add_bar(x=frame["day"], y=never, name="never logged (right axis)", marker_color=ALERT_COLOUR,
-                   yaxis="y2", offsetgroup="never", text=[f"{int(n):,}" if n else "" for n in never],
-                   textposition="outside")
-    figure.update_layout(barmode="group", title="Attempted vs logged calls", yaxis_title="calls",
-                         yaxis2=dict(title="never logged", overlaying="y", side="right", rangemode="tozero",
-                                     range=[0, max(2, int(never.max() or 0)) * 1.3], showgrid=False),
-                         **_LAYOUT)
-    return figure
+    days = _iso_days(frame["day"])
+    never_name = "never logged (right axis)"
+    series = ["attempted", "logged", never_name]
+    counts = pd.concat([pd.DataFrame({"day": days, "series": "attempted", "calls": frame["attempted"]}),
+                        pd.DataFrame({"day": days, "series": "logged", "calls": frame["logged_with_attempt"]})])
+    never = pd.DataFrame({"day": days, "series": never_name, "calls": frame["never_logged"],
+                          "text": [f"{int(n):,}" if n else "" for n in frame["never_logged"]]})
+    x = alt.X("day:O", title=None, axis=alt.Axis(labelAngle=-45))
+    offset = alt.XOffset("series:N", scale=alt.Scale(domain=series))
+    colour = alt.Color("series:N", scale=alt.Scale(domain=series, range=[ATTEMPTED_COLOUR, CALM_COLOUR, ALERT_COLOUR]),
+                       legend=LEGEND)
+    tooltip = [alt.Tooltip("day:O", title="Day"), alt.Tooltip("series:N", title="Calls"),
+               alt.Tooltip("calls:Q", title="Count", format=",")]
+    logged = alt.Chart(counts).mark_bar().encode(x=x, xOffset=offset, color=colour, tooltip=tooltip,
+                                                 y=alt.Y("calls:Q", title="calls"))
+    never_axis = alt.Y("calls:Q", title="never logged", axis=alt.Axis(orient="right", grid=False),
+                       scale=alt.Scale(domain=[0, max(2, int(frame["never_logged"].max() or 0)) * 1.3]))
+    never_bars = alt.Chart(never).mark_bar().encode(x=x, xOffset=offset, color=colour, tooltip=tooltip, y=never_axis)
+    never_counts = alt.Chart(never).mark_text(baseline="bottom", dy=-2, color=ALERT_COLOUR, fontWeight="bold").encode(
+        x=x, xOffset=offset, y=never_axis, text="text:N")
+    return alt.layer(logged, alt.layer(never_bars, never_counts), title="Attempted vs logged calls").resolve_scale(
+        y="independent")
 
 
-def trend(daily: pd.DataFrame, label_column: str = "use_case", title: str = "Daily cost per use case") -> go.Figure:
+def trend(daily: pd.DataFrame, label_column: str = "use_case", title: str = "Daily cost per use case") -> alt.Chart:
     """One line of daily cost per label over the range."""
-    figure = go.Figure()
-    labels = _plain(daily[label_column]) if not daily.empty else pd.Series(dtype=str)
-    palette = colours(labels)
-    for name in sorted(labels.unique()):
-        part = daily[labels == name].sort_values("day")
-        figure.add_scatter(x=part["day"], y=part["cost_usd"].map(float), name=name, mode="lines+markers",
-                           line_color=palette[name], hovertemplate="%{y:$,.4f}")
-    figure.update_layout(title=title, yaxis_title="USD", yaxis_tickformat="$,.2f", **_LAYOUT)
-    return figure
+    frame = _daily_frame(daily, label_column)
+    palette = colours(frame["label"])
+    return alt.Chart(frame, title=title).mark_line(point=True).encode(
+        x=alt.X("day:T", timeUnit=DAY, title=None, axis=alt.Axis(format="%b %d")),
+        y=alt.Y("sum(cost_usd):Q", title="USD", axis=alt.Axis(format=USD)),
+        color=alt.Color("label:N", title=label_column.replace("_", " ").capitalize(), scale=_colour_scale(palette),
+                        legend=LEGEND),
+        tooltip=[alt.Tooltip("day:T", timeUnit=DAY, title="Day"), alt.Tooltip("label:N", title="Name"),
+                 alt.Tooltip("sum(cost_usd):Q", title="Cost", format=USD_EXACT)],
+    )
