@@ -7,7 +7,6 @@ file while the other loads every page."""
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 import os
 import secrets
@@ -20,7 +19,7 @@ import pytest
 
 from llmcost.control import audit
 from llmcost.store import connection as store
-from tests.dashboard_seed import event, failed_log, insert
+from tests.test_dashboard_access import seed  # the same three tenants' calls and failed logs
 from tests.test_dashboard_browser import ROOT, chromium, free_port, wait_until_healthy  # noqa: F401 - a fixture
 from tests.test_dashboard_sessions import write_events
 
@@ -95,18 +94,6 @@ def signed_in_dashboard(settings, tmp_path, identity_provider):
         yield url
     finally:
         stop(server)
-
-
-def seed(settings) -> None:
-    day = dt.datetime.now(settings.tz).date()
-    insert(settings.db_path, "usage_events", [
-        event(day, "1.25", tenant_id="tenant-a", user_id="alice"),
-        event(day, "2.50", tenant_id="tenant-b", user_id="bert"),
-        event(day, "0.75", tenant_id="tenant-b", user_id="bea", use_case="scaffolder"),
-    ])
-    noon = dt.datetime.combine(day, dt.time(12))
-    insert(settings.db_path, "failed_logs", [failed_log(noon, tenant_id="tenant-a"),
-                                             failed_log(noon, tenant_id="tenant-b")])
 
 
 def sign_in(browser, url: str, who: str):

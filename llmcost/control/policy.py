@@ -13,6 +13,7 @@ calls in flight.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -225,6 +226,20 @@ def refusal(request: AdmissionRequest, admitted: Admitted) -> Exception:
 def shutdown_reason(day: str, spent: Decimal, shutdown_usd: Decimal) -> str:
     return (f"system-wide spend on {day} is {money_against(spent, shutdown_usd)}, "
             f"at or above the emergency shutdown level of {money(shutdown_usd)}")
+
+
+def halt_reason(day: str, reason: str | None, resumed: bool, shutdown_usd: Decimal | None,
+                system_spend: Callable[[], Decimal]) -> str | None:
+    """Why a day's calls are refused: a resume lifts everything, then a manual halt, then spend at the shutdown
+    level (`system_spend` is asked only then); None when calls are allowed. Both control backends call this."""
+    if resumed:
+        return None
+    if reason is not None:
+        return reason
+    if shutdown_usd is None:
+        return None
+    spent = system_spend()
+    return shutdown_reason(day, spent, shutdown_usd) if spent >= shutdown_usd else None
 
 
 def check_before_call(

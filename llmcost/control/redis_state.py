@@ -181,19 +181,10 @@ class RedisControlState:
 
     @_reachable
     def halt_reason(self, day: dt.date | str, shutdown_usd: Decimal | None) -> str | None:
-        reason, resumed = self._client.hmget(self._halt_key(day), "reason", "resumed_at")
-        if resumed is not None:
-            return None
-        if reason is not None:
-            return reason
-        if shutdown_usd is None:
-            return None
-        spent = self.system_spend(day)
-        if spent >= shutdown_usd:
-            from llmcost.control.policy import shutdown_reason
+        from llmcost.control.policy import halt_reason
 
-            return shutdown_reason(day_key(day), spent, shutdown_usd)
-        return None
+        reason, resumed = self._client.hmget(self._halt_key(day), "reason", "resumed_at")
+        return halt_reason(day_key(day), reason, resumed is not None, shutdown_usd, lambda: self.system_spend(day))
 
     # -- admission ---------------------------------------------------------------------------
 

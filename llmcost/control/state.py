@@ -194,22 +194,12 @@ class ControlState(ControlFile):
     @guarded
     def halt_reason(self, day: dt.date | str, shutdown_usd: Decimal | None) -> str | None:
         """Why calls are refused for the day (a manual halt, or system spend at the shutdown level), else None."""
+        from llmcost.control.policy import halt_reason
+
         key = day_key(day)
         row = self._connection().execute("SELECT reason, resumed_at FROM halt WHERE day = ?", (key,)).fetchone()
-        if row is not None:
-            reason, resumed_at = row
-            if resumed_at is not None:
-                return None
-            if reason is not None:
-                return reason
-        if shutdown_usd is None:
-            return None
-        spent = self.system_spend(day)
-        if spent >= shutdown_usd:
-            from llmcost.control.policy import shutdown_reason
-
-            return shutdown_reason(key, spent, shutdown_usd)
-        return None
+        reason, resumed_at = row if row is not None else (None, None)
+        return halt_reason(key, reason, resumed_at is not None, shutdown_usd, lambda: self.system_spend(day))
 
     # -- spend and reservations --------------------------------------------------------------
 
