@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from llmcost import money as fmt
-from llmcost.control.interface import open_control
+from llmcost.control.backend import open_control
 from llmcost.dashboard import limits, tables, ui
 from llmcost.dashboard import queries as dq
 from llmcost.monitor import alerts

@@ -10,7 +10,8 @@ from decimal import Decimal
 import pytest
 
 from llmcost.config import Budget
-from llmcost.control.interface import Counter, open_control
+from llmcost.control.backend import open_control
+from llmcost.control.interface import Counter
 from llmcost.control.policy import check_before_call, release_after_refusal, settle_after_call
 from llmcost.errors import BudgetExceededError, SpendingHaltedError, UseCaseDisabledError
 from llmcost.money import to_picodollars

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from llmcost.config import load_settings
-from llmcost.control.interface import open_control
+from llmcost.control.backend import open_control
 from llmcost.errors import ControlStateError, SpendingHaltedError, UseCaseDisabledError
 from llmcost.ingestion.run import ingest
 from llmcost.money import today_in

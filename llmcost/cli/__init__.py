@@ -234,7 +234,7 @@ def rebuild(settings, yes):
 @settings_options
 def disable(settings, use_case, reason, by):
     """Switch a use case off: every tracked call for it is refused until `llmcost enable`."""
-    from llmcost.control.interface import open_control
+    from llmcost.control.backend import open_control
 
     settings.ensure_dirs()
     open_control(settings).disable(use_case, reason, by=by)
@@ -246,7 +246,7 @@ def disable(settings, use_case, reason, by):
 @settings_options
 def enable(settings, use_case):
     """Switch a use case back on."""
-    from llmcost.control.interface import open_control
+    from llmcost.control.backend import open_control
 
     settings.ensure_dirs()
     control = open_control(settings)
@@ -262,7 +262,7 @@ def enable(settings, use_case):
 @settings_options
 def resume(settings, day):
     """Lift today's emergency shutdown (spending halt)."""
-    from llmcost.control.interface import open_control
+    from llmcost.control.backend import open_control
 
     settings.ensure_dirs()
     day = day.date() if day else today_in(settings.tz)

@@ -58,7 +58,7 @@ def control():
 @db_option
 def rebuild_control(db, config):
     """Rebuild today's spend counters (users, system, budgets' days and months) from the store and journals."""
-    from llmcost.control.interface import open_control
+    from llmcost.control.backend import open_control
     from llmcost.control.rebuild import rebuild_day
 
     settings = _settings(db, config)

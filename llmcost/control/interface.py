@@ -1,4 +1,5 @@
-"""What every control-state backend offers (SQLite per host, Redis shared by hosts), and the one factory.
+"""What every control-state backend (SQLite per host, Redis shared by hosts) takes and answers, and the input
+rules both apply; `llmcost.control.backend.open_control` opens the configured one.
 
 The limit rules live in `llmcost.control.policy`, which is pure: it turns the settings into an
 `AdmissionRequest` (every limit that applies to a call, as whole tokens and picodollars), and a backend
@@ -15,8 +16,12 @@ of tracker calls, plus the store's other events, plus the estimates in flight.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
+
+from llmcost.money import to_picodollars
 
 SCOPES = ("user", "tenant", "use_case", "key", "system")
 
@@ -103,22 +108,40 @@ class Admitted:
     system: Spend
     spent: tuple[Spend, ...]
     over: int | None = None
-    reservation: Any = None  # llmcost.control.state.Reservation when reserved
+    reservation: Reservation | None = None  # when reserved
 
 
-def open_control(settings, *, lazy: bool = False):
-    """The control state every surface uses: the SQLite file (`control_db`) or Redis (`redis_url`), by
-    `control_backend`. Every failure of either is a `ControlStateError`."""
-    if settings.control_backend == "redis":
-        from llmcost.control.redis_state import RedisControlState
+@dataclass(frozen=True)
+class Reservation:
+    """A call's estimate held against a user's day until `settle` or `release`.
 
-        return RedisControlState(settings.redis_url, audit_path=_audit_path(settings), lazy=lazy)
-    from llmcost.control.state import ControlState
+    `spent_*_before` are the user's figures for the day before this reservation (see `user_spend`);
+    `generation` names the control file it was made in.
+    """
 
-    return ControlState(settings.control_db, lazy=lazy)
+    id: str
+    day: dt.date
+    user_id: str
+    tokens: int
+    cost: Decimal
+    spent_tokens_before: int
+    spent_cost_before: Decimal
+    generation: str = ""
+    counters: tuple[Counter, ...] = ()
 
 
-def _audit_path(settings):
-    from llmcost.control.audit import audit_path_for
+def whole_tokens(value: int, name: str) -> int:
+    """A token count as given to a backend: a whole number >= 0, else ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    return value
 
-    return audit_path_for(settings.control_db)
+
+def summed_by_name(rows: Iterable[tuple[str, int, Decimal]]) -> dict[str, list[int]]:
+    """(name, tokens, cost) rows summed per name, in whole tokens and picodollars."""
+    totals: dict[str, list[int]] = {}
+    for name, tokens, cost in rows:
+        total = totals.setdefault(name, [0, 0])
+        total[0] += whole_tokens(tokens, "tokens")
+        total[1] += to_picodollars(cost)
+    return totals

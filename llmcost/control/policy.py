@@ -16,10 +16,17 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 from llmcost.config import BUDGET_SCOPES, AccountLimit, Budget, Settings
-from llmcost.control.interface import AdmissionRequest, Admitted, Counter, ScopeLimit, Spend, period_key
+from llmcost.control.interface import (
+    AdmissionRequest,
+    Admitted,
+    Counter,
+    Reservation,
+    ScopeLimit,
+    Spend,
+    period_key,
+)
 from llmcost.errors import BudgetExceededError, SpendingHaltedError, UseCaseDisabledError
 from llmcost.money import from_picodollars, money, money_against, number, to_picodollars
 
@@ -136,7 +143,7 @@ class BudgetDecision:
     allowed: bool
     action: str
     reason: str | None
-    reservation: Any  # llmcost.control.state.Reservation
+    reservation: Reservation | None
     alert: bool
 
 

@@ -16,7 +16,8 @@ import logging
 from decimal import Decimal, InvalidOperation
 
 from llmcost.config import Settings
-from llmcost.control.interface import Counter, month_days, open_control, period_key
+from llmcost.control.backend import open_control
+from llmcost.control.interface import Counter, month_days, period_key
 from llmcost.errors import ControlStateError, LLMCostError
 from llmcost.money import from_picodollars, local_day, today_in
 from llmcost.store import store_exists

@@ -28,8 +28,16 @@ from pathlib import Path
 from llmcost.control import audit as control_audit
 from llmcost.control import redis_lua
 from llmcost.control.file import day_key, now_iso
-from llmcost.control.interface import AdmissionRequest, Admitted, Counter, Spend
-from llmcost.control.state import Reservation, _tokens, _totals
+from llmcost.control.interface import (
+    AdmissionRequest,
+    Admitted,
+    Counter,
+    Reservation,
+    Spend,
+    summed_by_name,
+    whole_tokens,
+)
+from llmcost.control.policy import halt_reason
 from llmcost.errors import ControlStateError
 from llmcost.money import from_picodollars, to_picodollars
 
@@ -181,8 +189,6 @@ class RedisControlState:
 
     @_reachable
     def halt_reason(self, day: dt.date | str, shutdown_usd: Decimal | None) -> str | None:
-        from llmcost.control.policy import halt_reason
-
         reason, resumed = self._client.hmget(self._halt_key(day), "reason", "resumed_at")
         return halt_reason(day_key(day), reason, resumed is not None, shutdown_usd, lambda: self.system_spend(day))
 
@@ -222,7 +228,7 @@ class RedisControlState:
     @_reachable
     def settle(self, reservation: Reservation | str, actual_tokens: int, actual_cost: Decimal) -> bool:
         """Swap the estimate for the actual figures once (from any host); False when already settled."""
-        return self._finish(reservation, _tokens(actual_tokens, "actual tokens"), to_picodollars(actual_cost), True)
+        return self._finish(reservation, whole_tokens(actual_tokens, "actual tokens"), to_picodollars(actual_cost), True)
 
     @_reachable
     def release(self, reservation: Reservation | str) -> bool:
@@ -285,7 +291,7 @@ class RedisControlState:
     def _store_figures(self, period: str, scope: str, rows, system: bool) -> None:
         entries, totals = [], [0, 0, 0, 0]
         for name, tt, tc, et, ec in rows:
-            figures = [_tokens(tt, "tokens"), to_picodollars(tc), _tokens(et, "tokens"), to_picodollars(ec)]
+            figures = [whole_tokens(tt, "tokens"), to_picodollars(tc), whole_tokens(et, "tokens"), to_picodollars(ec)]
             totals = [a + b for a, b in zip(totals, figures)]
             entries.append((counter_key(Counter(period, scope, name)), ["s", *figures]))
         if system:
@@ -313,7 +319,7 @@ class RedisControlState:
         self._raise_live(period, scope, rows, system=False)
 
     def _raise_live(self, period: str, scope: str, rows, system: bool) -> None:
-        totals = _totals(rows)
+        totals = summed_by_name(rows)
         entries = [(counter_key(Counter(period, scope, name)), ["l", t, c]) for name, (t, c) in totals.items()]
         if system:
             entries.append((counter_key(Counter(period, "system", "")),

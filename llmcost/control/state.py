@@ -37,7 +37,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -55,7 +55,17 @@ from llmcost.control.file import (  # noqa: F401  (re-exported)
     guarded,
     now_iso,
 )
-from llmcost.control.interface import AdmissionRequest, Admitted, Counter, ScopeLimit, Spend
+from llmcost.control.interface import (
+    AdmissionRequest,
+    Admitted,
+    Counter,
+    Reservation,
+    ScopeLimit,
+    Spend,
+    summed_by_name,
+    whole_tokens,
+)
+from llmcost.control.policy import halt_reason, refusal
 from llmcost.control.processes import host_and_namespace, is_running, process_started
 from llmcost.money import from_picodollars, to_picodollars
 
@@ -99,31 +109,6 @@ _ADD_SPEND = """
 INSERT INTO spend (day, user_id, tokens, cost_pico) VALUES (?, ?, ?, ?)
 ON CONFLICT (day, user_id) DO UPDATE SET tokens = tokens + excluded.tokens, cost_pico = cost_pico + excluded.cost_pico
 """
-
-def _tokens(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """A call's estimate held against a user's day until `settle` or `release`.
-
-    `spent_*_before` are the user's figures for the day before this reservation (see `user_spend`);
-    `generation` names the control file it was made in.
-    """
-
-    id: str
-    day: dt.date
-    user_id: str
-    tokens: int
-    cost: Decimal
-    spent_tokens_before: int
-    spent_cost_before: Decimal
-    generation: str = ""
-    counters: tuple[Counter, ...] = ()
-
 
 class ControlState(ControlFile):
     """The control file's state: open it once per process and share it between threads."""
@@ -194,8 +179,6 @@ class ControlState(ControlFile):
     @guarded
     def halt_reason(self, day: dt.date | str, shutdown_usd: Decimal | None) -> str | None:
         """Why calls are refused for the day (a manual halt, or system spend at the shutdown level), else None."""
-        from llmcost.control.policy import halt_reason
-
         key = day_key(day)
         row = self._connection().execute("SELECT reason, resumed_at FROM halt WHERE day = ?", (key,)).fetchone()
         reason, resumed_at = row if row is not None else (None, None)
@@ -226,14 +209,12 @@ class ControlState(ControlFile):
                 account_type: str | None = None) -> Reservation:
         """Hold a call's estimate against the user's day alone (no shutdown level or other scope); with
         `enforce`, raise BudgetExceededError past a limit and record nothing."""
-        from llmcost.control.policy import refusal  # the policy words refusals; it imports nothing from here
-
         day = dt.date.fromisoformat(day_key(day))
         user = Counter(day.isoformat(), "user", user_id)
         limit = ScopeLimit(user, limit_tokens, to_picodollars(limit_cost) if limit_cost is not None else None,
                            "hard" if enforce else "soft")
         request = AdmissionRequest(day=day, user_id=user_id, tenant_id=tenant_id, use_case=use_case,
-                                   account_type=account_type or "", tokens=_tokens(tokens, "estimated tokens"),
+                                   account_type=account_type or "", tokens=whole_tokens(tokens, "estimated tokens"),
                                    cost_pico=to_picodollars(cost), shutdown_pico=None, limits=(limit,),
                                    counters=(user,), ttl_seconds=0)
         admitted = self.admit(request)
@@ -250,7 +231,7 @@ class ControlState(ControlFile):
         since been deleted or replaced.
         """
         reservation_id = reservation.id if isinstance(reservation, Reservation) else reservation
-        tokens = _tokens(actual_tokens, "actual tokens")
+        tokens = whole_tokens(actual_tokens, "actual tokens")
         cost_pico = to_picodollars(actual_cost)
         with self._transaction() as conn:
             row = conn.execute("DELETE FROM reservation WHERE id = ? RETURNING day, user_id", (reservation_id,)).fetchone()
@@ -328,7 +309,7 @@ class ControlState(ControlFile):
     def set_store_spend(self, day: dt.date | str, rows: Iterable[tuple[str, int, Decimal, int, Decimal]]) -> None:
         """Keep the store's figures of the day: (user_id, tracker tokens, tracker cost, other tokens, other cost)."""
         key = day_key(day)
-        values = [(key, user, _tokens(tt, "tokens"), to_picodollars(tc), _tokens(et, "tokens"), to_picodollars(ec))
+        values = [(key, user, whole_tokens(tt, "tokens"), to_picodollars(tc), whole_tokens(et, "tokens"), to_picodollars(ec))
                   for user, tt, tc, et, ec in rows]
         with self._transaction() as conn:
             conn.execute("DELETE FROM store_spend WHERE day = ?", (key,))
@@ -344,7 +325,7 @@ class ControlState(ControlFile):
     def set_store_scope_spend(self, period: str, scope: str, rows: Iterable[tuple[str, int, Decimal, int, Decimal]]
                               ) -> None:
         """Keep the store's figures of a scope's period: (name, tracker tokens, tracker cost, other tokens, other cost)."""
-        values = [(name, _tokens(tt, "tokens"), to_picodollars(tc), _tokens(et, "tokens"), to_picodollars(ec))
+        values = [(name, whole_tokens(tt, "tokens"), to_picodollars(tc), whole_tokens(et, "tokens"), to_picodollars(ec))
                   for name, tt, tc, et, ec in rows]
         with self._transaction() as conn:
             sqlite_admission.set_store_scope_spend(conn, period, scope, values)
@@ -353,7 +334,7 @@ class ControlState(ControlFile):
     def rebuild_scope(self, period: str, scope: str, rows: Iterable[tuple[str, int, Decimal]]) -> None:
         """Replace a scope's settled spend of a period with (name, tokens, cost) rows of tracker calls."""
         with self._transaction() as conn:
-            sqlite_admission.rebuild_scope(conn, period, scope, _totals(rows))
+            sqlite_admission.rebuild_scope(conn, period, scope, summed_by_name(rows))
 
     @guarded
     def reservation_details(self, reservation_id: str) -> dict | None:
@@ -381,7 +362,7 @@ class ControlState(ControlFile):
         In-flight reservations are kept.
         """
         key = day_key(day)
-        totals = _totals(rows)
+        totals = summed_by_name(rows)
         with self._transaction() as conn:
             if only_if_needed and conn.execute("SELECT 1 FROM rebuilt_day WHERE day = ?", (key,)).fetchone():
                 return False
@@ -401,16 +382,6 @@ class ControlState(ControlFile):
                           "halt"):
                 conn.execute(f"DELETE FROM {table} WHERE day < ?", (key,))  # table names are constants
             sqlite_admission.prune_scopes(conn, key)
-
-
-def _totals(rows: Iterable[tuple[str, int, Decimal]]) -> dict[str, list[int]]:
-    """(name, tokens, cost) rows summed per name, in whole tokens and picodollars."""
-    totals: dict[str, list[int]] = {}
-    for name, tokens, cost in rows:
-        total = totals.setdefault(name, [0, 0])
-        total[0] += _tokens(tokens, "tokens")
-        total[1] += to_picodollars(cost)
-    return totals
 
 
 def _add_spend(conn, day: str, user_id: str, tokens: int, cost_pico: int) -> None:

@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import Any
 
 from llmcost.config import Settings, load_settings
-from llmcost.control.interface import open_control
+from llmcost.control.backend import open_control
 from llmcost.control.policy import BudgetDecision, check_before_call, settle_after_call
 from llmcost.errors import (
     BudgetExceededError,
