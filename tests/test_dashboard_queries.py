@@ -12,7 +12,7 @@ import pytest
 from llmcost import money as formatting
 from llmcost.config import SystemLevels, load_settings
 from llmcost.control.policy import system_level
-from llmcost.dashboard import charts, limits
+from llmcost.dashboard import charts, fetch, limits
 from llmcost.dashboard import failed as fq
 from llmcost.dashboard import queries as dq
 from llmcost.store import connection as store
@@ -119,14 +119,14 @@ def test_bundles_return_none_without_a_store(settings):
     assert not settings.db_path.exists()
     assert dq.overview(settings.db_path, TODAY, everything()) is None
     assert dq.sidebar(settings.db_path) is None
-    assert dq.store_version(settings.db_path) is None
+    assert fetch.store_version(settings.db_path) is None
 
 
 def test_store_version_changes_when_the_store_is_written(settings):
     empty_store(settings.db_path)
-    before = dq.store_version(settings.db_path)
+    before = fetch.store_version(settings.db_path)
     insert(settings.db_path, "usage_events", [event(TODAY, "1")])
-    assert dq.store_version(settings.db_path) != before
+    assert fetch.store_version(settings.db_path) != before
 
 
 def test_sidebar_options_and_span(settings):

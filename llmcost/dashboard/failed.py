@@ -9,7 +9,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from llmcost.dashboard.queries import Filters, fetch_frame, fetch_rows, run
+from llmcost.dashboard.fetch import Filters, fetch_frame, fetch_rows, run
 from llmcost.money import day_bounds_utc
 from llmcost.store import queries
 from llmcost.store.failed_logs import OPEN_FAILED

@@ -2,13 +2,12 @@
 
 Query functions take an open connection and return a DataFrame (money as exact Decimal, days as
 `datetime.date`, times as naive UTC). Page bundles (`overview`, `use_cases`, ...) open one short
-read-only connection, run a page's queries and return None when the store does not exist yet.
-Filters become SQL with bound parameters only; the text of each clause is fixed here.
+read-only connection, run a page's queries and return None when the store does not exist yet
+(`llmcost.dashboard.fetch`, which also turns the sidebar's `Filters` into bound SQL).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
@@ -18,56 +17,10 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from llmcost.dashboard.fetch import Filters, fetch_frame, fetch_rows, filter_clause, run
 from llmcost.store import queries
-from llmcost.store.connection import reading
 
 ZERO = Decimal(0)
-
-
-@dataclass(frozen=True)
-class Filters:
-    """The sidebar's choices: an inclusive range of days (configured time zone) and optional lists.
-
-    `scope` is a tenant-scoped viewer's tenants (None: every tenant), set from their access, never from a
-    widget: every query below keeps to it, whatever `tenants` asks for.
-    """
-
-    start: dt.date
-    end: dt.date
-    tenants: tuple[str, ...] = ()
-    providers: tuple[str, ...] = ()
-    models: tuple[str, ...] = ()
-    scope: tuple[str, ...] | None = None
-
-    def over(self, start: dt.date, end: dt.date) -> Filters:
-        """The same tenant, provider and model choices over other days."""
-        return dataclasses.replace(self, start=start, end=end)
-
-
-def _where(filters: Filters, *, days: bool = True) -> tuple[str, dict[str, Any]]:
-    """A WHERE clause for usage_events and its bound parameters (always within the tenant scope)."""
-    clauses, params = ["true"], {}
-    if filters.scope is not None:
-        clauses.append("list_contains($scope, tenant_id)")
-        params["scope"] = list(filters.scope)
-    if days:
-        clauses.append("day BETWEEN $start AND $end")
-        params.update(start=filters.start, end=filters.end)
-    for column, values in (("tenant_id", filters.tenants), ("provider", filters.providers),
-                           ("model", filters.models)):
-        if values:
-            clauses.append(f"list_contains(${column}_list, {column})")
-            params[f"{column}_list"] = list(values)
-    return " AND ".join(clauses), params
-
-
-def fetch_frame(db: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
-    # Through Arrow so DECIMAL arrives as exact Decimal, not float.
-    return db.sql(sql, params=params or None).to_arrow_table().to_pandas()
-
-
-def fetch_rows(db: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
-    return db.execute(sql, params or {}).fetchall()
 
 
 # ---------------------------------------------------------------- sidebar and overview
@@ -168,7 +121,7 @@ def daily_cost_by_use_case(db: duckdb.DuckDBPyConnection, filters: Filters,
 
     One scan serves both the chart's range and the overview's periods (`also`), however they overlap.
     """
-    where, params = _where(filters, days=False)
+    where, params = filter_clause(filters, days=False)
     low, high = filters.start, filters.end
     if also is not None:
         low, high = min(low, also[0]), max(high, also[1])
@@ -212,7 +165,7 @@ def overview_from(db: duckdb.DuckDBPyConnection, today: dt.date, filters: Filter
 
 def cost_by_model(db: duckdb.DuckDBPyConnection, filters: Filters, use_case: str | None = None) -> pd.DataFrame:
     """Calls, tokens and cost per provider and model, for one use case or all."""
-    where, params = _where(filters)
+    where, params = filter_clause(filters)
     if use_case is not None:
         where += " AND use_case = $use_case"
         params["use_case"] = use_case
@@ -238,7 +191,7 @@ class UseCaseData:
 def use_cases_from(db: duckdb.DuckDBPyConnection, today: dt.date, filters: Filters) -> UseCaseData:
     """The range's figures per use case and the month to date's, from one scan."""
     month = (today.replace(day=1), today)
-    where, params = _where(filters, days=False)
+    where, params = filter_clause(filters, days=False)
     params.update(start=filters.start, end=filters.end, month_start=month[0], today=today,
                   low=min(filters.start, month[0]), high=max(filters.end, today))
     measures = ["count(*) AS calls", "sum(input_tokens) AS input_tokens", "sum(output_tokens) AS output_tokens",
@@ -289,7 +242,7 @@ def with_total_row(frame: pd.DataFrame, label_column: str, label: str = "Total")
 # ---------------------------------------------------------------- users and tenants
 
 def top_users(db: duckdb.DuckDBPyConnection, filters: Filters, limit: int = 20) -> pd.DataFrame:
-    where, params = _where(filters)
+    where, params = filter_clause(filters)
     params["limit"] = limit
     return fetch_frame(
         db,
@@ -304,7 +257,7 @@ def top_users(db: duckdb.DuckDBPyConnection, filters: Filters, limit: int = 20) 
 
 
 def top_tenants(db: duckdb.DuckDBPyConnection, filters: Filters, limit: int = 20) -> pd.DataFrame:
-    where, params = _where(filters)
+    where, params = filter_clause(filters)
     params["limit"] = limit
     return fetch_frame(
         db,
@@ -373,30 +326,7 @@ def budgets_from(db: duckdb.DuckDBPyConnection, today: dt.date, filters: Filters
     return BudgetsData(usage_by_user_on(db, today, filters.scope), alert_history(db, filters), seen)
 
 
-# ---------------------------------------------------------------- running a page's queries
-
-def store_version(db_path: Path) -> tuple[int, int, int, int] | None:
-    """Changes whenever the store file or its WAL changes, so cached figures follow every ingest."""
-    db_path = Path(db_path)
-    if not db_path.is_file():
-        return None
-    versions = []
-    for path in (db_path, db_path.with_name(db_path.name + ".wal")):
-        try:
-            stat = path.stat()
-            versions += [stat.st_mtime_ns, stat.st_size]
-        except FileNotFoundError:
-            versions += [0, 0]
-    return tuple(versions)  # type: ignore[return-value]
-
-
-def run(db_path: Path, query, *args: Any) -> Any:
-    """Run `query(db, *args)` over a short read-only connection; None when the store does not exist yet."""
-    with reading(Path(db_path)) as db:
-        if db is None:
-            return None
-        return query(db, *args)
-
+# ---------------------------------------------------------------- a page's queries in one connection
 
 def overview(db_path: Path, today: dt.date, filters: Filters) -> OverviewData | None:
     return run(db_path, overview_from, today, filters)

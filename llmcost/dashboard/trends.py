@@ -14,7 +14,8 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from llmcost.dashboard.queries import Filters, daily_cost_by_use_case, fetch_frame, run
+from llmcost.dashboard.fetch import Filters, fetch_frame, run
+from llmcost.dashboard.queries import daily_cost_by_use_case
 from llmcost.events import UNATTRIBUTED
 from llmcost.store.queries import USER_ACCOUNT_TYPE
 

@@ -18,7 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from llmcost.config import Settings, load_settings
-from llmcost.dashboard import legacy_pages, tables, url_state, writes
+from llmcost.dashboard import fetch, legacy_pages, tables, url_state, writes
 from llmcost.dashboard import queries as dq
 from llmcost.dashboard.access import Access, decide_access, without_sign_in
 from llmcost.errors import LLMCostError
@@ -70,7 +70,7 @@ def _cached(module: str, bundle_name: str, db_path: str, version: Any, *args: An
 
 def load(bundle: Callable[..., Any], settings: Settings, *args: Any) -> Any:
     """A page bundle from the dashboard's query modules, cached until the store changes (or for a minute)."""
-    version = dq.store_version(settings.db_path)
+    version = fetch.store_version(settings.db_path)
     if version is None:
         return None
     try:
@@ -87,7 +87,7 @@ def _cached_with_settings(module: str, name: str, settings: Settings, version: A
 
 def load_report(report: Callable[..., Any], settings: Settings, *args: Any) -> Any:
     """A library report over the store (`report(settings, *args)`), cached like `load`: None without a store."""
-    version = dq.store_version(settings.db_path)
+    version = fetch.store_version(settings.db_path)
     if version is None:
         return None
     try:
