@@ -12,9 +12,9 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from llmcost.control.policy import BudgetDecision, release_after_refusal
 from llmcost.errors import (
@@ -30,7 +30,8 @@ from llmcost.sdk.estimate import CHARS_PER_TOKEN, DEFAULT_EXPECTED_OUTPUT_TOKENS
 from llmcost.sdk.usage import ExtractedUsage, StreamUsage, extract_usage
 
 if TYPE_CHECKING:
-    from llmcost.sdk.tracker import Tracker
+    from llmcost.config import Settings
+    from llmcost.pricing.rates import Pricer
 
 log = logging.getLogger("llmcost")
 
@@ -41,10 +42,33 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+class CallOwner(Protocol):
+    """What a call needs of the tracker that made it (`llmcost.sdk.tracker.Tracker`), named here so that
+    this module does not import the tracker, which imports it."""
+
+    settings: Settings
+    source: str
+    pricer: Pricer
+    control: Any  # what llmcost.control.backend.open_control opens: the SQLite or the Redis control state
+    admit: Callable[..., BudgetDecision]  # keyword arguments: the call's day, identity and estimate
+
+    def settle(self, decision: BudgetDecision, tokens: int, cost: Decimal) -> None: ...
+
+    def write(self, record: dict[str, Any]) -> OSError | None: ...
+
+    def warn_once(self, key: tuple, message: str, *args: Any) -> None: ...
+
+    def _journal_event(self, event: UsageEvent, response: Any) -> None: ...
+
+    def _register(self, call: TrackedCall) -> None: ...
+
+    def _unregister(self, call: TrackedCall) -> None: ...
+
+
 class TrackedCall:
     """One tracked LLM call: a context manager, or `start()` / `finish()` for a stream that outlives a block."""
 
-    def __init__(self, tracker: Tracker, *, use_case: str, user_id: str | None, tenant_id: str | None,
+    def __init__(self, tracker: CallOwner, *, use_case: str, user_id: str | None, tenant_id: str | None,
                  provider: str | None, model: str | None, account_type: str | None, prompt: Any,
                  estimated_tokens: int | None, expected_output_tokens: int | None, metadata: dict | None):
         self.tracker = tracker
@@ -136,7 +160,7 @@ class TrackedCall:
                 "started_at": self.started_at.isoformat() if self.started_at else None, "metadata": self.metadata}
 
     @classmethod
-    def resumed(cls, tracker: Tracker, reservation_id: str, details: dict[str, Any]) -> TrackedCall:
+    def resumed(cls, tracker: CallOwner, reservation_id: str, details: dict[str, Any]) -> TrackedCall:
         """A call reserved by another process sharing the control state, to record and settle here
         (`finish_once`); its reservation id is its attempt id."""
         call = cls(tracker, use_case=details["use_case"], user_id=details["user_id"], tenant_id=details["tenant_id"],

@@ -40,7 +40,7 @@ from llmcost.errors import (
 )
 from llmcost.events import UsageEvent
 from llmcost.pricing.rates import Pricer
-from llmcost.sdk import fallback
+from llmcost.sdk import fallback, wrappers
 from llmcost.sdk.call import TrackedCall, _current_call, _utcnow
 from llmcost.sdk.journal import Journal
 
@@ -99,15 +99,11 @@ class Tracker:
 
     def track(self, use_case: str, **call_options):
         """Decorator form; see `llmcost.sdk.wrappers.track`."""
-        from llmcost.sdk.wrappers import track
-
-        return track(self, use_case, **call_options)
+        return wrappers.track(self, use_case, **call_options)
 
     def wrap(self, client, **call_options):
         """Wrap an OpenAI- or Anthropic-style client so every `create` through it is tracked."""
-        from llmcost.sdk.wrappers import wrap_client
-
-        return wrap_client(self, client, **call_options)
+        return wrappers.wrap_client(self, client, **call_options)
 
     @contextlib.contextmanager
     def identity(self, *, user_id: str | None = None, tenant_id: str | None = None,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from llmcost.errors import LLMCostError
 from llmcost.sdk.estimate import DEFAULT_EXPECTED_OUTPUT_TOKENS
 
 if TYPE_CHECKING:
     from llmcost.sdk.call import TrackedCall
-    from llmcost.sdk.tracker import Tracker
 
 # Paths of the `create` methods that make a billable call, in OpenAI- and Anthropic-style clients.
 TRACKED_PATHS = {("chat", "completions", "create"), ("responses", "create"), ("messages", "create"),
@@ -20,7 +20,13 @@ _PREFIXES = {path[:i] for path in TRACKED_PATHS for i in range(1, len(path))}
 _IDENTITY_ARGS = ("user_id", "tenant_id", "account_type")
 
 
-def track(tracker: Tracker, use_case: str, *, prompt_arg: str | None = None, **call_options):
+class CallMaker(Protocol):
+    """What these forms need of a tracker (`llmcost.sdk.tracker.Tracker`, whose `track` and `wrap` call them)."""
+
+    call: Callable[..., TrackedCall]  # keyword arguments: use_case, identity, provider, model, prompt ...
+
+
+def track(tracker: CallMaker, use_case: str, *, prompt_arg: str | None = None, **call_options):
     """Decorate a function that makes one LLM call.
 
     `user_id`, `tenant_id` (and `account_type`) come from the function's arguments of those names, else
@@ -75,7 +81,7 @@ def detect_provider(client: Any) -> str | None:
     return module if module in ("openai", "anthropic") else None
 
 
-def wrap_client(tracker: Tracker, client: Any, *, use_case: str | None = None, provider: str | None = None,
+def wrap_client(tracker: CallMaker, client: Any, *, use_case: str | None = None, provider: str | None = None,
                 **call_options) -> Any:
     """A proxy of `client` whose `create` calls are tracked.
 
@@ -87,7 +93,7 @@ def wrap_client(tracker: Tracker, client: Any, *, use_case: str | None = None, p
 
 
 class _ClientProxy:
-    def __init__(self, tracker: Tracker, target: Any, path: tuple[str, ...], defaults: dict[str, Any]):
+    def __init__(self, tracker: CallMaker, target: Any, path: tuple[str, ...], defaults: dict[str, Any]):
         self._tracker = tracker
         self._target = target
         self._path = path
@@ -106,7 +112,7 @@ class _ClientProxy:
         return f"<llmcost tracked {self._target!r}>"
 
 
-def _call_for(tracker: Tracker, path: tuple[str, ...], defaults: dict[str, Any], kwargs: dict[str, Any]):
+def _call_for(tracker: CallMaker, path: tuple[str, ...], defaults: dict[str, Any], kwargs: dict[str, Any]):
     options = {**defaults, **{k: v for k, v in (kwargs.pop("llmcost", None) or {}).items() if v is not None}}
     if not options.get("use_case"):
         raise LLMCostError(
@@ -130,7 +136,7 @@ def is_async_callable(fn: Any) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(inspect.unwrap(fn))
 
 
-def _tracked_create(tracker: Tracker, create, path: tuple[str, ...], defaults: dict[str, Any]):
+def _tracked_create(tracker: CallMaker, create, path: tuple[str, ...], defaults: dict[str, Any]):
     if is_async_callable(create):
         @functools.wraps(create)
         async def async_tracked(*args, **kwargs):
