@@ -28,15 +28,7 @@ from pathlib import Path
 from llmcost.control import audit as control_audit
 from llmcost.control import redis_lua
 from llmcost.control.file import day_key, now_iso
-from llmcost.control.interface import (
-    AdmissionRequest,
-    Admitted,
-    Counter,
-    Reservation,
-    Spend,
-    summed_by_name,
-    whole_tokens,
-)
+from llmcost.control.interface import AdmissionRequest, Admitted, Counter, Reservation, Spend, summed_by_name, whole_tokens
 from llmcost.control.policy import halt_reason
 from llmcost.errors import ControlStateError
 from llmcost.money import from_picodollars, to_picodollars
