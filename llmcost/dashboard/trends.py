@@ -1,6 +1,6 @@
 """Figures over time for the dashboard: trends per use case, day-over-day movers, limit breaches per day.
 
-Queries aggregate in DuckDB with bound parameters (as in `dashboard.queries`); the judgements come from
+Queries aggregate in DuckDB with bound parameters (through `dashboard.fetch`); the judgements come from
 `control.policy.judge_user` through `dashboard.limits`, the rule the tracker and `llmcost check` apply.
 """
 
