@@ -395,3 +395,22 @@ def test_users_month_in_budgets_check_and_the_dashboard_agree(backend_settings):
     assert shown.exit_code == 0, shown.output
     line = next(line for line in shown.output.splitlines() if line.startswith("user"))
     assert line.split() == ["user", "u1", month, "hard", "1,000", "tok", "$0.0060", "/", "1,200", "tok", "0", "tok", "OVER"]
+
+
+def test_money_above_2_to_the_53_picodollars_is_judged_exactly_at_the_limit(control, backend_settings):
+    from llmcost.config import SystemLevels
+
+    limit = Decimal("10000.000000000001")  # 10^16 + 1 picodollars: past 2^53, a double cannot hold it
+    settings = dataclasses.replace(
+        backend_settings, system=SystemLevels(Decimal("50000"), Decimal("50000"), Decimal("50000")),
+        tenant_budgets={"acme": Budget("tenant", "acme", cost_usd=limit, period="month", action="hard")})
+    big = check(control, settings, tenant="acme", account_type="super_admin", cost="0")
+    settle_after_call(control, big, 10, Decimal("10000"))
+    one_pico, two_pico = "0.000000000001", "0.000000000002"
+    with pytest.raises(BudgetExceededError, match="tenant 'acme'"):
+        check(control, settings, tenant="acme", account_type="super_admin", cost=two_pico)  # 1 picodollar over
+    check(control, settings, tenant="acme", account_type="super_admin", cost=one_pico)  # exactly at the limit
+    with pytest.raises(BudgetExceededError, match="tenant 'acme'"):
+        check(control, settings, tenant="acme", account_type="super_admin", cost=one_pico)  # in flight: now 1 over
+    assert control.counter_spend(Counter("2026-03", "tenant", "acme")).cost_pico == 10**16 + 1
+    assert control.system_spend(DAY) == limit

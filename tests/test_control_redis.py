@@ -217,3 +217,39 @@ def test_a_reservation_made_at_one_collector_settles_once_at_another(backend, tm
     stored = rows(settings, "SELECT attempt_id, user_id, tenant_id, use_case, model, input_tokens, output_tokens "
                             "FROM usage_events")
     assert stored == [(reservation, "u1", "t1", "chat_tutor", "gpt-4o-mini", 300, 40)]
+
+
+def test_lua_money_sums_and_comparisons_are_exact_over_64_bits(redis_server):
+    """The scripts' two-part whole numbers (`redis_lua.big`) against Python's integers, around 2^53 and below 0."""
+    import random
+
+    import redis
+
+    from llmcost.control import redis_lua
+
+    script = redis_lua._EXPIRE + """
+local out = {}
+for i = 1, #ARGV, 9 do
+  local v = {ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]}
+  local tokens, cost = spent(v)
+  local limit = big(ARGV[i + 8])
+  out[#out + 1] = string.format('%d %06d %d', cost[1], cost[2], above(cost, limit) and 1 or 0)
+end
+return out
+"""
+    rng = random.Random(53)
+    cases = []
+    for _ in range(300):
+        figures = [rng.choice([0, rng.randrange(2**62), 2**53 + rng.randrange(-5, 5), rng.randrange(10**7)])
+                   for _ in range(8)]
+        figures[7] = rng.choice([figures[7], -rng.randrange(10**7)])  # in flight may dip below 0 mid-release
+        cost = max(figures[1], figures[3]) + figures[5] + figures[7]
+        cases.append((figures, rng.choice([cost, cost - 1, cost + 1])))
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    args = [str(x) for figures, limit in cases for x in (*figures, limit)]
+    answers = client.eval(script, 0, *args)
+    for (figures, limit), answer in zip(cases, answers, strict=True):
+        millions, remainder, over = answer.split()
+        cost = max(figures[1], figures[3]) + figures[5] + figures[7]
+        assert int(millions) * 10**6 + int(remainder) == cost
+        assert over == ("1" if cost > limit else "0")
