@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import time
 from decimal import Decimal
 
@@ -151,7 +152,9 @@ def test_budgets_table_and_status_agree_with_admission(control, backend_settings
 
 def test_two_collector_instances_settling_one_reservation_record_it_once(backend_settings):
     from llmcost.collector.admission import Admission, Refusal
+    from llmcost.ingestion.run import ingest
     from llmcost.sdk.tracker import Tracker
+    from llmcost.store.connection import reading
 
     first, second = Admission(Tracker(backend_settings)), Admission(Tracker(backend_settings))
     reserved = first.reserve({"user_id": "u1", "tenant_id": "t1", "account_type": None},
@@ -163,10 +166,18 @@ def test_two_collector_instances_settling_one_reservation_record_it_once(backend
     with pytest.raises(Refusal) as refused:
         first._finish(racing[0], None)
     assert refused.value.status == 409 and event.total_tokens == 80
-    journaled = [line for path in backend_settings.journal_dir.glob("*.jsonl") for line in path.read_text().splitlines()
-                 if '"record":"attempt"' not in line.replace(" ", "")]
-    assert len(journaled) == 1
+    journaled = [json.loads(line) for path in backend_settings.journal_dir.glob("*.jsonl")
+                 for line in path.read_text().splitlines() if '"record":"attempt"' not in line.replace(" ", "")]
+    assert {line["event_id"] for line in journaled} == {event.event_id}  # each journaled it under one id
     assert first.tracker.control.user_spend(racing[0].started_at.date(), "u1")[0] == 80
+    for admission in (first, second):
+        admission.tracker.close()
+    ingest(backend_settings)
+    with reading(backend_settings.db_path) as db:
+        assert db.execute("SELECT count(*), sum(total_tokens) FROM usage_events").fetchone() == (1, 80)
+    with pytest.raises(Refusal) as refused:  # a later retry hears it was settled
+        second.settle({"reservation_id": reserved["reservation_id"], "input_tokens": 70, "output_tokens": 10})
+    assert (refused.value.status, refused.value.reason) == (409, "already_settled")
 
 
 @pytest.mark.parametrize("text, message", [

@@ -130,10 +130,11 @@ redis.call('ZADD', KEYS[4], now + n(ARGV[6]), id)
 return answer('ok', '', system, limits, 0)
 """
 
-# KEYS: reservation, inflight zset. ARGV: prefix, tokens, cost, settle (1) or release (0).
+# KEYS: reservation, inflight zset, settled marker. ARGV: prefix, tokens, cost, settle (1) or release (0).
 # Returns 1 when this call settled (or released) it, 0 when it was already settled, released or unknown.
+# A shared reservation's settle leaves a marker for a day, so a retried settle hears it was settled.
 FINISH = _EXPIRE + """
-local r = redis.call('HMGET', KEYS[1], 'counters', 'released')
+local r = redis.call('HMGET', KEYS[1], 'counters', 'released', 'details')
 if not r[1] then return 0 end
 if ARGV[4] == '0' and r[2] == '1' then return 0 end
 drop_in_flight(KEYS[1])
@@ -142,6 +143,7 @@ if ARGV[4] == '1' then
     redis.call('HINCRBY', counter, 'lt', ARGV[2])
     redis.call('HINCRBY', counter, 'lc', ARGV[3])
   end
+  if r[3] and r[3] ~= '{}' then redis.call('SET', KEYS[3], '1', 'EX', 86400) end
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], string.sub(KEYS[1], #ARGV[1] + 3))
