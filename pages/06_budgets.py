@@ -63,13 +63,13 @@ def resume() -> None:
 st.title("Budgets and alerts")
 data = ui.load(dq.budgets, settings, context.today, filters)
 
-st.subheader("Daily limits per user, by account type")
+st.subheader("Limits per user, by account type (a day, and a month where set)")
 st.caption(ui.dollars(
     f"Users without an account type count as `{settings.default_account_type}`. System-wide levels per day: "
     f"warning {fmt.money(settings.system.warning_usd)}, critical {fmt.money(settings.system.critical_usd)}, "
     f"shutdown {fmt.money(settings.system.shutdown_usd)}."))
 ui.table(limits.limits_table(settings), "budgets_limits", file_name="limits.csv",
-         money=["daily_cost_usd", "alert_above_usd"], counts=["daily_tokens"])
+         money=["daily_cost_usd", "alert_above_usd", "monthly_cost_usd"], counts=["daily_tokens", "monthly_tokens"])
 
 if data is None:
     ui.stop_without_data()
@@ -86,10 +86,11 @@ ui.table(limits.account_type_state(limits.limit_usage(data.today, settings)), "b
          file_name="account-types-today.csv", money=["cost_today"],
          counts=["active_users", "over_limit", "tokens_today"])
 
-st.subheader("Budgets per tenant, use case and service key")
-budgets = limits.budgets_table(settings, context.today)
+st.subheader("Budgets per tenant, use case, service key and user month")
+budgets = limits.budgets_table(settings, context.today, filters.scope)
 if budgets.empty:
-    st.info("No tenant, use case or key budgets configured (e.g. `[tenant_budgets.\"acme\"]` in llmcost.toml).")
+    st.info("No tenant, use case or key budgets configured (e.g. `[tenant_budgets.\"acme\"]` in llmcost.toml), and "
+            "no user with spend this month under a monthly limit (`monthly_cost_usd` under `[limits.TYPE]`).")
 else:
     ui.table(budgets, "budgets_scopes", file_name="budgets.csv", money=["limit_usd", "spent_usd", "remaining_usd"],
              counts=["limit_tokens", "spent_tokens", "remaining_tokens"])

@@ -34,20 +34,25 @@ class RunningCollector:
         return self.log_path.read_text(errors="replace")
 
 
-def serve_command(port: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "llmcost", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+def serve_command(port: int, *args: str, prelude: str = "") -> list[str]:
+    """`llmcost serve` on a loopback port; a `prelude` (Python run first, e.g. a fault the test injects) makes it
+    `python -c PRELUDE...` instead of `python -m llmcost`."""
+    start = [sys.executable, "-c", f"{prelude}\nfrom llmcost.cli import cli\ncli(prog_name='llmcost')"] if prelude else [
+        sys.executable, "-m", "llmcost"]
+    return [*start, "serve", "--host", "127.0.0.1", "--port", str(port), *args]
 
 
 @contextlib.contextmanager
 def running_collector(home: Path, *args: str, env: dict[str, str] | None = None,
-                      cwd: Path | None = None) -> Iterator[RunningCollector]:
+                      cwd: Path | None = None, prelude: str = "") -> Iterator[RunningCollector]:
     port = free_port()
     full_env = {**os.environ, "LLMCOST_HOME": str(home), **(env or {})}
     if "LLMCOST_COLLECTOR_KEYS" not in (env or {}):
         full_env.pop("LLMCOST_COLLECTOR_KEYS", None)  # the developer's own keys must not reach the test collector
     log_path = home.parent / f"collector-{port}.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(serve_command(port, *args), env=full_env, cwd=cwd, stdout=log, stderr=log)
+        process = subprocess.Popen(serve_command(port, *args, prelude=prelude), env=full_env, cwd=cwd, stdout=log,
+                                   stderr=log)
     collector = RunningCollector(f"http://127.0.0.1:{port}", process, log_path)
     try:
         deadline = time.monotonic() + 60

@@ -201,6 +201,7 @@ def test_reserve_and_settle_use_the_trackers_admission(settings, isolated_home):
         settled = httpx.post(c.url + "/v1/settle", json={"reservation_id": reservation, "input_tokens": 900,
                                                           "output_tokens": 150, "cache_read_tokens": 100})
         again = httpx.post(c.url + "/v1/settle", json={"reservation_id": reservation, "input_tokens": 1})
+        unknown = httpx.post(c.url + "/v1/settle", json={"reservation_id": "never-made", "input_tokens": 1})
         over_budget = httpx.post(c.url + "/v1/reserve", headers={**ids, "x-account-type": "lesson_builder"},
                                  json={"use_case": "chat_tutor", "model": "gpt-4o", "estimated_tokens": 200_000})
         subprocess.run([sys.executable, "-m", "llmcost", "disable", "scaffolder", "--reason", "runaway loop"],
@@ -214,7 +215,8 @@ def test_reserve_and_settle_use_the_trackers_admission(settings, isolated_home):
     assert reserved.status_code == 200 and in_flight == 1
     assert bad_settle.status_code == 400 and "input_tokens" in bad_settle.json()["error"]
     assert settled.status_code == 200 and settled.json()["total_tokens"] == 1050  # the bad settle kept it open
-    assert again.status_code == 404
+    assert (again.status_code, again.json()["reason"]) == (409, "already_settled")
+    assert (unknown.status_code, unknown.json()["reason"]) == (404, "unknown_reservation")
     assert over_budget.status_code == 429 and over_budget.json()["reason"] == "budget_exceeded"
     figures = over_budget.json()
     assert figures["limit_tokens"] == 100_000 and figures["spent_tokens"] == 1050

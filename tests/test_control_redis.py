@@ -212,9 +212,105 @@ def test_a_reservation_made_at_one_collector_settles_once_at_another(backend, tm
         settled = httpx.post(second.url + "/v1/settle", json=settle, timeout=30)
         assert settled.status_code == 200, settled.text + second.log()
         again = [httpx.post(c.url + "/v1/settle", json=settle, timeout=30) for c in (first, second)]
-        assert [r.status_code for r in again] == [404, 404]  # no longer open anywhere: never recorded twice
+        assert [r.status_code for r in again] == [409, 409]  # settled, at either: never recorded twice
     ingest_cli(home)
     settings = load_settings(home=home)
     stored = rows(settings, "SELECT attempt_id, user_id, tenant_id, use_case, model, input_tokens, output_tokens "
                             "FROM usage_events")
     assert stored == [(reservation, "u1", "t1", "chat_tutor", "gpt-4o-mini", 300, 40)]
+
+
+def test_lua_money_sums_and_comparisons_are_exact_over_64_bits(redis_server):
+    """The scripts' two-part whole numbers (`redis_lua.big`) against Python's integers, around 2^53 and below 0."""
+    import random
+
+    import redis
+
+    from llmcost.control import redis_lua
+
+    script = redis_lua._EXPIRE + """
+local out = {}
+for i = 1, #ARGV, 9 do
+  local v = {ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]}
+  local tokens, cost = spent(v)
+  local limit = big(ARGV[i + 8])
+  out[#out + 1] = string.format('%d %06d %d', cost[1], cost[2], above(cost, limit) and 1 or 0)
+end
+return out
+"""
+    rng = random.Random(53)
+    cases = []
+    for _ in range(300):
+        figures = [rng.choice([0, rng.randrange(2**62), 2**53 + rng.randrange(-5, 5), rng.randrange(10**7)])
+                   for _ in range(8)]
+        figures[7] = rng.choice([figures[7], -rng.randrange(10**7)])  # in flight may dip below 0 mid-release
+        cost = max(figures[1], figures[3]) + figures[5] + figures[7]
+        cases.append((figures, rng.choice([cost, cost - 1, cost + 1])))
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    args = [str(x) for figures, limit in cases for x in (*figures, limit)]
+    answers = client.eval(script, 0, *args)
+    for (figures, limit), answer in zip(cases, answers, strict=True):
+        millions, remainder, over = answer.split()
+        cost = max(figures[1], figures[3]) + figures[5] + figures[7]
+        assert int(millions) * 10**6 + int(remainder) == cost
+        assert over == ("1" if cost > limit else "0")
+
+
+# Test-only fault: the collector process is killed (SIGKILL) at the control state's settle (the claim), before
+# it runs or right after it committed, whichever backend holds the state.
+CRASH_AT_CLAIM = """
+import os, signal
+from llmcost.control.redis_state import RedisControlState
+from llmcost.control.state import ControlState
+
+def crashing(settle):
+    def crash(self, *args, **kwargs):
+        if os.environ["CRASH_AT_CLAIM"] == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
+        settle(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return crash
+
+for backend in (ControlState, RedisControlState):
+    backend.settle = crashing(backend.settle)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["redis", "sqlite"])
+@pytest.mark.parametrize("crash", ["before", "after"])
+def test_a_collector_killed_at_the_settle_loses_nothing_and_a_retry_counts_it_once(backend, crash, tmp_path,
+                                                                                    redis_server):
+    import httpx
+
+    from .collector_server import ingest as ingest_cli
+    from .collector_server import running_collector
+
+    home = tmp_path / "collectors"
+    home.mkdir()
+    env = {"LLMCOST_CONTROL_BACKEND": backend, "LLMCOST_REDIS_URL": redis_server.url}
+    headers = {"x-user-id": "u1", "x-tenant-id": "t1"}
+    with running_collector(home, env={**env, "CRASH_AT_CLAIM": crash}, prelude=CRASH_AT_CLAIM) as crashing:
+        reserved = httpx.post(crashing.url + "/v1/reserve", headers=headers, timeout=30, json={
+            "use_case": "chat_tutor", "provider": "openai", "model": "gpt-4o-mini", "estimated_tokens": 500})
+        assert reserved.status_code == 200, reserved.text
+        reservation = reserved.json()["reservation_id"]
+        settle = {"reservation_id": reservation, "input_tokens": 300, "output_tokens": 40}
+        with pytest.raises(httpx.TransportError):  # killed mid-settle: no answer
+            httpx.post(crashing.url + "/v1/settle", json=settle, timeout=30)
+        assert crashing.process.wait(timeout=30) == -9
+    with running_collector(home, env=env) as restarted:
+        retried = httpx.post(restarted.url + "/v1/settle", json=settle, timeout=30)
+        if crash == "before":  # not claimed yet: the retry records and settles it
+            assert retried.status_code == 200, retried.text
+        else:  # claimed (and journaled) before the crash: the retry is told so
+            assert (retried.status_code, retried.json()["reason"]) == (409, "already_settled"), retried.text
+        again = httpx.post(restarted.url + "/v1/settle", json=settle, timeout=30)
+        assert (again.status_code, again.json()["reason"]) == (409, "already_settled")
+    ingest_cli(home)
+    settings = dataclasses.replace(load_settings(home=home), control_backend=backend, redis_url=redis_server.url)
+    stored = rows(settings, "SELECT attempt_id, input_tokens, output_tokens FROM usage_events")
+    assert stored == [(reservation, 300, 40)]
+    assert rows(settings, "SELECT count(*) FROM failed_logs") == [(0,)]
+    with open_control(settings) as control:  # settled once in the live counters too
+        assert control.user_spend(today_in(settings.tz), "u1")[0] == 340

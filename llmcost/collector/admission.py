@@ -4,8 +4,10 @@ A reservation is a started `TrackedCall` of this process's `Tracker` (kill switc
 write-ahead attempt record are the tracker's own code); settling it records the usage and swaps the
 estimate for the actual figures. The reservation lives in the shared control state with what its settle
 needs (identity, use case, provider, model, estimate), so any collector instance sharing that state (Redis,
-or the same SQLite file on one host) can settle it, exactly once: the settle claims the reservation before
-it journals the event, and a second settle is refused (409). One never settled is finished with its
+or the same SQLite file on one host) can settle it, exactly once: the settle journals the event under an id
+derived from the reservation id, then claims the reservation (`TrackedCall.finish_once`), so a collector
+killed in between loses nothing and the retried settle is stored once; a settle of a reservation already
+settled is refused (409). One never settled is finished with its
 estimate by the instance that reserved it after `RESERVATION_TTL_SECONDS`, as the tracker bills a call that
 reported no usage (unless another instance settled it first).
 """
@@ -81,6 +83,11 @@ def _text_field(body: dict[str, Any], name: str, required: bool = False) -> str 
     return value.strip()
 
 
+def _already_settled(reservation_id: str) -> Refusal:
+    return Refusal(409, "already_settled", {
+        "error": f"reservation {reservation_id!r} was already settled (its usage is recorded once)"})
+
+
 class Admission:
     """Reserve and settle through the shared control state; remembers the reservations it made, to bill
     those never settled."""
@@ -124,7 +131,7 @@ class Admission:
                 "budget_warning": call.decision.reason if call.decision else None}
 
     def settle(self, body: dict[str, Any], tenant_id: str | None = None) -> dict[str, Any]:
-        """Record a reserved call's usage and settle its reservation. Raises Refusal (400/403/404/503).
+        """Record a reserved call's usage and settle its reservation. Raises Refusal (400/403/404/409/503).
 
         With `tenant_id` (a tenant's service key), only that tenant's reservations may be settled.
         """
@@ -151,6 +158,8 @@ class Admission:
         except ControlStateError as error:
             raise Refusal(503, "control_state_unavailable", {"error": str(error)}) from None
         if not details:
+            if self._settled(reservation_id):
+                raise _already_settled(reservation_id)
             raise Refusal(404, "unknown_reservation", {
                 "error": f"reservation {reservation_id!r} is not open (already settled, never made, or made more than "
                          f"a day ago)"})
@@ -173,9 +182,14 @@ class Admission:
             with self._lock:
                 self._pending.pop(call.attempt_id, None)
         if event is None:
-            raise Refusal(409, "already_settled", {
-                "error": f"reservation {call.attempt_id!r} was already settled (its usage is recorded once)"})
+            raise _already_settled(call.attempt_id)
         return event
+
+    def _settled(self, reservation_id: str) -> bool:
+        try:
+            return self.tracker.control.settled(reservation_id)
+        except ControlStateError as error:
+            raise Refusal(503, "control_state_unavailable", {"error": str(error)}) from None
 
     def expire(self, now: float | None = None) -> int:
         """Bill the estimate of reservations made here and never settled; returns how many were billed here."""

@@ -22,7 +22,7 @@ DEFAULT_USE_CASES = ("content_analyzer", "auto_populate", "chat_tutor", "scaffol
 
 @dataclass(frozen=True)
 class AccountLimit:
-    """A per-user daily limit for one account type.
+    """A per-user daily limit for one account type, and optionally a calendar-month one (same action).
 
     action: `soft` warns and allows, `hard` refuses the call, `alert` only alerts,
     `unlimited` has no limit but alerts above `alert_above_usd` when set.
@@ -33,6 +33,8 @@ class AccountLimit:
     cost_usd: Decimal | None
     action: str
     alert_above_usd: Decimal | None = None
+    monthly_tokens: int | None = None
+    monthly_cost_usd: Decimal | None = None
 
 
 DEFAULT_LIMITS = {

@@ -79,15 +79,18 @@ def _limits(raw: dict[str, Any]) -> dict[str, AccountLimit]:
         action = spec.get("action", base.action)
         if action not in ACCOUNT_ACTIONS:
             raise ConfigError(f"limits.{account_type}.action: {action!r} is not one of {', '.join(ACCOUNT_ACTIONS)}")
-        tokens = spec.get("tokens", base.tokens)
-        if tokens is not None and (not isinstance(tokens, int) or tokens < 0):
-            raise ConfigError(f"limits.{account_type}.tokens: {tokens!r} must be a whole number >= 0")
+        tokens, monthly_tokens = spec.get("tokens", base.tokens), spec.get("monthly_tokens", base.monthly_tokens)
+        for key, value in (("tokens", tokens), ("monthly_tokens", monthly_tokens)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ConfigError(f"limits.{account_type}.{key}: {value!r} must be a whole number >= 0")
         limits[account_type] = AccountLimit(
             account_type,
             tokens,
             _decimal(spec.get("cost_usd", base.cost_usd), f"limits.{account_type}.cost_usd"),
             action,
             _decimal(spec.get("alert_above_usd", base.alert_above_usd), f"limits.{account_type}.alert_above_usd"),
+            monthly_tokens,
+            _decimal(spec.get("monthly_cost_usd", base.monthly_cost_usd), f"limits.{account_type}.monthly_cost_usd"),
         )
     return limits
 

@@ -35,6 +35,11 @@ def period_key(period: str, day: dt.date) -> str:
     raise ValueError(f"unknown budget period {period!r} (day or month)")
 
 
+def is_day(key: str) -> bool:
+    """Whether a counter period is a day (`2026-12-03`), not a calendar month (`2026-12`)."""
+    return len(key) == 10
+
+
 def month_days(key: str) -> tuple[dt.date, dt.date]:
     """The first and last day of a `YYYY-MM` period."""
     first = dt.date.fromisoformat(f"{key}-01")

@@ -18,7 +18,16 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from llmcost.config import BUDGET_SCOPES, AccountLimit, Budget, Settings
-from llmcost.control.interface import AdmissionRequest, Admitted, Counter, Reservation, ScopeLimit, Spend, period_key
+from llmcost.control.interface import (
+    AdmissionRequest,
+    Admitted,
+    Counter,
+    Reservation,
+    ScopeLimit,
+    Spend,
+    is_day,
+    period_key,
+)
 from llmcost.errors import BudgetExceededError, SpendingHaltedError, UseCaseDisabledError
 from llmcost.money import from_picodollars, money, money_against, number, to_picodollars
 
@@ -139,9 +148,25 @@ class BudgetDecision:
     alert: bool
 
 
-def applicable_budgets(settings: Settings, *, tenant_id: str, use_case: str, service_key: str | None) -> list[Budget]:
-    """The tenant, use case and service key budgets configured for a call's identity."""
-    found = [settings.tenant_budgets.get(tenant_id), settings.use_case_budgets.get(use_case)]
+def user_month_budget(limit: AccountLimit, user_id: str) -> Budget | None:
+    """A user's calendar-month limit by their account type (`monthly_tokens`, `monthly_cost_usd`), with the
+    type's action; None when the type sets neither or is unlimited."""
+    if limit.action not in ACTION_TAKEN or (limit.monthly_tokens is None and limit.monthly_cost_usd is None):
+        return None
+    return Budget("user", user_id, limit.monthly_tokens, limit.monthly_cost_usd, "month", limit.action)
+
+
+def user_months_limited(settings: Settings) -> bool:
+    """Whether any account type has a monthly limit (so users' month counters are kept, shown and alerted)."""
+    return any(user_month_budget(limit, "") is not None for limit in settings.limits.values())
+
+
+def applicable_budgets(settings: Settings, *, tenant_id: str, use_case: str, service_key: str | None,
+                       user_id: str | None = None, account_type: str | None = None) -> list[Budget]:
+    """The budgets beyond the user's day configured for a call's identity: the user's month (when
+    `user_id` is given and their account type has one), then the tenant's, use case's and service key's."""
+    found = [user_month_budget(settings.limit_for(account_type), user_id) if user_id is not None else None,
+             settings.tenant_budgets.get(tenant_id), settings.use_case_budgets.get(use_case)]
     if service_key:
         found.append(settings.key_budgets.get(service_key))
     return [budget for budget in found if budget is not None]
@@ -156,15 +181,17 @@ def admission_request(settings: Settings, *, day: dt.date, user_id: str, tenant_
                       account_type: str | None, estimated_tokens: int, estimated_cost: Decimal,
                       service_key: str | None = None, details: dict | None = None,
                       reservation_id: str | None = None) -> AdmissionRequest:
-    """Every limit that applies to a call, in whole tokens and picodollars: the user's first (even when its
-    account type is unlimited, so its spend comes back for `alert_above_usd`), then the scopes' budgets."""
+    """Every limit that applies to a call, in whole tokens and picodollars: the user's day first (even when its
+    account type is unlimited, so its spend comes back for `alert_above_usd`), then the user's month and the
+    scopes' budgets."""
     limit = settings.limit_for(account_type)
     limited = limit.action != "unlimited"
     user = Counter(day.isoformat(), "user", user_id)
     limits = [ScopeLimit(user, limit.tokens if limited else None,
                          to_picodollars(limit.cost_usd) if limited and limit.cost_usd is not None else None,
                          limit.action, f"user {user_id!r} (account type {limit.account_type!r})")]
-    for budget in applicable_budgets(settings, tenant_id=tenant_id, use_case=use_case, service_key=service_key):
+    for budget in applicable_budgets(settings, tenant_id=tenant_id, use_case=use_case, service_key=service_key,
+                                     user_id=user_id, account_type=account_type):
         limits.append(ScopeLimit(
             Counter(period_key(budget.period, day), budget.scope, budget.name), budget.tokens,
             to_picodollars(budget.cost_usd) if budget.cost_usd is not None else None, budget.action,
@@ -188,7 +215,7 @@ def over_limit(item: ScopeLimit, spent: Spend, tokens: int, cost_pico: int) -> l
     """What a call's estimate would take past a limit, worded for the message (empty when within it).
 
     The backends apply the same comparison (spent + estimate > limit) in their atomic step."""
-    period = "today" if len(item.counter.period) == 10 else "this month"
+    period = "today" if is_day(item.counter.period) else "this month"
     over = []
     if item.tokens is not None and spent.tokens + tokens > item.tokens:
         over.append(f"{item.tokens:,} tokens limit, {spent.tokens:,} used {period}, this call needs ~{tokens:,}")
@@ -212,12 +239,18 @@ def refusal(request: AdmissionRequest, admitted: Admitted) -> Exception:
     item = request.limits[admitted.over]
     over = over_limit(item, admitted.spent[admitted.over], request.tokens, request.cost_pico)
     if item.counter.scope == "user":
-        account_type = request.account_type
+        who = f"for user {request.user_id!r} (account type {request.account_type!r})"
+        if is_day(item.counter.period):
+            return BudgetExceededError(
+                f"daily budget exceeded {who} on {day}: {'; '.join(over)} (raise [limits.{request.account_type}] in "
+                "llmcost.toml or wait until tomorrow)")
+        keys = " / ".join(key for key, limit in (("monthly_tokens", item.tokens), ("monthly_cost_usd", item.cost_pico))
+                          if limit is not None)
         return BudgetExceededError(
-            f"daily budget exceeded for user {request.user_id!r} (account type {account_type!r}) on {day}: "
-            f"{'; '.join(over)} (raise [limits.{account_type}] in llmcost.toml or wait until tomorrow)")
+            f"monthly budget exceeded {who} in {item.counter.period}: {'; '.join(over)} (raise {keys} under "
+            f"[limits.{request.account_type}] in llmcost.toml or wait until next month)")
     table = BUDGET_SCOPES[item.counter.scope]
-    wait = "tomorrow" if len(item.counter.period) == 10 else "next month"
+    wait = "tomorrow" if is_day(item.counter.period) else "next month"
     return BudgetExceededError(f"budget exceeded for {item.label}: {'; '.join(over)} "
                                f"(raise [{table}.\"{item.counter.name}\"] in llmcost.toml or wait until {wait})")
 

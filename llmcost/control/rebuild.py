@@ -17,7 +17,8 @@ from decimal import Decimal, InvalidOperation
 
 from llmcost.config import Settings
 from llmcost.control.backend import open_control
-from llmcost.control.interface import Counter, month_days, period_key
+from llmcost.control.interface import Counter, is_day, month_days, period_key
+from llmcost.control.policy import user_months_limited
 from llmcost.errors import ControlStateError, LLMCostError
 from llmcost.money import from_picodollars, local_day, today_in
 from llmcost.store import store_exists
@@ -85,7 +86,14 @@ def _stored(settings: Settings, wanted: list[tuple[str, str]], timeout: float = 
 
 def _pending_rows(settings: Settings, day: dt.date | str, offsets: dict[str, int], scope: str = "user"
                   ) -> list[tuple[str, int, Decimal]]:
-    rows = []
+    """(name, tokens, cost) of the period's tracker calls in journal lines not ingested yet."""
+    name_of = _RECORD_NAME[scope]
+    return [(name_of(record), tokens, cost) for record, tokens, cost in _pending_calls(settings, day, offsets)
+            if name_of(record)]
+
+
+def _pending_calls(settings: Settings, day: dt.date | str, offsets: dict[str, int]):
+    """(record, tokens, cost) of the period's tracker calls in the journals and fallback log after `offsets`."""
     paths = sorted(settings.journal_dir.glob("*.jsonl"))
     if settings.fallback_log.is_file():
         paths.append(settings.fallback_log)
@@ -93,16 +101,14 @@ def _pending_rows(settings: Settings, day: dt.date | str, offsets: dict[str, int
     real_paths = dict.fromkeys(path.resolve() for path in paths if path.is_file())
     for path in real_paths:  # (not a device or a folder where a journal should be: nothing to read there)
         try:
-            rows.extend(_rows_of_period(path, offsets.get(str(path), 0), settings, day, scope))
+            yield from list(_calls_of_period(path, offsets.get(str(path), 0), settings, day))
         except OSError:
             continue
-    return rows
 
 
-def _rows_of_period(path, offset: int, settings: Settings, day: dt.date | str, scope: str):
-    """(name, tokens, cost) of the usage records of a day or month in a file after `offset`, line by line."""
+def _calls_of_period(path, offset: int, settings: Settings, day: dt.date | str):
+    """(record, tokens, cost) of the tracker calls of a day or month in a file after `offset`, line by line."""
     first, last = period_days(day if isinstance(day, str) else day.isoformat())
-    name_of = _RECORD_NAME[scope]
     with path.open("rb") as f:
         f.seek(offset)
         for line in f:
@@ -115,13 +121,32 @@ def _rows_of_period(path, offset: int, settings: Settings, day: dt.date | str, s
                     continue
                 ts = dt.datetime.fromisoformat(record["ts"])
                 ts = ts if ts.tzinfo else ts.replace(tzinfo=dt.timezone.utc)
-                if not first <= local_day(ts, settings.tz) <= last or not name_of(record):
+                if not first <= local_day(ts, settings.tz) <= last:
                     continue
                 tokens = int(record.get("total_tokens") or 0) or int(record.get("input_tokens") or 0) + int(
                     record.get("output_tokens") or 0)
-                yield name_of(record), tokens, Decimal(str(record.get("cost_usd") or 0))
+                yield record, tokens, Decimal(str(record.get("cost_usd") or 0))
             except (ValueError, TypeError, KeyError, AttributeError, InvalidOperation, OverflowError):
                 continue  # ingestion keeps bad lines in failed_logs; they carry no reliable spend
+
+
+def month_users(settings: Settings, month: str) -> dict[str, str | None]:
+    """Every user with spend in a `YYYY-MM` month, with their latest account type: the store's, then journal lines
+    not ingested yet (newer)."""
+    from llmcost.store.queries import USER_ACCOUNT_TYPE  # (loads DuckDB: not at a tracker's import)
+
+    first, last = month_days(month)
+    users, offsets = {}, {}
+    with _reading_store(settings.db_path) as db:
+        if db is not None:
+            users = dict(db.execute(f"SELECT user_id, {USER_ACCOUNT_TYPE} FROM usage_events WHERE day BETWEEN ? AND ? "
+                                    "AND user_id IS NOT NULL GROUP BY 1", [first, last]).fetchall())
+            offsets = dict(db.execute("SELECT path, bytes_consumed FROM ingest_sources").fetchall())
+    for record, _, _ in sorted(_pending_calls(settings, month, offsets), key=lambda call: str(call[0].get("ts"))):
+        user = str(record["user_id"])
+        if record.get("account_type") or user not in users:
+            users[user] = record.get("account_type") or None
+    return users
 
 
 def spend_rows(settings: Settings, day: dt.date | str, scope: str = "user") -> list[tuple[str, int, Decimal]]:
@@ -142,8 +167,12 @@ def _tracked(settings: Settings, key: tuple[str, str], stored: list[StoreSpendRo
 
 
 def budget_periods(settings: Settings, day: dt.date) -> list[tuple[str, str]]:
-    """The (period key, scope) of every configured tenant, use case and key budget on a day."""
-    return sorted({(period_key(b.period, day), b.scope) for b in settings.budgets()})
+    """The (period key, scope) of every configured tenant, use case and key budget on a day, and the users' month
+    when an account type has a monthly limit."""
+    periods = {(period_key(b.period, day), b.scope) for b in settings.budgets()}
+    if user_months_limited(settings):
+        periods.add((period_key("month", day), "user"))
+    return sorted(periods)
 
 
 def rebuild_day(control, settings: Settings, day: dt.date, *, force: bool = False) -> bool:
@@ -168,7 +197,7 @@ def rebuild_day(control, settings: Settings, day: dt.date, *, force: bool = Fals
 
 def _set_store_figures(control, stored: dict[tuple[str, str], list[StoreSpendRow]]) -> None:
     for (period, scope), rows in stored.items():
-        if scope == "user":
+        if scope == "user" and is_day(period):
             control.set_store_spend(period, rows)
         else:
             control.set_store_scope_spend(period, scope, rows)

@@ -3,8 +3,11 @@
 A counter is a hash of whole numbers: `lt`/`lc` tokens and picodollars settled live, `tt`/`tc` the store's
 tracker calls, `et`/`ec` the store's other events, `ft`/`fc` in flight. Its spend is max(lt, tt) + et + ft
 (and the same for cost). Changes go through HINCRBY/HSET with the caller's decimal strings, so stored figures
-are exact 64-bit integers; comparisons in Lua use doubles, exact up to 2^53 picodollars (about $9,000 per
-counter) and within a few picodollars above.
+are exact 64-bit integers (up to about $9.2 million per counter). Lua's numbers are doubles, exact only up to
+2^53 (about $9,007 in picodollars, which a system's or a tenant's month passes), so the scripts never do
+arithmetic on a figure as one number: `big` splits its decimal text into two whole numbers, millions (whole
+microdollars) and the remainder below a million, each far below 2^53; sums carry between them and
+comparisons are lexicographic, so every judgement is exact over the whole 64-bit range.
 
 Reservations are hashes `<prefix>r:<id>` indexed by expiry time in the sorted set `<prefix>inflight`; each
 admission first releases the reservations past their TTL (a dead process's), which stay readable as
@@ -15,6 +18,25 @@ released for a day so that a late settle still records its actual figures once.
 _EXPIRE = """
 local prefix = ARGV[1]
 local function n(x) return tonumber(x) or 0 end
+local MILLION = 1000000
+-- An exact whole number as {millions, remainder in [0, MILLION)}; the millions carry the sign.
+local function carry(high, low)
+  while low < 0 do low = low + MILLION; high = high - 1 end
+  while low >= MILLION do low = low - MILLION; high = high + 1 end
+  return {high, low}
+end
+local function big(text)
+  text = tostring(text or '0')
+  local negative = string.sub(text, 1, 1) == '-'
+  if negative then text = string.sub(text, 2) end
+  local cut = math.max(#text - 6, 0)
+  local high, low = tonumber(string.sub(text, 1, cut)) or 0, tonumber(string.sub(text, cut + 1)) or 0
+  if negative then return carry(-high, -low) end
+  return {high, low}
+end
+local function plus(a, b) return carry(a[1] + b[1], a[2] + b[2]) end
+local function above(a, b) return a[1] > b[1] or (a[1] == b[1] and a[2] > b[2]) end
+local function larger(a, b) if above(a, b) then return a end return b end
 local function neg(x) if not x or x == '' or x == '0' then return '0' end return '-' .. x end
 local function split(text)
   local out = {}
@@ -48,7 +70,8 @@ local function figures(key)
   return v
 end
 local function spent(v)
-  return math.max(n(v[1]), n(v[3])) + n(v[5]) + n(v[7]), math.max(n(v[2]), n(v[4])) + n(v[6]) + n(v[8])
+  return plus(plus(larger(big(v[1]), big(v[3])), big(v[5])), big(v[7])),
+         plus(plus(larger(big(v[2]), big(v[4])), big(v[6])), big(v[8]))
 end
 """
 
@@ -73,10 +96,10 @@ if not halt[2] then
   if halt[1] then return answer('halted', halt[1], system, {}, 0) end
   if ARGV[5] ~= '' then
     local _, cost = spent(system)
-    if cost >= n(ARGV[5]) then return answer('halted', '', system, {}, 0) end
+    if not above(big(ARGV[5]), cost) then return answer('halted', '', system, {}, 0) end
   end
 end
-local tokens, cost = n(ARGV[3]), n(ARGV[4])
+local tokens, cost = big(ARGV[3]), big(ARGV[4])
 local limits, over = {}, 0
 local count = n(ARGV[11])
 for i = 1, count do
@@ -85,8 +108,8 @@ for i = 1, count do
   local base = 11 + (i - 1) * 3
   if over == 0 and ARGV[base + 3] == '1' then
     local t, c = spent(v)
-    if (ARGV[base + 1] ~= '' and t + tokens > n(ARGV[base + 1]))
-        or (ARGV[base + 2] ~= '' and c + cost > n(ARGV[base + 2])) then
+    if (ARGV[base + 1] ~= '' and above(plus(t, tokens), big(ARGV[base + 1])))
+        or (ARGV[base + 2] ~= '' and above(plus(c, cost), big(ARGV[base + 2]))) then
       over = i
     end
   end
@@ -107,10 +130,11 @@ redis.call('ZADD', KEYS[4], now + n(ARGV[6]), id)
 return answer('ok', '', system, limits, 0)
 """
 
-# KEYS: reservation, inflight zset. ARGV: prefix, tokens, cost, settle (1) or release (0).
+# KEYS: reservation, inflight zset, settled marker. ARGV: prefix, tokens, cost, settle (1) or release (0).
 # Returns 1 when this call settled (or released) it, 0 when it was already settled, released or unknown.
+# A shared reservation's settle leaves a marker for a day, so a retried settle hears it was settled.
 FINISH = _EXPIRE + """
-local r = redis.call('HMGET', KEYS[1], 'counters', 'released')
+local r = redis.call('HMGET', KEYS[1], 'counters', 'released', 'details')
 if not r[1] then return 0 end
 if ARGV[4] == '0' and r[2] == '1' then return 0 end
 drop_in_flight(KEYS[1])
@@ -119,6 +143,7 @@ if ARGV[4] == '1' then
     redis.call('HINCRBY', counter, 'lt', ARGV[2])
     redis.call('HINCRBY', counter, 'lc', ARGV[3])
   end
+  if r[3] and r[3] ~= '{}' then redis.call('SET', KEYS[3], '1', 'EX', 86400) end
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], string.sub(KEYS[1], #ARGV[1] + 3))
@@ -150,8 +175,8 @@ for _, counter in ipairs(KEYS) do
   local kind = ARGV[i]
   if kind == 'l' then
     local v = figures(counter)
-    if n(ARGV[i + 1]) > n(v[1]) then redis.call('HSET', counter, 'lt', ARGV[i + 1]) end
-    if n(ARGV[i + 2]) > n(v[2]) then redis.call('HSET', counter, 'lc', ARGV[i + 2]) end
+    if above(big(ARGV[i + 1]), big(v[1])) then redis.call('HSET', counter, 'lt', ARGV[i + 1]) end
+    if above(big(ARGV[i + 2]), big(v[2])) then redis.call('HSET', counter, 'lc', ARGV[i + 2]) end
     i = i + 3
   else
     redis.call('HSET', counter, 'tt', ARGV[i + 1], 'tc', ARGV[i + 2], 'et', ARGV[i + 3], 'ec', ARGV[i + 4])

@@ -214,13 +214,19 @@ class RedisControlState:
 
     def _finish(self, reservation, tokens: int, cost_pico: int, settle: bool) -> bool:
         reservation_id = reservation.id if isinstance(reservation, Reservation) else reservation
-        return bool(self._scripts["FINISH"](keys=[f"{PREFIX}r:{reservation_id}", f"{PREFIX}inflight"],
-                                            args=[PREFIX, tokens, cost_pico, 1 if settle else 0]))
+        return bool(self._scripts["FINISH"](
+            keys=[f"{PREFIX}r:{reservation_id}", f"{PREFIX}inflight", f"{PREFIX}settled:{reservation_id}"],
+            args=[PREFIX, tokens, cost_pico, 1 if settle else 0]))
 
     @_reachable
     def settle(self, reservation: Reservation | str, actual_tokens: int, actual_cost: Decimal) -> bool:
         """Swap the estimate for the actual figures once (from any host); False when already settled."""
         return self._finish(reservation, whole_tokens(actual_tokens, "actual tokens"), to_picodollars(actual_cost), True)
+
+    @_reachable
+    def settled(self, reservation_id: str) -> bool:
+        """Whether a shared reservation (one made with details) was settled in the last day."""
+        return bool(self._client.exists(f"{PREFIX}settled:{reservation_id}"))
 
     @_reachable
     def release(self, reservation: Reservation | str) -> bool:

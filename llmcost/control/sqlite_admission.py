@@ -1,4 +1,5 @@
-"""The SQLite backend's admission in one transaction, and its spend counters beyond users (tenant, use case, key).
+"""The SQLite backend's admission in one transaction, and its spend counters beyond users' days (tenant, use case,
+key, and every month).
 
 `admit` runs inside the caller's IMMEDIATE transaction: kill switch, halt, shutdown level, every limit of the
 request, then the reservation, so concurrent processes on the host are serialized. A scope counter's spend
@@ -13,7 +14,7 @@ import re
 import sqlite3
 import time
 
-from llmcost.control.interface import AdmissionRequest, Admitted, Counter, Spend
+from llmcost.control.interface import AdmissionRequest, Admitted, Counter, Spend, is_day
 
 _GATE = """
 SELECT (SELECT reason FROM kill_switch WHERE use_case = :use_case),
@@ -37,15 +38,21 @@ ON CONFLICT (period, scope, name) DO UPDATE SET tokens = tokens + excluded.token
 _INSERT_RESERVATION = (
     "INSERT INTO reservation (id, day, user_id, tenant_id, use_case, tokens, cost_pico, created_at, pid, owner, "
     "pid_started, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-LIVE_SCOPES = ("user", "system")  # kept by the user tables (spend, store_spend, day_total), not the scope ones
+LIVE_SCOPES = ("user", "system")  # their days are kept by the user tables (spend, store_spend, day_total)
+
+
+def kept_in(counter: Counter) -> str:
+    """Which tables keep a counter: `user` or `system` (a user's or everyone's day, the user tables), else
+    `scope` (the scope tables: tenants, use cases, keys, and every month, a user's month included)."""
+    return counter.scope if counter.scope in LIVE_SCOPES and is_day(counter.period) else "scope"
 
 
 def counter_spend(conn: sqlite3.Connection, counter: Counter, user_spend_sql: str, system_spend_sql: str) -> Spend:
-    """One counter's spend by the one rule (users and the system by their own tables)."""
-    if counter.scope == "user":
+    """One counter's spend by the one rule (users' and the system's days by their own tables)."""
+    if kept_in(counter) == "user":
         tokens, pico = conn.execute(user_spend_sql, {"day": counter.period, "user": counter.name}).fetchone()
         return Spend(tokens, pico)
-    if counter.scope == "system":
+    if kept_in(counter) == "system":
         return Spend(0, conn.execute(system_spend_sql, {"day": counter.period}).fetchone()[0])
     tokens, pico = conn.execute(SCOPE_SPEND, {"period": counter.period, "scope": counter.scope,
                                               "name": counter.name}).fetchone()
@@ -53,15 +60,15 @@ def counter_spend(conn: sqlite3.Connection, counter: Counter, user_spend_sql: st
 
 
 @functools.lru_cache(maxsize=64)
-def _figures_sql(scopes: tuple[str, ...], user_spend_sql: str, system_spend_sql: str) -> str:
+def _figures_sql(tables: tuple[str, ...], user_spend_sql: str, system_spend_sql: str) -> str:
     """One statement reading the gate, the system's spend and each limit's counter (the same queries as
     `counter_spend`, each a one-row subquery with its parameters suffixed by its position)."""
     def numbered(sql: str, index: int) -> str:
         return re.sub(r":(\w+)", rf":\1_{index}", sql)
 
     parts = [f"({_GATE}) g", f"({numbered(system_spend_sql, 's')}) s"]
-    for index, scope in enumerate(scopes):
-        sql = user_spend_sql if scope == "user" else system_spend_sql if scope == "system" else SCOPE_SPEND
+    for index, table in enumerate(tables):
+        sql = user_spend_sql if table == "user" else system_spend_sql if table == "system" else SCOPE_SPEND
         parts.append(f"({numbered(sql, index)}) l{index}")
     return "SELECT * FROM " + ", ".join(parts)
 
@@ -70,9 +77,9 @@ def _figures_parameters(request: AdmissionRequest, day: str) -> dict[str, str]:
     values = {"use_case": request.use_case, "day": day, "day_s": day}
     for index, item in enumerate(request.limits):
         counter = item.counter
-        if counter.scope == "user":
+        if kept_in(counter) == "user":
             values[f"day_{index}"], values[f"user_{index}"] = counter.period, counter.name
-        elif counter.scope == "system":
+        elif kept_in(counter) == "system":
             values[f"day_{index}"] = counter.period
         else:
             values.update({f"period_{index}": counter.period, f"scope_{index}": counter.scope,
@@ -85,7 +92,7 @@ def admit(conn: sqlite3.Connection, request: AdmissionRequest, *, reservation_id
     """Decide and reserve inside the caller's IMMEDIATE transaction (see the module docstring): one statement
     reads every figure, one records the reservation (and one its scope counters, when it has any)."""
     day = request.day.isoformat()
-    sql = _figures_sql(tuple(item.counter.scope for item in request.limits), user_spend_sql, system_spend_sql)
+    sql = _figures_sql(tuple(kept_in(item.counter) for item in request.limits), user_spend_sql, system_spend_sql)
     row = conn.execute(sql, _figures_parameters(request, day)).fetchone()
     disabled, halt_reason, resumed = row[:3]
     if disabled is not None:
@@ -98,7 +105,7 @@ def admit(conn: sqlite3.Connection, request: AdmissionRequest, *, reservation_id
             return Admitted("halted", None, system, ())
     figures, offset = [], 4
     for item in request.limits:
-        if item.counter.scope == "system":
+        if kept_in(item.counter) == "system":
             figures.append(Spend(0, row[offset]))
             offset += 1
         else:
@@ -114,7 +121,7 @@ def admit(conn: sqlite3.Connection, request: AdmissionRequest, *, reservation_id
         reservation_id, day, request.user_id, request.tenant_id, request.use_case, request.tokens,
         request.cost_pico, time.time(), pid, owner, started, json.dumps(request.details) if request.details else None))
     scoped = [(reservation_id, c.period, c.scope, c.name, request.tokens, request.cost_pico)
-              for c in request.counters if c.scope not in LIVE_SCOPES]
+              for c in request.counters if kept_in(c) == "scope"]
     if scoped:
         conn.executemany("INSERT INTO reservation_scope VALUES (?, ?, ?, ?, ?, ?)", scoped)
     return Admitted(None, None, system, spent)
@@ -124,12 +131,12 @@ def settle_scopes(conn: sqlite3.Connection, reservation_id: str, tokens: int, co
                   counters: tuple[Counter, ...] | None) -> None:
     """Move a finished reservation's scope counters from in flight to settled (the reservation's own rows, or
     the given counters for a reservation made in an earlier file)."""
-    if counters and all(c.scope in LIVE_SCOPES for c in counters):
+    if counters and all(kept_in(c) != "scope" for c in counters):
         return  # admitted without scope counters: no reservation_scope rows were written for it
     rows = conn.execute("DELETE FROM reservation_scope WHERE reservation_id = ? RETURNING period, scope, name",
                         (reservation_id,)).fetchall()
     if not rows and counters:
-        rows = [(c.period, c.scope, c.name) for c in counters if c.scope not in LIVE_SCOPES]
+        rows = [(c.period, c.scope, c.name) for c in counters if kept_in(c) == "scope"]
     conn.executemany(_ADD_SCOPE_SPEND, [(period, scope, name, tokens, cost_pico) for period, scope, name in rows])
 
 

@@ -234,8 +234,12 @@ class ControlState(ControlFile):
         tokens = whole_tokens(actual_tokens, "actual tokens")
         cost_pico = to_picodollars(actual_cost)
         with self._transaction() as conn:
-            row = conn.execute("DELETE FROM reservation WHERE id = ? RETURNING day, user_id", (reservation_id,)).fetchone()
+            row = conn.execute("DELETE FROM reservation WHERE id = ? RETURNING day, user_id, details IS NOT NULL",
+                               (reservation_id,)).fetchone()
             counters = reservation.counters if isinstance(reservation, Reservation) else None
+            if row is not None and row[2]:  # shared (a collector's): remembered, so a retried settle hears it was
+                conn.execute("INSERT INTO finished_reservation (id, day) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+                             (reservation_id, row[0]))
             if row is None:
                 if not isinstance(reservation, Reservation) or reservation.generation == self._generation:
                     return False  # settled or released in this file already
@@ -247,6 +251,12 @@ class ControlState(ControlFile):
             _add_spend(conn, row[0], row[1], tokens, cost_pico)
             sqlite_admission.settle_scopes(conn, reservation_id, tokens, cost_pico, counters)
         return True
+
+    @guarded
+    def settled(self, reservation_id: str) -> bool:
+        """Whether a shared reservation (one made with details) was settled here today or yesterday."""
+        return self._connection().execute("SELECT 1 FROM finished_reservation WHERE id = ?",
+                                          (reservation_id,)).fetchone() is not None
 
     @guarded
     def release(self, reservation: Reservation | str) -> bool:

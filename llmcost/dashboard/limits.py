@@ -101,6 +101,8 @@ def limits_table(settings: Any) -> pd.DataFrame:
                 "action": limit.action,
                 "when_over": ACTION_TAKEN.get(limit.action, "alerted above"),
                 "alert_above_usd": limit.alert_above_usd,
+                "monthly_tokens": limit.monthly_tokens,
+                "monthly_cost_usd": limit.monthly_cost_usd,
                 "default": name == settings.default_account_type,
             }
             for name, limit in settings.limits.items()
@@ -108,8 +110,10 @@ def limits_table(settings: Any) -> pd.DataFrame:
     )
 
 
-def budgets_table(settings, today: dt.date) -> pd.DataFrame:
-    """Each tenant, use case and key budget with its spend and what remains (`control.budgets.budget_status`)."""
+def budgets_table(settings, today: dt.date, scope: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Each tenant, use case and key budget, and each user's month, with its spend and what remains
+    (`control.budgets.budget_status`); a tenant-scoped viewer (`scope`) gets no user rows (users' months span
+    tenants)."""
     from llmcost.control.budgets import budget_status
 
     columns = ["scope", "name", "period", "action", "limit_usd", "limit_tokens", "spent_usd", "spent_tokens",
@@ -118,7 +122,8 @@ def budgets_table(settings, today: dt.date) -> pd.DataFrame:
         "scope": row.budget.scope, "name": row.budget.name, "period": row.period, "action": row.budget.action,
         "limit_usd": row.budget.cost_usd, "limit_tokens": row.budget.tokens, "spent_usd": row.cost,
         "spent_tokens": row.tokens, "remaining_usd": row.remaining_usd, "remaining_tokens": row.remaining_tokens,
-        "over": row.over} for row in budget_status(settings, today)], columns=columns)
+        "over": row.over} for row in budget_status(settings, today)
+        if scope is None or row.budget.scope != "user"], columns=columns)
     for name in ("limit_tokens", "spent_tokens", "remaining_tokens"):
         frame[name] = frame[name].astype("Int64")
     return frame

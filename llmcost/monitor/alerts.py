@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 from llmcost.config import Settings
-from llmcost.control.policy import ACTION_LEVEL, ACTION_TAKEN, UserJudgement, judge_user, system_level
+from llmcost.control.policy import ACTION_LEVEL, ACTION_TAKEN, UserJudgement, judge_user, system_level, user_months_limited
 from llmcost.money import local_day, money, money_against, number, today_in
 from llmcost.store import queries
 from llmcost.store.connection import reading
@@ -137,8 +137,9 @@ def _group_alert(settings: Settings, scope: str, day: dt.date, today: dt.date, n
 
 
 def _budget_alerts(settings: Settings, day: dt.date) -> list[Alert]:
-    """Tenant, use case and key budgets over their limit in the current day or month (`control.budgets`)."""
-    if not settings.budgets():
+    """Tenant, use case and key budgets, and users' months, over their limit in the current day or month
+    (`control.budgets`)."""
+    if not settings.budgets() and not user_months_limited(settings):
         return []
     from llmcost.control.budgets import budget_status
 

@@ -38,6 +38,15 @@ log = logging.getLogger("llmcost")
 _current_call: contextvars.ContextVar[TrackedCall | None] = contextvars.ContextVar("llmcost_call", default=None)
 
 
+# Names the event of a shared call's settle by its reservation id (see `TrackedCall.finish_once`).
+_SETTLE_EVENTS = uuid.UUID("6f2b1c3e-9d4a-5e7f-8a1b-2c3d4e5f6a7b")
+
+
+def settle_event_id(reservation_id: str) -> str:
+    """The one event id every settle of a reservation writes, so a retried settle is stored once."""
+    return str(uuid.uuid5(_SETTLE_EVENTS, reservation_id))
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -176,21 +185,24 @@ class TrackedCall:
         return call
 
     def finish_once(self, exc: BaseException | None = None) -> UsageEvent | None:
-        """Price the call, claim its reservation in the shared control state, then journal its usage; None when
+        """Price the call, journal its usage, then claim its reservation in the shared control state; None when
         another process claimed it first (so the event is recorded exactly once).
 
-        Claimed before journaled: a crash in between leaves the attempt record without usage, which
-        `llmcost check` reports as a potential unlogged call, never a second event."""
+        Journaled before claimed, under the event id `settle_event_id` derives from the reservation id: a crash
+        in between leaves the reservation open, and the retried settle journals the same event again (same id
+        and content: ingestion stores it once) and claims it; a crash after the claim leaves the event journaled.
+        A settle that loses a race to another process journals a line with that id too: stored once (a
+        different usage in it is kept in failed_logs as a conflict, never counted twice)."""
         if self._finished:
             return self.event
         self._finished = True
         if self.stream_usage is not None and self.usage is None:
             self.usage = self.stream_usage.result()
-        event = self._build_event(exc)
+        event = self._build_event(exc).model_copy(update={"event_id": settle_event_id(self.attempt_id)})
+        self.tracker._journal_event(event, self.response)
         if not self.tracker.control.settle(self.attempt_id, event.total_tokens, event.cost_usd):
             return None
         self.event = event
-        self.tracker._journal_event(event, self.response)
         return event
 
     def __enter__(self) -> TrackedCall:
