@@ -257,6 +257,9 @@ def main() -> None:
             "tracked_p50_ms": percentile(tracked, 0.5) * 1e3,
             "tracked_p99_ms": percentile(tracked, 0.99) * 1e3,
             "overhead_cpu_p50_ms": (percentile(cpu_time[id(tracked)], 0.5) - percentile(cpu_time[id(baseline)], 0.5)) * 1e3,
+            # the tail of the tracker's own work (on a shared machine the wall clock's p99 is mostly waiting for a core)
+            "overhead_cpu_p99_ms": (percentile(cpu_time[id(tracked)], 0.99)
+                                    - percentile(cpu_time[id(baseline)], 0.99)) * 1e3,
             "overhead_p50_ms": (percentile(tracked, 0.5) - base_p50) * 1e3,
             "overhead_p99_ms": (percentile(tracked, 0.99) - base_p99) * 1e3,
             "overhead_mean_ms": (statistics.fmean(tracked) - statistics.fmean(baseline)) * 1e3,
@@ -270,11 +273,11 @@ def main() -> None:
     for name, figures in floor.items():
         print(f"{name:<44} {figures['p50_ms']:>7.3f} ms {figures['p99_ms']:>7.3f} ms")
     print(f"{'backend':<8} {'fsync':<6} {'calls':>6} {'untracked p50':>14} {'tracked p50':>12} "
-          f"{'overhead p50':>13} {'overhead p99':>13} {'CPU p50':>10}")
+          f"{'overhead p50':>13} {'overhead p99':>13} {'CPU p50':>10} {'CPU p99':>10}")
     for r in rows:
         print(f"{r['backend']:<8} {str(r['fsync']):<6} {r['calls']:>6} {r['untracked_p50_ms']:>11.3f} ms "
               f"{r['tracked_p50_ms']:>9.3f} ms {r['overhead_p50_ms']:>10.3f} ms {r['overhead_p99_ms']:>10.3f} ms "
-              f"{r['overhead_cpu_p50_ms']:>7.3f} ms")
+              f"{r['overhead_cpu_p50_ms']:>7.3f} ms {r['overhead_cpu_p99_ms']:>7.3f} ms")
     for check in checks:
         print(f"{'met' if check['met'] else 'NOT MET':<8} {check['target']}: {check['figure']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

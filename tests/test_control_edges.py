@@ -199,6 +199,10 @@ def test_a_blank_file_is_migrated_to_the_current_schema(tmp_path):
     schema = schema_of(path)
     assert {"kill_switch", "halt", "spend", "reservation", "store_spend", "meta", "_llmcost_migrations"} <= set(schema)
     assert {"owner", "pid_started", "released_at"} <= set(schema["reservation"])
+    with sqlite3.connect(path) as raw:  # keyed by their primary key alone: one b-tree less to write per call
+        for table in ("reservation", "day_total", "spend"):
+            with pytest.raises(sqlite3.OperationalError, match="rowid"):
+                raw.execute(f"SELECT rowid FROM {table}")
     ControlState(path).close()
     assert migrations_of(path) == names  # reopening applies nothing twice
 
@@ -217,6 +221,7 @@ def test_an_old_format_file_is_migrated_with_its_state_kept(tmp_path):
         assert control.disabled_reason("chat_tutor") == "runaway loop"
         assert control.halt_reason(DAY, None) == "incident 7"
         assert control.user_spend(DAY, "u1") == (1010, Decimal(3))
+        assert control.system_spend(DAY) == Decimal(3)  # day_total and the reservation kept through m002 and m004
         assert control.settle("r1", 8, Decimal("0.5")) is True
         assert control.user_spend(DAY, "u1") == (1008, Decimal("2.5"))
         assert control.needs_rebuild(DAY)  # spend rebuilt by the old rule is rebuilt by the current one

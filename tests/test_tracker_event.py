@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from llmcost.events import UsageEvent
 from llmcost.ingestion.run import ingest
-from llmcost.sdk.built_event import built_event
+from llmcost.sdk.built_event import built_event, journal_line
 from llmcost.sdk.journal import encode_line
 from llmcost.store import connection as store
 
@@ -132,3 +132,24 @@ def test_stored_rows_are_the_same_through_either_path(settings, tmp_path):
     skip = {"ingested_at", "source_file", "source_offset", "inserted_at", "ingest_id"}
     for new_row, old_row in zip(rows["new"], rows["old"]):
         assert {k: v for k, v in new_row.items() if k not in skip} == {k: v for k, v in old_row.items() if k not in skip}
+
+
+TEXTS = ["plain", "ünïcode ✓ 𝄞 漢字", "quote \" backslash \\ slash /", "controls \x01\x1f\x7f\n\t\r\b\f",
+         "line separators \u2028\u2029", "</script><b>", ""]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_journal_line_is_the_line_encode_line_writes(text):
+    """The tracker's one-step line (pydantic-core's serializer) and the dict-then-json.dumps line agree byte for
+    byte, on whatever text a caller puts in the error and the metadata."""
+    metadata = {"note": text, "estimate_ratio": 0.5837, "whole": 10**20, "flag": True, "none": None, "ratio": 1.0}
+    event = built_event(**{**BASE, "status": "error", "error": text or None, "metadata": metadata})
+    assert journal_line(event) == encode_line(event.model_dump(mode="json", exclude_none=True))
+
+
+def test_journal_line_leaves_other_metadata_to_the_dict_path():
+    """Values whose JSON text json.dumps and pydantic write differently (NaN: `NaN` against `null`), or that are not
+    plain, take the old path (None), so the journal line stays the one it was."""
+    for value in (float("nan"), float("inf"), {"k": [1]}, [1, 2], Decimal("1.5"), dt.date(2026, 1, 1)):
+        assert journal_line(built_event(**{**BASE, "metadata": {"x": value}})) is None
+    assert journal_line(built_event(**{**BASE, "metadata": {"x": 1e-05}})) is not None  # same number, maybe 1e-5

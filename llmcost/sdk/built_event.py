@@ -6,6 +6,9 @@ the values cheaply against the model's own constraints (read from `UsageEvent.mo
 stays in one place) and constructs the event without validation only when every value is one the model
 would keep exactly as given; anything else (whitespace to strip, a NUL, an over-long name, a provider alias,
 inconsistent counts) goes through `UsageEvent(**fields)`, which fixes or refuses it as it always has.
+
+`journal_line` writes the event's journal line with pydantic-core's JSON serializer in one step, where
+`encode_line(event.model_dump(mode="json"))` built a dict of JSON values first (about 10x slower).
 """
 
 from __future__ import annotations
@@ -96,6 +99,22 @@ def _kept_as_given(fields: dict[str, Any]) -> bool:
             and fields.get("price_source") in (None, *PRICE_SOURCES)
             and (metadata is None or (type(metadata) is dict and all(type(key) is str for key in metadata)))
             and stored_provider(fields.get("provider")) == fields.get("provider"))
+
+
+def journal_line(event: UsageEvent) -> bytes | None:
+    """The event's journal line as `encode_line(event.model_dump(mode="json", exclude_none=True))` writes it, from
+    pydantic-core's serializer; None when the metadata holds a value whose JSON text the two could write
+    differently (a float that is not finite, a type other than text, whole numbers, truth values and None: NaN
+    is `NaN` in Python's json and `null` in pydantic's) or the serializer refuses a value (then the caller's
+    path reports it as before). Finite floats may be spelled differently (`1e-05`, `1e-5`): the same number."""
+    for value in event.metadata.values():
+        kind = type(value)
+        if not (kind in (str, int, bool) or value is None or (kind is float and math.isfinite(value))):
+            return None
+    try:
+        return event.__pydantic_serializer__.to_json(event, exclude_none=True) + b"\n"
+    except Exception:  # e.g. a lone surrogate; json.dumps and encode() name the problem on the caller's path
+        return None
 
 
 def built_event(**fields: Any) -> UsageEvent:

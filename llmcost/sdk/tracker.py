@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
@@ -41,6 +41,7 @@ from llmcost.errors import (
 from llmcost.events import UsageEvent
 from llmcost.pricing.rates import Pricer
 from llmcost.sdk import fallback, wrappers
+from llmcost.sdk.built_event import journal_line
 from llmcost.sdk.call import TrackedCall, _current_call, _utcnow
 from llmcost.sdk.journal import Journal
 
@@ -141,11 +142,20 @@ class Tracker:
         Returns None, or the journal's error when the record went to the fallback log instead.
         Raises OSError when neither could take it.
         """
+        return self._write(lambda: record)
+
+    def _write(self, record_of: Callable[[], dict[str, Any]], line: bytes | None = None) -> OSError | None:
+        """`write` of the record `record_of()` returns, given as its encoded `line` when known (the record is then
+        built only for the fallback log)."""
         try:
-            self.journal.append(record)
+            if line is None:
+                self.journal.append(record_of())
+            else:
+                self.journal.append_lines(line)
             return None
         except OSError as journal_error:
             error = journal_error
+        record = record_of()
         fallback.append(self.settings.fallback_log, record, f"{type(error).__name__}: {error}",
                         fsync=self.settings.fsync)
         log.error("llmcost: journal write failed (%s); record kept in the fallback log %s: %s tokens, use case %s, "
@@ -155,11 +165,11 @@ class Tracker:
         return error
 
     def _journal_event(self, event: UsageEvent, response: Any) -> None:
-        record = event.model_dump(mode="json", exclude_none=True)
+        record_of = functools.cache(lambda: event.model_dump(mode="json", exclude_none=True))
         try:
-            journal_error = self.write(record)
+            journal_error = self._write(record_of, journal_line(event))
         except OSError as error:
-            log.critical("llmcost: usage NOT RECORDED anywhere: %s", record)
+            log.critical("llmcost: usage NOT RECORDED anywhere: %s", record_of())
             raise UsageNotRecordedError(
                 f"usage of call {event.attempt_id} ({event.total_tokens} tokens, ${event.cost_usd}) could be written "
                 f"neither to the journal nor to the fallback log ({error}); the record is attached to this error",
