@@ -160,6 +160,20 @@ def test_a_mixed_batch_stores_the_same_rows_and_failed_logs_through_either_path(
     assert sorted(row[0] for row in failed) == ["conflict", "fallback", *unattributed]
 
 
+PLAIN = [record for record, is_plain in MIXED if is_plain]
+
+
+@pytest.mark.parametrize("grant", [OPEN_GRANT, Grant(tenant_id="t1")], ids=["open-key", "key-tied-to-t1"])
+def test_an_all_plain_batch_gives_the_exact_paths_answer_and_journal_lines(grant, monkeypatch):
+    # The usual batch (every record plain) takes one tight loop; it must add the same ids and source.
+    fast = _check([copy.deepcopy(record) for record in PLAIN], grant, monkeypatch, exact_only=False)
+    exact = _check([copy.deepcopy(record) for record in PLAIN], grant, monkeypatch, exact_only=True)
+    assert fast == exact
+    assert intake.encode_records(fast.accepted) == intake.encode_records(exact.accepted)
+    assert len(fast.accepted) == len(PLAIN) - (1 if grant.tenant_id else 0)  # t2's record, under t1's key
+    assert all(record["event_id"] and record["source"] for record in fast.accepted)
+
+
 def test_a_check_usage_event_gains_that_the_batch_check_does_not_mirror_is_named():
     class StricterEvent(UsageEvent):
         model: str | None = Field(default=None, max_length=500, pattern="^gpt-")

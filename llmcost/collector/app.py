@@ -38,6 +38,11 @@ class TooLarge(Exception):
     pass
 
 
+def _accepted(result: dict[str, Any]) -> Response:
+    """A 202 with the batch's outcome (pydantic's encoder: the bytes json.dumps writes, in a fraction of the time)."""
+    return Response(pydantic_core.to_json(result), status_code=202, media_type="application/json")
+
+
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
@@ -131,11 +136,11 @@ def _routes(c: Collector) -> list[Route]:
 
     async def usage(request: Request, grant: Grant) -> Response:
         records = parse_body(await c.body(request), request.headers.get("content-type"))
-        return JSONResponse(await c.accept("usage", records, grant), status_code=202)
+        return _accepted(await c.accept("usage", records, grant))
 
     async def litellm_payloads(request: Request, grant: Grant) -> Response:
         payloads = parse_body(await c.body(request), request.headers.get("content-type"))
-        return JSONResponse(await c.accept("litellm", litellm.payloads_to_records(payloads), grant), status_code=202)
+        return _accepted(await c.accept("litellm", litellm.payloads_to_records(payloads), grant))
 
     async def traces(request: Request, grant: Grant) -> Response:
         content_type = request.headers.get("content-type")

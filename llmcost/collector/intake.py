@@ -91,6 +91,13 @@ def check_records(records: list[Any], grant: Grant, source: str) -> Checked:
     exact path, one `UsageEvent` (or `AttemptRecord`) validation each, which says why it is refused."""
     checked = Checked()
     plain = _PLAIN_EVENTS.judge(records)
+    if grant.tenant_id is None and all(plain):  # the usual batch: one tight loop, no per-record branching
+        for record in records:
+            if record.get("event_id") is None:
+                record["event_id"] = _new_event_id()
+            record.setdefault("source", source)
+        checked.accepted, checked.events = records, records
+        return checked
     for index, record in enumerate(records):
         if plain[index] and (grant.tenant_id is None or record["tenant_id"] == grant.tenant_id):
             if record.get("event_id") is None:
@@ -229,12 +236,7 @@ class GroupCommit:
                     return
                 group, self._waiting = self._waiting, []
             outcomes: dict[asyncio.AbstractEventLoop, list] = {}
-            written = []
-            for loop, future, lines in group:
-                try:
-                    written.append((loop, future, self.journal.append_lines(lines)))
-                except OSError as error:  # this batch only: the next may still fit
-                    outcomes.setdefault(loop, []).append((future, None, error))
+            written = self._write(group, outcomes)
             errors: dict[Path, OSError] = {}
             for path in {path for _, _, path in written}:
                 try:
@@ -248,6 +250,23 @@ class GroupCommit:
                 outcomes.setdefault(loop, []).append((future, path, errors.get(path)))
             for loop, resolved in outcomes.items():  # one wake-up of each loop for the whole group
                 loop.call_soon_threadsafe(_resolve_all, resolved)
+
+    def _write(self, group: list, outcomes: dict) -> list:
+        """The group's batches in one write (each batch's lines stay whole); should that fail, batch by batch,
+        so a batch that does not fit fails alone and the others may still go in."""
+        if len(group) > 1:
+            try:
+                path = self.journal.append_lines(b"".join(lines for _, _, lines in group))
+                return [(loop, future, path) for loop, future, _ in group]
+            except OSError:
+                pass  # nothing was written (a short write is undone): try each batch on its own
+        written = []
+        for loop, future, lines in group:
+            try:
+                written.append((loop, future, self.journal.append_lines(lines)))
+            except OSError as error:  # this batch only: the next may still fit
+                outcomes.setdefault(loop, []).append((future, None, error))
+        return written
 
     def close(self) -> None:
         with self._cond:
