@@ -40,11 +40,15 @@ class NotDurable(Exception):
     """Neither the journal nor the fallback log could take a batch (503): nothing was acknowledged."""
 
 
+def _is_ndjson(content_type: str | None) -> bool:
+    return "ndjson" in (content_type or "") or "jsonl" in (content_type or "")
+
+
 def parse_body(body: bytes, content_type: str | None) -> list[Any]:
     """The records of a body: one JSON object, a JSON array, or NDJSON (a bad NDJSON line is one bad record)."""
     if not body.strip():
         raise BadBody("the request body is empty: send one JSON event, a JSON array of events, or NDJSON lines")
-    if "ndjson" in (content_type or "") or "jsonl" in (content_type or ""):
+    if _is_ndjson(content_type):
         return [_ndjson_line(line) for line in body.splitlines() if line.strip()]
     try:
         value = pydantic_core.from_json(body, allow_inf_nan=False)
@@ -89,15 +93,10 @@ def check_records(records: list[Any], grant: Grant, source: str) -> Checked:
 
     The plain usage events of the batch are judged at once (`fastcheck`); every other record takes the
     exact path, one `UsageEvent` (or `AttemptRecord`) validation each, which says why it is refused."""
-    checked = Checked()
     plain = _PLAIN_EVENTS.judge(records)
-    if grant.tenant_id is None and all(plain):  # the usual batch: one tight loop, no per-record branching
-        for record in records:
-            if record.get("event_id") is None:
-                record["event_id"] = _new_event_id()
-            record.setdefault("source", source)
-        checked.accepted, checked.events = records, records
-        return checked
+    if grant.tenant_id is None and all(plain):
+        return _all_plain(records, source)
+    checked = Checked()
     for index, record in enumerate(records):
         if plain[index] and (grant.tenant_id is None or record["tenant_id"] == grant.tenant_id):
             if record.get("event_id") is None:
@@ -108,6 +107,27 @@ def check_records(records: list[Any], grant: Grant, source: str) -> Checked:
         else:
             _check_exactly(checked, index, record, grant, source)
     return checked
+
+
+def check_plain_body(body: bytes, content_type: str | None, grant: Grant, source: str) -> Checked | None:
+    """The usual body, a JSON event or array of them that are all plain usage events, read and judged straight
+    from its bytes (`fastcheck`); None for any other body, which `parse_body` and `check_records` take."""
+    if _is_ndjson(content_type):
+        return None
+    records = _PLAIN_EVENTS.read_json(body)
+    if records is None or (grant.tenant_id is not None
+                           and any(record["tenant_id"] != grant.tenant_id for record in records)):
+        return None
+    return _all_plain(records, source)
+
+
+def _all_plain(records: list[dict[str, Any]], source: str) -> Checked:
+    """A batch of plain usage events, all accepted: one tight loop, no per-record branching."""
+    for record in records:
+        if record.get("event_id") is None:
+            record["event_id"] = _new_event_id()
+        record.setdefault("source", source)
+    return Checked(accepted=records, events=records)
 
 
 def _new_event_id() -> str:
