@@ -5,8 +5,10 @@ than parsing it. Most records are plain: the right keys with the right JSON type
 strict schema, read from `UsageEvent`'s own field declarations (`llmcost.ingestion.bulk.fields_of`, as the
 bulk ingestion path does), judges a whole batch at once; it only passes records that `UsageEvent` accepts
 too, and the collector sends every other record through the exact per-record path, which accepts, marks
-unattributed or rejects it with its reason. The event schema stays written once: a check `UsageEvent`
-gains that this module does not know makes importing it fail, instead of letting the two drift apart.
+unattributed or rejects it with its reason. The usual body, every record plain, is read and judged straight
+from its bytes in the same one call (`read_json`), which gives the records `from_json` would. The event
+schema stays written once: a check `UsageEvent` gains that this module does not know makes importing it
+fail, instead of letting the two drift apart.
 """
 
 from __future__ import annotations

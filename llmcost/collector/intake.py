@@ -6,8 +6,8 @@ spent) and ingestion lists it in failed logs. The tracker's call attempts (`{"re
 fallback-log entries (`{"timestamp", "error", "event"}`, as `llmcost forward` ships them) are accepted too,
 checked by the rules ingestion applies to them, and written as they came. Accepted records go to this
 process's own journal file in the journal folder (`<day>-<host>-<pid>-collector.jsonl`), so `llmcost ingest`
-takes them exactly once like any journal. A batch is one write; concurrent requests share one fsync (group
-commit) and nobody is answered before the fsync covering their lines returned.
+takes them exactly once like any journal. Concurrent requests share one write and one fsync (group commit)
+and nobody is answered before the fsync covering their lines returned.
 """
 
 from __future__ import annotations
