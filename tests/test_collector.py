@@ -246,6 +246,21 @@ def test_metrics_count_records_and_price_todays_spend(isolated_home):
     assert spend and float(spend[0].split()[-1]) > 0
 
 
+@pytest.mark.parametrize("zone", ["UTC", "America/Los_Angeles", "Pacific/Kiritimati", "Asia/Kathmandu"])
+def test_the_spend_metric_keeps_todays_day_until_the_local_midnight(zone):
+    # The day is worked out once and kept until it ends; it must end exactly at the zone's next midnight.
+    from llmcost.collector.metrics import _TodaySpend
+    from llmcost.money import today_in
+
+    spend = _TodaySpend(pricer=None, tz=zone)
+    today = spend._today_in_zone()
+    assert today == today_in(zone)
+    ends = dt.datetime.fromtimestamp(spend._today_ends, dt.timezone.utc)
+    assert dt.datetime.now(dt.timezone.utc) < ends <= dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=25)
+    assert today_in(zone, now=ends - dt.timedelta(microseconds=1)) == today
+    assert today_in(zone, now=ends) == today + dt.timedelta(days=1)
+
+
 @pytest.mark.slow
 def test_bench_collector_runs_and_every_acknowledged_event_is_journaled(tmp_path):
     out = tmp_path / "collector.json"

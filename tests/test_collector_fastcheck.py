@@ -7,6 +7,7 @@ import asyncio
 import copy
 import datetime as dt
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,112 @@ def test_a_mixed_batch_stores_the_same_rows_and_failed_logs_through_either_path(
     # dup-1 twice with other counts; the forwarded fallback entry; no user (and, with an open key, no tenant)
     unattributed = ["unattributed"] * (1 if grant.tenant_id else 2)
     assert sorted(row[0] for row in failed) == ["conflict", "fallback", *unattributed]
+
+
+PLAIN = [record for record, is_plain in MIXED if is_plain]
+
+
+@pytest.mark.parametrize("grant", [OPEN_GRANT, Grant(tenant_id="t1")], ids=["open-key", "key-tied-to-t1"])
+def test_an_all_plain_batch_gives_the_exact_paths_answer_and_journal_lines(grant, monkeypatch):
+    # The usual batch (every record plain) takes one tight loop; it must add the same ids and source.
+    fast = _check([copy.deepcopy(record) for record in PLAIN], grant, monkeypatch, exact_only=False)
+    exact = _check([copy.deepcopy(record) for record in PLAIN], grant, monkeypatch, exact_only=True)
+    assert fast == exact
+    assert intake.encode_records(fast.accepted) == intake.encode_records(exact.accepted)
+    assert len(fast.accepted) == len(PLAIN) - (1 if grant.tenant_id else 0)  # t2's record, under t1's key
+    assert all(record["event_id"] and record["source"] for record in fast.accepted)
+
+
+def _plain_text(**overrides) -> bytes:
+    return json.dumps(event(1, **overrides)).encode()
+
+
+def _with(raw: str) -> bytes:
+    """A plain record's text with raw JSON members spliced in before its closing brace."""
+    return _plain_text()[:-1] + b", " + raw.encode() + b"}"
+
+
+SOON = (NOW + dt.timedelta(hours=20)).replace(tzinfo=None).isoformat()
+HOSTILE = [
+    # wrong types
+    _with('"cache_read_tokens": "12"'), _with('"cache_read_tokens": 12.0'), _with('"cache_read_tokens": 1e1'),
+    _with('"cache_read_tokens": true'), _with('"cache_read_tokens": -0'), _with('"latency_ms": 812'),
+    _with('"latency_ms": 812.0'), _with('"latency_ms": "812"'), _with('"usage_estimated": 1'),
+    _with('"status": 1'), _with('"metadata": "x"'), _with('"account_type": 5'), _with('"cost_usd": 0.5'),
+    _plain_text(ts=1_700_000_000), _plain_text(ts="2026-02-30T10:00:00Z"), _plain_text(ts=TS.replace("T", "t")),
+    _plain_text(ts=TS.replace("+00:00", ".1234567Z")), _plain_text(ts=SOON + "-14:59"),
+    _plain_text(ts=SOON + "+14:59"), _plain_text(ts=SOON),
+    # unknown keys
+    _with('"unknown": 1'), _with('"Latency_ms": 1'),
+    # repeated keys, either value first
+    _with('"cache_read_tokens": "x", "cache_read_tokens": 5'), _with('"cache_read_tokens": 5, "cache_read_tokens": "x"'),
+    _with('"cache_read_tokens": 5, "cache_read_tokens": 7'), _with('"user_id": "u2"'), _with('"user_id": ""'),
+    _with('"ts": "2014-01-01T00:00:00Z"'), _with(f'"ts": "2014-01-01T00:00:00Z", "ts": "{TS}"'),
+    _with('"metadata": {"a": 1, "a": [2]}'), _with('"event_id": null, "event_id": "given"'),
+    # huge numbers
+    _with(f'"cache_read_tokens": {10**30}'), _with(f'"cache_read_tokens": -{10**30}'),
+    _with(f'"metadata": {{"n": {10**30}}}'), _with(f'"latency_ms": {10**30}'), _with(f'"latency_ms": {10**400}'),
+    _with('"metadata": {"n": 1e400}'), _with('"latency_ms": 1e400'), _with('"latency_ms": 1e-400'),
+    # NaN and infinities, and the words inside strings
+    _with('"latency_ms": NaN'), _with('"metadata": {"x": NaN}'), _with('"metadata": {"x": Infinity}'),
+    _with('"metadata": {"x": -Infinity}'), _plain_text(model="NaN-Infinity"),
+    # text that is not UTF-8, escapes, NUL
+    _plain_text()[:-1] + b', "metadata": {"x": "\xff"}}', _plain_text()[:-1] + b', "error": "\xc3"}',
+    _with(r'"error": "\ud800"'), _with(r'"error": "\ud83d\ude00 \u00e9"'), _with(r'"error": "a\u0000b"'),
+    _with(r'"account_type": "a\u0000"'), _with(r'"account_type": " a"'), _with('"account_type": "\\t"'),
+    # framing
+    b"\xef\xbb\xbf" + _plain_text(), b" \n\t" + _plain_text() + b"\r\n ", b"\x0c" + _plain_text(),
+    _plain_text() + b" x", _plain_text() + _plain_text(), b"[]", b"", b"   ", b"null", b"[null]", b"[[]]",
+    b"[" + _plain_text() + b",]", b"[" + _plain_text() + b"," + _with('"unknown": 1') + b"]",
+    _with('"metadata": ' + "[" * 3000 + "]" * 3000), _with('"metadata": {"a": ' + "[" * 100 + "]" * 100 + "}"),
+]
+BODIES = [
+    *(json.dumps(record).encode() for record, _ in MIXED),
+    *(json.dumps([record]).encode() for record, _ in MIXED),
+    json.dumps([record for record, _ in MIXED]).encode(),
+    json.dumps(PLAIN).encode(),
+    *HOSTILE,
+    *(b"[" + body + b"," + _plain_text() + b"]" for body in HOSTILE if body.strip()),
+]
+
+
+def _usual_reading(body: bytes):
+    """The usual path: the body parsed, then judged; None when it cannot be read at all (a 400)."""
+    try:
+        records = intake.parse_body(body, "application/json")
+    except intake.BadBody:
+        return None
+    return records, all(PlainEvents().judge(copy.deepcopy(records)))
+
+
+def _typed(records: list) -> list:
+    """Records with every value's type showing (1 and 1.0 differ), in no particular key order."""
+    return [sorted((key, repr(value)) for key, value in record.items()) for record in records]
+
+
+@pytest.mark.parametrize("body", BODIES, ids=range(len(BODIES)))
+def test_reading_plain_events_from_the_bytes_agrees_with_parsing_then_judging(body):
+    usual = _usual_reading(body)
+    straight = PlainEvents().read_json(body)
+    if b"NaN" in body or b"Infinity" in body:
+        assert straight is None  # left to the usual reading, which refuses NaN (inside strings only slower)
+    elif usual is not None and usual[1]:
+        assert straight is not None and _typed(straight) == _typed(usual[0])
+    else:
+        assert straight is None
+
+
+def test_a_plain_body_read_from_its_bytes_is_checked_and_journaled_as_the_usual_path_would(monkeypatch):
+    body = json.dumps(PLAIN).encode()
+    usual = _check(intake.parse_body(body, "application/json"), OPEN_GRANT, monkeypatch, exact_only=True)
+    _check([], OPEN_GRANT, monkeypatch, exact_only=False)  # the batch check back, the ids counted from 1 again
+    straight = intake.check_plain_body(body, "application/json", OPEN_GRANT, "collector:usage")
+    assert straight is not None and len(straight.accepted) == len(PLAIN)
+    assert _typed(straight.accepted) == _typed(usual.accepted)
+    assert (straight.rejected, straight.unattributed, straight.refused_tenant) == ([], 0, 0)
+    # NDJSON, and a key tied to a tenant some record is not of, take the usual path
+    assert intake.check_plain_body(body, "application/x-ndjson", OPEN_GRANT, "collector:usage") is None
+    assert intake.check_plain_body(body, "application/json", Grant(tenant_id="t1"), "collector:usage") is None
 
 
 def test_a_check_usage_event_gains_that_the_batch_check_does_not_mirror_is_named():

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from llmcost.collector import litellm, otlp
 from llmcost.collector.admission import Admission, Refusal, identity_from_headers
 from llmcost.collector.auth import AuthError, Grant, ServiceKeys
-from llmcost.collector.intake import BadBody, DurableWriter, NotDurable, check_records, parse_body
+from llmcost.collector.intake import BadBody, Checked, DurableWriter, NotDurable, check_plain_body, check_records, parse_body
 from llmcost.collector.metrics import CONTENT_TYPE, Metrics
 from llmcost.config import Settings, load_settings
 from llmcost.sdk.tracker import Tracker
@@ -36,6 +36,11 @@ KEYS_FILE_ENV = "LLMCOST_COLLECTOR_KEYS_FILE"
 
 class TooLarge(Exception):
     pass
+
+
+def _accepted(result: dict[str, Any]) -> Response:
+    """A 202 with the batch's outcome (pydantic's encoder: the bytes json.dumps writes, in a fraction of the time)."""
+    return Response(pydantic_core.to_json(result), status_code=202, media_type="application/json")
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -86,9 +91,12 @@ class Collector:
             raise TooLarge()
         return data
 
-    async def accept(self, endpoint: str, records: list[Any], grant: Grant) -> dict[str, Any]:
-        """Validate, make durable, count; the 202 body. Raises Refusal (403) or NotDurable (nothing acknowledged)."""
-        checked = check_records(records, grant, source=f"collector:{endpoint}")
+    async def accept(self, endpoint: str, records: list[Any], grant: Grant,
+                     checked: Checked | None = None) -> dict[str, Any]:
+        """Validate (unless `checked` already was), make durable, count; the 202 body. Raises Refusal (403) or
+        NotDurable (nothing acknowledged)."""
+        if checked is None:
+            checked = check_records(records, grant, source=f"collector:{endpoint}")
         if checked.refused_tenant and checked.refused_tenant == len(records):
             self.metrics.count(endpoint, 0, len(checked.rejected), 0)
             raise Refusal(403, "tenant_not_allowed", {
@@ -130,12 +138,15 @@ def _routes(c: Collector) -> list[Route]:
         return endpoint
 
     async def usage(request: Request, grant: Grant) -> Response:
-        records = parse_body(await c.body(request), request.headers.get("content-type"))
-        return JSONResponse(await c.accept("usage", records, grant), status_code=202)
+        body, content_type = await c.body(request), request.headers.get("content-type")
+        plain = check_plain_body(body, content_type, grant, source="collector:usage")
+        if plain is not None:
+            return _accepted(await c.accept("usage", plain.accepted, grant, plain))
+        return _accepted(await c.accept("usage", parse_body(body, content_type), grant))
 
     async def litellm_payloads(request: Request, grant: Grant) -> Response:
         payloads = parse_body(await c.body(request), request.headers.get("content-type"))
-        return JSONResponse(await c.accept("litellm", litellm.payloads_to_records(payloads), grant), status_code=202)
+        return _accepted(await c.accept("litellm", litellm.payloads_to_records(payloads), grant))
 
     async def traces(request: Request, grant: Grant) -> Response:
         content_type = request.headers.get("content-type")

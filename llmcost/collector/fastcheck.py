@@ -5,8 +5,10 @@ than parsing it. Most records are plain: the right keys with the right JSON type
 strict schema, read from `UsageEvent`'s own field declarations (`llmcost.ingestion.bulk.fields_of`, as the
 bulk ingestion path does), judges a whole batch at once; it only passes records that `UsageEvent` accepts
 too, and the collector sends every other record through the exact per-record path, which accepts, marks
-unattributed or rejects it with its reason. The event schema stays written once: a check `UsageEvent`
-gains that this module does not know makes importing it fail, instead of letting the two drift apart.
+unattributed or rejects it with its reason. The usual body, every record plain, is read and judged straight
+from its bytes in the same one call (`read_json`), which gives the records `from_json` would. The event
+schema stays written once: a check `UsageEvent` gains that this module does not know makes importing it
+fail, instead of letting the two drift apart.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import datetime as dt
 import time
 import types
 import typing
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -34,19 +37,30 @@ FREE_TEXT = r"^[^\x00]*$"
 # A cost as a string with at most 6 whole digits and 12 decimals: a Decimal that fits max_digits=18,
 # decimal_places=12. Other costs (JSON numbers) take the exact path.
 COST_TEXT = r"^[0-9]{1,6}(\.[0-9]{1,12})?$"
+FLOAT_CHECK = cs.float_schema(strict=True, ge=0, allow_inf_nan=False)
 REBUILD_SECONDS = 60.0  # the latest time a record may carry moves with the clock
 
 
-def _field_schema(f: Field, latest: dt.datetime) -> cs.CoreSchema:
+def _as_given(value: Any, check) -> Any:
+    check(value)
+    return value
+
+
+def _field_schema(f: Field, latest: dt.datetime | None) -> cs.CoreSchema:
+    """A field's strict check; with `latest` None (records read from JSON bytes) every value comes out as the
+    JSON reader gives it: a time's text (its bounds are checked apart, `_times_schema`), an int as an int."""
     if f.kind == "str":
         return cs.str_schema(strict=True, min_length=f.min_length or None, max_length=f.max_length or None,
                              pattern=STRIPPED_TEXT if f.stripped else FREE_TEXT)
-    if f.kind == "ts":  # the same parser UsageEvent uses (naive times compare as UTC, as it reads them)
-        return cs.chain_schema([cs.str_schema(strict=True, pattern=f"^{ISO_TS}$"),
-                                cs.datetime_schema(ge=EARLIEST_TS, le=latest)])
+    if f.kind == "ts":
+        if latest is None:
+            return cs.str_schema(strict=True, pattern=f"^{ISO_TS}$")
+        return cs.chain_schema([cs.str_schema(strict=True, pattern=f"^{ISO_TS}$"), _times_schema(latest)])
+    if f.kind == "float" and latest is None:  # the float check turns 812 into 812.0: keep what was sent
+        return cs.no_info_wrap_validator_function(_as_given, FLOAT_CHECK)
     return {
         "int": cs.int_schema(strict=True, ge=0, le=MAX_TOKENS_PER_CALL),
-        "float": cs.float_schema(strict=True, ge=0, allow_inf_nan=False),
+        "float": FLOAT_CHECK,
         "bool": cs.bool_schema(strict=True),
         "status": cs.literal_schema(["ok", "error"]),
         "price_source": cs.literal_schema(list(PRICE_SOURCES)),
@@ -55,15 +69,39 @@ def _field_schema(f: Field, latest: dt.datetime) -> cs.CoreSchema:
     }[f.kind]
 
 
-def batch_schema(latest: dt.datetime) -> cs.CoreSchema:
-    """A list of strict records: the identity and the time given, each other field absent, null (absent to
-    UsageEvent too) or of its plain type; no other key."""
+def _times_schema(latest: dt.datetime) -> cs.CoreSchema:
+    """The same parser UsageEvent uses (naive times compare as UTC, as it reads them) and its bounds."""
+    return cs.datetime_schema(ge=EARLIEST_TS, le=latest)
+
+
+def record_schema(latest: dt.datetime | None) -> cs.CoreSchema:
+    """A strict record: the identity and the time given, each other field absent, null (absent to UsageEvent
+    too) or of its plain type; no other key. With `latest` None the time is checked as text only."""
     fields = {
         f.name: cs.typed_dict_field(_field_schema(f, latest) if f.required
                                     else cs.nullable_schema(_field_schema(f, latest)), required=f.required)
         for f in FIELDS
     }
-    return cs.list_schema(cs.typed_dict_schema(fields, extra_behavior="forbid"))
+    return cs.typed_dict_schema(fields, extra_behavior="forbid")
+
+
+def batch_schema(latest: dt.datetime) -> cs.CoreSchema:
+    """A list of strict records (`record_schema`)."""
+    return cs.list_schema(record_schema(latest))
+
+
+@dataclass(frozen=True)
+class _Validators:
+    batch: SchemaValidator  # parsed records, times included
+    json_batch: SchemaValidator  # a JSON array of records read from its bytes, times as text
+    json_record: SchemaValidator  # one JSON record read from its bytes, times as text
+    times: SchemaValidator  # the texts of times, against their bounds
+
+    @classmethod
+    def build(cls) -> _Validators:
+        latest = dt.datetime.now(dt.timezone.utc) + MAX_CLOCK_SKEW
+        return cls(SchemaValidator(batch_schema(latest)), SchemaValidator(cs.list_schema(record_schema(None))),
+                   SchemaValidator(record_schema(None)), SchemaValidator(cs.list_schema(_times_schema(latest))))
 
 
 class PlainEvents:
@@ -71,18 +109,43 @@ class PlainEvents:
     never passes a record that `UsageEvent`, judging against the current time, would refuse."""
 
     def __init__(self):
-        self._validator: SchemaValidator | None = None
+        self._validators: _Validators | None = None
         self._built_at = 0.0
+
+    def _current(self) -> _Validators:
+        now = time.monotonic()
+        if self._validators is None or now - self._built_at > REBUILD_SECONDS:
+            self._validators = _Validators.build()
+            self._built_at = now
+        return self._validators
+
+    def read_json(self, body: bytes) -> list[dict[str, Any]] | None:
+        """The records of a JSON body (one object or an array) when every one is a plain usage event, read and
+        judged in one pass over the bytes, as `pydantic_core.from_json` reads them; None for any other body.
+
+        The bytes' reader takes NaN and Infinity, which the collector's JSON refuses: such bodies are left
+        to the usual reading (a string merely containing those words too, which costs only time)."""
+        start = body.lstrip()[:1]
+        if start not in (b"[", b"{") or b"NaN" in body or b"Infinity" in body:
+            return None
+        validators = self._current()
+        try:
+            if start == b"[":
+                records = validators.json_batch.validate_json(body)
+            else:
+                records = [validators.json_record.validate_json(body)]
+            validators.times.validate_python([record["ts"] for record in records])
+        except ValidationError:
+            return None
+        if any(map(events.token_totals_problem, records)):
+            return None
+        return records
 
     def judge(self, records: list[Any]) -> list[bool]:
         """For each record, True when it is a plain usage event that UsageEvent accepts as it stands."""
-        now = time.monotonic()
-        if self._validator is None or now - self._built_at > REBUILD_SECONDS:
-            self._validator = SchemaValidator(batch_schema(dt.datetime.now(dt.timezone.utc) + MAX_CLOCK_SKEW))
-            self._built_at = now
         plain = [True] * len(records)
         try:
-            self._validator.validate_python(records)
+            self._current().batch.validate_python(records)
         except ValidationError as error:
             for item in error.errors(include_url=False, include_context=False, include_input=False):
                 if item["loc"]:

@@ -6,8 +6,8 @@ spent) and ingestion lists it in failed logs. The tracker's call attempts (`{"re
 fallback-log entries (`{"timestamp", "error", "event"}`, as `llmcost forward` ships them) are accepted too,
 checked by the rules ingestion applies to them, and written as they came. Accepted records go to this
 process's own journal file in the journal folder (`<day>-<host>-<pid>-collector.jsonl`), so `llmcost ingest`
-takes them exactly once like any journal. A batch is one write; concurrent requests share one fsync (group
-commit) and nobody is answered before the fsync covering their lines returned.
+takes them exactly once like any journal. Concurrent requests share one write and one fsync (group commit)
+and nobody is answered before the fsync covering their lines returned.
 """
 
 from __future__ import annotations
@@ -40,11 +40,15 @@ class NotDurable(Exception):
     """Neither the journal nor the fallback log could take a batch (503): nothing was acknowledged."""
 
 
+def _is_ndjson(content_type: str | None) -> bool:
+    return "ndjson" in (content_type or "") or "jsonl" in (content_type or "")
+
+
 def parse_body(body: bytes, content_type: str | None) -> list[Any]:
     """The records of a body: one JSON object, a JSON array, or NDJSON (a bad NDJSON line is one bad record)."""
     if not body.strip():
         raise BadBody("the request body is empty: send one JSON event, a JSON array of events, or NDJSON lines")
-    if "ndjson" in (content_type or "") or "jsonl" in (content_type or ""):
+    if _is_ndjson(content_type):
         return [_ndjson_line(line) for line in body.splitlines() if line.strip()]
     try:
         value = pydantic_core.from_json(body, allow_inf_nan=False)
@@ -89,8 +93,10 @@ def check_records(records: list[Any], grant: Grant, source: str) -> Checked:
 
     The plain usage events of the batch are judged at once (`fastcheck`); every other record takes the
     exact path, one `UsageEvent` (or `AttemptRecord`) validation each, which says why it is refused."""
-    checked = Checked()
     plain = _PLAIN_EVENTS.judge(records)
+    if grant.tenant_id is None and all(plain):
+        return _all_plain(records, source)
+    checked = Checked()
     for index, record in enumerate(records):
         if plain[index] and (grant.tenant_id is None or record["tenant_id"] == grant.tenant_id):
             if record.get("event_id") is None:
@@ -101,6 +107,27 @@ def check_records(records: list[Any], grant: Grant, source: str) -> Checked:
         else:
             _check_exactly(checked, index, record, grant, source)
     return checked
+
+
+def check_plain_body(body: bytes, content_type: str | None, grant: Grant, source: str) -> Checked | None:
+    """The usual body, a JSON event or array of them that are all plain usage events, read and judged straight
+    from its bytes (`fastcheck`); None for any other body, which `parse_body` and `check_records` take."""
+    if _is_ndjson(content_type):
+        return None
+    records = _PLAIN_EVENTS.read_json(body)
+    if records is None or (grant.tenant_id is not None
+                           and any(record["tenant_id"] != grant.tenant_id for record in records)):
+        return None
+    return _all_plain(records, source)
+
+
+def _all_plain(records: list[dict[str, Any]], source: str) -> Checked:
+    """A batch of plain usage events, all accepted: one tight loop, no per-record branching."""
+    for record in records:
+        if record.get("event_id") is None:
+            record["event_id"] = _new_event_id()
+        record.setdefault("source", source)
+    return Checked(accepted=records, events=records)
 
 
 def _new_event_id() -> str:
@@ -229,12 +256,7 @@ class GroupCommit:
                     return
                 group, self._waiting = self._waiting, []
             outcomes: dict[asyncio.AbstractEventLoop, list] = {}
-            written = []
-            for loop, future, lines in group:
-                try:
-                    written.append((loop, future, self.journal.append_lines(lines)))
-                except OSError as error:  # this batch only: the next may still fit
-                    outcomes.setdefault(loop, []).append((future, None, error))
+            written = self._write(group, outcomes)
             errors: dict[Path, OSError] = {}
             for path in {path for _, _, path in written}:
                 try:
@@ -248,6 +270,23 @@ class GroupCommit:
                 outcomes.setdefault(loop, []).append((future, path, errors.get(path)))
             for loop, resolved in outcomes.items():  # one wake-up of each loop for the whole group
                 loop.call_soon_threadsafe(_resolve_all, resolved)
+
+    def _write(self, group: list, outcomes: dict) -> list:
+        """The group's batches in one write (each batch's lines stay whole); should that fail, batch by batch,
+        so a batch that does not fit fails alone and the others may still go in."""
+        if len(group) > 1:
+            try:
+                path = self.journal.append_lines(b"".join(lines for _, _, lines in group))
+                return [(loop, future, path) for loop, future, _ in group]
+            except OSError:
+                pass  # nothing was written (a short write is undone): try each batch on its own
+        written = []
+        for loop, future, lines in group:
+            try:
+                written.append((loop, future, self.journal.append_lines(lines)))
+            except OSError as error:  # this batch only: the next may still fit
+                outcomes.setdefault(loop, []).append((future, None, error))
+        return written
 
     def close(self) -> None:
         with self._cond:

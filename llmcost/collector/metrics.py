@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections import defaultdict
 from decimal import Decimal
 from itertools import repeat
@@ -17,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import GaugeMetricFamily
 
 from llmcost.events import TOKEN_FIELDS, UNATTRIBUTED
-from llmcost.money import today_in
+from llmcost.money import day_start_utc, today_in
 from llmcost.pricing.rates import Pricer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -40,9 +41,19 @@ class _TodaySpend:
         self._pending: list[dict[str, Any]] = []
         self._tokens: dict[tuple, list[int]] = {}
         self._given_cost: dict[str, Decimal] = defaultdict(Decimal)
+        self._today: dt.date | None = None
+        self._today_ends = 0.0  # the epoch second the local day ends
+
+    def _today_in_zone(self) -> dt.date:
+        """Today in the configured zone, worked out again only once it has ended (it is asked per request)."""
+        if self._today is None or time.time() >= self._today_ends:
+            self._today = today_in(self.tz)
+            next_day = day_start_utc(self._today + dt.timedelta(days=1), self.tz)
+            self._today_ends = next_day.replace(tzinfo=dt.timezone.utc).timestamp()
+        return self._today
 
     def add(self, records: list[dict[str, Any]]) -> None:
-        today = today_in(self.tz)
+        today = self._today_in_zone()
         with self._lock:
             self._start_day_locked(today)
             self._pending += records
