@@ -5,6 +5,7 @@ from dataclasses import replace
 from decimal import Decimal
 
 import duckdb
+import numpy as np
 import pytest
 
 from llmcost.events import UsageEvent
@@ -198,7 +199,9 @@ def test_clean_call_attempts_take_the_bulk_path_with_pydantics_values():
     db.execute("SET TimeZone = 'UTC'")
     lines = bulk.lines_table(chunk, 0)
     events = bulk.stage_json(db, lines, source_label="file:x.jsonl", timezone="America/New_York")
-    attempts = bulk.stage_attempts(db, lines, source_label="file:x.jsonl", timezone="America/New_York")
+    left = [n for n in range(len(records)) if n not in set(events.tolist())]
+    attempts = bulk.stage_attempts(db, lines, np.array(left), source_label="file:x.jsonl",
+                                   timezone="America/New_York")
     assert events.tolist() == [len(records) - 1]
     assert sorted(attempts.tolist()) == list(range(len(CLEAN_ATTEMPTS)))
     rows = db.sql(f"SELECT * FROM {bulk.CLEAN_ATTEMPTS} ORDER BY idx").to_arrow_table().to_pylist()

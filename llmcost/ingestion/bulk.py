@@ -349,16 +349,17 @@ def stage_json(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, source_label: 
         db.unregister("chunk_lines")
 
 
-def stage_attempts(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, source_label: str,
+def stage_attempts(db: duckdb.DuckDBPyConnection, lines: pa.Table, idx: np.ndarray, *, source_label: str,
                    timezone: str) -> np.ndarray:
-    """Type the clean call attempts among the lines that are not staged usage events into the temp table
-    clean_attempts; returns their idx."""
-    staged_as_events = f"idx NOT IN (SELECT idx FROM {CLEAN_ROWS})"
-    relation, paths = _json_relation(ATTEMPT_FIELDS, lead=("record",),
-                                     where=f"strpos(line, '\"record\"') > 0 AND {staged_as_events}")
+    """Type the clean call attempts among the lines at `idx` (those not staged as usage events) into the
+    temp table clean_attempts; returns their idx."""
+    relation, paths = _json_relation(ATTEMPT_FIELDS, lead=("record",), where="strpos(line, '\"record\"') > 0")
     params = {**_params(source_label, timezone), "paths": paths}
     test = f"""known_keys AND j_record = '"attempt"' AND {_clean_test(ATTEMPT_FIELDS, True)}"""
-    db.register("chunk_lines", lines.select(["idx", "off", "line"]))
+    # Only the lines left over are scanned (in a plain JSON Lines file, the few bad ones), in record
+    # batches so that DuckDB reads them on every core.
+    left = lines.select(["idx", "off", "line"]).take(pa.array(idx, type=pa.int64()))
+    db.register("chunk_lines", pa.Table.from_batches(left.to_batches(max_chunksize=SCAN_BATCH_ROWS)))
     try:
         return _stage(db, CLEAN_ATTEMPTS, _attempt_columns(), relation, test, _read_once(ATTEMPT_FIELDS), params)
     finally:
