@@ -98,6 +98,18 @@ def test_clean_records_take_the_bulk_path_with_pydantics_values():
         assert (row["reported_pico"], row["reported_source"]) == (reported, expected["price_source"])
 
 
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_lines_that_are_not_json_are_left_to_pydantic_and_their_neighbours_stay_in_bulk(newline):
+    # A torn line (no closing brace, read by json_valid) and one that ends like an object but is not JSON
+    # (read by the JSON functions, which raise, under TRY), each between clean lines, in one chunk.
+    good = json.dumps(BASE).encode()
+    bad = [good[: len(good) // 2], b'{"user_id": tru}', b'{"user_id": "u1",}']
+    chunk = newline.join([good, *(line for b in bad for line in (b, good))]) + newline
+    db = duckdb.connect()
+    staged = bulk.stage_json(db, bulk.lines_table(chunk, 0), source_label="file:x.jsonl", timezone="UTC")
+    assert sorted(staged.tolist()) == [0, 2, 4, 6]
+
+
 @pytest.mark.parametrize("record", NOT_CLEAN, ids=lambda r: json.dumps(r)[:60])
 def test_anything_unusual_is_left_to_pydantic(record):
     clean, others = split([record])
