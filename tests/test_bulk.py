@@ -5,6 +5,7 @@ from dataclasses import replace
 from decimal import Decimal
 
 import duckdb
+import numpy as np
 import pytest
 
 from llmcost.events import UsageEvent
@@ -95,6 +96,18 @@ def test_clean_records_take_the_bulk_path_with_pydantics_values():
         assert (json.loads(row["metadata"]) if row["metadata"] else {}) == expected["metadata"]
         reported = None if expected["cost_usd"] is None else int(expected["cost_usd"].scaleb(12))
         assert (row["reported_pico"], row["reported_source"]) == (reported, expected["price_source"])
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_lines_that_are_not_json_are_left_to_pydantic_and_their_neighbours_stay_in_bulk(newline):
+    # A torn line (no closing brace, read by json_valid) and one that ends like an object but is not JSON
+    # (read by the JSON functions, which raise, under TRY), each between clean lines, in one chunk.
+    good = json.dumps(BASE).encode()
+    bad = [good[: len(good) // 2], b'{"user_id": tru}', b'{"user_id": "u1",}']
+    chunk = newline.join([good, *(line for b in bad for line in (b, good))]) + newline
+    db = duckdb.connect()
+    staged = bulk.stage_json(db, bulk.lines_table(chunk, 0), source_label="file:x.jsonl", timezone="UTC")
+    assert sorted(staged.tolist()) == [0, 2, 4, 6]
 
 
 @pytest.mark.parametrize("record", NOT_CLEAN, ids=lambda r: json.dumps(r)[:60])
@@ -198,7 +211,9 @@ def test_clean_call_attempts_take_the_bulk_path_with_pydantics_values():
     db.execute("SET TimeZone = 'UTC'")
     lines = bulk.lines_table(chunk, 0)
     events = bulk.stage_json(db, lines, source_label="file:x.jsonl", timezone="America/New_York")
-    attempts = bulk.stage_attempts(db, lines, source_label="file:x.jsonl", timezone="America/New_York")
+    left = [n for n in range(len(records)) if n not in set(events.tolist())]
+    attempts = bulk.stage_attempts(db, lines, np.array(left), source_label="file:x.jsonl",
+                                   timezone="America/New_York")
     assert events.tolist() == [len(records) - 1]
     assert sorted(attempts.tolist()) == list(range(len(CLEAN_ATTEMPTS)))
     rows = db.sql(f"SELECT * FROM {bulk.CLEAN_ATTEMPTS} ORDER BY idx").to_arrow_table().to_pylist()

@@ -313,7 +313,10 @@ def _json_relation(fields: tuple[Field, ...], lead: tuple[str, ...] = (), where:
     # once (with a key given twice DuckDB reads the first value, json.loads the last).
     found = " + ".join(f"(j_{name} IS NOT NULL)::INTEGER" for name in names)
     texts = ", ".join([*(f"j_{name}" for name in lead), *(f"j_{f.name}" for f in fields if f.kind in TEXT_KINDS)])
-    # The JSON functions only see lines that look like objects; TRY turns what is not JSON into NULL.
+    # The JSON functions only see lines that look like objects, and json_valid reads those that do not end
+    # like one: a torn line makes them raise, and TRY then evaluates the line's whole vector of 2,048
+    # lines again one by one (with 1% of lines torn, nearly every vector: 2x the cost of the read).
+    # A line that ends with "}" rarely is not JSON, and reading every line twice would cost a tenth more.
     # An escaped NUL (pydantic refuses it) and surrogate escapes (json.loads judges them) go to pydantic.
     sql = f"""
         SELECT idx, off, coalesce(key_count = {found}, false) AS known_keys, {texts}, {values}
@@ -322,9 +325,10 @@ def _json_relation(fields: tuple[Field, ...], lead: tuple[str, ...] = (), where:
             FROM (
                 SELECT idx, off, TRY(len(json_keys(line))) AS key_count, TRY(json_extract(line, $paths)) AS f
                 FROM chunk_lines
-                WHERE prefix(line, '{{') AND strpos(line, '\\u0000') = 0
-                      AND (strpos(line, '\\u') = 0 OR NOT regexp_matches(line, '\\\\u[dD][89a-fA-F]'))
-                      AND {where}
+                WHERE prefix(line, '{{')
+                      AND (strpos(line, '\\u') = 0
+                           OR (strpos(line, '\\u0000') = 0 AND NOT regexp_matches(line, '\\\\u[dD][89a-fA-F]')))
+                      AND {where} AND (suffix(line, '}}' || chr(10)) OR json_valid(line))
             )
         )
     """
@@ -346,16 +350,17 @@ def stage_json(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, source_label: 
         db.unregister("chunk_lines")
 
 
-def stage_attempts(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, source_label: str,
+def stage_attempts(db: duckdb.DuckDBPyConnection, lines: pa.Table, idx: np.ndarray, *, source_label: str,
                    timezone: str) -> np.ndarray:
-    """Type the clean call attempts among the lines that are not staged usage events into the temp table
-    clean_attempts; returns their idx."""
-    staged_as_events = f"idx NOT IN (SELECT idx FROM {CLEAN_ROWS})"
-    relation, paths = _json_relation(ATTEMPT_FIELDS, lead=("record",),
-                                     where=f"strpos(line, '\"record\"') > 0 AND {staged_as_events}")
+    """Type the clean call attempts among the lines at `idx` (those not staged as usage events) into the
+    temp table clean_attempts; returns their idx."""
+    relation, paths = _json_relation(ATTEMPT_FIELDS, lead=("record",), where="strpos(line, '\"record\"') > 0")
     params = {**_params(source_label, timezone), "paths": paths}
     test = f"""known_keys AND j_record = '"attempt"' AND {_clean_test(ATTEMPT_FIELDS, True)}"""
-    db.register("chunk_lines", lines.select(["idx", "off", "line"]))
+    # Only the lines left over are scanned (in a plain JSON Lines file, the few bad ones), in record
+    # batches so that DuckDB reads them on every core.
+    left = lines.select(["idx", "off", "line"]).take(pa.array(idx, type=pa.int64()))
+    db.register("chunk_lines", pa.Table.from_batches(left.to_batches(max_chunksize=SCAN_BATCH_ROWS)))
     try:
         return _stage(db, CLEAN_ATTEMPTS, _attempt_columns(), relation, test, _read_once(ATTEMPT_FIELDS), params)
     finally:

@@ -100,7 +100,7 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, sta
                 lines = lines.slice(0, cut)
             other_idx = _all_but(lines.num_rows, clean_idx)
             if len(other_idx):  # lines left over: some may be call attempts
-                attempt_idx = bulk.stage_attempts(db, lines, source_label=parser.source_label,
+                attempt_idx = bulk.stage_attempts(db, lines, other_idx, source_label=parser.source_label,
                                                   timezone=settings.timezone)
                 other_idx = _all_but(lines.num_rows, np.concatenate([clean_idx, attempt_idx]))
         offsets, raws = bulk.pick(lines.column("off"), other_idx), bulk.pick(lines.column("raw"), other_idx)
