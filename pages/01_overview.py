@@ -25,7 +25,7 @@ settings = context.settings
 def sync_section(last_synced) -> None:
     st.subheader("Sync")
     try:
-        waiting = pending(settings)
+        waiting = ui.live(pending, settings)
     except LLMCostError:  # the store is locked by a long ingest: the counts can wait for the next run
         waiting = None
     synced, journal, fallback, button = st.columns([5, 3, 3, 2], vertical_alignment="bottom")
@@ -77,7 +77,7 @@ if any((context.filters.tenants, context.filters.providers, context.filters.mode
 levels = limits.system_levels(settings)
 if context.access.sees_every_tenant:  # a tenant-scoped viewer sees their tenants' figures only
     st.subheader("System-wide spend today")
-    system = limits.system_spend_today(settings, context.today)
+    system = ui.live(limits.system_spend_today, settings, context.today)
     spend = fmt.money(system.spend)
     if system.level is None:
         st.success(ui.dollars(f"Today's spend {spend} is below the warning level ({fmt.money(levels['warning'])})."),
@@ -89,8 +89,8 @@ if context.access.sees_every_tenant:  # a tenant-scoped viewer sees their tenant
 
 log_scale = st.toggle("Log scale", key="overview_log_scale",
                       help="Keeps ordinary days readable next to a spike day.")
-st.altair_chart(charts.daily_spend(data.daily, levels, (context.filters.start, context.filters.end),
-                                   log_scale=log_scale), width="stretch", key="overview_daily_chart")
+ui.chart(charts.daily_spend, data.daily, levels, (context.filters.start, context.filters.end), log_scale=log_scale,
+         key="overview_daily_chart")
 daily_totals = data.daily.groupby("day")["cost_usd"].sum() if not data.daily.empty else []
 days_over = sum(1 for total in daily_totals if system_level(settings, total) is not None)
 if days_over:
@@ -107,8 +107,7 @@ with by_model:
     models = ui.load(dq.models, settings, context.filters)
     if models is not None and not models.empty:
         models = models.assign(label=models["provider"] + " / " + models["model"])
-        st.altair_chart(charts.cost_bars(models.head(15), "label", "Spend by model"), width="stretch",
-                        key="overview_models_chart")
+        ui.chart(charts.cost_bars, models.head(15), "label", "Spend by model", key="overview_models_chart")
 with movers:
     last_day = context.filters.end
     st.subheader("Top movers, day over day")

@@ -18,8 +18,8 @@ by_use_case = trends.with_configured(data.by_use_case, settings.use_cases)
 silent = [name for name in settings.use_cases if name not in set(data.by_use_case["use_case"])]
 st.caption(f"{filters.start:%Y-%m-%d} to {filters.end:%Y-%m-%d}")
 chart, numbers = st.columns([2, 3])
-chart.altair_chart(charts.cost_bars(data.by_use_case, "use_case", "Cost by use case"), width="stretch",
-                   key="use_cases_chart")
+with chart:
+    ui.chart(charts.cost_bars, data.by_use_case, "use_case", "Cost by use case", key="use_cases_chart")
 with numbers:
     ui.table(by_use_case, "use_cases_table", file_name="use-cases.csv", money=["cost_usd"], counts=TOKENS)
     if silent:
@@ -27,7 +27,7 @@ with numbers:
 
 daily = ui.load(trends.daily_by_use_case, settings, filters)
 if daily is not None and not daily.empty:
-    st.altair_chart(charts.trend(daily), width="stretch", key="use_cases_trend_chart")
+    ui.chart(charts.trend, daily, key="use_cases_trend_chart")
 
 st.subheader(f"Month to date ({context.today:%B %Y}): cost verification")
 st.caption("Calls, tokens and cost per use case from the first of the month to today, with the total: "

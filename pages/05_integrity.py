@@ -33,7 +33,7 @@ for check in report.checks:
     st.subheader(check.title)
     LEVEL_BOXES.get(check.level, st.warning)(ui.plain(check.summary))
     if check.name == "coverage" and not check.rows.empty:
-        st.altair_chart(charts.coverage(check.rows), width="stretch", key="integrity_coverage_chart")
+        ui.chart(charts.coverage, check.rows, key="integrity_coverage_chart")
     if check.rows.empty:
         continue
     columns = list(check.rows.columns)

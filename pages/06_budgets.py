@@ -75,7 +75,7 @@ if data is None:
     ui.stop_without_data()
 
 st.subheader(f"Today ({context.today:%Y-%m-%d}) per account type")
-system = limits.system_spend_today(settings, context.today)
+system = ui.live(limits.system_spend_today, settings, context.today)
 st.metric("System-wide spend today", fmt.money(system.spend),
           help="As the tracker's emergency shutdown counts it: stored events plus tracked calls not yet "
                "ingested or still in flight. Level reached: " + (system.level or "none") + ".")
@@ -87,7 +87,7 @@ ui.table(limits.account_type_state(limits.limit_usage(data.today, settings)), "b
          counts=["active_users", "over_limit", "tokens_today"])
 
 st.subheader("Budgets per tenant, use case, service key and user month")
-budgets = limits.budgets_table(settings, context.today, filters.scope)
+budgets = ui.live(limits.budgets_table, settings, context.today, filters.scope)
 if budgets.empty:
     st.info("No tenant, use case or key budgets configured (e.g. `[tenant_budgets.\"acme\"]` in llmcost.toml), and "
             "no user with spend this month under a monthly limit (`monthly_cost_usd` under `[limits.TYPE]`).")
@@ -96,7 +96,7 @@ else:
              counts=["limit_tokens", "spent_tokens", "remaining_tokens"])
 
 st.subheader("Thresholds crossed today")
-crossed = pd.DataFrame([dataclasses.asdict(alert) for alert in alerts.evaluate(settings, context.today)])
+crossed = pd.DataFrame([dataclasses.asdict(alert) for alert in ui.live(alerts.evaluate, settings, context.today)])
 if crossed.empty:
     st.success("No threshold crossed today.", icon=":material/check_circle:")
 else:

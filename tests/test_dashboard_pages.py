@@ -134,6 +134,32 @@ def test_overview_figures_follow_the_store_and_the_filters(settings):
     assert app.metric[0].value == "$0.0040" and app.metric[1].value == "1"
 
 
+def test_todays_spend_is_kept_between_runs_but_shows_a_tracked_call_at_once(settings, monkeypatch):
+    """Today's system-wide spend is kept between runs (it reads the control state and the journals as well as the
+    store), but never past a change to any of them: a tracked call not yet ingested shows on the next run."""
+    from llmcost.control import rebuild
+    from llmcost.sdk.tracker import Tracker
+
+    computed = []
+    day_spend = rebuild.day_spend
+    monkeypatch.setattr(rebuild, "day_spend", lambda *args: computed.append(args) or day_spend(*args))
+
+    def spend_today(app: AppTest) -> str:
+        (message,) = [e.value for e in app.success if "Today's spend" in e.value]
+        return message.split(" is below")[0]
+
+    insert(settings.db_path, "usage_events", [event(today(settings), "1")])
+    app = open_page()
+    assert spend_today(app) == r"Today's spend \$1.00"
+    assert spend_today(app.run()) == r"Today's spend \$1.00"
+    assert len(computed) == 1  # the second run showed the figure the first one computed
+    tracker = Tracker(settings)
+    with tracker.call(use_case="chat_tutor", user_id="u", tenant_id="t", provider="openai", model="gpt-4o") as call:
+        call.record(input_tokens=10, output_tokens=5, cost_usd=Decimal("2"))
+    assert spend_today(app.run()) == r"Today's spend \$3.00"
+    assert len(computed) == 2
+
+
 def test_banner_counts_unrecovered_failed_logs_and_goes_once_they_are_recovered(settings):
     day = today(settings)
     insert(settings.db_path, "usage_events", [event(day, "1")])

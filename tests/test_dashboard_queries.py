@@ -374,3 +374,19 @@ def test_cost_bars_put_the_largest_on_top_and_trend_draws_a_line_per_use_case():
     assert sorted((row["day"], row["label"], row["cost_usd"]) for row in rows) == [
         (f"{TODAY - dt.timedelta(days=1):%Y-%m-%d}", "a", 0.25), (f"{TODAY:%Y-%m-%d}", "a", 1.5),
         (f"{TODAY:%Y-%m-%d}", "b", 2.0)]
+
+
+def test_a_chart_converts_to_vega_lite_whatever_its_rows_and_leaves_altair_as_it_was():
+    """Pages draw a chart's cached Vega-Lite spec: a year of days by many use cases is past Altair's default
+    5,000-row limit, which Streamlit's own conversion never applied either."""
+    import altair as alt
+
+    days = [TODAY - dt.timedelta(days=n) for n in range(400)]
+    daily = pd.DataFrame({"day": days * 15, "use_case": [f"u{n}" for n in range(15) for _ in days],
+                          "cost_usd": [D("0.5")] * 6000, "calls": [1] * 6000})
+    spec = charts.vega_lite(charts.trend(daily))
+    (rows,) = spec["datasets"].values()
+    assert len(rows) == 6000 and "config" not in spec  # no Altair theme: Streamlit's layout sizes the chart
+    assert alt.data_transformers.active == "default" and alt.theme.active == "default"
+    with pytest.raises(alt.MaxRowsError):
+        charts.trend(daily).to_dict()  # Altair's own limit is still in force for everyone else

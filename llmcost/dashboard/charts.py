@@ -8,6 +8,7 @@ use case or model name shows as the text it is without escaping.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Mapping
 from decimal import Decimal
 
@@ -29,6 +30,15 @@ DAY = "utcyearmonthdate"  # days travel as ISO dates, which Vega reads as UTC mi
 USD = "$,.2f"
 USD_EXACT = "$,.4f"
 LEGEND = alt.Legend(orient="bottom", title=None)
+# Altair's data transformer and theme are process-wide: one conversion at a time.
+_CONVERTING = threading.Lock()
+
+
+def vega_lite(chart: alt.TopLevelMixin) -> dict:
+    """The chart's Vega-Lite spec (validated by Altair) as Streamlit draws it: data inline however many rows,
+    without Altair's default theme, whose fixed sizes Streamlit's layout replaces."""
+    with _CONVERTING, alt.data_transformers.enable("default", max_rows=None), alt.theme.enable("none"):
+        return chart.to_dict()
 
 
 def _names(values: pd.Series) -> pd.Series:

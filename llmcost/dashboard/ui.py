@@ -10,8 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import re
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -81,8 +84,11 @@ def load(bundle: Callable[..., Any], settings: Settings, *args: Any) -> Any:
 
 
 @st.cache_data(ttl=CACHE_SECONDS, max_entries=16, show_spinner=False)
-def _cached_with_settings(module: str, name: str, settings: Settings, version: Any, *args: Any) -> Any:
-    return getattr(importlib.import_module(module), name)(settings, *args)
+def _cached_with_settings(module: str, name: str, settings_key: str, version: Any, _settings: Settings,
+                          *args: Any) -> Any:
+    # `settings_key` stands for `_settings` in the cache key: hashing the Settings object itself took
+    # longer than the cached report (60 ms a run on Integrity).
+    return getattr(importlib.import_module(module), name)(_settings, *args)
 
 
 def load_report(report: Callable[..., Any], settings: Settings, *args: Any) -> Any:
@@ -91,10 +97,68 @@ def load_report(report: Callable[..., Any], settings: Settings, *args: Any) -> A
     if version is None:
         return None
     try:
-        return _cached_with_settings(report.__module__, report.__name__, settings, version, *args)
+        return _cached_with_settings(report.__module__, report.__name__, repr(settings), version, settings, *args)
     except LLMCostError as error:
         st.error(plain(error))
         st.stop()
+
+
+# Today's live figures (system-wide spend, thresholds crossed, budgets) read the control state and the journals
+# as well as the store, and refresh the control state's copy of the store's figures as they go; so they are
+# kept with what those files looked like once computed, and computed again when anything changed since.
+_LIVE: dict[tuple, tuple[Any, float, Any]] = {}
+_LIVE_LOCK = threading.Lock()
+_LIVE_ENTRIES = 64
+
+
+def _file_version(path: Path) -> tuple[int, int]:
+    try:
+        found = path.stat()
+        return found.st_mtime_ns, found.st_size
+    except OSError:
+        return 0, 0
+
+
+def live_version(settings: Settings) -> tuple | None:
+    """Changes whenever the store, the control file, a journal or the fallback log changes; None when the control
+    state is not a file (Redis), so nothing tells when a tracker changed it."""
+    if settings.control_backend != "sqlite":
+        return None
+    control = settings.control_db
+    paths = [control, control.with_name(control.name + "-wal"), settings.fallback_log,
+             *sorted(settings.journal_dir.glob("*.jsonl"))]
+    return dq.store_version(settings.db_path), tuple((str(path), *_file_version(path)) for path in paths)
+
+
+def live(figure: Callable[..., Any], settings: Settings, *args: Any) -> Any:
+    """`figure(settings, *args)`, one of today's live figures, computed again only when the store, the control
+    state or the journals changed since it was computed (or a minute later, or after a Refresh)."""
+    key = (figure.__module__, figure.__qualname__, repr(settings), args)
+    version = live_version(settings)
+    with _LIVE_LOCK:
+        found = _LIVE.get(key)
+    if version is not None and found and found[0] == version and time.monotonic() - found[1] < CACHE_SECONDS:
+        return found[2]
+    started = time.monotonic()
+    value = figure(settings, *args)
+    with _LIVE_LOCK:
+        if len(_LIVE) >= _LIVE_ENTRIES:
+            _LIVE.clear()
+        _LIVE[key] = (live_version(settings), started, value)  # with the figure's own refresh of the control state
+    return value
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _vega_lite_spec(module: str, name: str, *args: Any, **kwargs: Any) -> dict:
+    from llmcost.dashboard.charts import vega_lite
+
+    return vega_lite(getattr(importlib.import_module(module), name)(*args, **kwargs))
+
+
+def chart(build: Callable[..., Any], *args: Any, key: str, **kwargs: Any) -> None:
+    """Draw the Altair chart `build(*args, **kwargs)` (from `dashboard.charts`), built and converted once per
+    figure: building and validating it again took 0.1-0.4 s of every run of a page with charts."""
+    st.vega_lite_chart(_vega_lite_spec(build.__module__, build.__name__, *args, **kwargs), width="stretch", key=key)
 
 
 def stop_without_data() -> None:
@@ -213,6 +277,8 @@ def context() -> PageContext:
 
 def clear_cached_figures() -> None:
     st.cache_data.clear()
+    with _LIVE_LOCK:
+        _LIVE.clear()
 
 
 def table(
