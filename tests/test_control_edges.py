@@ -140,6 +140,20 @@ def control_file_size(path: Path) -> int:
     return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
 
 
+def test_a_tracked_calls_settle_leaves_no_marker_behind(tmp_path):
+    # Only a shared reservation (made with details, by the collector) is remembered after its settle; SQLite 3.40
+    # answered `RETURNING details IS NOT NULL` with 1 for a NULL on the WITHOUT ROWID table, remembering every one.
+    path = tmp_path / "control.sqlite"
+    with ControlState(path) as control:
+        plain = control.reserve(DAY, "user-1", "t1", "chat_tutor", 120, Decimal("0.0001"),
+                                limit_tokens=None, limit_cost=None, enforce=False)
+        assert control.settle(plain, 100, Decimal("0.00008"))
+        assert not control.settled(plain.id)
+        assert not control.settle(plain, 100, Decimal("0.00008"))  # a second settle is still refused
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT count(*) FROM finished_reservation").fetchone()[0] == 0
+
+
 @pytest.mark.slow
 def test_the_control_file_stays_small_over_100000_calls(tmp_path):
     path = tmp_path / "control.sqlite"

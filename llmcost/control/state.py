@@ -234,10 +234,12 @@ class ControlState(ControlFile):
         tokens = whole_tokens(actual_tokens, "actual tokens")
         cost_pico = to_picodollars(actual_cost)
         with self._transaction() as conn:
-            row = conn.execute("DELETE FROM reservation WHERE id = ? RETURNING day, user_id, details IS NOT NULL",
+            # `details` itself, judged here: SQLite 3.40 answers `RETURNING details IS NOT NULL` with 1 for a NULL
+            # on a WITHOUT ROWID table, which remembered every settle as a shared one.
+            row = conn.execute("DELETE FROM reservation WHERE id = ? RETURNING day, user_id, details",
                                (reservation_id,)).fetchone()
             counters = reservation.counters if isinstance(reservation, Reservation) else None
-            if row is not None and row[2]:  # shared (a collector's): remembered, so a retried settle hears it was
+            if row is not None and row[2] is not None:  # shared (a collector's): remembered, so a retry hears it was
                 conn.execute("INSERT INTO finished_reservation (id, day) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
                              (reservation_id, row[0]))
             if row is None:

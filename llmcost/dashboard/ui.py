@@ -127,7 +127,7 @@ def live_version(settings: Settings) -> tuple | None:
     control = settings.control_db
     paths = [control, control.with_name(control.name + "-wal"), settings.fallback_log,
              *sorted(settings.journal_dir.glob("*.jsonl"))]
-    return dq.store_version(settings.db_path), tuple((str(path), *_file_version(path)) for path in paths)
+    return fetch.store_version(settings.db_path), tuple((str(path), *_file_version(path)) for path in paths)
 
 
 def live(figure: Callable[..., Any], settings: Settings, *args: Any) -> Any:
