@@ -50,7 +50,15 @@ class SpendingHaltedError(LLMCostError):
 
 
 class BudgetExceededError(LLMCostError):
-    """The user's hard daily budget would be exceeded by this call."""
+    """A hard budget (the user's day or month, a tenant's, a use case's, a service key's) would be exceeded.
+
+    `figures`: the refused budget's scope, name, period, limit, spend before the call and the call's estimate
+    (what the collector's 429 reports), empty when the refusal came without them.
+    """
+
+    def __init__(self, message: str, figures: dict | None = None):
+        super().__init__(message)
+        self.figures = figures or {}
 
 
 class TrackingUnavailableError(LLMCostError):

@@ -6,7 +6,7 @@ import textwrap
 from click.testing import CliRunner
 
 from llmcost.cli import cli
-from llmcost.sdk.journal import encode_line
+from llmcost.lines import encode_line
 from llmcost.store import connection as store
 
 

@@ -14,7 +14,7 @@ from llmcost.cli import cli
 from llmcost.config import load_settings
 from llmcost.control.state import ControlState
 from llmcost.errors import ConfigError
-from llmcost.sdk.journal import encode_line
+from llmcost.lines import encode_line
 from llmcost.store import connection as store
 
 

@@ -231,6 +231,22 @@ def test_reserve_and_settle_use_the_trackers_admission(settings, isolated_home):
     assert rows(settings, "SELECT count(*) FROM call_attempts WHERE attempt_id = ?", [reservation]) == [(1,)]
 
 
+def test_a_refusal_by_a_tenants_month_reports_that_budgets_figures(isolated_home):
+    # The 429's figures are the refused budget's (here the tenant's month), not the user's day beside it.
+    config = isolated_home / "llmcost.toml"
+    config.write_text('[tenant_budgets."t1"]\ntokens = 5000\ncost_usd = "2"\nperiod = "month"\naction = "hard"\n')
+    with running_collector(isolated_home, env={"LLMCOST_CONFIG": str(config)}) as c:
+        refused = httpx.post(c.url + "/v1/reserve", headers={"x-user-id": "u1", "x-tenant-id": "t1"},
+                             json={"use_case": "chat_tutor", "model": "gpt-4o", "estimated_tokens": 6000})
+    body = refused.json()
+    assert (refused.status_code, body.get("reason")) == (429, "budget_exceeded"), body
+    assert "tenant 't1'" in body["error"] and "tenant_budgets" in body["error"]
+    assert (body["scope"], body["name"], body["user_id"]) == ("tenant", "t1", "u1")
+    assert body["period"] == dt.datetime.now(load_settings(config).tz).strftime("%Y-%m")
+    assert (body["limit_tokens"], body["spent_tokens"], body["estimated_tokens"]) == (5000, 0, 6000)
+    assert Decimal(body["limit_usd"]) == Decimal("2") and Decimal(body["spent_usd"]) == 0
+
+
 def test_metrics_count_records_and_price_todays_spend(isolated_home):
     with running_collector(isolated_home) as c:
         httpx.post(c.url + "/v1/usage", json=[event(1, ts=NOW.isoformat()), {"bad": 1}])

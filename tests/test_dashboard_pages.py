@@ -317,7 +317,7 @@ def test_times_show_in_the_configured_time_zone(settings, monkeypatch):
 
 def test_refresh_ingests_a_new_fallback_log_line_and_updates_the_figures(settings):
     from llmcost.ingestion.run import ingest
-    from llmcost.sdk.journal import encode_line
+    from llmcost.lines import encode_line
 
     day = today(settings)
     ts = dt.datetime.combine(day, dt.time(0, 5), tzinfo=settings.tz).isoformat()
@@ -348,7 +348,7 @@ def test_refresh_ingests_a_new_fallback_log_line_and_updates_the_figures(setting
 
 
 def test_refresh_on_an_empty_data_folder_loads_the_journal(settings):
-    from llmcost.sdk.journal import encode_line
+    from llmcost.lines import encode_line
 
     record = {"event_id": "e1", "ts": dt.datetime.now(dt.timezone.utc).isoformat(), "user_id": "u1",
               "tenant_id": "t1", "use_case": "chat_tutor", "provider": "openai", "model": "gpt-4o",

@@ -26,8 +26,9 @@ from llmcost.cli import cli
 from llmcost.config import load_settings
 from llmcost.errors import StoreCorruptError
 from llmcost.ingestion.run import ingest, pending
+from llmcost.lines import encode_line
 from llmcost.sdk import fallback
-from llmcost.sdk.journal import Journal, encode_line
+from llmcost.sdk.journal import Journal
 from llmcost.sdk.tracker import Tracker
 from llmcost.store import connection as store
 

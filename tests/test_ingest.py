@@ -8,8 +8,8 @@ import pytest
 
 from llmcost.errors import StoreLockedError
 from llmcost.ingestion.run import ingest, pending
+from llmcost.lines import encode_line
 from llmcost.sdk import fallback
-from llmcost.sdk.journal import encode_line
 from llmcost.store import connection as store
 
 

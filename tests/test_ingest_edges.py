@@ -16,7 +16,7 @@ import pytest
 
 from llmcost.control.rebuild import spend_rows
 from llmcost.ingestion.run import ingest, pending
-from llmcost.sdk.journal import encode_line
+from llmcost.lines import encode_line
 from llmcost.store import connection as store
 
 CSV_FIELDS = ["ts", "user_id", "tenant_id", "use_case", "provider", "model", "input_tokens", "output_tokens"]

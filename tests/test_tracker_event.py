@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from llmcost.events import UsageEvent
 from llmcost.ingestion.run import ingest
+from llmcost.lines import encode_line
 from llmcost.sdk.built_event import built_event, journal_line
-from llmcost.sdk.journal import encode_line
 from llmcost.store import connection as store
 
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=123456)

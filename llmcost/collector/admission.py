@@ -122,7 +122,9 @@ class Admission:
         except SpendingHaltedError as error:
             raise Refusal(403, "spending_halted", {"error": str(error), **self._system_figures(call)}) from None
         except BudgetExceededError as error:
-            raise Refusal(429, "budget_exceeded", {"error": str(error), **self._user_figures(call)}) from None
+            # the refused budget's own figures (a month, a tenant...) over the user's day
+            figures = {**self._user_figures(call), **error.figures}
+            raise Refusal(429, "budget_exceeded", {"error": str(error), **figures}) from None
         except TrackingUnavailableError as error:
             raise Refusal(503, "not_recorded", {"error": str(error)}) from None
         with self._lock:

@@ -28,8 +28,9 @@ from pydantic import ValidationError
 from llmcost.collector.auth import Grant
 from llmcost.collector.fastcheck import PlainEvents
 from llmcost.events import IDENTITY_FIELDS, UNATTRIBUTED, AttemptRecord, UsageEvent, describe_validation_error, has_usage
+from llmcost.lines import append_line, encode_line
 from llmcost.sdk import fallback
-from llmcost.sdk.journal import Journal, append_line, encode_line
+from llmcost.sdk.journal import Journal
 
 
 class BadBody(Exception):

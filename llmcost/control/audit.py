@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llmcost.sdk.journal import append_line, encode_line
+from llmcost.lines import append_line, encode_line
 
 log = logging.getLogger("llmcost")
 

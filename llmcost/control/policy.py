@@ -237,22 +237,28 @@ def refusal(request: AdmissionRequest, admitted: Admitted) -> Exception:
         return SpendingHaltedError(f"all LLM calls are halted for {day}: {reason} "
                                    "(run `llmcost resume` to allow calls again today, or wait until tomorrow)")
     item = request.limits[admitted.over]
-    over = over_limit(item, admitted.spent[admitted.over], request.tokens, request.cost_pico)
+    spent = admitted.spent[admitted.over]
+    over = over_limit(item, spent, request.tokens, request.cost_pico)
+    figures = {"scope": item.counter.scope, "name": item.counter.name, "period": item.counter.period,
+               "limit_tokens": item.tokens, "spent_tokens": spent.tokens, "estimated_tokens": request.tokens,
+               "limit_usd": None if item.cost_pico is None else str(from_picodollars(item.cost_pico)),
+               "spent_usd": str(from_picodollars(spent.cost_pico)),
+               "estimated_usd": str(from_picodollars(request.cost_pico))}
     if item.counter.scope == "user":
         who = f"for user {request.user_id!r} (account type {request.account_type!r})"
         if is_day(item.counter.period):
             return BudgetExceededError(
                 f"daily budget exceeded {who} on {day}: {'; '.join(over)} (raise [limits.{request.account_type}] in "
-                "llmcost.toml or wait until tomorrow)")
+                "llmcost.toml or wait until tomorrow)", figures)
         keys = " / ".join(key for key, limit in (("monthly_tokens", item.tokens), ("monthly_cost_usd", item.cost_pico))
                           if limit is not None)
         return BudgetExceededError(
             f"monthly budget exceeded {who} in {item.counter.period}: {'; '.join(over)} (raise {keys} under "
-            f"[limits.{request.account_type}] in llmcost.toml or wait until next month)")
+            f"[limits.{request.account_type}] in llmcost.toml or wait until next month)", figures)
     table = BUDGET_SCOPES[item.counter.scope]
     wait = "tomorrow" if is_day(item.counter.period) else "next month"
-    return BudgetExceededError(f"budget exceeded for {item.label}: {'; '.join(over)} "
-                               f"(raise [{table}.\"{item.counter.name}\"] in llmcost.toml or wait until {wait})")
+    return BudgetExceededError(f"budget exceeded for {item.label}: {'; '.join(over)} (raise "
+                               f"[{table}.\"{item.counter.name}\"] in llmcost.toml or wait until {wait})", figures)
 
 
 def shutdown_reason(day: str, spent: Decimal, shutdown_usd: Decimal) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmcost.config import Settings
-from llmcost.sdk.journal import append_line, encode_line
+from llmcost.lines import append_line, encode_line
 
 STATE_FILE = "forward-state.sqlite"
 REJECTED_FILE = "forward-rejected.jsonl"

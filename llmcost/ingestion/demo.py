@@ -10,8 +10,8 @@ from pathlib import Path
 
 from llmcost.config import Settings
 from llmcost.ingestion.run import IngestResult, ingest
+from llmcost.lines import encode_line
 from llmcost.sdk import fallback
-from llmcost.sdk.journal import encode_line
 from llmcost.store import connection as store
 
 TENANTS = ("northside-high", "riverdale-academy", "oak-park-district", "summit-charter")

@@ -11,7 +11,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from llmcost.sdk.journal import append_line, encode_line
+from llmcost.lines import append_line, encode_line
 
 
 def wrap(event: dict[str, Any], error: str, timestamp: dt.datetime | None = None) -> dict[str, Any]:
