@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from llmcost.collector.auth import hash_key
+from llmcost.config import load_settings
 from llmcost.control.state import ControlState
 from llmcost.pricing.rates import Pricer
 
