@@ -18,16 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from llmcost.config import BUDGET_SCOPES, AccountLimit, Budget, Settings
-from llmcost.control.interface import (
-    AdmissionRequest,
-    Admitted,
-    Counter,
-    Reservation,
-    ScopeLimit,
-    Spend,
-    is_day,
-    period_key,
-)
+from llmcost.control.interface import AdmissionRequest, Admitted, Counter, Reservation, ScopeLimit, Spend, is_day, period_key
 from llmcost.errors import BudgetExceededError, SpendingHaltedError, UseCaseDisabledError
 from llmcost.money import from_picodollars, money, money_against, number, to_picodollars
 
