@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from llmcost.control import audit as control_audit
+from llmcost.control import settler
 from llmcost.control.migrations import immediate, migrate
 from llmcost.errors import ControlStateError
 
@@ -73,10 +74,14 @@ def _is_corrupt(error: Exception) -> bool:
 
 
 def guarded(method):
-    """Use the file now at the path, and turn every SQLite or file error into a ControlStateError."""
+    """Use the file now at the path, and turn every SQLite or file error into a ControlStateError. Every operation
+    but the settle path's first applies the settles this process handed over (`llmcost.control.settler`)."""
+    drains = method.__name__ not in settler.SETTLE_PATH
 
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
+        if drains:
+            settler.drain_pending(self.place)
         try:
             self._ready()
             return method(self, *args, **kwargs)
@@ -95,6 +100,7 @@ class ControlFile:
     def __init__(self, path: Path | str, *, busy_timeout: float | None = None, audit_path: Path | None = None,
                  lazy: bool = False):
         self.path = Path(path)
+        self.place = os.path.abspath(self.path)  # names this file for the settles pending in this process
         self.audit_path = Path(audit_path) if audit_path else control_audit.audit_path_for(self.path)
         self.busy_timeout = busy_timeout
         self._local = threading.local()

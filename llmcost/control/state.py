@@ -230,28 +230,37 @@ class ControlState(ControlFile):
         (not only its id), the actuals are recorded once even when it was made in a control file that has
         since been deleted or replaced.
         """
+        with self._transaction() as conn:
+            return self._settle_in(conn, reservation, actual_tokens, actual_cost)
+
+    @guarded
+    def settle_many(self, settles: list[tuple[Reservation | str, int, Decimal]]) -> list[bool]:
+        """`settle` of each (reservation, actual tokens, actual cost) in one transaction (one commit for a batch)."""
+        with self._transaction() as conn:
+            return [self._settle_in(conn, *item) for item in settles]
+
+    def _settle_in(self, conn, reservation: Reservation | str, actual_tokens: int, actual_cost: Decimal) -> bool:
         reservation_id = reservation.id if isinstance(reservation, Reservation) else reservation
         tokens = whole_tokens(actual_tokens, "actual tokens")
         cost_pico = to_picodollars(actual_cost)
-        with self._transaction() as conn:
-            # `details` itself, judged here: SQLite 3.40 answers `RETURNING details IS NOT NULL` with 1 for a NULL
-            # on a WITHOUT ROWID table, which remembered every settle as a shared one.
-            row = conn.execute("DELETE FROM reservation WHERE id = ? RETURNING day, user_id, details",
-                               (reservation_id,)).fetchone()
-            counters = reservation.counters if isinstance(reservation, Reservation) else None
-            if row is not None and row[2] is not None:  # shared (a collector's): remembered, so a retry hears it was
-                conn.execute("INSERT INTO finished_reservation (id, day) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
-                             (reservation_id, row[0]))
-            if row is None:
-                if not isinstance(reservation, Reservation) or reservation.generation == self._generation:
-                    return False  # settled or released in this file already
-                row = (reservation.day.isoformat(), reservation.user_id)
-                # Made in an earlier file: remember it was settled here, so a second settle is refused.
-                if not conn.execute("INSERT INTO finished_reservation (id, day) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
-                                    (reservation_id, row[0])).rowcount:
-                    return False
-            _add_spend(conn, row[0], row[1], tokens, cost_pico)
-            sqlite_admission.settle_scopes(conn, reservation_id, tokens, cost_pico, counters)
+        # `details` itself, judged here: SQLite 3.40 answers `RETURNING details IS NOT NULL` with 1 for a NULL
+        # on a WITHOUT ROWID table, which remembered every settle as a shared one.
+        row = conn.execute("DELETE FROM reservation WHERE id = ? RETURNING day, user_id, details",
+                           (reservation_id,)).fetchone()
+        counters = reservation.counters if isinstance(reservation, Reservation) else None
+        if row is not None and row[2] is not None:  # shared (a collector's): remembered, so a retry hears it was
+            conn.execute("INSERT INTO finished_reservation (id, day) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+                         (reservation_id, row[0]))
+        if row is None:
+            if not isinstance(reservation, Reservation) or reservation.generation == self._generation:
+                return False  # settled or released in this file already
+            row = (reservation.day.isoformat(), reservation.user_id)
+            # Made in an earlier file: remember it was settled here, so a second settle is refused.
+            if not conn.execute("INSERT INTO finished_reservation (id, day) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+                                (reservation_id, row[0])).rowcount:
+                return False
+        _add_spend(conn, row[0], row[1], tokens, cost_pico)
+        sqlite_admission.settle_scopes(conn, reservation_id, tokens, cost_pico, counters)
         return True
 
     @guarded

@@ -31,7 +31,8 @@ from typing import Any
 
 from llmcost.config import Settings, load_settings
 from llmcost.control.backend import open_control
-from llmcost.control.policy import BudgetDecision, check_before_call, settle_after_call
+from llmcost.control.policy import BudgetDecision, check_before_call, release_after_refusal, settle_after_call
+from llmcost.control.settler import Settler
 from llmcost.errors import (
     BudgetExceededError,
     ControlStateError,
@@ -71,6 +72,9 @@ class Tracker:
         self.control = open_control(self.settings, lazy=True)
         if hasattr(self.control, "checkpoint_in_background"):  # the SQLite file: keep checkpoints off the calls
             self.control.checkpoint_in_background()
+        # The SQLite file: settled off the caller's path (see llmcost.control.settler for why budgets still hold).
+        self._settler = Settler(self.control.settle_many, self.control.place) if hasattr(
+            self.control, "settle_many") else None
         self.pricer = Pricer.from_settings(self.settings)
         self._lock = threading.Lock()
         self._in_flight: dict[str, TrackedCall] = {}
@@ -185,25 +189,39 @@ class Tracker:
         """Kill switch, shutdown and budget for one call, after the control state's upkeep.
 
         A refusal is checked once more after releasing stale reservations, so a call is never refused
-        for the estimate of a call whose process died. `details` and `reservation_id` keep the reservation
+        for the estimate of a call whose process died, or of a call whose settle is pending in this process
+        (also drained first when a pending settle would raise a figure: the decision is that of an immediate
+        settle). `details` and `reservation_id` keep the reservation
         settleable by any process sharing the control state (`TrackedCall.resumed`). Raises ControlStateError
         when the control state is unusable.
         """
         self.ensure_control_rebuilt(day)
         self._upkeep(day)
+        settler = self._settler
+        if settler is not None and settler.raising:
+            settler.drain()
         check = functools.partial(
             check_before_call, self.control, self.settings, day=day, user_id=user_id, tenant_id=tenant_id,
             use_case=use_case, account_type=account_type, estimated_tokens=estimated_tokens,
             estimated_cost=estimated_cost, service_key=service_key, details=details, reservation_id=reservation_id)
         try:
-            return check()
+            decision = check()
         except (BudgetExceededError, SpendingHaltedError):
-            if not self.control.release_stale(self.settings.reservation_ttl_seconds):
+            drained = settler is not None and settler.drain()
+            if not (self.control.release_stale(self.settings.reservation_ttl_seconds) or drained):
                 raise
             return check()
+        if decision.reason and settler is not None and settler.drain():  # judged with finished calls' estimates
+            release_after_refusal(self.control, decision)
+            return check()
+        return decision
 
     def settle(self, decision: BudgetDecision, tokens: int, cost: Decimal) -> None:
-        """Settle a finished call; never raises: a failure is logged and retried before the next call."""
+        """Settle a finished call (journaled already); never raises: a failure is logged and retried (in the
+        background for the SQLite file, before the next call for Redis)."""
+        if self._settler is not None and decision.reservation is not None:
+            self._settler.submit(decision.reservation, tokens, cost)
+            return
         try:
             settle_after_call(self.control, decision, tokens, cost)
         except ControlStateError as error:
@@ -267,7 +285,14 @@ class Tracker:
         with self._lock:
             self._in_flight.pop(call.attempt_id, None)
 
+    def flush(self) -> None:
+        """Apply every settle this tracker handed over to the control state (reads in this process do it first)."""
+        if self._settler is not None:
+            self._settler.drain()
+
     def close(self) -> None:
+        if self._settler is not None:
+            self._settler.close()
         if self._auto_ingest is not None:
             self._auto_ingest.stop()
         self.journal.close()
