@@ -32,8 +32,9 @@ log = logging.getLogger("llmcost")
 
 # The operations that never drain: the settle path itself, and the tracker's per-call steps (an admission judges
 # pending settles as calls in flight; `Tracker.admit` drains where exactness needs it).
-SETTLE_PATH = frozenset({"admit", "settle", "settle_many", "release", "open"})
+SETTLE_PATH = frozenset({"admit", "settle", "settle_many", "release", "open", "judge", "data_version"})
 RETRY_SECONDS = 0.5  # after a failing control state, how soon the background tries again
+TICK_SECONDS = 0.1  # how often the background runs `tick` (the leases' retirement of idle and old leases)
 
 _settlers: dict[str, weakref.WeakSet[Settler]] = {}
 _settlers_lock = threading.Lock()
@@ -79,8 +80,10 @@ class Settler:
     """Settles (reservation, actual tokens, actual cost) in the background through `apply` (a control state's
     `settle_many`), registered under `place` so that every read of that control state in this process drains it."""
 
-    def __init__(self, apply: Callable[[list[tuple[Any, int, Decimal]]], list[bool]], place: str):
+    def __init__(self, apply: Callable[[list[tuple[Any, int, Decimal]]], list[bool]], place: str, *,
+                 apply_in_background: Callable[[list[tuple[Any, int, Decimal]]], list[bool] | None] | None = None):
         self._apply = apply
+        self._apply_in_background = apply_in_background or apply  # None from it: not now (kept, tried again)
         self.place = place
         self._condition = threading.Condition()
         self._queue: list[tuple[Any, int, Decimal]] = []
@@ -89,6 +92,8 @@ class Settler:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._failing = False
+        self.tick: Callable[[], None] | None = None  # run by the background every TICK_SECONDS
+        self.before_drain: Callable[[], None] | None = None  # hands over what a drain must apply too
         with _settlers_lock:
             _settlers.setdefault(place, weakref.WeakSet()).add(self)
 
@@ -100,10 +105,18 @@ class Settler:
         with self._condition:
             self._queue.append((reservation, tokens, cost))
             self._raising += _raises((reservation, tokens, cost))
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._run, name="llmcost-settler", daemon=True)
-                self._thread.start()
+            self._start()
             self._condition.notify()
+
+    def wake(self) -> None:
+        """Start the background thread now (for `tick`), if it is not running."""
+        with self._condition:
+            self._start()
+
+    def _start(self) -> None:
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(target=self._run, name="llmcost-settler", daemon=True)
+            self._thread.start()
 
     @property
     def pending(self) -> int:
@@ -120,6 +133,8 @@ class Settler:
     def drain(self) -> bool:
         """Apply every pending settle now (in this thread) and wait for those the background is applying;
         True when there were any. Never raises: settles that fail stay pending, and are retried."""
+        if self.before_drain is not None:
+            self.before_drain()
         with self._condition:
             had = bool(self._queue or self._applying)
             batch, self._queue = self._queue, []
@@ -153,20 +168,27 @@ class Settler:
     def _run(self) -> None:
         while True:
             with self._condition:
-                self._condition.wait_for(lambda: self._queue or self._closed)
+                self._condition.wait_for(lambda: self._queue or self._closed,
+                                         timeout=TICK_SECONDS if self.tick is not None else None)
                 if self._closed and not self._queue:
                     return
                 batch, self._queue = self._queue, []
                 self._applying += len(batch)
-            if not self._settle(batch):
+            if batch and not self._settle(batch, apply=self._apply_in_background):
                 with self._condition:
                     self._condition.wait(RETRY_SECONDS)
+            if self.tick is not None:
+                try:
+                    self.tick()
+                except Exception:  # the next tick, a drain or close tries again
+                    log.exception("llmcost: retiring idle leases failed")
 
-    def _settle(self, batch: list[tuple[Any, int, Decimal]], taken: bool = True) -> bool:
+    def _settle(self, batch: list[tuple[Any, int, Decimal]], taken: bool = True, apply=None) -> bool:
         """Apply a batch in one transaction; what fails is put back for a retry (False then)."""
         failed: list[tuple[Any, int, Decimal]] = []
         try:
-            self._apply(batch)
+            if (apply or self._apply)(batch) is None:
+                failed = batch
         except ControlStateError as error:
             failed = batch
             if not self._failing:

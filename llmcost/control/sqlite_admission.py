@@ -87,10 +87,10 @@ def _figures_parameters(request: AdmissionRequest, day: str) -> dict[str, str]:
     return values
 
 
-def admit(conn: sqlite3.Connection, request: AdmissionRequest, *, reservation_id: str, pid: int, owner: str,
-          started: str | None, user_spend_sql: str, system_spend_sql: str) -> Admitted:
-    """Decide and reserve inside the caller's IMMEDIATE transaction (see the module docstring): one statement
-    reads every figure, one records the reservation (and one its scope counters, when it has any)."""
+def judge(conn: sqlite3.Connection, request: AdmissionRequest, *, user_spend_sql: str, system_spend_sql: str
+          ) -> Admitted:
+    """The admission's decision on the figures as they are (one statement reads every figure), reserving nothing:
+    inside `admit`'s transaction, or alone (a lease's re-check, `llmcost.control.lease`)."""
     day = request.day.isoformat()
     sql = _figures_sql(tuple(kept_in(item.counter) for item in request.limits), user_spend_sql, system_spend_sql)
     row = conn.execute(sql, _figures_parameters(request, day)).fetchone()
@@ -117,14 +117,24 @@ def admit(conn: sqlite3.Connection, request: AdmissionRequest, *, reservation_id
                 (item.tokens is not None and figures.tokens + request.tokens > item.tokens)
                 or (item.cost_pico is not None and figures.cost_pico + request.cost_pico > item.cost_pico)):
             return Admitted("budget", None, system, spent, over=index)
+    return Admitted(None, None, system, spent)
+
+
+def admit(conn: sqlite3.Connection, request: AdmissionRequest, *, reservation_id: str, pid: int, owner: str,
+          started: str | None, user_spend_sql: str, system_spend_sql: str) -> Admitted:
+    """Decide and reserve inside the caller's IMMEDIATE transaction (see the module docstring): one statement
+    reads every figure (`judge`), one records the reservation (and one its scope counters, when it has any)."""
+    admitted = judge(conn, request, user_spend_sql=user_spend_sql, system_spend_sql=system_spend_sql)
+    if admitted.refused is not None:
+        return admitted
     conn.execute(_INSERT_RESERVATION, (
-        reservation_id, day, request.user_id, request.tenant_id, request.use_case, request.tokens,
+        reservation_id, request.day.isoformat(), request.user_id, request.tenant_id, request.use_case, request.tokens,
         request.cost_pico, time.time(), pid, owner, started, json.dumps(request.details) if request.details else None))
     scoped = [(reservation_id, c.period, c.scope, c.name, request.tokens, request.cost_pico)
               for c in request.counters if kept_in(c) == "scope"]
     if scoped:
         conn.executemany("INSERT INTO reservation_scope VALUES (?, ?, ?, ?, ?, ?)", scoped)
-    return Admitted(None, None, system, spent)
+    return admitted
 
 
 def settle_scopes(conn: sqlite3.Connection, reservation_id: str, tokens: int, cost_pico: int,

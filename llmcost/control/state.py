@@ -51,6 +51,7 @@ from llmcost.control.file import (  # noqa: F401  (re-exported)
     RESUME,
     WAL_SIZE_LIMIT_BYTES,
     ControlFile,
+    _identity,
     day_key,
     guarded,
     now_iso,
@@ -204,6 +205,19 @@ class ControlState(ControlFile):
             reservation_id, request.day, request.user_id, request.tokens, from_picodollars(request.cost_pico),
             user.tokens, from_picodollars(user.cost_pico), self._generation, request.counters))
 
+    @guarded
+    def judge(self, request: AdmissionRequest) -> Admitted:
+        """What `admit` would decide on the figures as they are, reserving nothing (one read)."""
+        return sqlite_admission.judge(self._connection(), request, user_spend_sql=_USER_SPEND,
+                                      system_spend_sql=_SYSTEM_SPEND)
+
+    @guarded
+    def data_version(self) -> tuple[int, int]:
+        """Changes whenever another connection committed to the file (an operator's switch, another process's
+        admission): (this thread's connection, SQLite's `PRAGMA data_version` on it). Cheap: no table is read."""
+        conn = self._connection()
+        return id(conn), conn.execute("PRAGMA data_version").fetchone()[0]
+
     def reserve(self, day: dt.date | str, user_id: str, tenant_id: str, use_case: str, tokens: int, cost: Decimal, *,
                 limit_tokens: int | None, limit_cost: Decimal | None, enforce: bool,
                 account_type: str | None = None) -> Reservation:
@@ -238,6 +252,13 @@ class ControlState(ControlFile):
         """`settle` of each (reservation, actual tokens, actual cost) in one transaction (one commit for a batch)."""
         with self._transaction() as conn:
             return [self._settle_in(conn, *item) for item in settles]
+
+    def settle_many_where_open(self, settles: list[tuple[Reservation | str, int, Decimal]]) -> list[bool] | None:
+        """`settle_many` on the file open now, else None: a background settle never opens (nor creates) a file
+        deleted or replaced meanwhile; the next call opens the new one, and drains these first (`rebuild`)."""
+        if self._file is None or _identity(self.path) != self._file:
+            return None
+        return self.settle_many(settles)
 
     def _settle_in(self, conn, reservation: Reservation | str, actual_tokens: int, actual_cost: Decimal) -> bool:
         reservation_id = reservation.id if isinstance(reservation, Reservation) else reservation

@@ -73,7 +73,8 @@ class Tracker:
         if hasattr(self.control, "checkpoint_in_background"):  # the SQLite file: keep checkpoints off the calls
             self.control.checkpoint_in_background()
         # The SQLite file: settled off the caller's path (see llmcost.control.settler for why budgets still hold).
-        self._settler = Settler(self.control.settle_many, self.control.place) if hasattr(
+        self._settler = Settler(self.control.settle_many, self.control.place,
+                                apply_in_background=self.control.settle_many_where_open) if hasattr(
             self.control, "settle_many") else None
         self.pricer = Pricer.from_settings(self.settings)
         self._lock = threading.Lock()
