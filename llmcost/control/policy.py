@@ -16,6 +16,7 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from llmcost.config import BUDGET_SCOPES, AccountLimit, Budget, Settings
 from llmcost.control.interface import AdmissionRequest, Admitted, Counter, Reservation, ScopeLimit, Spend, is_day, period_key
@@ -130,6 +131,8 @@ class BudgetDecision:
     `reason` says which limit or threshold the call goes past (`judge_user`: a soft limit only warns);
     `alert` is set when that should be recorded as an alert (the judgement's action is `alerted`).
     Refused calls never get a decision: `check_before_call` raises instead, so `allowed` is True here.
+    `local` is set instead of `reservation` for a call admitted on a lease (`llmcost.control.lease.Share`):
+    settled and released through it.
     """
 
     allowed: bool
@@ -137,6 +140,7 @@ class BudgetDecision:
     reason: str | None
     reservation: Reservation | None
     alert: bool
+    local: Any = None
 
 
 def user_month_budget(limit: AccountLimit, user_id: str) -> Budget | None:
@@ -315,6 +319,8 @@ def check_before_call(
 
 def settle_after_call(control, decision: BudgetDecision, actual_tokens: int, actual_cost: Decimal) -> bool:
     """Swap the call's reserved estimate for its actual figures; False when already settled."""
+    if decision.local is not None:
+        return decision.local.settle(actual_tokens, actual_cost)
     if decision.reservation is None:
         return False
     return control.settle(decision.reservation, actual_tokens, actual_cost)
@@ -322,6 +328,8 @@ def settle_after_call(control, decision: BudgetDecision, actual_tokens: int, act
 
 def release_after_refusal(control, decision: BudgetDecision) -> bool:
     """Drop the reservation of a call that was refused after the check (it never reached the provider)."""
+    if decision.local is not None:
+        return decision.local.release()
     if decision.reservation is None:
         return False
     return control.release(decision.reservation)

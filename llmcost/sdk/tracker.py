@@ -31,6 +31,7 @@ from typing import Any
 
 from llmcost.config import Settings, load_settings
 from llmcost.control.backend import open_control
+from llmcost.control.lease import Leases
 from llmcost.control.policy import BudgetDecision, check_before_call, release_after_refusal, settle_after_call
 from llmcost.control.settler import Settler
 from llmcost.errors import (
@@ -76,6 +77,9 @@ class Tracker:
         self._settler = Settler(self.control.settle_many, self.control.place,
                                 apply_in_background=self.control.settle_many_where_open) if hasattr(
             self.control, "settle_many") else None
+        # ... and most calls admitted on a lease, without a write transaction (llmcost.control.lease says why
+        # no decision differs); Redis admits each call (one round trip).
+        self._leases = Leases(self.control, self.settings, self._settler) if self._settler is not None else None
         self.pricer = Pricer.from_settings(self.settings)
         self._lock = threading.Lock()
         self._in_flight: dict[str, TrackedCall] = {}
@@ -201,6 +205,12 @@ class Tracker:
         settler = self._settler
         if settler is not None and settler.raising:
             settler.drain()
+        if self._leases is not None and details is None and reservation_id is None:
+            leased = self._leases.admit(day=day, user_id=user_id, tenant_id=tenant_id, use_case=use_case,
+                                        account_type=account_type, estimated_tokens=estimated_tokens,
+                                        estimated_cost=estimated_cost, service_key=service_key)
+            if leased is not None:
+                return leased
         check = functools.partial(
             check_before_call, self.control, self.settings, day=day, user_id=user_id, tenant_id=tenant_id,
             use_case=use_case, account_type=account_type, estimated_tokens=estimated_tokens,
@@ -220,6 +230,9 @@ class Tracker:
     def settle(self, decision: BudgetDecision, tokens: int, cost: Decimal) -> None:
         """Settle a finished call (journaled already); never raises: a failure is logged and retried (in the
         background for the SQLite file, before the next call for Redis)."""
+        if decision.local is not None:
+            settle_after_call(self.control, decision, tokens, cost)  # on its lease: no I/O
+            return
         if self._settler is not None and decision.reservation is not None:
             self._settler.submit(decision.reservation, tokens, cost)
             return

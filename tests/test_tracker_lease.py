@@ -1,0 +1,114 @@
+"""Calls admitted on a lease (`llmcost.control.lease`): no write transaction per call, and no decision that
+differs from admitting each call; switches from any process still take effect on the very next call."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from llmcost.config import AccountLimit
+from llmcost.control import lease
+from llmcost.errors import BudgetExceededError, SpendingHaltedError, UseCaseDisabledError
+from llmcost.money import local_day
+from llmcost.sdk.tracker import Tracker
+
+COMMON = dict(use_case="scaffolder", tenant_id="t", provider="openai", model="gpt-4o-mini")
+
+
+@pytest.fixture
+def lasting_leases(monkeypatch):
+    """Leases that stay open for the whole test (they are otherwise settled within a second, which on a loaded
+    machine could leave a test admitting per call without noticing)."""
+    monkeypatch.setattr(lease, "MAX_AGE_SECONDS", 600)
+    monkeypatch.setattr(lease, "IDLE_SECONDS", 600)
+
+
+def call(tracker, user="builder", account_type="admin", estimated=2_000, used=(100, 20)):
+    with tracker.call(user_id=user, account_type=account_type, estimated_tokens=estimated, **COMMON) as tracked:
+        tracked.record(input_tokens=used[0], output_tokens=used[1])
+    return tracked
+
+
+def control_cli(settings, code: str) -> None:
+    script = f"import sys; from llmcost.control.state import ControlState; c = ControlState(sys.argv[1]); {code}"
+    subprocess.run([sys.executable, "-c", script, str(settings.control_db)], check=True, capture_output=True)
+
+
+def test_calls_on_a_lease_go_on_while_another_connection_holds_the_write_lock(tracker, settings, lasting_leases):
+    # Before: each call's admission was a write transaction, which waited out the busy timeout (10 s) and refused
+    # the call ("call refused: the control file ... stayed locked").
+    first = call(tracker)
+    blocker = sqlite3.connect(settings.control_db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        calls = [call(tracker) for _ in range(5)]
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    day = local_day(first.started_at, settings.tz)
+    assert tracker.control.user_spend(day, "builder") == (6 * 120, sum((c.event.cost_usd for c in [first, *calls])))
+    assert tracker.control.in_flight() == 0
+
+
+def test_a_switch_from_another_process_takes_effect_on_the_very_next_call(tracker, settings, lasting_leases):
+    first = call(tracker)
+    day = local_day(first.started_at, settings.tz).isoformat()
+    control_cli(settings, "c.disable('scaffolder', 'runaway loop', by='ops')")
+    with pytest.raises(UseCaseDisabledError, match="runaway loop"):
+        call(tracker)
+    control_cli(settings, "c.enable('scaffolder')")
+    call(tracker)
+    control_cli(settings, f"c.halt('{day}', 'operator halt')")
+    with pytest.raises(SpendingHaltedError, match="operator halt"):
+        call(tracker)
+    control_cli(settings, f"c.resume('{day}')")
+    call(tracker)
+    assert tracker.control.user_spend(day, "builder")[0] == 3 * 120
+
+
+@pytest.mark.parametrize("action", ["hard", "soft"])
+def test_near_a_limit_every_decision_is_the_one_of_admitting_each_call(settings, action):
+    # 1,000,000 tokens a day; each call is estimated at 5,000 and uses 1,000. Admitted one by one, the calls
+    # numbered 0..995 fit (995 x 1,000 + 5,000 = 1,000,000) and call 996 goes past the limit: refused (hard),
+    # or allowed with a warning (soft).
+    limits = dict(settings.limits, builder=AccountLimit("builder", 1_000_000, None, action))
+    tracker = Tracker(dataclasses.replace(settings, limits=limits))
+    try:
+        warned = []
+        for n in range(996):
+            tracked = call(tracker, account_type="builder", estimated=5_000, used=(900, 100))
+            if "budget" in tracked.event.metadata:
+                warned.append(n)
+        assert warned == []
+        if action == "hard":
+            with pytest.raises(BudgetExceededError, match="1,000,000 tokens limit, 996,000 used"):
+                call(tracker, account_type="builder", estimated=5_000)
+        else:
+            tracked = call(tracker, account_type="builder", estimated=5_000, used=(900, 100))
+            assert "soft limit exceeded" in tracked.event.metadata["budget"]
+        day = local_day(tracked.started_at, settings.tz)
+        assert tracker.control.user_spend(day, "builder")[0] == (996 if action == "hard" else 997) * 1_000
+    finally:
+        tracker.close()
+
+
+def test_calls_of_many_threads_on_leases_are_each_counted_once(tracker, settings):
+    ended = []
+
+    def work():
+        for _ in range(50):
+            ended.append(call(tracker, used=(90, 10)))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    day = local_day(ended[0].started_at, settings.tz)
+    assert tracker.control.user_spend(day, "builder")[0] == 8 * 50 * 100
+    assert tracker.control.in_flight() == 0
