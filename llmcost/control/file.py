@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import functools
+import itertools
 import logging
 import os
 import sqlite3
@@ -34,6 +35,7 @@ WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
 CHECKPOINT_INTERVAL_SECONDS = 0.1
 CHECKPOINT_AT_BYTES = 1024 * 1024
 BACKSTOP_CHECKPOINT_PAGES = 10_000
+_connection_serials = itertools.count(1)
 _CORRUPT_MARKERS = ("not a database", "malformed", "file is encrypted")
 _LOCK_MARKERS = ("locked", "busy")
 _SIDE_FILES = ("-wal", "-shm")
@@ -278,6 +280,7 @@ class ControlFile:
             self._start_checkpointer()
         self._local.conn = conn
         self._local.key = (os.getpid(), self._epoch)
+        self._local.serial = next(_connection_serials)  # names it for `data_version` (an id() may be reused)
         with self._connections_lock:
             self._connections.append(conn)
         return conn

@@ -19,8 +19,10 @@ are read again before the call is admitted here.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -68,6 +70,19 @@ class Share:
         return self.leases.finish(self, None, None)
 
 
+_every: weakref.WeakSet[Leases] = weakref.WeakSet()
+
+
+def _forget_in_forked_child() -> None:
+    """A forked child admits nothing on its parent's leases: the parent settles them."""
+    for leases in list(_every):
+        leases._lock = threading.Lock()
+        leases._open, leases._seen, leases._gates = {}, {}, {}
+
+
+os.register_at_fork(after_in_child=_forget_in_forked_child)
+
+
 class Leases:
     """The leases of one tracker on the SQLite control file; thread-safe. Settled through `settler`, which
     retires idle and old leases (`tick`) and every lease before it drains (`before_drain`)."""
@@ -81,6 +96,7 @@ class Leases:
         self._gates: dict[tuple, Admitted] = {}  # per (day, use case): the gates as read since that version
         settler.tick = self.retire_idle
         settler.before_drain = self.retire_all
+        _every.add(self)
 
     def admit(self, *, day, user_id: str, tenant_id: str, use_case: str, account_type: str | None,
               estimated_tokens: int, estimated_cost: Decimal, service_key: str | None) -> BudgetDecision | None:

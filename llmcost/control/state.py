@@ -216,7 +216,7 @@ class ControlState(ControlFile):
         """Changes whenever another connection committed to the file (an operator's switch, another process's
         admission): (this thread's connection, SQLite's `PRAGMA data_version` on it). Cheap: no table is read."""
         conn = self._connection()
-        return id(conn), conn.execute("PRAGMA data_version").fetchone()[0]
+        return self._local.serial, conn.execute("PRAGMA data_version").fetchone()[0]
 
     def reserve(self, day: dt.date | str, user_id: str, tenant_id: str, use_case: str, tokens: int, cost: Decimal, *,
                 limit_tokens: int | None, limit_cost: Decimal | None, enforce: bool,
