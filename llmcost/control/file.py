@@ -8,7 +8,6 @@ SQLite would apply a deleted file's write-ahead log to the new file at the same 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import fcntl
 import functools
@@ -17,6 +16,7 @@ import logging
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,6 +75,17 @@ def _is_corrupt(error: Exception) -> bool:
     return any(marker in str(error).lower() for marker in _CORRUPT_MARKERS)
 
 
+_every: weakref.WeakSet[ControlFile] = weakref.WeakSet()
+
+
+def _unlock_in_forked_child() -> None:
+    for control in list(_every):  # a lock held by a parent's thread at the fork is held for good in the child
+        control._write_lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_unlock_in_forked_child)
+
+
 def guarded(method):
     """Use the file now at the path, and turn every SQLite or file error into a ControlStateError. Every operation
     but the settle path's first applies the settles this process handed over (`llmcost.control.settler`)."""
@@ -109,6 +120,8 @@ class ControlFile:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._open_lock = threading.Lock()
+        self._write_lock = threading.RLock()
+        _every.add(self)
         self._epoch = 0
         self._file: tuple[int, int] | None = None
         self._generation = ""
@@ -291,8 +304,13 @@ class ControlFile:
                 self._connections.remove(conn)
         conn.close()
 
-    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return immediate(self._connection())
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction; this process's threads (the callers, the settler) take turns on a lock first,
+        which wakes the next one at once, where SQLite's busy handler would sleep 1 ms or more between retries."""
+        conn = self._connection()
+        with self._write_lock, immediate(conn):
+            yield conn
 
     def _close_connections(self) -> None:
         with self._connections_lock:
