@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -112,3 +113,21 @@ def test_calls_of_many_threads_on_leases_are_each_counted_once(tracker, settings
     day = local_day(ended[0].started_at, settings.tz)
     assert tracker.control.user_spend(day, "builder")[0] == 8 * 50 * 100
     assert tracker.control.in_flight() == 0
+
+
+def test_an_idle_lease_is_settled_without_any_read_in_its_process(tracker, settings):
+    # Another process sees the calls' actuals once the lease is idle (0.25 s), not at the tracker's close only.
+    # Read with plain SQLite: a ControlState in this process would apply the lease itself before reading.
+    first = call(tracker)
+    day = local_day(first.started_at, settings.tz).isoformat()
+    reader = sqlite3.connect(settings.control_db)
+    deadline = time.monotonic() + 30
+    seen = None
+    while time.monotonic() < deadline:
+        seen = reader.execute("SELECT (SELECT tokens FROM spend WHERE day = ? AND user_id = 'builder'), "
+                              "(SELECT COUNT(*) FROM reservation)", (day,)).fetchone()
+        if seen == (120, 0):
+            break
+        time.sleep(0.05)
+    reader.close()
+    assert seen == (120, 0)

@@ -206,13 +206,15 @@ class Leases:
                 self._retire(lease)
         return True
 
-    def retire_idle(self) -> None:
-        """Settle the leases idle for `IDLE_SECONDS` or older than `MAX_AGE_SECONDS` (the settler's tick)."""
+    def retire_idle(self) -> bool:
+        """Settle the leases idle for `IDLE_SECONDS` or older than `MAX_AGE_SECONDS` (the settler's tick); whether
+        any stay open."""
         now = time.monotonic()
         with self._lock:
             for lease in list(self._open.values()):
                 if now - lease.last >= IDLE_SECONDS or now - lease.opened >= MAX_AGE_SECONDS:
                     self._retire(lease)
+            return bool(self._open)
 
     def retire_all(self) -> None:
         """Settle every lease (its calls in flight first): before a drain, so a read sees the calls' actuals."""

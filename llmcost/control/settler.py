@@ -92,7 +92,9 @@ class Settler:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._failing = False
-        self.tick: Callable[[], None] | None = None  # run by the background every TICK_SECONDS
+        self.tick: Callable[[], bool] | None = None  # run by the background every TICK_SECONDS while it says True
+        self._ticking = False
+        self._wakes = 0  # (a wake during a tick that found nothing keeps the ticks going)
         self.before_drain: Callable[[], None] | None = None  # hands over what a drain must apply too
         with _settlers_lock:
             _settlers.setdefault(place, weakref.WeakSet()).add(self)
@@ -109,9 +111,12 @@ class Settler:
             self._condition.notify()
 
     def wake(self) -> None:
-        """Start the background thread now (for `tick`), if it is not running."""
+        """Run `tick` every TICK_SECONDS from now on, until it returns False."""
         with self._condition:
+            self._ticking = True
+            self._wakes += 1
             self._start()
+            self._condition.notify()
 
     def _start(self) -> None:
         if self._thread is None and not self._closed:
@@ -163,13 +168,13 @@ class Settler:
 
     def _reset(self) -> None:  # (in a forked child)
         self._condition = threading.Condition()
-        self._queue, self._applying, self._raising, self._thread = [], 0, 0, None
+        self._queue, self._applying, self._raising, self._thread, self._ticking = [], 0, 0, None, False
 
     def _run(self) -> None:
         while True:
             with self._condition:
                 self._condition.wait_for(lambda: self._queue or self._closed,
-                                         timeout=TICK_SECONDS if self.tick is not None else None)
+                                         timeout=TICK_SECONDS if self._ticking else None)
                 if self._closed and not self._queue:
                     return
                 batch, self._queue = self._queue, []
@@ -177,11 +182,15 @@ class Settler:
             if batch and not self._settle(batch, apply=self._apply_in_background):
                 with self._condition:
                     self._condition.wait(RETRY_SECONDS)
-            if self.tick is not None:
+            if self._ticking and self.tick is not None:
+                wakes, still = self._wakes, True
                 try:
-                    self.tick()
+                    still = self.tick()
                 except Exception:  # the next tick, a drain or close tries again
                     log.exception("llmcost: retiring idle leases failed")
+                with self._condition:
+                    if not still and wakes == self._wakes:
+                        self._ticking = False
 
     def _settle(self, batch: list[tuple[Any, int, Decimal]], taken: bool = True, apply=None) -> bool:
         """Apply a batch in one transaction; what fails is put back for a retry (False then)."""
