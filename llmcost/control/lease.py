@@ -222,6 +222,15 @@ class Leases:
             for lease in list(self._open.values()):
                 self._retire(lease)
 
+    def retire_sharing(self, counters) -> None:
+        """Settle the leases held against any of these counters but the system's (whose figures a budget's
+        refusal or warning judged)."""
+        wanted = {counter for counter in counters if counter.scope != "system"}
+        with self._lock:
+            for lease in list(self._open.values()):
+                if wanted.intersection(lease.request.counters):
+                    self._retire(lease)
+
     def _retire(self, lease: Lease) -> None:
         if self._open.get(lease.key) is lease:
             del self._open[lease.key]

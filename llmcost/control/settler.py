@@ -135,10 +135,11 @@ class Settler:
         Read without the lock: a settle handed over by another thread may be missed, as if it had not ended yet."""
         return self._raising > 0
 
-    def drain(self) -> bool:
+    def drain(self, *, everything: bool = True) -> bool:
         """Apply every pending settle now (in this thread) and wait for those the background is applying;
-        True when there were any. Never raises: settles that fail stay pending, and are retried."""
-        if self.before_drain is not None:
+        True when there were any. Never raises: settles that fail stay pending, and are retried. `everything`:
+        with what `before_drain` hands over (every lease)."""
+        if everything and self.before_drain is not None:
             self.before_drain()
         with self._condition:
             had = bool(self._queue or self._applying)

@@ -32,7 +32,13 @@ from typing import Any
 from llmcost.config import Settings, load_settings
 from llmcost.control.backend import open_control
 from llmcost.control.lease import Leases
-from llmcost.control.policy import BudgetDecision, check_before_call, release_after_refusal, settle_after_call
+from llmcost.control.policy import (
+    BudgetDecision,
+    admission_request,
+    check_before_call,
+    release_after_refusal,
+    settle_after_call,
+)
 from llmcost.control.settler import Settler
 from llmcost.errors import (
     BudgetExceededError,
@@ -203,8 +209,8 @@ class Tracker:
         self.ensure_control_rebuilt(day)
         self._upkeep(day)
         settler = self._settler
-        if settler is not None and settler.raising:
-            settler.drain()
+        if settler is not None and settler.raising:  # (a lease whose calls took more than it holds is handed over)
+            settler.drain(everything=False)
         if self._leases is not None and details is None and reservation_id is None:
             leased = self._leases.admit(day=day, user_id=user_id, tenant_id=tenant_id, use_case=use_case,
                                         account_type=account_type, estimated_tokens=estimated_tokens,
@@ -217,15 +223,30 @@ class Tracker:
             estimated_cost=estimated_cost, service_key=service_key, details=details, reservation_id=reservation_id)
         try:
             decision = check()
-        except (BudgetExceededError, SpendingHaltedError):
-            drained = settler is not None and settler.drain()
+        except (BudgetExceededError, SpendingHaltedError) as refused:
+            drained = settler is not None and self._drain_for(refused, day=day, user_id=user_id, tenant_id=tenant_id,
+                                                              use_case=use_case, account_type=account_type,
+                                                              service_key=service_key)
             if not (self.control.release_stale(self.settings.reservation_ttl_seconds) or drained):
                 raise
             return check()
-        if decision.reason and settler is not None and settler.drain():  # judged with finished calls' estimates
-            release_after_refusal(self.control, decision)
+        if decision.reason and settler is not None and self._drain_for(None, counters=decision.reservation.counters):
+            release_after_refusal(self.control, decision)  # judged with finished calls' estimates
             return check()
         return decision
+
+    def _drain_for(self, refused: Exception | None, *, counters=None, **identity) -> bool:
+        """Apply the settles pending in this process that a refusal or warning may have judged (the leases held
+        against the same budgets; every lease for a halt); True when there were any."""
+        if self._leases is not None:
+            if isinstance(refused, SpendingHaltedError):
+                self._leases.retire_all()
+            else:
+                if counters is None:
+                    counters = admission_request(self.settings, estimated_tokens=0, estimated_cost=Decimal(0),
+                                                 **identity).counters
+                self._leases.retire_sharing(counters)
+        return self._settler.drain(everything=False)
 
     def settle(self, decision: BudgetDecision, tokens: int, cost: Decimal) -> None:
         """Settle a finished call (journaled already); never raises: a failure is logged and retried (in the
