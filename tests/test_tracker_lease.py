@@ -4,6 +4,7 @@ differs from admitting each call; switches from any process still take effect on
 from __future__ import annotations
 
 import dataclasses
+import os
 import sqlite3
 import subprocess
 import sys
@@ -131,3 +132,22 @@ def test_an_idle_lease_is_settled_without_any_read_in_its_process(tracker, setti
         time.sleep(0.05)
     reader.close()
     assert seen == (120, 0)
+
+
+def test_a_forked_child_admits_nothing_on_its_parents_lease(tracker, settings, lasting_leases):
+    first = call(tracker)
+    pid = os.fork()
+    if pid == 0:  # the child: its own lease, settled at its close; the parent's stays the parent's
+        code = 1
+        try:
+            call(tracker)
+            tracker.close()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    call(tracker)
+    day = local_day(first.started_at, settings.tz)
+    assert tracker.control.user_spend(day, "builder")[0] == 3 * 120
+    assert tracker.control.in_flight() == 0
