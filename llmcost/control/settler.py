@@ -113,10 +113,11 @@ class Settler:
     def wake(self) -> None:
         """Run `tick` every TICK_SECONDS from now on, until it returns False."""
         with self._condition:
-            self._ticking = True
             self._wakes += 1
-            self._start()
-            self._condition.notify()
+            if not self._ticking:
+                self._ticking = True
+                self._start()
+                self._condition.notify()
 
     def _start(self) -> None:
         if self._thread is None and not self._closed:
