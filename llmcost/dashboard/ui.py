@@ -232,7 +232,10 @@ def sidebar(settings: Settings, access: Access) -> PageContext:
     url_state.restore(options, max(today, span.last_day or today), default_range)
     with st.sidebar:
         _access_box(access)
-        st.header("Filters")
+    # The filters sit in a popover whose label says what they are set to: the browser draws its widgets (a date
+    # picker, three multiselects) only when it is opened, which took a third of a bare page's time off every page.
+    with st.sidebar.popover(_filters_label(st.session_state, today), icon=":material/filter_alt:",
+                            width="stretch"):
         chosen = st.date_input(
             "Dates",
             # No `value`: the range (a link's, else the default) is in session state, and a value that
@@ -245,7 +248,7 @@ def sidebar(settings: Settings, access: Access) -> PageContext:
         providers = st.multiselect("Providers", options["providers"], key="filter_providers",
                                    placeholder="All providers")
         models = st.multiselect("Models", options["models"], key="filter_models", placeholder="All models")
-        st.caption(f"Times in {settings.timezone}")
+    st.sidebar.caption(f"Times in {settings.timezone}")
     start, end = _date_range(chosen, today)
     url_state.keep(start, end, {"filter_tenants": tenants, "filter_providers": providers, "filter_models": models},
                    default_range)
@@ -253,6 +256,20 @@ def sidebar(settings: Settings, access: Access) -> PageContext:
     context = PageContext(settings, filters, today, access)
     st.session_state[CONTEXT_KEY] = context
     return context
+
+
+FILTER_NAMES = {"filter_tenants": ("tenant", "tenants"), "filter_providers": ("provider", "providers"),
+                "filter_models": ("model", "models")}
+
+
+def _filters_label(state: Any, today: dt.date) -> str:
+    """What the filters are set to, in a line: the dates, then how many of each list are chosen, if any."""
+    start, end = _date_range(state.get(url_state.DATES_KEY), today)
+    parts = [f"{start:%Y-%m-%d}" if start == end else f"{start:%Y-%m-%d} to {end:%Y-%m-%d}"]
+    for key, (one, many) in FILTER_NAMES.items():
+        if count := len(state.get(key) or ()):
+            parts.append(f"{count} {one if count == 1 else many}")
+    return "Filters: " + ", ".join(parts)
 
 
 def _date_range(chosen: Any, today: dt.date) -> tuple[dt.date, dt.date]:
