@@ -117,8 +117,10 @@ def menu(page) -> list[str]:
 
 
 # The last heading each page draws: once it shows, the page's buttons are all there.
-LAST_HEADING = {"Overview": "Sync", "Use cases": "Models and providers", "Users and tenants": "Top tenants by cost",
+LAST_HEADING = {"Overview": "Sync", "Users and tenants": "Top tenants by cost",
                 "Failed logs": "Not recovered, by error", "Budgets and alerts": "Kill switches"}
+# Pages whose last part is a section (a collapsed expander) rather than a heading.
+LAST_SECTION = {"Use cases": "Models and providers"}
 
 
 def open_page(page, title: str) -> None:
@@ -139,6 +141,8 @@ def wait_until_drawn(page, title: str) -> None:
         time.sleep(0.2)
     if title in LAST_HEADING:
         page.get_by_role("heading", name=LAST_HEADING[title]).wait_for(timeout=60_000)
+    if title in LAST_SECTION:
+        page.get_by_test_id("stExpander").filter(has_text=LAST_SECTION[title]).wait_for(timeout=60_000)
     time.sleep(1)
     page.get_by_test_id("stStatusWidget").wait_for(state="detached", timeout=60_000)
 
