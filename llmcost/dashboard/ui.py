@@ -244,8 +244,8 @@ def sidebar(settings: Settings, access: Access) -> PageContext:
         _access_box(access)
     # The filters sit in a popover whose label says what they are set to: the browser draws its widgets (a date
     # picker, three multiselects) only when it is opened, which took a third of a bare page's time off every page.
-    with st.sidebar.popover(_filters_label(st.session_state, today), icon=":material/filter_alt:",
-                            width="stretch"):
+    with st.sidebar.popover(url_state.filters_label(st.session_state, default_range), width="stretch",
+                            icon=":material/filter_alt:"):
         chosen = st.date_input(
             "Dates",
             # No `value`: the range (a link's, else the default) is in session state, and a value that
@@ -259,37 +259,13 @@ def sidebar(settings: Settings, access: Access) -> PageContext:
                                    placeholder="All providers")
         models = st.multiselect("Models", options["models"], key="filter_models", placeholder="All models")
     st.sidebar.caption(f"Times in {settings.timezone}")
-    start, end = _date_range(chosen, today)
+    start, end = url_state.date_range(chosen, default_range)
     url_state.keep(start, end, {"filter_tenants": tenants, "filter_providers": providers, "filter_models": models},
                    default_range)
     filters = dq.Filters(start, end, tuple(tenants), tuple(providers), tuple(models), scope=access.tenants)
     context = PageContext(settings, filters, today, access)
     st.session_state[CONTEXT_KEY] = context
     return context
-
-
-FILTER_NAMES = {"filter_tenants": ("tenant", "tenants"), "filter_providers": ("provider", "providers"),
-                "filter_models": ("model", "models")}
-
-
-def _filters_label(state: Any, today: dt.date) -> str:
-    """What the filters are set to, in a line: the dates, then how many of each list are chosen, if any."""
-    start, end = _date_range(state.get(url_state.DATES_KEY), today)
-    parts = [f"{start:%Y-%m-%d}" if start == end else f"{start:%Y-%m-%d} to {end:%Y-%m-%d}"]
-    for key, (one, many) in FILTER_NAMES.items():
-        if count := len(state.get(key) or ()):
-            parts.append(f"{count} {one if count == 1 else many}")
-    return "Filters: " + ", ".join(parts)
-
-
-def _date_range(chosen: Any, today: dt.date) -> tuple[dt.date, dt.date]:
-    # While a range is being picked the widget holds one day; treat it as a one-day range.
-    if isinstance(chosen, dt.date):
-        return chosen, chosen
-    days = [d for d in (chosen or ()) if d is not None]
-    if not days:
-        return today - dt.timedelta(days=DEFAULT_DAYS - 1), today
-    return min(days), max(days)
 
 
 def context() -> PageContext:
