@@ -173,6 +173,7 @@ def test_operator_viewer_and_tenant_user_sign_in_and_see_what_their_role_allows(
     ingests = [e for e in audit.entries(audit.audit_path_for(settings.control_db)) if e["action"] == "ingest"]
     assert [e["by"] for e in ingests] == ["ana@example.com"]
     open_page(operator, "Budgets and alerts")
+    operator.get_by_text("Disable or enable a use case").click()  # the forms are drawn once it is opened
     operator.get_by_role("button", name="Enable", exact=True).wait_for(timeout=30_000)
     assert {"Disable", "Enable"} <= buttons(operator)
     operator.get_by_role("button", name="Sign out").click()
@@ -192,6 +193,7 @@ def test_operator_viewer_and_tenant_user_sign_in_and_see_what_their_role_allows(
     assert viewer.get_by_text("Dismiss failed logs that need nothing more").count() == 0
     open_page(viewer, "Budgets and alerts")
     assert not buttons(viewer) & set(OPERATOR_BUTTONS)
+    assert viewer.get_by_text("Disable or enable a use case").count() == 0
 
     tenant = sign_in(browser, url, "tess@client.example")
     tenant.get_by_text("Signed in as tess@client.example (viewer of tenant-b)").wait_for(timeout=30_000)
