@@ -98,9 +98,10 @@ if days_over:
 else:
     st.caption(ui.dollars(f"No day in this range reached the warning level ({fmt.money(levels['warning'])}), "
                           "so the levels are not drawn."))
-with st.expander("Daily figures by use case"):
-    ui.table(data.daily, "overview_daily", file_name="daily-spend.csv", money=["cost_usd"],
-             counts=["calls", "tokens"])
+with ui.section("Daily figures by use case", "overview_daily_figures") as shown:
+    if shown:
+        ui.table(data.daily, "overview_daily", file_name="daily-spend.csv", money=["cost_usd"],
+                 counts=["calls", "tokens"])
 
 by_model, movers = st.columns(2)
 with by_model:

@@ -9,6 +9,7 @@ from llmcost.dashboard import queries as dq
 context = ui.context()
 settings, filters = context.settings, context.filters
 OVER_LIMIT_STYLE = "background-color: #ffe3e3"
+DEFAULT_LIMIT = 20
 # The columns a reader needs first, so they are never behind a horizontal scroll.
 TOP_USER_COLUMNS = ["user_id", "cost_usd", "used_share", "action", "tenant_id", "account_type", "calls",
                     "total_tokens", "cost_today", "limit_cost_usd", "tokens_today", "limit_tokens"]
@@ -23,7 +24,11 @@ def highlight_over_limit(frame):
 
 
 st.title("Users and tenants")
-limit = st.number_input("How many to show", min_value=5, max_value=500, value=20, step=5, key="users_limit")
+# In a popover that says how many are shown: the browser draws the number input only when it is opened.
+with st.popover(f"Top {st.session_state.get('users_limit', DEFAULT_LIMIT)} users and tenants",
+                icon=":material/format_list_numbered:"):
+    limit = st.number_input("How many to show", min_value=5, max_value=500, value=DEFAULT_LIMIT, step=5,
+                            key="users_limit")
 data = ui.load(dq.users, settings, context.today, filters, int(limit))
 if data is None:
     ui.stop_without_data()

@@ -17,9 +17,12 @@ st.title("Failed logs")
 st.caption("Calls whose record went to the fallback log, lines that could not be read, and calls stored "
            "without a user or tenant. A fallback-log record is recovered once its event is in the store.")
 
-status_column, kinds_column = st.columns(2)
-status = status_column.selectbox("Status", list(STATUS_LABELS), format_func=STATUS_LABELS.get, key="failed_status")
-kinds = kinds_column.multiselect("Kinds", failed_queries.FAILED_KINDS, key="failed_kinds", placeholder="All kinds")
+# In a popover that says what is shown: the browser draws the select boxes only when it is opened.
+shown_kinds = st.session_state.get("failed_kinds") or ()
+with st.popover(f"{STATUS_LABELS[st.session_state.get('failed_status', 'unrecovered')]}, "
+                + (", ".join(shown_kinds) if shown_kinds else "all kinds"), icon=":material/filter_alt:"):
+    status = st.selectbox("Status", list(STATUS_LABELS), format_func=STATUS_LABELS.get, key="failed_status")
+    kinds = st.multiselect("Kinds", failed_queries.FAILED_KINDS, key="failed_kinds", placeholder="All kinds")
 query = failed_queries.FailedLogQuery(status=status, kinds=tuple(kinds))
 data = ui.load(failed_queries.failed, settings, filters, settings.timezone, query)
 if data is None:
@@ -45,29 +48,33 @@ ui.table(data.rows, "failed_table", file_name="failed-logs.csv", counts=["estima
          times=["logged_at", "recovered_at", "dismissed_at"], timezone=settings.timezone,
          order=[c for c in data.rows.columns if c != "raw"], pinned=["logged_at"])
 
+# The full text of one failed log and the Dismiss form sit in sections drawn only when opened.
 if not data.rows.empty:
-    with st.expander("Full error and raw text of one failed log", expanded=False):
-        chosen_id = st.selectbox("Failed log", data.rows["failed_id"].tolist(), key="failed_detail_id")
-        chosen_row = data.rows.loc[data.rows["failed_id"] == chosen_id].iloc[0]
-        # st.text shows the text exactly as stored, never read as markdown or HTML.
-        st.markdown("**Error**")
-        st.text(str(chosen_row["error"] or ""))
-        st.markdown("**Raw text**")
-        st.text(str(chosen_row["raw"] or ""))
+    with ui.section("Full error and raw text of one failed log", "failed_detail") as shown:
+        if shown:
+            chosen_id = st.selectbox("Failed log", data.rows["failed_id"].tolist(), key="failed_detail_id")
+            chosen_row = data.rows.loc[data.rows["failed_id"] == chosen_id].iloc[0]
+            # st.text shows the text exactly as stored, never read as markdown or HTML.
+            st.markdown("**Error**")
+            st.text(str(chosen_row["error"] or ""))
+            st.markdown("**Raw text**")
+            st.text(str(chosen_row["raw"] or ""))
 
 open_ids = data.rows.loc[~data.rows["recovered"] & data.rows["dismissed_at"].isna(), "failed_id"].tolist()
 if context.access.can_operate:
-    with st.expander("Dismiss failed logs that need nothing more", expanded=False):
-        st.caption("Dismissed entries stay in this table, marked with who dismissed them, when and why; they leave "
-                   "the warning banner and the counts of entries not recovered.")
-        chosen = st.multiselect("Failed logs shown above", open_ids, key="failed_dismiss_ids",
-                                placeholder="Choose by failed_id")
-        reason = st.text_input("Why they need nothing more", key="failed_dismiss_reason")
-        by = context.access.who if context.access.signed_in else st.text_input("Dismissed by", key="failed_dismiss_by")
-        confirmed = st.checkbox(f"Dismiss {len(chosen)} failed log(s)", key="failed_dismiss_confirm")
-        st.button("Dismiss", key="failed_dismiss", on_click=ui.dismiss_now,
-                  args=(settings, DISMISS_MESSAGE, chosen, reason, by),
-                  disabled=not (chosen and reason.strip() and confirmed))
+    with ui.section("Dismiss failed logs that need nothing more", "failed_dismiss_section") as shown:
+        if shown:
+            st.caption("Dismissed entries stay in this table, marked with who dismissed them, when and why; they "
+                       "leave the warning banner and the counts of entries not recovered.")
+            chosen = st.multiselect("Failed logs shown above", open_ids, key="failed_dismiss_ids",
+                                    placeholder="Choose by failed_id")
+            reason = st.text_input("Why they need nothing more", key="failed_dismiss_reason")
+            by = (context.access.who if context.access.signed_in
+                  else st.text_input("Dismissed by", key="failed_dismiss_by"))
+            confirmed = st.checkbox(f"Dismiss {len(chosen)} failed log(s)", key="failed_dismiss_confirm")
+            st.button("Dismiss", key="failed_dismiss", on_click=ui.dismiss_now,
+                      args=(settings, DISMISS_MESSAGE, chosen, reason, by),
+                      disabled=not (chosen and reason.strip() and confirmed))
 ui.show_message(DISMISS_MESSAGE)
 
 st.subheader("Not recovered, by error")

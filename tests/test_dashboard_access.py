@@ -19,7 +19,18 @@ from llmcost.dashboard.access import OPERATOR, VIEWER, Access, decide_access, is
 from llmcost.errors import ConfigError
 from llmcost.store import connection as store
 from tests.dashboard_seed import event, failed_log, insert
-from tests.test_dashboard_pages import APP, PAGES, assert_no_exception, navigation_pages, table, texts  # noqa: F401
+from tests.test_dashboard_pages import (  # noqa: F401
+    APP,
+    PAGES,
+    assert_no_exception,
+    navigation_pages,
+    open_section,
+    table,
+    texts,
+)
+
+# The lazy sections that hold operator forms: opened wherever a test looks for their buttons.
+ACTION_SECTIONS = ("failed_dismiss_section", "budgets_switches")
 
 RULES = DashboardSettings(
     roles=DashboardRoles(operator=("ana@example.com", "group:llm-ops"), viewer=("@example.com", "vic@partner.org")),
@@ -205,9 +216,11 @@ def test_an_operator_sees_every_action(configured):
     assert "Signed in as ana@example\\.com (operator)" in sidebar_captions(app)
     assert app.button(key="overview_refresh") and app.button(key="auth_sign_out")
     app.switch_page(PAGES[3]).run()
+    open_section(app, "failed_dismiss_section")
     assert app.button(key="failed_replay") and app.button(key="failed_dismiss")
     assert not [t for t in app.text_input if t.key == "failed_dismiss_by"]  # the signed-in email is who
     app.switch_page(PAGES[5]).run()
+    open_section(app, "budgets_switches")
     assert app.button(key="budgets_disable") and app.button(key="budgets_enable")
 
 
@@ -216,6 +229,9 @@ def test_a_viewer_sees_every_page_and_no_action(configured):
     keys = set()
     for page in PAGES:
         app.switch_page(page).run()
+        for section in ACTION_SECTIONS:  # a viewer's page has no such section; opening one draws nothing
+            app.session_state[section] = True
+        app.run()
         assert_no_exception(app)
         keys |= {b.key for b in app.button}
     assert "auth_sign_out" in keys and not keys & OPERATOR_BUTTONS
@@ -286,7 +302,7 @@ def test_operator_actions_are_recorded_with_the_signed_in_email(configured):
     from llmcost.control import audit
     from llmcost.control.state import ControlState
 
-    app = open_app(user=signed_in("ana@example.com"), page=PAGES[5])
+    app = open_section(open_app(user=signed_in("ana@example.com"), page=PAGES[5]), "budgets_switches")
     app.selectbox(key="budgets_disable_use_case").set_value("chat_tutor")
     app.text_input(key="budgets_disable_reason").input("runaway loop")
     app.checkbox(key="budgets_disable_confirm").check()

@@ -181,8 +181,13 @@ def test_a_link_reproduces_filters_and_page_and_the_top_users_fit(settings, chro
     from playwright.sync_api import expect
 
     sidebar = page.get_by_test_id("stSidebar")
-    expect(sidebar.get_by_text("tenant-b")).to_be_visible(timeout=30_000)  # the link's tenant is chosen
-    expect(sidebar.locator("input[type=date]").first).to_have_value(str(start))
+    # The filters' popover says what they are set to, and opened shows the link's tenant and dates chosen.
+    filters = sidebar.get_by_test_id("stPopover")
+    expect(filters).to_contain_text(f"Filters: {start} to {today}, 1 tenant", timeout=30_000)
+    filters.get_by_role("button").click()
+    body = page.get_by_test_id("stPopoverBody")
+    expect(body.get_by_text("tenant-b")).to_be_visible(timeout=30_000)
+    expect(body.locator("input").first).to_have_value(str(start))
     assert "tenant=tenant-b" in page.url and f"start={start}" in page.url and "/users" in page.url
     # Twenty rows asked, twenty in view: the table is as tall as 20 rows and its header (35 px each).
     grid = page.locator(".st-key-users_top [data-testid=stDataFrameResizable]")

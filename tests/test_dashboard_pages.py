@@ -68,6 +68,12 @@ def open_page(page: str = PAGES[0]) -> AppTest:
     return app
 
 
+def open_section(app: AppTest, key: str) -> AppTest:
+    """Open a lazy section (`ui.section`), as a click on its expander does: its content runs from then on."""
+    app.session_state[key] = True
+    return app.run()
+
+
 def assert_no_exception(app: AppTest) -> None:
     assert not app.exception, [e.value for e in app.exception]
 
@@ -388,7 +394,7 @@ def test_kill_switch_changes_what_the_tracker_enforces(settings):
     from llmcost.sdk.tracker import Tracker
 
     insert(settings.db_path, "usage_events", [event(today(settings), "1")])
-    app = open_page(PAGES[5])
+    app = open_section(open_page(PAGES[5]), "budgets_switches")
     app.selectbox(key="budgets_disable_use_case").set_value("chat_tutor")
     app.text_input(key="budgets_disable_reason").input("runaway loop")
     app.button(key="budgets_disable").click().run()
@@ -424,7 +430,9 @@ def test_integrity_page_lists_a_stale_attempt(settings):
     insert(settings.db_path, "usage_events", [event(now.date(), "1")])
     app = open_page(PAGES[4])
     assert_no_exception(app)
-    stale = table(app, "integrity_stale_attempts")
+    with pytest.raises(KeyError):  # the table is drawn only once its section is opened
+        app.container(key="integrity_stale_attempts")
+    stale = table(open_section(app, "integrity_stale_attempts_section"), "integrity_stale_attempts")
     assert stale["attempt_id"].tolist() == ["lost-call"]
 
 
@@ -436,7 +444,7 @@ def test_dismissing_a_failed_log_keeps_it_marked_in_the_table_and_takes_it_off_t
         failed_log(noon, failed_id="readme-1", kind="refused", error="not a usage file: README.md"),
         failed_log(noon, failed_id="disk-1"),
     ])
-    app = open_page(PAGES[3])
+    app = open_section(open_page(PAGES[3]), "failed_dismiss_section")
     assert app.button(key="failed_dismiss").disabled
     app.multiselect(key="failed_dismiss_ids").select("readme-1")
     app.text_input(key="failed_dismiss_reason").input("ingested README.md by mistake")

@@ -17,6 +17,7 @@ from tests.test_dashboard_pages import (
     assert_no_exception,
     navigation_pages,
     open_page,
+    open_section,
     served_on_loopback,
     texts,
     today,
@@ -100,6 +101,7 @@ def test_use_cases_lists_configured_use_cases_without_calls(settings):
     assert set(shown) == {"chat_tutor", *settings.use_cases}
     assert headers == ["Use case", "Calls", "Input tokens", "Output tokens", "Tokens", "Cost"]
     assert any("interaction\\_generator" in c for c in texts(app.caption))
+    open_section(app, "use_cases_trend")  # the trend is drawn once its section is opened
     assert [json.loads(c.proto.spec)["title"] for c in app.get("vega_lite_chart")] == [
         "Cost by use case", "Daily cost per use case"]  # the per-use-case trend over time
 
@@ -126,7 +128,8 @@ def test_failed_log_shows_its_full_error_and_raw_text_verbatim(settings):
     assert "Raw" not in headers and headers[0] == "Logged at"
     assert cells["recovered_at"].tolist() == [""] and cells["dismissed_by"].tolist() == [""]  # blank, not None
     assert cells["logged_at"].iloc[0].endswith(" UTC")
-    shown = [text.value for text in app.text]
+    assert not app.text  # the full text is drawn once its section is opened
+    shown = [text.value for text in open_section(app, "failed_detail").text]
     assert shown == [long_error, HOSTILE_RAW]  # whole and exact, as plain text: never markdown or HTML
     assert not any("onerror" in m.value for m in app.markdown)
 

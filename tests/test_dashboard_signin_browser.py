@@ -117,8 +117,10 @@ def menu(page) -> list[str]:
 
 
 # The last heading each page draws: once it shows, the page's buttons are all there.
-LAST_HEADING = {"Overview": "Sync", "Use cases": "Models and providers", "Users and tenants": "Top tenants by cost",
+LAST_HEADING = {"Overview": "Sync", "Users and tenants": "Top tenants by cost",
                 "Failed logs": "Not recovered, by error", "Budgets and alerts": "Kill switches"}
+# Pages whose last part is a section (a collapsed expander) rather than a heading.
+LAST_SECTION = {"Use cases": "Models and providers"}
 
 
 def open_page(page, title: str) -> None:
@@ -139,6 +141,8 @@ def wait_until_drawn(page, title: str) -> None:
         time.sleep(0.2)
     if title in LAST_HEADING:
         page.get_by_role("heading", name=LAST_HEADING[title]).wait_for(timeout=60_000)
+    if title in LAST_SECTION:
+        page.get_by_test_id("stExpander").filter(has_text=LAST_SECTION[title]).wait_for(timeout=60_000)
     time.sleep(1)
     page.get_by_test_id("stStatusWidget").wait_for(state="detached", timeout=60_000)
 
@@ -169,6 +173,7 @@ def test_operator_viewer_and_tenant_user_sign_in_and_see_what_their_role_allows(
     ingests = [e for e in audit.entries(audit.audit_path_for(settings.control_db)) if e["action"] == "ingest"]
     assert [e["by"] for e in ingests] == ["ana@example.com"]
     open_page(operator, "Budgets and alerts")
+    operator.get_by_text("Disable or enable a use case").click()  # the forms are drawn once it is opened
     operator.get_by_role("button", name="Enable", exact=True).wait_for(timeout=30_000)
     assert {"Disable", "Enable"} <= buttons(operator)
     operator.get_by_role("button", name="Sign out").click()
@@ -188,6 +193,7 @@ def test_operator_viewer_and_tenant_user_sign_in_and_see_what_their_role_allows(
     assert viewer.get_by_text("Dismiss failed logs that need nothing more").count() == 0
     open_page(viewer, "Budgets and alerts")
     assert not buttons(viewer) & set(OPERATOR_BUTTONS)
+    assert viewer.get_by_text("Disable or enable a use case").count() == 0
 
     tenant = sign_in(browser, url, "tess@client.example")
     tenant.get_by_text("Signed in as tess@client.example (viewer of tenant-b)").wait_for(timeout=30_000)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import streamlit as st
 
@@ -16,6 +17,8 @@ DATES_KEY = "filter_dates"
 # Widget key -> query parameter (repeated for several values: ?tenant=a&tenant=b).
 LISTS = {"filter_tenants": "tenant", "filter_providers": "provider", "filter_models": "model"}
 RESTORED_KEY = "url_state_restored"
+LIST_NAMES = {"filter_tenants": ("tenant", "tenants"), "filter_providers": ("provider", "providers"),
+              "filter_models": ("model", "models")}
 
 
 def _day(text: str | None) -> dt.date | None:
@@ -57,3 +60,21 @@ def keep(start: dt.date, end: dt.date, lists: Mapping[str, Sequence[str]], defau
                 params[name] = wanted[name]
             elif name in params:
                 del params[name]
+
+
+def date_range(chosen: Any, default: tuple[dt.date, dt.date]) -> tuple[dt.date, dt.date]:
+    """The date filter's range; while a range is being picked the widget holds one day: a one-day range."""
+    if isinstance(chosen, dt.date):
+        return chosen, chosen
+    days = [d for d in (chosen or ()) if d is not None]
+    return (min(days), max(days)) if days else default
+
+
+def filters_label(state: Mapping[str, Any], default: tuple[dt.date, dt.date]) -> str:
+    """What the filters are set to, in a line: the dates, then how many of each list are chosen, if any."""
+    start, end = date_range(state.get(DATES_KEY), default)
+    parts = [f"{start:%Y-%m-%d}" if start == end else f"{start:%Y-%m-%d} to {end:%Y-%m-%d}"]
+    for key, (one, many) in LIST_NAMES.items():
+        if count := len(state.get(key) or ()):
+            parts.append(f"{count} {one if count == 1 else many}")
+    return "Filters: " + ", ".join(parts)
