@@ -73,6 +73,17 @@ def test_warm_leaves_the_collector_only_what_later_runs_make():
     assert frozen > 100_000 and scanned < frozen / 50, (frozen, scanned)
 
 
+@pytest.mark.parametrize("config", ["[dashboard]\nno_such_key = 1\n", None], ids=["bad config", "no store yet"])
+def test_warm_leaves_a_config_or_store_problem_to_the_page(tmp_path, config):
+    """The server still starts: the page then shows the error, or the command that fills the store."""
+    if config:
+        (tmp_path / "llmcost.toml").write_text(config)
+    done = subprocess.run([sys.executable, "-c", "from llmcost.dashboard import server; server.warm(); print('warm')"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.split() == ["warm"], done.stderr
+    assert not list((tmp_path / "home").glob("*.duckdb"))  # nothing created
+
+
 def test_page_imports_names_the_modules_behind_from_imports(tmp_path):
     app = tmp_path / "app.py"
     app.write_text("import streamlit as st\nfrom llmcost.dashboard import legacy_pages, ui\n")
