@@ -139,12 +139,25 @@ def stop(server: subprocess.Popen) -> None:
         server.kill()
 
 
-def load_once(browser, url: str, heading: str, context=None) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system, every thread) a process has used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_once(browser, url: str, heading: str, context=None, server_pid: int | None = None) -> dict[str, float]:
     """Seconds from navigation to the heading, and to fully rendered, in a new Streamlit session (a new tab;
-    in a new browser profile too, with nothing cached, unless `context` is given)."""
+    in a new browser profile too, with nothing cached, unless `context` is given). With `server_pid`, also the
+    CPU seconds the server and the page's renderer used until then: on a shared machine the wall clock moves
+    with everyone else's load, the CPU time much less."""
     own = context is None
     context = context or browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
+    cdp = None
+    if server_pid is not None:
+        cdp = context.new_cdp_session(page)
+        cdp.send("Performance.enable")
+        server_cpu = cpu_seconds(server_pid)
     try:
         started = time.perf_counter()
         page.goto(url)
@@ -158,7 +171,12 @@ def load_once(browser, url: str, heading: str, context=None) -> dict[str, float]
         errors = page.locator("[data-testid=stException]").count()
         if errors:
             raise RuntimeError(f"{url} shows {errors} exception(s)")
-        return {"heading_s": heading_s, "rendered_s": rendered_s, **page.evaluate(COUNTS)}
+        found = {"heading_s": heading_s, "rendered_s": rendered_s, **page.evaluate(COUNTS)}
+        if cdp is not None:
+            metrics = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+            found.update(server_cpu_s=cpu_seconds(server_pid) - server_cpu,
+                         renderer_main_thread_cpu_s=metrics["ThreadTime"], renderer_cpu_s=metrics["ProcessTime"])
+        return found
     finally:
         page.close()
         if own:
@@ -189,7 +207,8 @@ def first_loads(browser, work: Path, env: dict[str, str], app: Path, launch: str
                                            ("overview", app, launch, PAGES[0][0])):
             server, url, start_s = start_timed_server(script, work, env, how)
             try:
-                loads[name].append({**load_once(browser, url, heading), "server_start_s": start_s})
+                loads[name].append({**load_once(browser, url, heading, server_pid=server.pid),
+                                    "server_start_s": start_s})
             finally:
                 stop(server)
     return loads
@@ -201,10 +220,11 @@ def report_first_loads(loads: dict[str, list], args, app: Path) -> None:
 
     ratio = median("overview", "rendered_s") / median("bare", "rendered_s")
     print(f"{'first load on a fresh server':<34} {'server start':>13} {'heading':>9} {'rendered':>9}  (medians of "
-          f"{args.repeats})")
+          f"{args.repeats}; CPU used during the load)")
     for name, title in (("bare", "bare Streamlit page"), ("overview", f"Overview ({args.launch})")):
         print(f"{title:<34} {median(name, 'server_start_s') * 1000:>10.0f} ms {median(name, 'heading_s') * 1000:>6.0f} "
-              f"ms {median(name, 'rendered_s') * 1000:>6.0f} ms")
+              f"ms {median(name, 'rendered_s') * 1000:>6.0f} ms  CPU: server {median(name, 'server_cpu_s') * 1000:.0f}"
+              f" ms, renderer {median(name, 'renderer_cpu_s') * 1000:.0f} ms")
     pairs = [o["rendered_s"] / b["rendered_s"] for b, o in zip(loads["bare"], loads["overview"])]
     print(f"Overview / bare page: {ratio:.2f}x (each repeat: {', '.join(f'{r:.2f}' for r in pairs)}); "
           f"target {TARGET_RATIO:g}x {'met' if ratio <= TARGET_RATIO else 'not met'}")
