@@ -20,7 +20,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/activate
 
 run: $(VENV)/.installed
 	$(BIN)/llmcost demo --if-empty
-	$(BIN)/streamlit run app.py --server.headless true --server.port $(PORT)
+	$(BIN)/llmcost dashboard --server.headless true --server.port $(PORT)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check llmcost tests bench app.py pages

@@ -135,3 +135,22 @@ def test_dashboard_load_benchmark_renders_every_page_against_a_bare_one(tmp_path
     assert all(charts[name] == 1 for name in plotly_reference)
     assert charts["Overview"] >= 2  # the daily spend and spend by model
     assert "vs bare" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_dashboard_first_load_benchmark_alternates_fresh_servers(tmp_path):
+    if not Path("/usr/bin/chromium").is_file():
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is missing")
+    out = tmp_path / "first_load.json"
+    done = subprocess.run([sys.executable, str(BENCH / "dashboard_load.py"), "--first-only", "--repeats", "2",
+                           "--days", "3", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    assert results["launch"] == "llmcost" and len(results["loads"]["bare"]) == len(results["loads"]["overview"]) == 2
+    for load in results["loads"]["bare"] + results["loads"]["overview"]:
+        assert 0 < load["heading_s"] <= load["rendered_s"] and load["server_start_s"] > 0
+    assert results["loads"]["overview"][0]["charts"] >= 2 and results["loads"]["bare"][0]["charts"] == 0
+    assert len(results["ratios"]) == 2 and isinstance(results["met"], bool)
+    assert "Overview / bare page" in done.stdout

@@ -21,7 +21,7 @@ from playwright.sync_api import expect
 from llmcost.control import audit
 from llmcost.store import connection as store
 from tests.test_dashboard_access import seed  # the same three tenants' calls and failed logs
-from tests.test_dashboard_browser import ROOT, chromium, free_port, wait_until_healthy  # noqa: F401 - a fixture
+from tests.test_dashboard_browser import chromium, free_port, wait_until_healthy  # noqa: F401 - a fixture
 from tests.test_dashboard_sessions import write_events
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -59,8 +59,9 @@ def identity_provider():
 def serve(folder: Path, home: Path, env_extra: dict[str, str] | None = None):
     port = free_port()
     env = {**os.environ, "LLMCOST_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    # As `make run` serves it: `llmcost dashboard` prepares the first page, then runs Streamlit's server on app.py.
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+        [sys.executable, "-m", "llmcost", "dashboard", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"],
         cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -366,6 +366,21 @@ def serve(settings, host, port, workers, keys_file, allow_unauthenticated, max_b
                   allow_unauthenticated=allow_unauthenticated, max_body_bytes=max_body_bytes)
 
 
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("streamlit_options", nargs=-1, type=click.UNPROCESSED)
+def dashboard(streamlit_options):
+    """Serve the dashboard, its first page ready before the first visitor (what `make run` runs).
+
+    Options go to `streamlit run app.py`, e.g. `llmcost dashboard --server.port 8502`.
+    """
+    from llmcost.dashboard.server import serve as serve_dashboard
+
+    try:
+        serve_dashboard(streamlit_options)
+    except LLMCostError as error:
+        raise click.ClickException(str(error)) from error
+
+
 for _command in (*cli_monitor.COMMANDS, *cli_control.COMMANDS):
     cli.add_command(_command)
 

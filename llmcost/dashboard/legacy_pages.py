@@ -27,6 +27,13 @@ def check_switch() -> None:
         )
 
 
+def start_in_navigation_mode() -> None:
+    """Before the server starts: the first request already goes through `app.py`, with no extra run to leave
+    legacy mode (`leave_legacy_multipage_mode` stays as the way out under `streamlit run app.py`)."""
+    check_switch()
+    setattr(PagesManager, SWITCH, False)
+
+
 def leave_legacy_multipage_mode() -> None:
     """Route every request through `app.py` and `st.navigation`, even the first one after the server starts."""
     check_switch()
