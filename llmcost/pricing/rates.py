@@ -52,7 +52,8 @@ PRICE_TABLE = "price-table"
 OVERRIDE = "override"
 DEFAULT_RATE = "default-rate"
 
-_PICO = Decimal("1e-12")
+_PICO_EXPONENT = 12
+_PICO = Decimal(1).scaleb(-_PICO_EXPONENT)
 _MILLION = Decimal(1_000_000)
 _ZERO = Decimal(0)
 # Token counts up to 1e9 times prices with up to ~20 digits need far more than the default 28 digits.
@@ -162,12 +163,14 @@ class Tokens:
     @classmethod
     def of(cls, *, input_tokens: int, output_tokens: int, cache_read_tokens: int, cache_write_tokens: int,
            reasoning_tokens: int, total_tokens: int | None, cache_write_1h_tokens: int = 0) -> Tokens:
-        given = {"input_tokens": input_tokens, "output_tokens": output_tokens, "cache_read_tokens": cache_read_tokens,
-                 "cache_write_tokens": cache_write_tokens, "reasoning_tokens": reasoning_tokens,
-                 "total_tokens": total_tokens or 0, "cache_write_1h_tokens": cache_write_1h_tokens or 0}
-        for name, value in given.items():
-            if value < 0:
-                raise ValueError(f"{name} is negative ({value}); token counts must be >= 0 (fix the caller)")
+        if min(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
+               total_tokens or 0, cache_write_1h_tokens or 0) < 0:
+            given = {"input_tokens": input_tokens, "output_tokens": output_tokens,
+                     "cache_read_tokens": cache_read_tokens, "cache_write_tokens": cache_write_tokens,
+                     "reasoning_tokens": reasoning_tokens, "total_tokens": total_tokens or 0,
+                     "cache_write_1h_tokens": cache_write_1h_tokens or 0}
+            name, value = next((name, value) for name, value in given.items() if value < 0)
+            raise ValueError(f"{name} is negative ({value}); token counts must be >= 0 (fix the caller)")
         # A source that reports cached or reasoning tokens but not the whole count still used them.
         cache_write = max(int(cache_write_tokens), int(cache_write_1h_tokens or 0))
         whole_input = max(int(input_tokens), int(cache_read_tokens) + cache_write)
@@ -207,6 +210,55 @@ def exact_cost(rates: Rates, tokens: Tokens) -> Decimal:
             plain_output -= tokens.reasoning
         units += plain_input * rates.input.at(tokens.input) + plain_output * rates.output.at(tokens.input)
         return units / _MILLION + per_call
+
+
+def _pico_at(rate: tuple[int, tuple[tuple[int, int], ...]], input_tokens: int) -> int:
+    """`_Rate.at` on a rate in whole pico-dollars per token."""
+    base, tiers = rate
+    for start, price in reversed(tiers):
+        if input_tokens > start:
+            return price
+    return base
+
+
+def pico_cost(rates: Rates, tokens: Tokens) -> int | None:
+    """`exact_cost` in whole pico-dollars with integer arithmetic (the same sums, so the same number), or None
+    when a rate is finer than a pico-dollar a token and only Decimal arithmetic is exact."""
+    pico = rates.in_pico
+    if pico is None:
+        return None
+    if rates.every_token_alike:
+        return tokens.total * pico["input"][0]
+    per_call = pico["per_call"] if tokens.total else 0
+    if tokens.total_only:
+        return tokens.total * max(_pico_at(pico["input"], tokens.total), _pico_at(pico["output"], tokens.total)) + per_call
+    cost = 0
+    plain_input = tokens.input
+    if pico["cache_read"] is not None:
+        cost += tokens.cache_read * _pico_at(pico["cache_read"], tokens.input)
+        plain_input -= tokens.cache_read
+    one_hour = tokens.cache_write_1h if pico["cache_write_1h"] is not None else 0
+    if one_hour:
+        cost += one_hour * _pico_at(pico["cache_write_1h"], tokens.input)
+        plain_input -= one_hour
+    if pico["cache_write"] is not None:
+        cost += (tokens.cache_write - one_hour) * _pico_at(pico["cache_write"], tokens.input)
+        plain_input -= tokens.cache_write - one_hour
+    plain_output = tokens.output
+    if pico["reasoning"] is not None:
+        cost += tokens.reasoning * _pico_at(pico["reasoning"], tokens.input)
+        plain_output -= tokens.reasoning
+    cost += plain_input * _pico_at(pico["input"], tokens.input) + plain_output * _pico_at(pico["output"], tokens.input)
+    return cost + per_call
+
+
+def priced_cost(rates: Rates, tokens: Tokens) -> Decimal:
+    """`rounded_to_pico(exact_cost(rates, tokens))`, from whole pico-dollars where the rates allow (a Decimal of
+    the same digits and exponent: `tests/test_pricing_pico.py` compares the two over the whole table)."""
+    cost = pico_cost(rates, tokens)
+    if cost is None:
+        return rounded_to_pico(exact_cost(rates, tokens))
+    return Decimal(cost).scaleb(-_PICO_EXPONENT, context=_EXACT)
 
 
 def rounded_to_pico(cost: Decimal) -> Decimal:
@@ -271,7 +323,7 @@ class Pricer:
                             cache_write_tokens=cache_write_tokens, reasoning_tokens=reasoning_tokens,
                             total_tokens=total_tokens, cache_write_1h_tokens=cache_write_1h_tokens)
         rates = self.rates_at(self.lookup(provider, model, response_model), _utc(ts), service_tier)
-        return Price(rounded_to_pico(exact_cost(rates, tokens)), rates.source, rates.priced_model)
+        return Price(priced_cost(rates, tokens), rates.source, rates.priced_model)
 
     def carries_service_tier(self, *, provider: str | None, model: str | None, ts: datetime,
                              service_tier: str | None, response_model: str | None = None) -> bool:
