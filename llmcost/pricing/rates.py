@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from genai_prices import data_snapshot
 from genai_prices.types import ConditionalPrice, ModelInfo, ModelPrice, TieredPrices, TimeOfDateConstraint
@@ -150,8 +150,7 @@ class Rates:
         return {**rates, "per_call": int(per_call), "highest": highest}
 
 
-@dataclass(frozen=True)
-class Tokens:
+class Tokens(NamedTuple):  # a tuple: built twice per tracked call, several times faster than a frozen dataclass
     input: int
     output: int
     cache_read: int

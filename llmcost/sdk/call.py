@@ -23,6 +23,7 @@ from llmcost.errors import (
     TrackingUnavailableError,
 )
 from llmcost.events import UsageEvent
+from llmcost.lines import LineTemplate
 from llmcost.money import local_day
 from llmcost.sdk import fallback
 from llmcost.sdk.built_event import built_event
@@ -47,6 +48,13 @@ def settle_event_id(reservation_id: str) -> str:
     return str(uuid.uuid5(_SETTLE_EVENTS, reservation_id))
 
 
+# An attempt line differs from the call site's last one in its id, time and estimate.
+_ATTEMPT_LINES = LineTemplate(
+    ("record", "attempt_id", "ts", "user_id", "tenant_id", "use_case", "account_type", "provider", "model",
+     "estimated_tokens", "source"),
+    repeating=frozenset({"record", "user_id", "tenant_id", "use_case", "account_type", "provider", "model", "source"}))
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -63,7 +71,7 @@ class CallOwner(Protocol):
 
     def settle(self, decision: BudgetDecision, tokens: int, cost: Decimal) -> None: ...
 
-    def write(self, record: dict[str, Any]) -> OSError | None: ...
+    def write(self, record: dict[str, Any], line: bytes | None = None) -> OSError | None: ...
 
     def warn_once(self, key: tuple, message: str, *args: Any) -> None: ...
 
@@ -146,7 +154,8 @@ class TrackedCall:
             "estimated_tokens": self.estimated_tokens, "source": tracker.source,
         }
         try:
-            tracker.write(attempt)  # in the fallback log is good enough for an attempt, even when strict
+            # in the fallback log is good enough for an attempt, even when strict
+            tracker.write(attempt, _ATTEMPT_LINES.encode(attempt))
         except OSError as error:
             if self.decision is not None:
                 try:

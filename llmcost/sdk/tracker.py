@@ -136,13 +136,14 @@ class Tracker:
         ]
 
     # -- records ---------------------------------------------------------------------------------
-    def write(self, record: dict[str, Any]) -> OSError | None:
-        """Journal a record, or the fallback log when the journal cannot take it.
+    def write(self, record: dict[str, Any], line: bytes | None = None) -> OSError | None:
+        """Journal a record (given as its encoded `line` when known), or the fallback log when the journal
+        cannot take it.
 
         Returns None, or the journal's error when the record went to the fallback log instead.
         Raises OSError when neither could take it.
         """
-        return self._write(lambda: record)
+        return self._write(lambda: record, line)
 
     def _write(self, record_of: Callable[[], dict[str, Any]], line: bytes | None = None) -> OSError | None:
         """`write` of the record `record_of()` returns, given as its encoded `line` when known (the record is then
