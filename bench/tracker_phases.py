@@ -3,7 +3,8 @@
 Each phase is a function on the tracked call's path, timed with `perf_counter_ns` by a wrapper that subtracts
 the phases it calls (so the rows add up to the whole call); "rest" is what no phase covers (the context
 manager, attribute work, the wrappers' own cost, about 0.1 µs each). The control state's rows (admit, settle)
-are the SQLite or Redis work; the others are the Python work around it. Medians of 3,000 calls, fsync off.
+are the SQLite or Redis work; the others are the Python work around it, also measured whole by the same calls
+with a control state that admits everything at no cost. Medians of 3,000 calls, fsync off.
 
     python bench/tracker_phases.py [--calls 3000] [--cprofile] [--tracemalloc]
 """
@@ -68,24 +69,27 @@ def instrument() -> None:
     timed(call, "extract_usage", "usage read")
     timed(call, "local_day", "local day")
     timed(tracker, "journal_line", "event journal line encoded")
+    timed(call, "attempt_line", "attempt line encoded") if hasattr(call, "attempt_line") else None
     timed(journal.Journal, "append", "attempt line encoded")
     timed(journal.Journal, "append_lines", "journal write")
     timed(tracker.Tracker, "_register", "register/unregister")
     timed(tracker.Tracker, "_unregister", "register/unregister")
 
 
-def run(calls: int, tracker: Tracker, record: bool) -> list[int]:
+def run(calls: int, tracker: Tracker, record: bool, cpu: list[int] | None = None) -> list[int]:
     whole = []
     for n in range(calls):
         if record:
             for samples in _totals.values():
                 samples.append(0)
         response = fake_llm_call()
-        start = time.perf_counter_ns()
+        cpu_start, start = time.thread_time_ns(), time.perf_counter_ns()
         with tracker.call(use_case="chat_tutor", user_id=f"user-{n % 50}", tenant_id="bench", account_type="admin",
                           provider="openai", model="gpt-4o-mini", prompt=PROMPT) as tracked:
             tracked.record(response)
         whole.append(time.perf_counter_ns() - start)
+        if cpu is not None:
+            cpu.append(time.thread_time_ns() - cpu_start)
     return whole
 
 
@@ -101,13 +105,21 @@ def main() -> None:
     tracker = Tracker(replace(load_settings(home=home), fsync=False))
     try:
         run(300, tracker, record=False)  # warm-up
-        plain = run(args.calls, tracker, record=False)
+        cpu: list[int] = []
+        plain = run(args.calls, tracker, record=False, cpu=cpu)
+        # the same calls with a control state that admits everything at no cost: the Python work around it
+        admit, Tracker.admit = Tracker.admit, lambda self, **kwargs: None
+        without_control_cpu: list[int] = []
+        without_control = run(args.calls, tracker, record=False, cpu=without_control_cpu)
+        Tracker.admit = admit
+        print(f"whole call p50: {statistics.median(plain) / 1e3:.1f} µs (CPU {statistics.median(cpu) / 1e3:.1f} µs); "
+              f"without the control state: {statistics.median(without_control) / 1e3:.1f} µs "
+              f"(CPU {statistics.median(without_control_cpu) / 1e3:.1f} µs)")
         instrument()
         for samples in _totals.values():
             samples.clear()
         whole = run(args.calls, tracker, record=True)
-        print(f"whole call, not instrumented: p50 {statistics.median(plain) / 1e3:.1f} µs; "
-              f"instrumented: {statistics.median(whole) / 1e3:.1f} µs")
+        print(f"instrumented: {statistics.median(whole) / 1e3:.1f} µs")
         print(f"{'phase':<40} {'p50 µs':>8} {'mean µs':>8}")
         covered = [0] * args.calls
         for label, samples in _totals.items():

@@ -22,8 +22,8 @@ from llmcost.errors import (
     MissingIdentityError,
     TrackingUnavailableError,
 )
-from llmcost.events import UsageEvent
-from llmcost.lines import LineTemplate
+from llmcost.events import UsageEvent, new_id
+from llmcost.lines import encode_line
 from llmcost.money import local_day
 from llmcost.sdk import fallback
 from llmcost.sdk.built_event import built_event
@@ -48,11 +48,35 @@ def settle_event_id(reservation_id: str) -> str:
     return str(uuid.uuid5(_SETTLE_EVENTS, reservation_id))
 
 
-# An attempt line differs from the call site's last one in its id, time and estimate.
-_ATTEMPT_LINES = LineTemplate(
-    ("record", "attempt_id", "ts", "user_id", "tenant_id", "use_case", "account_type", "provider", "model",
-     "estimated_tokens", "source"),
-    repeating=frozenset({"record", "user_id", "tenant_id", "use_case", "account_type", "provider", "model", "source"}))
+_IDENTITY = ("user_id", "tenant_id", "use_case", "account_type", "provider", "model")
+_ATTEMPT_IDENTITY: dict[tuple, tuple[tuple[type, ...], bytes, bytes]] = {}  # a call site's identity as JSON text
+_TEXT_OR_NONE = frozenset({str, type(None)})
+
+
+def attempt_line(attempt: dict[str, Any]) -> bytes:
+    """`encode_line(attempt)` for the record `TrackedCall.start` writes, byte for byte: the call site's identity
+    is encoded once (its values repeat from call to call), the id, time and estimate into it each time."""
+    attempt_id, ts, estimated = attempt["attempt_id"], attempt["ts"], attempt["estimated_tokens"]
+    plain = f"{attempt_id}{ts}"  # JSON writes plain ASCII text as it is
+    if not (type(estimated) is int and type(attempt_id) is str and type(ts) is str and plain.isascii()
+            and plain.isprintable() and '"' not in plain and "\\" not in plain):
+        return encode_line(attempt)
+    values = (attempt["user_id"], attempt["tenant_id"], attempt["use_case"], attempt["account_type"],
+              attempt["provider"], attempt["model"], attempt["source"])
+    types = tuple(map(type, values))  # 1, 1.0 and True are equal keys but different JSON
+    try:
+        cached = _ATTEMPT_IDENTITY.get(values)
+        if cached is None or cached[0] != types:
+            identity = encode_line({name: attempt[name] for name in _IDENTITY})[1:-2]
+            cached = (types, identity, encode_line({"source": attempt["source"]})[1:-2])
+            if _TEXT_OR_NONE.issuperset(types):  # kept only for text, whose JSON its value and type decide
+                if len(_ATTEMPT_IDENTITY) >= 4096:
+                    _ATTEMPT_IDENTITY.clear()
+                _ATTEMPT_IDENTITY[values] = cached
+    except (TypeError, ValueError):  # unhashable, or not JSON: encode_line names the problem
+        return encode_line(attempt)
+    return b'{"record":"attempt","attempt_id":"%s","ts":"%s",%s,"estimated_tokens":%d,%s}\n' % (
+        attempt_id.encode(), ts.encode(), cached[1], estimated, cached[2])
 
 
 def _utcnow() -> dt.datetime:
@@ -100,7 +124,7 @@ class TrackedCall:
         output_tokens = expected_output_tokens if expected_output_tokens is not None else DEFAULT_EXPECTED_OUTPUT_TOKENS
         self.estimated_input_tokens = prompt_tokens
         self.estimated_tokens = estimated_tokens if estimated_tokens is not None else prompt_tokens + output_tokens
-        self.attempt_id = str(uuid.uuid4())
+        self.attempt_id = new_id()
         self.started_at: dt.datetime | None = None
         self._started_clock = 0.0
         self.decision: BudgetDecision | None = None
@@ -155,7 +179,7 @@ class TrackedCall:
         }
         try:
             # in the fallback log is good enough for an attempt, even when strict
-            tracker.write(attempt, _ATTEMPT_LINES.encode(attempt))
+            tracker.write(attempt, attempt_line(attempt))
         except OSError as error:
             if self.decision is not None:
                 try:
