@@ -257,7 +257,7 @@ def priced_cost(rates: Rates, tokens: Tokens) -> Decimal:
     cost = pico_cost(rates, tokens)
     if cost is None:
         return rounded_to_pico(exact_cost(rates, tokens))
-    return Decimal(cost).scaleb(-_PICO_EXPONENT, context=_EXACT)
+    return _EXACT.multiply(cost, _PICO)  # exact: the coefficient `cost`, the exponent -12
 
 
 def rounded_to_pico(cost: Decimal) -> Decimal:
@@ -294,6 +294,8 @@ class Pricer:
         self._override_rates = {key: _override_rates(entry) for key, entry in found.items()}
         self._lookups: dict[tuple[Any, Any], Rates | ModelInfo] = {}
         self._table_rates: dict[tuple, tuple[ModelPrice, Rates]] = {}
+        # (provider, model, response_model, service_tier) -> the UTC date and the rates that day, for `price`
+        self._rates_of_day: dict[tuple, tuple[Any, Rates]] = {}
 
     @classmethod
     def from_settings(cls, settings) -> Pricer:
@@ -321,7 +323,21 @@ class Pricer:
         tokens = Tokens.of(input_tokens=input_tokens, output_tokens=output_tokens, cache_read_tokens=cache_read_tokens,
                             cache_write_tokens=cache_write_tokens, reasoning_tokens=reasoning_tokens,
                             total_tokens=total_tokens, cache_write_1h_tokens=cache_write_1h_tokens)
-        rates = self.rates_at(self.lookup(provider, model, response_model), _utc(ts), service_tier)
+        utc = _utc(ts)
+        key = (provider, model, response_model, service_tier)
+        try:
+            day, rates = self._rates_of_day.get(key) or (None, None)
+        except TypeError:  # an unhashable name: looked up as it always is
+            key, day = None, None
+        if day != utc.date():
+            found = self.lookup(provider, model, response_model)
+            rates = self.rates_at(found, utc, service_tier)
+            # A table's prices change at UTC dates (genai-prices' start dates) unless they change within a day.
+            if key is not None and _tier_context(service_tier) is None and (
+                    isinstance(found, Rates) or not prices_vary_within_a_day(found)):
+                if len(self._rates_of_day) >= _MAX_CACHED_LOOKUPS:
+                    self._rates_of_day.clear()
+                self._rates_of_day[key] = (utc.date(), rates)
         return Price(priced_cost(rates, tokens), rates.source, rates.priced_model)
 
     def carries_service_tier(self, *, provider: str | None, model: str | None, ts: datetime,

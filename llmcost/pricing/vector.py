@@ -105,7 +105,7 @@ def _price_groups(pricer: Pricer, groups: list[tuple[Any, Any]], rows_by_group: 
                 pico[batch] = costs
                 continue
             for position, row in enumerate(batch.tolist()):
-                tokens = Tokens(*(int(batch_cols[name][position]) for name in Tokens.__dataclass_fields__))
+                tokens = Tokens(*(int(batch_cols[name][position]) for name in Tokens._fields))
                 exact[row] = rounded_to_pico(exact_cost(rates, tokens))
 
     if exact:

@@ -56,9 +56,39 @@ _REQUIRED = {name for name in _NAMES if UsageEvent.model_fields[name].is_require
 _FIELD_DEFAULTS = tuple((name, _DEFAULTS.get(name)) for name in _FIELD_ORDER)
 
 
-# (name, shortest, longest, required) of each name field, in one tuple so the check is one loop
-_NAME_CHECKS = tuple((name, *_NAME_BOUNDS[name], name in _REQUIRED) for name in _NAMES)
+# (shortest, longest, required) of each name field; the attempt id, new on every call, is checked on its own
+_NAME_CHECKS = {name: (*_NAME_BOUNDS[name], name in _REQUIRED) for name in _NAMES}
+_ATTEMPT_ID_CHECK = _NAME_CHECKS["attempt_id"]
+_REPEATING_NAMES = tuple(name for name in _NAMES if name != "attempt_id")
+_KEPT_NAMES: dict[tuple, tuple[tuple[type, ...], bool]] = {}  # a call site's names -> whether they are kept
+_TEXT_OR_NONE = frozenset({str, type(None)})
 _KEPT_PROVIDERS: dict[str, bool] = {}  # provider name -> whether the model stores it as given
+
+
+def _name_kept(value: Any, shortest: int, longest: int, required: bool) -> bool:
+    """A name the model keeps as given: absent when it may be, or a str with nothing to strip, no NUL, within its
+    length."""
+    if value is None:
+        return not required
+    return (type(value) is str and shortest <= len(value) <= longest and "\x00" not in value
+            and (not value or not (value[0].isspace() or value[-1].isspace())))
+
+
+def _names_kept(values: tuple) -> bool:
+    """`_name_kept` of each of `_REPEATING_NAMES`, judged once per call site (their values repeat)."""
+    types = tuple(map(type, values))
+    try:
+        cached = _KEPT_NAMES.get(values)
+    except TypeError:  # unhashable: not a name, and validation says why
+        return False
+    if cached is not None and cached[0] == types:
+        return cached[1]
+    kept = all(_name_kept(value, *_NAME_CHECKS[name]) for name, value in zip(_REPEATING_NAMES, values))
+    if _TEXT_OR_NONE.issuperset(types):  # whose judgement their value and type decide
+        if len(_KEPT_NAMES) >= 4096:
+            _KEPT_NAMES.clear()
+        _KEPT_NAMES[values] = (types, kept)
+    return kept
 
 
 def _provider_kept(provider: str | None) -> bool:
@@ -77,15 +107,8 @@ def _kept_as_given(fields: dict[str, Any]) -> bool:
     if not _FIELDS.issuperset(fields):
         return False
     get = fields.get
-    for name, shortest, longest, required in _NAME_CHECKS:
-        value = get(name)
-        if value is None:
-            if required:
-                return False
-        # a str with nothing to strip, no NUL, within its length
-        elif not (type(value) is str and shortest <= len(value) <= longest and "\x00" not in value
-                  and (not value or not (value[0].isspace() or value[-1].isspace()))):
-            return False
+    if not (_names_kept(tuple(map(get, _REPEATING_NAMES))) and _name_kept(get("attempt_id"), *_ATTEMPT_ID_CHECK)):
+        return False
     for name in _COUNTS:
         value = get(name, 0)
         if not (type(value) is int and 0 <= value <= MAX_TOKENS_PER_CALL) and not (

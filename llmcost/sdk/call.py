@@ -141,9 +141,11 @@ class TrackedCall:
     # -- before the call -------------------------------------------------------------------------
     def start(self) -> TrackedCall:
         """Check identity, kill switch, shutdown and budget, reserve the estimate, write the attempt record."""
-        missing = [name for name in ("user_id", "tenant_id") if not str(getattr(self, name) or "").strip()]
-        if missing:
-            raise MissingIdentityError(missing)
+        if not (type(self.user_id) is str and self.user_id.strip() and type(self.tenant_id) is str
+                and self.tenant_id.strip()):  # the usual case, without the general rule's str() of each
+            missing = [name for name in ("user_id", "tenant_id") if not str(getattr(self, name) or "").strip()]
+            if missing:
+                raise MissingIdentityError(missing)
         tracker = self.tracker
         self.started_at = _utcnow()
         self._started_clock = time.perf_counter()
