@@ -77,3 +77,68 @@ def test_new_ids_are_random_version_4_uuids():
     # every one of the 122 random bits takes both values
     assert {bit for text in ids for bit in range(128) if uuid.UUID(text).int >> bit & 1} == set(range(128)) - {
         76, 77, 79, 62}
+
+
+def test_a_forked_child_journals_to_its_own_file(tmp_path):
+    import os
+
+    from llmcost.sdk.journal import Journal
+
+    journal = Journal(tmp_path, fsync=False)
+    parent_file = journal.append({"who": "parent"})
+    pid = os.fork()
+    if pid == 0:  # the child: its record must go to a file of its own
+        try:
+            code = 0 if journal.append({"who": "child"}) != parent_file else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert journal.append({"who": "parent again"}) == parent_file
+    lines = {path.name: path.read_text().splitlines() for path in tmp_path.glob("*.jsonl")}
+    assert sorted(lines.values()) == [['{"who":"child"}'], ['{"who":"parent"}', '{"who":"parent again"}']]
+
+
+def _bench_module(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_journal_lines_of_varied_calls_are_the_lines_of_their_validated_records(settings, tmp_path):
+    """Every provider shape, streams, failures, estimates, hand-given counts, unicode and escapes in names, the
+    wrapped client and the decorator: each attempt line is encode_line's for its record, each event line the one
+    the validating path (`UsageEvent(**record)`) writes, and ingestion stores every event once."""
+    from dataclasses import replace
+
+    from llmcost.events import UsageEvent
+    from llmcost.ingestion.run import ingest
+    from llmcost.sdk.built_event import journal_line
+    from llmcost.sdk.tracker import Tracker
+    from llmcost.store import connection as store
+
+    tracker = Tracker(replace(settings, fsync=False))
+    _bench_module("tracker_journal_lines").varied_calls(tracker)
+    tracker.close()
+    lines = [line for path in settings.journal_dir.glob("*.jsonl") for line in path.read_bytes().splitlines(True)]
+    attempts = [line for line in lines if line.startswith(b'{"record":"attempt"')]
+    events = [line for line in lines if not line.startswith(b'{"record":"attempt"')]
+    assert len(attempts) == len(events) == 10 * 3 * 16 + 3 * 2 + 4
+    for line in attempts:
+        assert encode_line(json.loads(line)) == line
+    providers = set()
+    for line in events:
+        record = json.loads(line)
+        validated = UsageEvent(**record)
+        assert (journal_line(validated) or encode_line(validated.model_dump(mode="json", exclude_none=True))) == line
+        providers.add(record.get("provider"))
+    assert providers >= {"openai", "anthropic", "x-ai", "google", "my-gateway", None}
+    result = ingest(settings, [settings.journal_dir])
+    assert result.failed == 0
+    with store.connect(settings.db_path, read_only=True) as db:
+        assert db.execute("SELECT count(DISTINCT event_id) FROM usage_events").fetchone()[0] == len(events)

@@ -166,7 +166,13 @@ class Tracker:
         return error
 
     def _journal_event(self, event: UsageEvent, response: Any) -> None:
-        record_of = functools.cache(lambda: event.model_dump(mode="json", exclude_none=True))
+        dumped: list[dict[str, Any]] = []  # the record, built once if at all (only the fallback log needs it)
+
+        def record_of() -> dict[str, Any]:
+            if not dumped:
+                dumped.append(event.model_dump(mode="json", exclude_none=True))
+            return dumped[0]
+
         try:
             journal_error = self._write(record_of, journal_line(event))
         except OSError as error:
