@@ -18,7 +18,6 @@ from typing import Any
 
 from llmcost.lines import encode_line, ends_torn, write_whole_line
 
-
 # This process's id, kept current in a forked child (getpid is a system call, and each write asks).
 _pid = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
