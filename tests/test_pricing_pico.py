@@ -1,4 +1,4 @@
-"""The tracker prices a call in whole pico-dollars where the rates allow (`llmcost.pricing.rates.priced_cost`):
+"""The tracker prices a call in whole pico-dollars where the rates allow (`llmcost.pricing.cost.priced_cost`):
 the same Decimal, digit for digit and exponent, as the exact Decimal sum rounded to 12 places, for every
 model of the bundled price table, override tiers, and rates too fine for whole pico-dollars."""
 
@@ -8,7 +8,8 @@ from decimal import Decimal
 import pytest
 from genai_prices import data_snapshot
 
-from llmcost.pricing.rates import Pricer, Tokens, exact_cost, pico_cost, priced_cost, rounded_to_pico
+from llmcost.pricing.cost import Tokens, exact_cost, pico_cost, priced_cost, rounded_to_pico
+from llmcost.pricing.rates import Pricer
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)
 TOKEN_CASES = [
