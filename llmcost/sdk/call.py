@@ -22,7 +22,8 @@ from llmcost.errors import (
     MissingIdentityError,
     TrackingUnavailableError,
 )
-from llmcost.events import UsageEvent
+from llmcost.events import UsageEvent, new_id
+from llmcost.lines import encode_line
 from llmcost.money import local_day
 from llmcost.sdk import fallback
 from llmcost.sdk.built_event import built_event
@@ -47,6 +48,37 @@ def settle_event_id(reservation_id: str) -> str:
     return str(uuid.uuid5(_SETTLE_EVENTS, reservation_id))
 
 
+_IDENTITY = ("user_id", "tenant_id", "use_case", "account_type", "provider", "model")
+_ATTEMPT_IDENTITY: dict[tuple, tuple[tuple[type, ...], bytes, bytes]] = {}  # a call site's identity as JSON text
+_TEXT_OR_NONE = frozenset({str, type(None)})
+
+
+def attempt_line(attempt: dict[str, Any]) -> bytes:
+    """`encode_line(attempt)` for the record `TrackedCall.start` writes, byte for byte: the call site's identity
+    is encoded once (its values repeat from call to call), the id, time and estimate into it each time."""
+    attempt_id, ts, estimated = attempt["attempt_id"], attempt["ts"], attempt["estimated_tokens"]
+    plain = f"{attempt_id}{ts}"  # JSON writes plain ASCII text as it is
+    if not (type(estimated) is int and type(attempt_id) is str and type(ts) is str and plain.isascii()
+            and plain.isprintable() and '"' not in plain and "\\" not in plain):
+        return encode_line(attempt)
+    values = (attempt["user_id"], attempt["tenant_id"], attempt["use_case"], attempt["account_type"],
+              attempt["provider"], attempt["model"], attempt["source"])
+    types = tuple(map(type, values))  # 1, 1.0 and True are equal keys but different JSON
+    try:
+        cached = _ATTEMPT_IDENTITY.get(values)
+        if cached is None or cached[0] != types:
+            identity = encode_line({name: attempt[name] for name in _IDENTITY})[1:-2]
+            cached = (types, identity, encode_line({"source": attempt["source"]})[1:-2])
+            if _TEXT_OR_NONE.issuperset(types):  # kept only for text, whose JSON its value and type decide
+                if len(_ATTEMPT_IDENTITY) >= 4096:
+                    _ATTEMPT_IDENTITY.clear()
+                _ATTEMPT_IDENTITY[values] = cached
+    except (TypeError, ValueError):  # unhashable, or not JSON: encode_line names the problem
+        return encode_line(attempt)
+    return b'{"record":"attempt","attempt_id":"%s","ts":"%s",%s,"estimated_tokens":%d,%s}\n' % (
+        attempt_id.encode(), ts.encode(), cached[1], estimated, cached[2])
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -63,7 +95,7 @@ class CallOwner(Protocol):
 
     def settle(self, decision: BudgetDecision, tokens: int, cost: Decimal) -> None: ...
 
-    def write(self, record: dict[str, Any]) -> OSError | None: ...
+    def write(self, record: dict[str, Any], line: bytes | None = None) -> OSError | None: ...
 
     def warn_once(self, key: tuple, message: str, *args: Any) -> None: ...
 
@@ -92,7 +124,7 @@ class TrackedCall:
         output_tokens = expected_output_tokens if expected_output_tokens is not None else DEFAULT_EXPECTED_OUTPUT_TOKENS
         self.estimated_input_tokens = prompt_tokens
         self.estimated_tokens = estimated_tokens if estimated_tokens is not None else prompt_tokens + output_tokens
-        self.attempt_id = str(uuid.uuid4())
+        self.attempt_id = new_id()
         self.started_at: dt.datetime | None = None
         self._started_clock = 0.0
         self.decision: BudgetDecision | None = None
@@ -109,9 +141,11 @@ class TrackedCall:
     # -- before the call -------------------------------------------------------------------------
     def start(self) -> TrackedCall:
         """Check identity, kill switch, shutdown and budget, reserve the estimate, write the attempt record."""
-        missing = [name for name in ("user_id", "tenant_id") if not str(getattr(self, name) or "").strip()]
-        if missing:
-            raise MissingIdentityError(missing)
+        if not (type(self.user_id) is str and self.user_id.strip() and type(self.tenant_id) is str
+                and self.tenant_id.strip()):  # the usual case, without the general rule's str() of each
+            missing = [name for name in ("user_id", "tenant_id") if not str(getattr(self, name) or "").strip()]
+            if missing:
+                raise MissingIdentityError(missing)
         tracker = self.tracker
         self.started_at = _utcnow()
         self._started_clock = time.perf_counter()
@@ -146,7 +180,8 @@ class TrackedCall:
             "estimated_tokens": self.estimated_tokens, "source": tracker.source,
         }
         try:
-            tracker.write(attempt)  # in the fallback log is good enough for an attempt, even when strict
+            # in the fallback log is good enough for an attempt, even when strict
+            tracker.write(attempt, attempt_line(attempt))
         except OSError as error:
             if self.decision is not None:
                 try:

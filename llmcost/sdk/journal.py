@@ -12,10 +12,15 @@ import datetime as dt
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from llmcost.lines import encode_line, ends_torn, write_whole_line
+
+# This process's id, kept current in a forked child (getpid is a system call, and each write asks).
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 
 class Journal:
@@ -28,6 +33,7 @@ class Journal:
         self._fd: int | None = None
         self._fd_key: tuple[str, int] | None = None
         self._fd_path: Path | None = None
+        self._fd_until = 0.0  # time.time() at which the open file's UTC day ends
         self._torn = False
 
     def path_for(self, day: dt.date) -> Path:
@@ -40,9 +46,11 @@ class Journal:
 
     def append_lines(self, line: bytes) -> Path:
         """Append encoded whole lines with one write (all of them or none); return the file they went to."""
-        today = dt.datetime.now(dt.timezone.utc).date()
         with self._lock:
-            fd = self._descriptor(today)
+            fd = self._fd
+            # the open file while its day lasts, in this process (a forked child must not share its parent's file)
+            if fd is None or time.time() >= self._fd_until or self._fd_key[1] != _pid[0]:
+                fd = self._descriptor(dt.datetime.now(dt.timezone.utc).date())
             if self._torn:
                 line = b"\n" + line
             try:
@@ -59,13 +67,15 @@ class Journal:
             return self._fd_path
 
     def _descriptor(self, today: dt.date) -> int:
-        key = (today.isoformat(), os.getpid())  # a forked child must not share its parent's file
+        key = (today.isoformat(), _pid[0])  # a forked child must not share its parent's file
         if self._fd is None or self._fd_key != key:
             self.close_locked()
             self.journal_dir.mkdir(parents=True, exist_ok=True)
             path = self.path_for(today)
             self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             self._fd_key, self._fd_path = key, path
+            day_end = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+            self._fd_until = day_end.timestamp()
             self._torn = ends_torn(self._fd)
         return self._fd
 

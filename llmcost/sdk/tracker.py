@@ -151,13 +151,14 @@ class Tracker:
         ]
 
     # -- records ---------------------------------------------------------------------------------
-    def write(self, record: dict[str, Any]) -> OSError | None:
-        """Journal a record, or the fallback log when the journal cannot take it.
+    def write(self, record: dict[str, Any], line: bytes | None = None) -> OSError | None:
+        """Journal a record (given as its encoded `line` when known), or the fallback log when the journal
+        cannot take it.
 
         Returns None, or the journal's error when the record went to the fallback log instead.
         Raises OSError when neither could take it.
         """
-        return self._write(lambda: record)
+        return self._write(lambda: record, line)
 
     def _write(self, record_of: Callable[[], dict[str, Any]], line: bytes | None = None) -> OSError | None:
         """`write` of the record `record_of()` returns, given as its encoded `line` when known (the record is then
@@ -180,7 +181,13 @@ class Tracker:
         return error
 
     def _journal_event(self, event: UsageEvent, response: Any) -> None:
-        record_of = functools.cache(lambda: event.model_dump(mode="json", exclude_none=True))
+        dumped: list[dict[str, Any]] = []  # the record, built once if at all (only the fallback log needs it)
+
+        def record_of() -> dict[str, Any]:
+            if not dumped:
+                dumped.append(event.model_dump(mode="json", exclude_none=True))
+            return dumped[0]
+
         try:
             journal_error = self._write(record_of, journal_line(event))
         except OSError as error:

@@ -229,6 +229,9 @@ def _checked(usage: ExtractedUsage | None) -> ExtractedUsage | None:
     cache_write = min(usage.cache_write_tokens, usage.input_tokens - cache_read)
     one_hour = min(usage.cache_write_1h_tokens, cache_write)
     reasoning = min(usage.reasoning_tokens, usage.output_tokens)
+    if (cache_read, cache_write, one_hour, reasoning) == (usage.cache_read_tokens, usage.cache_write_tokens,
+                                                         usage.cache_write_1h_tokens, usage.reasoning_tokens):
+        return usage  # consistent already, the usual case
     return replace(usage, cache_read_tokens=cache_read, cache_write_tokens=cache_write, reasoning_tokens=reasoning,
                    cache_write_1h_tokens=one_hour)
 
@@ -262,17 +265,28 @@ def _field(source: Any, name: str) -> Any:
     """`name` (or its camelCase form) from a dict or an object; None when absent or unreadable."""
     if source is None:
         return None
-    for key in _spellings(name):
-        value = _get(source, key)
+    cls = type(source)
+    reader = _READERS.get(cls)
+    if reader is None:
+        if len(_READERS) >= 1024:  # classes made on the fly must not grow it without end
+            _READERS.clear()
+        reader = _READERS[cls] = _reader_for(cls)
+    for key in _SPELLINGS.get(name) or _spellings(name):
+        value = reader(source, key)
         if value is not None:
             return value
     return None
 
 
-@functools.lru_cache(maxsize=512)
+_SPELLINGS: dict[str, tuple[str, ...]] = {}
+
+
 def _spellings(name: str) -> tuple[str, ...]:
     head, *rest = name.split("_")
-    return (name, head + "".join(word.title() for word in rest)) if rest else (name,)
+    found = (name, head + "".join(word.title() for word in rest)) if rest else (name,)
+    if len(_SPELLINGS) < 512:
+        _SPELLINGS[name] = found
+    return found
 
 
 @functools.lru_cache(maxsize=4096)
@@ -281,21 +295,48 @@ def _class_has(cls: type, key: str) -> bool:
     return hasattr(cls, key)
 
 
-def _get(source: Any, key: str) -> Any:
+def _from_mapping(source: Any, key: str) -> Any:
     try:
-        if isinstance(source, Mapping):
-            return source.get(key)
-        if isinstance(source, BaseModel):
-            # The SDKs' types are pydantic models: read their fields and extras directly, since a missing
-            # attribute costs an exception inside pydantic, and most names looked for are missing.
-            value = source.__dict__.get(key)
-            if value is None and source.__pydantic_extra__:
-                value = source.__pydantic_extra__.get(key)
-            if value is not None or not _class_has(type(source), key):
-                return value
-        return getattr(source, key, None)
-    except Exception:  # a property or a get() that raises is an odd shape, and odd shapes read as absent
+        return source.get(key)
+    except Exception:  # a get() that raises is an odd shape, and odd shapes read as absent
         return None
+
+
+def _from_model(source: Any, key: str) -> Any:
+    # The SDKs' types are pydantic models: read their fields and extras directly, since a missing
+    # attribute costs an exception inside pydantic, and most names looked for are missing.
+    try:
+        value = source.__dict__.get(key)
+        if value is None:
+            extra = source.__pydantic_extra__
+            if extra:
+                value = extra.get(key)
+            if value is None and _class_has(type(source), key):
+                return getattr(source, key, None)
+        return value
+    except Exception:  # a property that raises is an odd shape, and odd shapes read as absent
+        return None
+
+
+def _from_object(source: Any, key: str) -> Any:
+    try:
+        if isinstance(source, Mapping):  # an object that says it is a Mapping (its class may change its mind)
+            return source.get(key)
+        return getattr(source, key, None)
+    except Exception:  # a property that raises is an odd shape, and odd shapes read as absent
+        return None
+
+
+_READERS: dict[type, Any] = {}
+
+
+def _reader_for(cls: type):
+    """How to read a field of instances of `cls`, decided once per class."""
+    if issubclass(cls, Mapping):
+        return _from_mapping
+    if issubclass(cls, BaseModel):
+        return _from_model
+    return _from_object
 
 
 def _path(source: Any, *names: str) -> Any:
@@ -306,6 +347,8 @@ def _path(source: Any, *names: str) -> Any:
 
 def _count(value: Any) -> int | None:
     """A token count as a non-negative int, or None when the value is not one."""
+    if type(value) is int:
+        return value if value >= 0 else None
     if isinstance(value, bool):
         return None
     if isinstance(value, float) and value.is_integer():
