@@ -307,8 +307,9 @@ def _floor(fmt: str, fastest: dict[str, dict], results: list[dict]) -> str:
         return ""
     best = min(stage, key=lambda v: fastest[v]["wall"])
     raw, check, write = fastest["raw"]["wall"], fastest[best]["wall"], inserts[0]["wall"]
+    cpu = (fastest[best]["cpu"] + inserts[0]["cpu"]) / fastest["raw"]["cpu"]
     return (f"exact checks + typing ({LABELS[best].strip()}) {check:.2f} s + insert as today {write:.2f} s = "
-            f"{(check + write) / raw:.2f}x raw DuckDB ({raw:.2f} s), before pricing, ids and offsets")
+            f"{(check + write) / raw:.2f}x raw DuckDB ({raw:.2f} s; CPU {cpu:.2f}x), before pricing, ids and offsets")
 
 
 def run_child(args: list[str], env: dict[str, str], cwd: Path) -> dict:
