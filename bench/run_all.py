@@ -208,6 +208,10 @@ def variants_section(result: dict) -> list[str]:
         lines += table(["variant", "wall", "wall / raw", "CPU", "CPU / raw", "rows"], rows) + [""]
     for fmt, floor in result.get("floors", {}).items():
         lines += [f"{fmt}: {floor}", ""]
+    if result.get("load_average"):
+        lines += [f"Load average (1 min) at the start and end of the run: "
+                  f"{', '.join(f'{x:.1f}' for x in result['load_average'])} on {result['cpus']} cores; above the "
+                  "core count, other processes sway wall times, and the CPU columns are the steadier guide.", ""]
     return lines + [
         "Each variant runs in a fresh process, timed from connect to close; CPU is every thread's. Stage variants "
         "write a temp table of an in-memory database; insert variants write the same 1M typed, priced rows (built "
