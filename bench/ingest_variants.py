@@ -16,8 +16,8 @@ Each variant runs in a fresh process, timed from connect to close (wall and CPU 
 - insert (b), the same 1M typed, priced rows (built untimed) written into usage_events in batches of two row
   groups, each in a transaction, then close: as today (`run._insert_new`: anti-join on the id's hash, first of
   each id, content hash); a plain INSERT with the same key columns (no de-duplication); a plain INSERT without
-  the key columns; CREATE TABLE AS into a plain table. Also as today and plain, into a store already holding
-  --grown million other events.
+  the key columns; the first and the third with all rows in one transaction; CREATE TABLE AS into a plain
+  table. Also as today and plain, into a store already holding --grown million other events.
 - pipeline (c): stage chunk N+1 while chunk N's typed rows are written to a store file on another thread,
   against the same two steps one after the other.
 
@@ -52,7 +52,8 @@ TYPED_JSON = {
 }
 VARIANTS = {
     "jsonl": ("raw", "ingest", "stage", "stage_no_key_count", "stage_json_transform", "typed_reader",
-              "insert_today", "insert_plain", "insert_plain_no_keys", "ctas", "insert_today_grown",
+              "insert_today", "insert_plain", "insert_plain_no_keys", "insert_today_one_tx",
+              "insert_plain_no_keys_one_tx", "ctas", "insert_today_grown",
               "insert_plain_grown", "sequential", "pipelined"),
     "csv": ("raw", "ingest", "stage", "cells_only", "typed_reader"),
 }
@@ -67,6 +68,8 @@ LABELS = {
     "insert_today": "insert as today (dedup by id hash)",
     "insert_plain": "plain INSERT, same key columns",
     "insert_plain_no_keys": "plain INSERT, no key columns",
+    "insert_today_one_tx": "insert as today, all 1M in one transaction",
+    "insert_plain_no_keys_one_tx": "plain INSERT, no key columns, one transaction",
     "ctas": "CREATE TABLE AS (plain table)",
     "insert_today_grown": "insert as today, store holds 4M",
     "insert_plain_grown": "plain INSERT, store holds 4M",
@@ -180,9 +183,11 @@ def _insert(db, how: str) -> int:
     if how == "ctas":
         db.execute("CREATE TABLE plain_events AS SELECT * EXCLUDE (n) FROM typed")
         return total
-    for start in range(0, total, BATCH_ROWS):
+    rows = total if how.endswith("_one_tx") else BATCH_ROWS
+    how = how.removesuffix("_one_tx")
+    for start in range(0, total, rows):
         db.execute(f"CREATE OR REPLACE TEMP VIEW batch_slice AS SELECT * FROM typed "
-                   f"WHERE n >= {start} AND n < {start + BATCH_ROWS}")
+                   f"WHERE n >= {start} AND n < {start + rows}")
         with transaction(db):
             if how == "today":
                 run._insert_new(db, "usage_events", "batch_slice", run._EVENT_VALUES, now, run._EVENT_TARGETS)
