@@ -154,3 +154,38 @@ def test_dashboard_first_load_benchmark_alternates_fresh_servers(tmp_path):
     assert results["loads"]["overview"][0]["charts"] >= 2 and results["loads"]["bare"][0]["charts"] == 0
     assert len(results["ratios"]) == 2 and isinstance(results["met"], bool)
     assert "Overview / bare page" in done.stdout
+
+
+@pytest.mark.slow
+def test_ingest_variants_benchmark_runs_every_variant_on_every_record(tmp_path):
+    out = tmp_path / "ingest_variants.json"
+    done = subprocess.run([sys.executable, str(BENCH / "ingest_variants.py"), "--events", "2000", "--repeat", "1",
+                           "--grown", "0", "--data", str(tmp_path / "data"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    spec = importlib.util.spec_from_file_location("ingest_variants", BENCH / "ingest_variants.py")
+    variants = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec.loader.exec_module(variants)
+    finally:
+        sys.path.remove(str(BENCH))
+    ran = [(r["format"], r["variant"]) for r in result["rows"]]
+    assert ran == [(fmt, v) for fmt in ("jsonl", "csv") for v in variants.VARIANTS[fmt]]
+    # Every generated record is clean: each exact variant (and each bound) takes all of them, none fewer.
+    assert {(r["format"], r["variant"]): r["rows"] for r in result["rows"]} == dict.fromkeys(ran, 2000)
+    for r in result["rows"]:
+        assert r["wall"] > 0 and r["wall_ratio"] == pytest.approx(r["wall"] / next(
+            x["wall"] for x in result["rows"] if x["format"] == r["format"] and x["variant"] == "raw"))
+    assert set(result["floors"]) == {"jsonl", "csv"} and all("x raw DuckDB" in f for f in result["floors"].values())
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    (results_dir / "ingest_variants.json").write_text(out.read_text())
+    page_path = tmp_path / "benchmarks.md"
+    rendered = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--docs-only", "--results", str(results_dir),
+                               "--docs", str(page_path)], capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    page = page_path.read_text()
+    assert "## Ingest variants: issue 17's ideas measured against raw DuckDB in one run" in page
+    assert "| insert as today (dedup by id hash) |" in page and result["floors"]["jsonl"] in page
