@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from llmcost.cli import cli
 from llmcost.events import MAX_TOKENS_PER_CALL, PRICE_SOURCES, UNATTRIBUTED
 from llmcost.ingestion.run import ingest
+from llmcost.providers import stored_provider
 from llmcost.store import connection as store
 
 UTC = dt.timezone.utc
@@ -166,6 +167,9 @@ def usage_event(draw, marker: str, text: st.SearchStrategy[str]) -> tuple[dict, 
     }
     if "cost_usd" in record:
         expected.update(cost_usd=Decimal(record["cost_usd"]), price_source="provider")
+    stored = stored_provider(provider)
+    if stored != provider:  # drawn text may name a known provider or alias ('claude'): stored under its one name
+        expected.update(provider=stored, metadata={**(record.get("metadata") or {}), "provider_original": provider})
     return record, expected
 
 
