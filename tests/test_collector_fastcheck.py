@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import Field, model_validator
 
+from llmcost import events
 from llmcost.collector import intake
 from llmcost.collector.auth import OPEN_GRANT, Grant
 from llmcost.collector.fastcheck import PlainEvents, unknown_checks
@@ -252,6 +253,21 @@ def test_reading_plain_events_from_the_bytes_agrees_with_parsing_then_judging(bo
         assert straight is not None and _typed(straight) == _typed(usual[0])
     else:
         assert straight is None
+
+
+@pytest.mark.parametrize("counts", [
+    {}, {"total_tokens": 0}, {"total_tokens": None}, {"total_tokens": 120}, {"total_tokens": 119},
+    {"cache_read_tokens": 101}, {"cache_read_tokens": 100}, {"cache_write_tokens": 60, "cache_read_tokens": 50},
+    {"cache_write_tokens": 10, "cache_write_1h_tokens": 11}, {"cache_write_1h_tokens": 1},
+    {"reasoning_tokens": 21}, {"reasoning_tokens": 20}, {"input_tokens": 0, "cache_read_tokens": 5},
+    {"output_tokens": 0, "reasoning_tokens": 5}, {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+])
+def test_a_batch_has_a_token_totals_problem_exactly_when_one_of_its_records_has(counts):
+    fine = [{"input_tokens": 100, "output_tokens": 20}, {"input_tokens": 7}]
+    for batch in ([{"input_tokens": 100, "output_tokens": 20, **counts}], [*fine, {"input_tokens": 100, "output_tokens": 20,
+                                                                                   **counts}]):
+        assert events.any_token_totals_problem(batch) == any(map(events.token_totals_problem, batch))
+    assert events.any_token_totals_problem(fine) is False
 
 
 def test_a_plain_body_read_from_its_bytes_is_checked_and_journaled_as_the_usual_path_would(monkeypatch):

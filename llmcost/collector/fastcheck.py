@@ -137,7 +137,7 @@ class PlainEvents:
             validators.times.validate_python([record["ts"] for record in records])
         except ValidationError:
             return None
-        if any(map(events.token_totals_problem, records)):
+        if events.any_token_totals_problem(records):
             return None
         return records
 
