@@ -262,6 +262,7 @@ def test_metrics_count_records_and_price_todays_spend(isolated_home):
     assert 'llmcost_collector_records_total{endpoint="usage",outcome="rejected"} 1.0' in text
     assert 'llmcost_collector_records_total{endpoint="usage",outcome="unattributed"} 1.0' in text
     assert "llmcost_collector_journal_write_seconds_count 2.0" in text
+    assert "llmcost_collector_journal_syncs_total 2.0" in text  # one request after the other: a fsync each
     spend = [line for line in text.splitlines()
              if line.startswith('llmcost_collector_spend_today_usd{use_case="chat_tutor"}')]
     assert spend and float(spend[0].split()[-1]) > 0

@@ -76,9 +76,9 @@ class Collector:
         self.settings = self.tracker.settings
         self.keys = keys
         self.max_body_bytes = max_body_bytes
-        self.writer = DurableWriter(settings.journal_dir, settings.fallback_log)
-        self.admission = Admission(self.tracker)
         self.metrics = Metrics(self.tracker.pricer, self.settings.tz)
+        self.writer = DurableWriter(settings.journal_dir, settings.fallback_log, self.metrics.journal_syncs.inc)
+        self.admission = Admission(self.tracker)
 
     def grant(self, request: Request) -> Grant:
         return self.keys.check(request.headers.get("authorization"))

@@ -20,7 +20,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pydantic_core
 from pydantic import ValidationError
@@ -226,8 +226,9 @@ class GroupCommit:
     writes each with one write, fsyncs once, then resolves their futures. The event loop never touches the
     file, so it never waits behind an fsync, and concurrent requests share one."""
 
-    def __init__(self, journal: Journal):
+    def __init__(self, journal: Journal, on_sync: Callable[[], None] = lambda: None):
         self.journal = journal
+        self.on_sync = on_sync  # told of each fsync of the journal, so a group's size can be watched
         self._cond = threading.Condition()
         self._waiting: list[tuple[asyncio.AbstractEventLoop, asyncio.Future, bytes]] = []
         self._thread: threading.Thread | None = None
@@ -262,6 +263,7 @@ class GroupCommit:
             for path in {path for _, _, path in written}:
                 try:
                     _fsync_path(path)
+                    self.on_sync()
                     if path not in self._entries_synced:  # a new file: its folder entry must survive power loss too
                         _fsync_path(path.parent)
                         self._entries_synced.add(path)
@@ -324,10 +326,10 @@ def encode_records(records: list[dict[str, Any]]) -> bytes:
 class DurableWriter:
     """Writes a batch to the journal (group-committed fsync), else to the fallback log, else raises NotDurable."""
 
-    def __init__(self, journal_dir: Path, fallback_log: Path):
+    def __init__(self, journal_dir: Path, fallback_log: Path, on_sync: Callable[[], None] = lambda: None):
         self.journal = CollectorJournal(journal_dir, fsync=False)  # GroupCommit fsyncs
         self.fallback_log = Path(fallback_log)
-        self._commit = GroupCommit(self.journal)
+        self._commit = GroupCommit(self.journal, on_sync)
 
     async def write(self, records: list[dict[str, Any]]) -> str:
         """Make records durable; returns 'journal' or 'fallback'."""
