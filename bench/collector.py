@@ -9,8 +9,9 @@ checked to be a 202 accepting the whole batch.
 Both servers get the same 128 connections: a collector takes many senders' requests at once, and its
 replies wait for the fsync covering them, which one fsync shares among every request that arrived while the
 previous one ran (group commit). With 32, at batch 1, the collector sat waiting for fsyncs with its CPU
-partly idle while the bare endpoint, which waits for nothing, ran at its CPU's limit; the bare endpoint's rate is
-the same at 32 and 128. The collector's requests per fsync are printed, from its /metrics.
+partly idle while the bare endpoint, which waits for nothing, ran at its CPU's limit. The collector's requests
+per fsync are printed, from its /metrics; the servers' CPU time per request is the figure least moved by the
+connections' count and by other load on the machine.
 
     python bench/collector.py [--seconds 5] [--connections 128] [--out results.json]
 """
