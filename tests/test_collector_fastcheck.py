@@ -17,6 +17,7 @@ from llmcost import events
 from llmcost.collector import intake
 from llmcost.collector.auth import OPEN_GRANT, Grant
 from llmcost.collector.fastcheck import PlainEvents, unknown_checks
+from llmcost.collector.typedread import read_plain
 from llmcost.config import load_settings
 from llmcost.events import UsageEvent
 
@@ -253,6 +254,19 @@ def test_reading_plain_events_from_the_bytes_agrees_with_parsing_then_judging(bo
         assert straight is not None and _typed(straight) == _typed(usual[0])
     else:
         assert straight is None
+
+
+@pytest.mark.parametrize("body", BODIES, ids=range(len(BODIES)))
+def test_the_typed_reading_passes_only_bodies_the_usual_reading_finds_all_plain_and_gives_its_records(body):
+    usual = _usual_reading(body)
+    typed = read_plain(body, PlainEvents())
+    if typed is not None:
+        assert usual is not None and usual[1] and _typed(typed) == _typed(usual[0])
+
+
+def test_the_typed_reading_takes_the_usual_plain_bodies():
+    assert _typed(read_plain(json.dumps(PLAIN).encode(), PlainEvents())) == _typed(PLAIN)
+    assert _typed(read_plain(json.dumps(PLAIN[0]).encode(), PlainEvents())) == _typed(PLAIN[:1])
 
 
 @pytest.mark.parametrize("counts", [

@@ -141,6 +141,14 @@ class PlainEvents:
             return None
         return records
 
+    def times_in_bounds(self, times: list[str]) -> bool:
+        """Whether the texts of times, each of the event format's form, are within UsageEvent's bounds."""
+        try:
+            self._current().times.validate_python(times)
+        except ValidationError:
+            return False
+        return True
+
     def judge(self, records: list[Any]) -> list[bool]:
         """For each record, True when it is a plain usage event that UsageEvent accepts as it stands."""
         plain = [True] * len(records)

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from llmcost.collector.auth import Grant
 from llmcost.collector.fastcheck import PlainEvents
+from llmcost.collector.typedread import read_plain
 from llmcost.events import IDENTITY_FIELDS, UNATTRIBUTED, AttemptRecord, UsageEvent, describe_validation_error, has_usage
 from llmcost.lines import append_line, encode_line
 from llmcost.sdk import fallback
@@ -112,10 +113,12 @@ def check_records(records: list[Any], grant: Grant, source: str) -> Checked:
 
 def check_plain_body(body: bytes, content_type: str | None, grant: Grant, source: str) -> Checked | None:
     """The usual body, a JSON event or array of them that are all plain usage events, read and judged straight
-    from its bytes (`fastcheck`); None for any other body, which `parse_body` and `check_records` take."""
+    from its bytes (`typedread`, else `fastcheck`); None for any other body, which `parse_body` and `check_records` take."""
     if _is_ndjson(content_type):
         return None
-    records = _PLAIN_EVENTS.read_json(body)
+    records = read_plain(body, _PLAIN_EVENTS)
+    if records is None:
+        records = _PLAIN_EVENTS.read_json(body)
     if records is None or (grant.tenant_id is not None
                            and any(record["tenant_id"] != grant.tenant_id for record in records)):
         return None
