@@ -10,6 +10,7 @@ import itertools
 import json
 from pathlib import Path
 
+import pydantic_core
 import pytest
 from pydantic import Field, model_validator
 
@@ -266,7 +267,7 @@ def test_the_typed_reading_passes_only_bodies_the_usual_reading_finds_all_plain_
 
 def test_the_typed_reading_takes_the_usual_plain_bodies():
     assert _typed(read_plain(json.dumps(PLAIN).encode(), PlainEvents())) == _typed(PLAIN)
-    assert _typed(read_plain(json.dumps(PLAIN[0]).encode(), PlainEvents())) == _typed(PLAIN[:1])
+    assert _typed(read_plain(json.dumps(PLAIN[:1]).encode(), PlainEvents())) == _typed(PLAIN[:1])
 
 
 @pytest.mark.parametrize("counts", [
@@ -309,3 +310,17 @@ def test_a_check_usage_event_gains_that_the_batch_check_does_not_mirror_is_named
     assert any(item.startswith("model:") for item in found)
     assert "validator _only_weekdays" in found
     assert unknown_checks(UsageEvent) == []
+
+
+@pytest.mark.parametrize("body", BODIES, ids=range(len(BODIES)))
+def test_journal_lines_read_back_as_the_records_accepted(body):
+    # Read back as ingestion reads them, the lines give the accepted records, value types included:
+    # msgspec's for a body the typed reading passes, pydantic's for any other.
+    usual = _usual_reading(body)
+    if usual is None:
+        return
+    accepted = intake.check_records(usual[0], OPEN_GRANT, "collector:usage").accepted
+    for finite in (False, True) if read_plain(body, PlainEvents()) is not None else (False,):
+        lines = intake.encode_records(accepted, finite) if accepted else b""
+        assert lines.count(b"\n") == len(accepted)
+        assert _typed(list(map(pydantic_core.from_json, lines.splitlines()))) == _typed(accepted)

@@ -127,7 +127,7 @@ class Collector:
                 "error": "every record names a tenant this service key is not allowed to send for",
                 "rejected": checked.rejected})
         started = time.perf_counter()
-        where = await self.writer.write(checked.accepted)
+        where = await self.writer.write(checked.accepted, checked.finite)
         self.metrics.journal_seconds.observe(time.perf_counter() - started)
         if where == "fallback":
             log.error("llmcost collector: journal failed, %d records kept in the fallback log", len(checked.accepted))

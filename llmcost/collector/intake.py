@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import msgspec
 import pydantic_core
 from pydantic import ValidationError
 
@@ -81,6 +82,7 @@ class Checked:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     unattributed: int = 0
     refused_tenant: int = 0
+    finite: bool = False  # every number in the records is finite (read by `typedread`, which refuses others)
 
 
 _ID_PREFIX = uuid.uuid4().hex  # unique to this process: ids are the prefix and a counter, cheaper than a uuid each
@@ -117,12 +119,15 @@ def check_plain_body(body: bytes, content_type: str | None, grant: Grant, source
     if _is_ndjson(content_type):
         return None
     records = read_plain(body, _PLAIN_EVENTS)
+    finite = records is not None
     if records is None:
         records = _PLAIN_EVENTS.read_json(body)
     if records is None or (grant.tenant_id is not None
                            and any(record["tenant_id"] != grant.tenant_id for record in records)):
         return None
-    return _all_plain(records, source)
+    checked = _all_plain(records, source)
+    checked.finite = finite
+    return checked
 
 
 def _all_plain(records: list[dict[str, Any]], source: str) -> Checked:
@@ -320,9 +325,15 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def encode_records(records: list[dict[str, Any]]) -> bytes:
-    """Journal lines of records parsed from JSON (only JSON types: pydantic's encoder writes what json would,
-    newlines escaped, in a tenth of the time)."""
+_LINES = msgspec.json.Encoder()
+
+
+def encode_records(records: list[dict[str, Any]], finite: bool = False) -> bytes:
+    """Journal lines of records parsed from JSON (only JSON types, newlines escaped). Records whose every
+    number is known finite (`Checked.finite`) are written by msgspec, in a fifth of pydantic's time; msgspec
+    would write an infinity (a number like 1e400 read by the exact path) as null, so others go to pydantic."""
+    if finite:
+        return _LINES.encode_lines(records)
     return b"\n".join(map(pydantic_core.to_json, records)) + b"\n"
 
 
@@ -334,12 +345,12 @@ class DurableWriter:
         self.fallback_log = Path(fallback_log)
         self._commit = GroupCommit(self.journal, on_sync)
 
-    async def write(self, records: list[dict[str, Any]]) -> str:
-        """Make records durable; returns 'journal' or 'fallback'."""
+    async def write(self, records: list[dict[str, Any]], finite: bool = False) -> str:
+        """Make records durable (`finite` as `encode_records` takes it); returns 'journal' or 'fallback'."""
         if not records:
             return "journal"
         try:
-            await self._commit.append(encode_records(records))
+            await self._commit.append(encode_records(records, finite))
             return "journal"
         except OSError as error:
             journal_error = f"{type(error).__name__}: {error}"
