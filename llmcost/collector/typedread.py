@@ -90,9 +90,8 @@ def _texts_plain(records: list[Any]) -> bool:
 
 
 def read_plain(body: bytes, judge: PlainEvents) -> list[dict[str, Any]] | None:
-    """The records of a JSON array when every one is a plain usage event, as dicts
-    with the keys sent (in the field order of the event format); None for any other body, which the
-    caller reads as usual."""
+    """The records of a JSON array when every one is a plain usage event, as dicts with the keys sent (in
+    the event format's field order); None for any other body, which the caller reads as usual."""
     if body.lstrip()[:1] != b"[":
         return None  # one record: fastcheck's single call costs less than this pass's per-batch checks
     try:
