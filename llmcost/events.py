@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from itertools import repeat
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -171,6 +172,20 @@ def token_totals_problem(counts: dict[str, Any]) -> str | None:
     if total_tokens is not None and parts and total_tokens < parts:
         return f"total_tokens {total_tokens} is less than input + output tokens ({parts})"
     return None
+
+
+# The counts whose rules can fail; with each absent or 0 (and no total given) a call's counts always add up.
+_COUNTS_BOUND_BY_OTHERS = ("cache_write_1h_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+
+
+def any_token_totals_problem(records: list[dict[str, Any]]) -> bool:
+    """Whether `token_totals_problem` finds one in any of these records, whose counts are non-negative ints.
+
+    Most batches give only input and output tokens: that is seen column by column, without a call per record."""
+    if any(map(dict.__contains__, records, repeat("total_tokens"))) or any(
+            any(map(dict.get, records, repeat(name))) for name in _COUNTS_BOUND_BY_OTHERS):
+        return any(map(token_totals_problem, records))
+    return False
 
 
 class AttemptRecord(BaseModel):

@@ -79,6 +79,10 @@ def test_unreadable_bodies_are_refused_naming_the_problem(isolated_home):
         gzipped = httpx.post(c.url + "/v1/usage", content=gzip.compress(json.dumps(event(1)).encode()),
                              headers={"content-encoding": "gzip"})
         unknown = httpx.get(c.url + "/nope")
+        wrong_method = httpx.get(c.url + "/v1/usage")  # the plain ASGI route leaves it to the router
+        brotli = httpx.post(c.url + "/v1/usage", content=b"x", headers={"content-encoding": "br"})
+    assert wrong_method.status_code == 405 and wrong_method.headers["content-type"].startswith("application/json")
+    assert brotli.status_code == 400 and "send gzip" in brotli.json()["error"]
     assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["error"]
     assert "<html>" not in not_json.text
     assert empty.status_code == 400 and "empty" in empty.json()["error"]
@@ -258,6 +262,7 @@ def test_metrics_count_records_and_price_todays_spend(isolated_home):
     assert 'llmcost_collector_records_total{endpoint="usage",outcome="rejected"} 1.0' in text
     assert 'llmcost_collector_records_total{endpoint="usage",outcome="unattributed"} 1.0' in text
     assert "llmcost_collector_journal_write_seconds_count 2.0" in text
+    assert "llmcost_collector_journal_syncs_total 2.0" in text  # one request after the other: a fsync each
     spend = [line for line in text.splitlines()
              if line.startswith('llmcost_collector_spend_today_usd{use_case="chat_tutor"}')]
     assert spend and float(spend[0].split()[-1]) > 0

@@ -10,12 +10,15 @@ import itertools
 import json
 from pathlib import Path
 
+import pydantic_core
 import pytest
 from pydantic import Field, model_validator
 
+from llmcost import events
 from llmcost.collector import intake
 from llmcost.collector.auth import OPEN_GRANT, Grant
 from llmcost.collector.fastcheck import PlainEvents, unknown_checks
+from llmcost.collector.typedread import read_plain
 from llmcost.config import load_settings
 from llmcost.events import UsageEvent
 
@@ -254,6 +257,34 @@ def test_reading_plain_events_from_the_bytes_agrees_with_parsing_then_judging(bo
         assert straight is None
 
 
+@pytest.mark.parametrize("body", BODIES, ids=range(len(BODIES)))
+def test_the_typed_reading_passes_only_bodies_the_usual_reading_finds_all_plain_and_gives_its_records(body):
+    usual = _usual_reading(body)
+    typed = read_plain(body, PlainEvents())
+    if typed is not None:
+        assert usual is not None and usual[1] and _typed(typed) == _typed(usual[0])
+
+
+def test_the_typed_reading_takes_the_usual_plain_bodies():
+    assert _typed(read_plain(json.dumps(PLAIN).encode(), PlainEvents())) == _typed(PLAIN)
+    assert _typed(read_plain(json.dumps(PLAIN[:1]).encode(), PlainEvents())) == _typed(PLAIN[:1])
+
+
+@pytest.mark.parametrize("counts", [
+    {}, {"total_tokens": 0}, {"total_tokens": None}, {"total_tokens": 120}, {"total_tokens": 119},
+    {"cache_read_tokens": 101}, {"cache_read_tokens": 100}, {"cache_write_tokens": 60, "cache_read_tokens": 50},
+    {"cache_write_tokens": 10, "cache_write_1h_tokens": 11}, {"cache_write_1h_tokens": 1},
+    {"reasoning_tokens": 21}, {"reasoning_tokens": 20}, {"input_tokens": 0, "cache_read_tokens": 5},
+    {"output_tokens": 0, "reasoning_tokens": 5}, {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+])
+def test_a_batch_has_a_token_totals_problem_exactly_when_one_of_its_records_has(counts):
+    fine = [{"input_tokens": 100, "output_tokens": 20}, {"input_tokens": 7}]
+    for batch in ([{"input_tokens": 100, "output_tokens": 20, **counts}], [*fine, {"input_tokens": 100, "output_tokens": 20,
+                                                                                   **counts}]):
+        assert events.any_token_totals_problem(batch) == any(map(events.token_totals_problem, batch))
+    assert events.any_token_totals_problem(fine) is False
+
+
 def test_a_plain_body_read_from_its_bytes_is_checked_and_journaled_as_the_usual_path_would(monkeypatch):
     body = json.dumps(PLAIN).encode()
     usual = _check(intake.parse_body(body, "application/json"), OPEN_GRANT, monkeypatch, exact_only=True)
@@ -279,3 +310,17 @@ def test_a_check_usage_event_gains_that_the_batch_check_does_not_mirror_is_named
     assert any(item.startswith("model:") for item in found)
     assert "validator _only_weekdays" in found
     assert unknown_checks(UsageEvent) == []
+
+
+@pytest.mark.parametrize("body", BODIES, ids=range(len(BODIES)))
+def test_journal_lines_read_back_as_the_records_accepted(body):
+    # Read back as ingestion reads them, the lines give the accepted records, value types included:
+    # msgspec's for a body the typed reading passes, pydantic's for any other.
+    usual = _usual_reading(body)
+    if usual is None:
+        return
+    accepted = intake.check_records(usual[0], OPEN_GRANT, "collector:usage").accepted
+    for finite in (False, True) if read_plain(body, PlainEvents()) is not None else (False,):
+        lines = intake.encode_records(accepted, finite) if accepted else b""
+        assert lines.count(b"\n") == len(accepted)
+        assert _typed(list(map(pydantic_core.from_json, lines.splitlines()))) == _typed(accepted)

@@ -8,6 +8,7 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,10 @@ import pydantic_core
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from llmcost.collector import litellm, otlp
 from llmcost.collector.admission import Admission, Refusal, identity_from_headers
@@ -47,6 +49,24 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
+ANSWERED_FAILURES = (AuthError, TooLarge, BadBody, Refusal, NotDurable)
+
+
+def failure_response(c: Collector, error: Exception) -> Response:
+    """The JSON answer to each known failure of a request (every route, the plain ASGI one too)."""
+    if isinstance(error, AuthError):
+        return _error(401, str(error))
+    if isinstance(error, TooLarge):
+        return _error(413, f"request body larger than {c.max_body_bytes} bytes: send smaller batches")
+    if isinstance(error, BadBody):
+        return _error(400, str(error))
+    if isinstance(error, Refusal):
+        body = dict(error.body)
+        return _error(error.status, body.pop("error"), reason=error.reason, **body)
+    log.critical("llmcost collector: %s", error)  # NotDurable: nothing was acknowledged
+    return _error(503, str(error))
+
+
 class Collector:
     """The state one collector process shares between requests."""
 
@@ -56,25 +76,29 @@ class Collector:
         self.settings = self.tracker.settings
         self.keys = keys
         self.max_body_bytes = max_body_bytes
-        self.writer = DurableWriter(settings.journal_dir, settings.fallback_log)
-        self.admission = Admission(self.tracker)
         self.metrics = Metrics(self.tracker.pricer, self.settings.tz)
+        self.writer = DurableWriter(settings.journal_dir, settings.fallback_log, self.metrics.journal_syncs.inc)
+        self.admission = Admission(self.tracker)
 
     def grant(self, request: Request) -> Grant:
         return self.keys.check(request.headers.get("authorization"))
 
     async def body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
+        return await self.read_body(request.headers.get("content-length"), request.headers.get("content-encoding"),
+                                    request.stream())
+
+    async def read_body(self, declared: str | None, encoding: str | None, chunks: AsyncIterator[bytes]) -> bytes:
+        """The body within the size limit (413 otherwise), gunzipped when so encoded; one rule for every route."""
         if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise TooLarge()
-        chunks, size = [], 0
-        async for chunk in request.stream():
+        parts, size = [], 0
+        async for chunk in chunks:
             size += len(chunk)
             if size > self.max_body_bytes:
                 raise TooLarge()
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
+            parts.append(chunk)
+        body = b"".join(parts)
+        encoding = (encoding or "identity").strip().lower()
         if encoding == "gzip":  # OTLP exporters often compress
             return self._gunzip(body)
         if encoding != "identity":
@@ -103,13 +127,20 @@ class Collector:
                 "error": "every record names a tenant this service key is not allowed to send for",
                 "rejected": checked.rejected})
         started = time.perf_counter()
-        where = await self.writer.write(checked.accepted)
+        where = await self.writer.write(checked.accepted, checked.finite)
         self.metrics.journal_seconds.observe(time.perf_counter() - started)
         if where == "fallback":
             log.error("llmcost collector: journal failed, %d records kept in the fallback log", len(checked.accepted))
         self.metrics.count(endpoint, len(checked.accepted), len(checked.rejected), checked.unattributed)
         self.metrics.spend.add(checked.events)
         return {"accepted": len(checked.accepted), "rejected": checked.rejected}
+
+    async def usage(self, body: bytes, content_type: str | None, grant: Grant) -> dict[str, Any]:
+        """POST /v1/usage: the usual body judged straight from its bytes, any other record by record."""
+        plain = check_plain_body(body, content_type, grant, source="collector:usage")
+        if plain is not None:
+            return await self.accept("usage", plain.accepted, grant, plain)
+        return await self.accept("usage", parse_body(body, content_type), grant)
 
     def close(self) -> None:
         self.admission.close()
@@ -123,26 +154,13 @@ def _routes(c: Collector) -> list[Route]:
         async def endpoint(request: Request) -> Response:
             try:
                 return await handler(request, c.grant(request))
-            except AuthError as error:
-                return _error(401, str(error))
-            except TooLarge:
-                return _error(413, f"request body larger than {c.max_body_bytes} bytes: send smaller batches")
-            except BadBody as error:
-                return _error(400, str(error))
-            except Refusal as refusal:
-                body = dict(refusal.body)
-                return _error(refusal.status, body.pop("error"), reason=refusal.reason, **body)
-            except NotDurable as error:
-                log.critical("llmcost collector: %s", error)
-                return _error(503, str(error))
+            except ANSWERED_FAILURES as error:
+                return failure_response(c, error)
         return endpoint
 
     async def usage(request: Request, grant: Grant) -> Response:
-        body, content_type = await c.body(request), request.headers.get("content-type")
-        plain = check_plain_body(body, content_type, grant, source="collector:usage")
-        if plain is not None:
-            return _accepted(await c.accept("usage", plain.accepted, grant, plain))
-        return _accepted(await c.accept("usage", parse_body(body, content_type), grant))
+        result = await c.usage(await c.body(request), request.headers.get("content-type"), grant)
+        return _accepted(result)
 
     async def litellm_payloads(request: Request, grant: Grant) -> Response:
         payloads = parse_body(await c.body(request), request.headers.get("content-type"))
@@ -210,12 +228,63 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
+class CollectorApp(Starlette):
+    """Starlette, with POST /v1/usage (nearly every request a collector gets) answered by a plain ASGI handler
+    ahead of the router: no Request object, route matching or middleware for it. The service key, the size
+    limit, the body's encoding, the records' rules and the failure answers are the functions the other routes
+    call; every other request (another method or path included) goes to the router as before."""
+
+    collector: Collector
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/usage" and scope["method"] == "POST":
+            await self._usage(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def _usage(self, scope: Scope, receive: Receive, send: Send) -> None:
+        c, headers = self.collector, _first_headers(scope)
+        try:
+            grant = c.keys.check(headers.get(b"authorization"))
+            body = await c.read_body(headers.get(b"content-length"), headers.get(b"content-encoding"),
+                                     _body_chunks(receive))
+            reply = pydantic_core.to_json(await c.usage(body, headers.get(b"content-type"), grant))
+        except ANSWERED_FAILURES as error:
+            await failure_response(c, error)(scope, receive, send)
+            return
+        except ClientDisconnect:
+            return  # nobody to answer; whatever was not read was not acknowledged
+        await send({"type": "http.response.start", "status": 202, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(reply)).encode())]})
+        await send({"type": "http.response.body", "body": reply})
+
+
+def _first_headers(scope: Scope) -> dict[bytes, str]:
+    """Each header's first value, as Starlette's `Headers.get` gives it."""
+    headers: dict[bytes, str] = {}
+    for name, value in scope["headers"]:
+        if name not in headers:
+            headers[name] = value.decode("latin-1")
+    return headers
+
+
+async def _body_chunks(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        if message.get("body"):
+            yield message["body"]
+        if not message.get("more_body", False):
+            return
+
+
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     return _error(exc.status_code, exc.detail)
 
 
 def create_app(settings: Settings | None = None, keys: ServiceKeys | None = None,
-               max_body_bytes: int | None = None) -> Starlette:
+               max_body_bytes: int | None = None) -> CollectorApp:
     """The collector app; settings, keys and the body limit default to the environment's."""
     settings = settings or load_settings()
     if keys is None:
@@ -232,6 +301,6 @@ def create_app(settings: Settings | None = None, keys: ServiceKeys | None = None
         finally:
             collector.close()
 
-    app = Starlette(routes=_routes(collector), exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
-    app.state.collector = collector
+    app = CollectorApp(routes=_routes(collector), exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
+    app.collector = app.state.collector = collector
     return app

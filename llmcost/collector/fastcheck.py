@@ -137,9 +137,17 @@ class PlainEvents:
             validators.times.validate_python([record["ts"] for record in records])
         except ValidationError:
             return None
-        if any(map(events.token_totals_problem, records)):
+        if events.any_token_totals_problem(records):
             return None
         return records
+
+    def times_in_bounds(self, times: list[str]) -> bool:
+        """Whether the texts of times, each of the event format's form, are within UsageEvent's bounds."""
+        try:
+            self._current().times.validate_python(times)
+        except ValidationError:
+            return False
+        return True
 
     def judge(self, records: list[Any]) -> list[bool]:
         """For each record, True when it is a plain usage event that UsageEvent accepts as it stands."""

@@ -120,6 +120,8 @@ class Metrics:
                                   ["action", "outcome"], registry=self.registry)
         self.journal_seconds = Histogram("llmcost_collector_journal_write_seconds",
                                          "Time to make a batch durable (write and fsync)", registry=self.registry)
+        self.journal_syncs = Counter("llmcost_collector_journal_syncs", "fsyncs of the journal; each covers every "
+                                     "batch written since the one before (group commit)", registry=self.registry)
         self.spend = _TodaySpend(pricer, tz)
         self.registry.register(self.spend)
         self._record_counters: dict[tuple[str, str], Any] = {}  # labels() looks its child up under a lock each time

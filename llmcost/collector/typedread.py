@@ -1,0 +1,111 @@
+"""The usual body's plain usage events read and checked in one typed pass (msgspec), then their text as a column.
+
+Parsing into dicts and then checking them (`fastcheck`) walks each record twice; msgspec decodes the body
+straight into a record type built here from the same field declarations (`fastcheck.FIELDS`, read from
+`UsageEvent`): JSON types, integer ranges, text lengths, the allowed words, no unknown key. Its text
+patterns would run Python's `re` once per value, so the text rules (nothing to strip, no NUL, the time's
+form) are checked once over the batch's joined texts and once over its joined times instead, and a time's bounds by the same
+validator `fastcheck` uses. This is only a fast path: a body it does not pass whole goes to `fastcheck`
+and then the exact per-record path, so it never answers differently from them (the equivalence test feeds
+all three the same hostile bodies).
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import chain
+from operator import attrgetter
+from typing import Annotated, Any, Callable, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from llmcost import events
+from llmcost.collector.fastcheck import COST_TEXT, FIELDS, PlainEvents
+from llmcost.events import MAX_TOKENS_PER_CALL, PRICE_SOURCES
+from llmcost.ingestion.bulk import ISO_TS, Field
+
+# The largest finite float: msgspec reads 1e308 and refuses 1e400, but a bound keeps infinity out whatever it reads.
+_FLOAT_MAX = 1.7976931348623157e308
+# Texts joined by NUL, which none of them may hold: each empty or printable ASCII at both ends, as
+# fastcheck.STRIPPED_TEXT has it (its alternatives spelt out, which Python's re runs 3-4 times faster).
+STRIPPED_COLUMN = re.compile(r"(?:[!-~][^\x00]*[!-~]\x00|[!-~]\x00|\x00)*(?:[!-~][^\x00]*[!-~]|[!-~])?")
+TIMES_COLUMN = re.compile(rf"(?:{ISO_TS}\n)*{ISO_TS}")  # a column of times joined by newlines
+
+
+def _value_type(f: Field) -> Any:
+    """The JSON type and bounds of a field's plain value, as fastcheck's strict schema has them."""
+    if f.kind == "str":
+        return Annotated[str, Meta(min_length=f.min_length or None, max_length=f.max_length or None)]
+    if f.kind == "int":
+        return Annotated[int, Meta(ge=0, le=MAX_TOKENS_PER_CALL)]
+    if f.kind == "float":  # an int stays an int, as fastcheck keeps what was sent; larger ones go to fastcheck
+        return Annotated[int, Meta(ge=0, le=2**53)] | Annotated[float, Meta(ge=0, le=_FLOAT_MAX)]
+    return {
+        "ts": str,
+        "bool": bool,
+        "status": Literal["ok", "error"],
+        "price_source": Literal[tuple(PRICE_SOURCES)],
+        "cost": Annotated[str, Meta(pattern=COST_TEXT[:-1] + r"\Z")],  # Python's $ passes a last newline
+        "object": dict[str, Any],
+    }[f.kind]
+
+
+def record_type() -> type[msgspec.Struct]:
+    """A plain record: the identity and the time given, every other field absent (UNSET), null or plain."""
+    fields = [(f.name, _value_type(f)) if f.required else (f.name, _value_type(f) | None | UnsetType, UNSET)
+              for f in FIELDS]
+    fields.sort(key=len)  # msgspec wants the fields without a default first
+    return msgspec.defstruct("PlainRecord", fields, forbid_unknown_fields=True)
+
+
+_RECORD = record_type()
+_MANY = msgspec.json.Decoder(list[_RECORD])
+
+
+def _texts_of(stripped: bool) -> Callable[[Any], tuple]:
+    """A record's texts of one kind (stripped or free) as a tuple, absent (UNSET) and null ones included."""
+    names = [f.name for f in FIELDS if f.kind == "str" and f.stripped == stripped]
+    return attrgetter(*names, names[0]) if len(names) == 1 else attrgetter(*names)
+
+
+_STRIPPED_TEXTS = _texts_of(stripped=True)
+_FREE_TEXTS = _texts_of(stripped=False)
+
+
+def _texts_plain(records: list[Any]) -> bool:
+    """fastcheck's text patterns over the batch's distinct texts at once (most repeat: users, use cases,
+    models): the stripped ones printable ASCII at both ends, none with a NUL (joined by NUL, a text holding
+    one shows as one text more)."""
+    stripped = set(chain.from_iterable(map(_STRIPPED_TEXTS, records)))
+    stripped.discard(None)
+    stripped.discard(UNSET)
+    joined = "\x00".join(stripped)
+    if STRIPPED_COLUMN.fullmatch(joined) is None or joined.count("\x00") != max(len(stripped) - 1, 0):
+        return False
+    free = set(chain.from_iterable(map(_FREE_TEXTS, records)))
+    free.discard(None)
+    free.discard(UNSET)
+    return "\x00" not in "".join(free)
+
+
+def read_plain(body: bytes, judge: PlainEvents) -> list[dict[str, Any]] | None:
+    """The records of a JSON array when every one is a plain usage event, as dicts with the keys sent (in
+    the event format's field order); None for any other body, which the caller reads as usual."""
+    if body.lstrip()[:1] != b"[":
+        return None  # one record: fastcheck's single call costs less than this pass's per-batch checks
+    try:
+        records = _MANY.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    if not records or not _texts_plain(records):
+        return None
+    times = [record.ts for record in records]
+    joined = "\n".join(times)
+    if (TIMES_COLUMN.fullmatch(joined) is None or joined.count("\n") != len(times) - 1
+            or not judge.times_in_bounds(times)):
+        return None
+    plain = msgspec.to_builtins(records)
+    if events.any_token_totals_problem(plain):
+        return None
+    return plain
