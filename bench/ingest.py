@@ -222,15 +222,11 @@ def child_ingest(file: Path) -> dict:
     }
 
 
-def child_grown(file: Path, existing: int) -> dict:
-    """Ingest into a store that already holds `existing` other events (written by SQL, untimed)."""
-    from llmcost.config import load_settings
-    from llmcost.ingestion.run import ingest
+def grow_store(db_path: Path, existing: int) -> None:
+    """Write `existing` other events into the store by SQL (untimed): a store that is not empty."""
     from llmcost.store import connection as store
 
-    settings = load_settings()
-    settings.ensure_dirs()
-    with store.writing(settings.db_path) as db:
+    with store.writing(db_path) as db:
         db.execute(
             """
             INSERT INTO usage_events BY NAME
@@ -243,6 +239,17 @@ def child_grown(file: Path, existing: int) -> dict:
             """,
             [existing],
         )
+
+
+def child_grown(file: Path, existing: int) -> dict:
+    """Ingest into a store that already holds `existing` other events (written by SQL, untimed)."""
+    from llmcost.config import load_settings
+    from llmcost.ingestion.run import ingest
+    from llmcost.store import connection as store
+
+    settings = load_settings()
+    settings.ensure_dirs()
+    grow_store(settings.db_path, existing)
     start = time.perf_counter()
     result = ingest(settings, [file])
     seconds = time.perf_counter() - start

@@ -201,24 +201,6 @@ def _insert(db, how: str) -> int:
     return total
 
 
-def _grow(db_path: Path, existing: int) -> None:
-    from llmcost.store import connection as store
-
-    with store.writing(db_path) as db:
-        db.execute(
-            """
-            INSERT INTO usage_events BY NAME
-            SELECT *, hash(event_id) AS event_key FROM (
-                SELECT uuid()::VARCHAR AS event_id, ts, ts::DATE AS day, 'user-' || (i % 500) AS user_id,
-                       'district-01' AS tenant_id, 'chat_tutor' AS use_case, 'openai' AS provider,
-                       'gpt-4o-mini' AS model, 1000 AS input_tokens, 100 AS output_tokens, 1100 AS total_tokens,
-                       0.00021 AS cost_usd, 'price-table' AS price_source, 'earlier' AS source, ts AS ingested_at
-                FROM (SELECT i, TIMESTAMP '2026-01-01' + to_seconds(i % 2592000) AS ts FROM range(?) r(i)))
-            """,
-            [existing],
-        )
-
-
 def _stage_and_write(file: Path, db_path: Path, pipelined: bool) -> int:
     """Stage each chunk in memory and write its typed rows to a store file, with or without overlap."""
     import duckdb
@@ -276,7 +258,7 @@ def child(variant: str, file: Path, fmt: str, workdir: Path, grown: int) -> dict
     if variant.startswith("insert") or variant == "ctas":
         store.connect(db_path).close()  # migrated, untimed
         if variant.endswith("grown"):
-            _grow(db_path, grown * 1_000_000)
+            ingest_bench.grow_store(db_path, grown * 1_000_000)
         prepared = store.connect(db_path)
         _typed_batch(prepared, file)
     wall, cpu = time.perf_counter(), time.process_time()

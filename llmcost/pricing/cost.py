@@ -8,10 +8,7 @@ half-even to 12 places (the store's DECIMAL(18, 12)).
 from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
-from typing import TYPE_CHECKING, NamedTuple
-
-if TYPE_CHECKING:
-    from llmcost.pricing.rates import Rates
+from typing import Any, NamedTuple, Protocol
 
 _PICO_EXPONENT = 12
 _PICO = Decimal(1).scaleb(-_PICO_EXPONENT)
@@ -19,6 +16,23 @@ _MILLION = Decimal(1_000_000)
 ZERO = Decimal(0)
 # Token counts up to 1e9 times prices with up to ~20 digits need far more than the default 28 digits.
 EXACT = Context(prec=60)
+
+
+class Rates(Protocol):
+    """What pricing needs of one model's rates (`llmcost.pricing.rates.Rates`), named here so that the
+    arithmetic does not import the table that calls it."""
+
+    input: Any
+    output: Any
+    cache_read: Any
+    cache_write: Any
+    reasoning: Any
+    cache_write_1h: Any
+    per_call_usd: Decimal
+    every_token_alike: bool
+
+    @property
+    def in_pico(self) -> dict[str, Any] | None: ...
 
 
 class Tokens(NamedTuple):  # a tuple: built twice per tracked call, several times faster than a frozen dataclass
