@@ -228,16 +228,19 @@ class Tracker:
             check_before_call, self.control, self.settings, day=day, user_id=user_id, tenant_id=tenant_id,
             use_case=use_case, account_type=account_type, estimated_tokens=estimated_tokens,
             estimated_cost=estimated_cost, service_key=service_key, details=details, reservation_id=reservation_id)
+        applied = settler.applied if settler is not None else 0  # (the background may apply one mid-check)
         try:
             decision = check()
         except (BudgetExceededError, SpendingHaltedError) as refused:
-            drained = settler is not None and self._drain_for(refused, day=day, user_id=user_id, tenant_id=tenant_id,
-                                                              use_case=use_case, account_type=account_type,
-                                                              service_key=service_key)
+            drained = settler is not None and (self._drain_for(refused, day=day, user_id=user_id, tenant_id=tenant_id,
+                                                               use_case=use_case, account_type=account_type,
+                                                               service_key=service_key)
+                                               or settler.applied != applied)
             if not (self.control.release_stale(self.settings.reservation_ttl_seconds) or drained):
                 raise
             return check()
-        if decision.reason and settler is not None and self._drain_for(None, counters=decision.reservation.counters):
+        if decision.reason and settler is not None and (
+                self._drain_for(None, counters=decision.reservation.counters) or settler.applied != applied):
             release_after_refusal(self.control, decision)  # judged with finished calls' estimates
             return check()
         return decision
