@@ -2,8 +2,8 @@
 gates channel (`<prefix>gates`).
 
 Every change of a gate publishes on that channel in the same round trip as the change itself: kill switch on or
-off, halt, resume (`RedisControlState`), the system's spend reaching the shutdown level (the Lua scripts, once a
-day), and figures raised by a rebuild. The listener bumps a version on each message; `version()` reads it, and a
+off, halt, resume (`RedisControlState`), the system's spend at the shutdown level (the Lua scripts, at most once
+a second), and figures raised by a rebuild. The listener bumps a version on each message; `version()` reads it, and a
 lease (`llmcost.control.lease`) judges the gates again whenever it differs from the one it judged them at.
 
 The window this leaves: a change takes effect in this process on the next call after its message arrived, about
@@ -68,10 +68,8 @@ class GateWatch:
             self._version += 1
 
     def close(self) -> None:
+        """Stop listening (the thread ends within its next second of waiting; not joined, so a close is quick)."""
         self._stopped.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=self.socket_timeout + 1)
 
     def _heard(self, *, listening: bool) -> None:
         with self._lock:

@@ -74,12 +74,13 @@ local function spent(v)
          plus(plus(larger(big(v[2]), big(v[4])), big(v[6])), big(v[8]))
 end
 -- Leases in every process judge their gates again on a message on the gates channel
--- (`llmcost.control.redis_gates`): sent once a day when the system's spend reaches the shutdown level.
+-- (`llmcost.control.redis_gates`): sent when the system's spend is at the shutdown level, at most once a second
+-- (no lease outlives a second, so one opened after a message, or while the spend dipped back, hears the next).
 local function announce_shutdown(system_key, shutdown, day)
   if not shutdown or shutdown == '' then return end
   local _, cost = spent(figures(system_key))
   if above(big(shutdown), cost) then return end
-  if redis.call('SET', prefix .. 'shutdown-announced:' .. day, '1', 'NX', 'EX', 3 * 86400) then
+  if redis.call('SET', prefix .. 'shutdown-announced:' .. day, '1', 'NX', 'EX', 1) then
     redis.call('PUBLISH', prefix .. 'gates', 'shutdown')
   end
 end
