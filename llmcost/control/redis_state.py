@@ -9,8 +9,8 @@ a listener of the gates channel, without a round trip (`llmcost.control.redis_ga
 
 Keys carry the period in the configured time zone (`llmcost:c:2026-12-03:user:<id>`,
 `llmcost:c:2026-12:tenant:<id>`) and expire on their own. Counters are rebuilt from the store and journals at a
-tracker's start, every `control_rebuild_seconds`, and by `llmcost control rebuild`; a Redis that lost its data gets a new
-`generation`, which makes every tracker rebuild. Redis down or unreachable is a `ControlStateError`, which
+tracker's start, every `control_rebuild_seconds`, and by `llmcost control rebuild`; a Redis that lost its data gets
+a new `generation`, which makes every tracker rebuild. Redis down or unreachable is a `ControlStateError`, which
 `on_control_error` turns into a refusal (the default) or an unchecked call, as for a failing SQLite file.
 
 Run Redis with `appendonly yes` and `maxmemory-policy noeviction`: an evicted or lost counter lets spend
@@ -19,14 +19,13 @@ through until the next rebuild. Not for Redis Cluster (the scripts touch keys na
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import functools
 import json
 import logging
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -154,16 +153,13 @@ class RedisControlState:
         if not use_case:
             raise ValueError("use_case must not be empty")
         reason, by = reason or "no reason given", by or control_audit.default_actor()
-        with self._gate_change() as pipe:
-            pipe.hset(f"{PREFIX}disabled", use_case, json.dumps(
-                {"reason": reason, "disabled_at": now_iso(), "disabled_by": by}))
+        self._change_gates(lambda pipe: pipe.hset(f"{PREFIX}disabled", use_case, json.dumps(
+            {"reason": reason, "disabled_at": now_iso(), "disabled_by": by})))
         self._audit("disable", use_case=use_case, reason=reason, by=by)
 
     @_reachable
     def enable(self, use_case: str, by: str | None = None, reason: str | None = None) -> bool:
-        with self._gate_change() as pipe:
-            pipe.hdel(f"{PREFIX}disabled", use_case)
-        changed = pipe.answers[0] > 0
+        changed = self._change_gates(lambda pipe: pipe.hdel(f"{PREFIX}disabled", use_case))[0] > 0
         if changed:
             self._audit("enable", use_case=use_case, reason=reason, by=by)
         return changed
@@ -178,15 +174,15 @@ class RedisControlState:
         found = self._client.hget(f"{PREFIX}disabled", use_case)
         return json.loads(found)["reason"] if found else None
 
-    @contextlib.contextmanager
-    def _gate_change(self):
-        """A pipeline of changes to the gates, run as one transaction with a message on the gates channel, so that
-        leases in every process judge the gates again (`data_version`); its answers are in `pipe.answers`."""
+    def _change_gates(self, change: Callable) -> list:
+        """The commands `change` adds to a pipeline, run as one transaction with a message on the gates channel, so
+        that leases in every process judge the gates again (`data_version`); the commands' answers."""
         with self._client.pipeline(transaction=True) as pipe:
-            yield pipe
+            change(pipe)
             pipe.publish(f"{PREFIX}gates", "changed")
-            pipe.answers = pipe.execute()
+            answers = pipe.execute()
         self._gates.changed()
+        return answers
 
     def data_version(self) -> int:
         """Changes whenever a gate may have changed (kill switch, halt, resume, shutdown level, rebuilt figures), as
@@ -199,16 +195,14 @@ class RedisControlState:
     @_reachable
     def halt(self, day: dt.date | str, reason: str, by: str | None = None) -> None:
         key, reason = self._halt_key(day), reason or "halted by an operator"
-        with self._gate_change() as pipe:
-            pipe.hdel(key, "resumed_at").hset(key, mapping={"reason": reason, "halted_at": now_iso()})
-            pipe.expire(key, 3 * 86400)
+        self._change_gates(lambda pipe: pipe.hdel(key, "resumed_at").hset(
+            key, mapping={"reason": reason, "halted_at": now_iso()}).expire(key, 3 * 86400))
         self._audit("halt", day=day_key(day), reason=reason, by=by)
 
     @_reachable
     def resume(self, day: dt.date | str, by: str | None = None, reason: str | None = None) -> None:
         key = self._halt_key(day)
-        with self._gate_change() as pipe:
-            pipe.hset(key, "resumed_at", now_iso()).expire(key, 3 * 86400)
+        self._change_gates(lambda pipe: pipe.hset(key, "resumed_at", now_iso()).expire(key, 3 * 86400))
         self._audit("resume", day=day_key(day), reason=reason, by=by)
 
     @_reachable
