@@ -124,7 +124,10 @@ def test_another_trackers_spend_reaching_the_shutdown_level_halts_this_trackers_
     theirs = Tracker(dataclasses.replace(on_redis, home=tmp_path / "other-host"))
     try:
         call(ours)
-        before = listening(ours)
+        call(theirs, user="boss", account_type="super_admin")  # (its first call rebuilds figures, which also tells)
+        listening(ours)
+        call(ours)  # judges the gates as they are now
+        before = ours.control.data_version()
         with theirs.call(user_id="boss", account_type="super_admin", estimated_tokens=10, use_case="scaffolder",
                          tenant_id="t", provider="openai", model="gpt-4o-mini") as tracked:
             tracked.record(input_tokens=5, output_tokens=5, cost_usd=on_redis.system.shutdown_usd)
