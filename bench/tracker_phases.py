@@ -6,7 +6,7 @@ manager, attribute work, the wrappers' own cost, about 0.1 µs each). The contro
 are the SQLite or Redis work; the others are the Python work around it, also measured whole by the same calls
 with a control state that admits everything at no cost. Medians of 3,000 calls, fsync off.
 
-    python bench/tracker_phases.py [--calls 3000] [--cprofile] [--tracemalloc]
+    python bench/tracker_phases.py [--calls 3000] [--backend sqlite|redis] [--cprofile] [--tracemalloc]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tracker_overhead import PROMPT, fake_llm_call  # noqa: E402
+from tracker_overhead import PROMPT, fake_llm_call, start_redis  # noqa: E402
 
 from llmcost.config import load_settings  # noqa: E402
 from llmcost.sdk.tracker import Tracker  # noqa: E402
@@ -102,7 +102,15 @@ def main() -> None:
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     home = Path(tempfile.mkdtemp(prefix="llmcost-phases-"))
-    tracker = Tracker(replace(load_settings(home=home), fsync=False))
+    settings = replace(load_settings(home=home), fsync=False)
+    redis_process = None
+    if args.backend == "redis":  # (a throwaway local redis-server, as tracker_overhead.py starts)
+        redis_process, redis_url = start_redis()
+        if redis_process is None:
+            sys.exit("redis-server not found (apt-get install redis-server)")
+        settings = replace(settings, control_backend="redis", redis_url=redis_url)
+    tracker = Tracker(settings)
+    print(f"control backend: {args.backend}")
     try:
         run(300, tracker, record=False)  # warm-up
         cpu: list[int] = []
@@ -143,6 +151,9 @@ def main() -> None:
                 print(f"  {stat.count_diff / args.calls:8.2f}  {stat.traceback}")
     finally:
         tracker.close()
+        if redis_process is not None:
+            redis_process.kill()
+            redis_process.wait()
         shutil.rmtree(home, ignore_errors=True)
 
 

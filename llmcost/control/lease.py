@@ -12,9 +12,11 @@ day and month, tenant, use case, key, an alert level, the shutdown level) has ro
 leases beyond what is spent, so no call admitted on it would have been refused or warned; near any limit the
 combination is admitted per call for the rest of the day. Every hard limit holds whatever other processes do:
 the lease's whole amount is held against it, and the calls admitted here stay within that amount. Kill switches,
-halts, resumes and the shutdown level take effect on the very next call in every process: each call asks SQLite
-whether any other connection committed since (`PRAGMA data_version`, no table read), and when one did, the gates
-are read again before the call is admitted here.
+halts, resumes and the shutdown level take effect on the very next call in every process: each call asks the
+control state whether anything changed since (`LeaseControl.data_version`, no I/O to speak of), and when it did,
+the gates are read again before the call is admitted here. The SQLite file answers whether any other connection
+committed (`PRAGMA data_version`, no table read); Redis, whether its listener heard a gate change, which leaves a
+window of about one network hop (`llmcost.control.redis_gates`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Hashable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Protocol
 
 from llmcost.control.interface import AdmissionRequest, Admitted
 from llmcost.control.policy import BudgetDecision, admission_request
@@ -34,6 +38,24 @@ CALLS_PER_LEASE = 16  # a lease holds this many estimates of the call that opene
 HEADROOM_LEASES = 4  # leases are used only while every limit has room for this many more
 MAX_AGE_SECONDS = 1.0  # a lease is settled this soon after it was admitted ...
 IDLE_SECONDS = 0.25  # ... or after this long without a call
+
+
+class LeaseControl(Protocol):
+    """What leases need of a control state (`ControlState`, `RedisControlState`)."""
+
+    generation: str  # names the state a reservation was made in: a lease of an earlier one is not used
+
+    def data_version(self) -> Hashable:
+        """Changes whenever a gate (kill switch, halt, resume, shutdown level) may have changed, in any process."""
+
+    def judge(self, request: AdmissionRequest) -> Admitted:
+        """What `admit` would decide now, reserving nothing."""
+
+    def admit(self, request: AdmissionRequest) -> Admitted:
+        """The one admission (kill switch, halt, shutdown level, every limit, and the reservation)."""
+
+    def release(self, reservation) -> bool:
+        """Drop a reservation without spend."""
 
 
 @dataclass(eq=False)
@@ -84,10 +106,10 @@ os.register_at_fork(after_in_child=_forget_in_forked_child)
 
 
 class Leases:
-    """The leases of one tracker on the SQLite control file; thread-safe. Settled through `settler`, which
+    """The leases of one tracker on a control state; thread-safe. Settled through `settler`, which
     retires idle and old leases (`tick`) and every lease before it drains (`before_drain`)."""
 
-    def __init__(self, control, settings, settler):
+    def __init__(self, control: LeaseControl, settings, settler):
         self.control, self.settings, self.settler = control, settings, settler
         self._lock = threading.Lock()
         self._open: dict[tuple, Lease] = {}
@@ -110,7 +132,7 @@ class Leases:
         version = self.control.data_version()
         thread = threading.get_ident()
         with self._lock:
-            if self._seen.get(thread) != version:  # another connection committed: read the gates again
+            if self._seen.get(thread) != version:  # something changed since: read the gates again
                 self._gates.clear()
                 self._seen[thread] = version
             lease = self._open.get(key)

@@ -73,13 +73,25 @@ local function spent(v)
   return plus(plus(larger(big(v[1]), big(v[3])), big(v[5])), big(v[7])),
          plus(plus(larger(big(v[2]), big(v[4])), big(v[6])), big(v[8]))
 end
+-- Leases in every process judge their gates again on a message on the gates channel
+-- (`llmcost.control.redis_gates`): sent when the system's spend is at the shutdown level, at most once a second
+-- (no lease outlives a second, so one opened after a message, or while the spend dipped back, hears the next).
+local function announce_shutdown(system_key, shutdown, day)
+  if not shutdown or shutdown == '' then return end
+  local _, cost = spent(figures(system_key))
+  if above(big(shutdown), cost) then return end
+  if redis.call('SET', prefix .. 'shutdown-announced:' .. day, '1', 'NX', 'EX', 1) then
+    redis.call('PUBLISH', prefix .. 'gates', 'shutdown')
+  end
+end
 """
 
 # KEYS: disabled hash, halt hash, system counter, inflight zset, reservation, then one counter per limit.
 # ARGV: prefix, use_case, tokens, cost, shutdown ('' = none), ttl, details, day, user, counter ttl, limit count,
 # then per limit: tokens ('' = none), cost ('' = none), hard (1/0).
 # Returns {status, reason, system figures (8), figures per limit (8 each), over index (0 = none)}.
-ADMIT = _EXPIRE + """
+# The decision, shared by ADMIT and JUDGE: returns from the script when the call is refused.
+_DECIDE = """
 local function answer(status, reason, system, limits, over)
   local out = {status, reason or ''}
   for i = 1, 8 do out[#out + 1] = system[i] end
@@ -87,7 +99,6 @@ local function answer(status, reason, system, limits, over)
   out[#out + 1] = tostring(over or 0)
   return out
 end
-expire_old(KEYS[4])
 local disabled = redis.call('HGET', KEYS[1], ARGV[2])
 if disabled then return answer('disabled', disabled, figures(KEYS[3]), {}, 0) end
 local system = figures(KEYS[3])
@@ -96,7 +107,10 @@ if not halt[2] then
   if halt[1] then return answer('halted', halt[1], system, {}, 0) end
   if ARGV[5] ~= '' then
     local _, cost = spent(system)
-    if not above(big(ARGV[5]), cost) then return answer('halted', '', system, {}, 0) end
+    if not above(big(ARGV[5]), cost) then
+      announce_shutdown(KEYS[3], ARGV[5], ARGV[8])
+      return answer('halted', '', system, {}, 0)
+    end
   end
 end
 local tokens, cost = big(ARGV[3]), big(ARGV[4])
@@ -115,6 +129,9 @@ for i = 1, count do
   end
 end
 if over > 0 then return answer('budget', '', system, limits, over) end
+"""
+
+ADMIT = _EXPIRE + "expire_old(KEYS[4])\n" + _DECIDE + """
 local held = {KEYS[3]}
 for i = 1, count do held[#held + 1] = KEYS[5 + i] end
 for _, counter in ipairs(held) do
@@ -124,9 +141,16 @@ for _, counter in ipairs(held) do
 end
 local id = string.sub(KEYS[5], #prefix + 3)
 redis.call('HSET', KEYS[5], 't', ARGV[3], 'c', ARGV[4], 'counters', table.concat(held, '\\n'), 'details', ARGV[7],
-           'day', ARGV[8], 'user', ARGV[9], 'created', tostring(now), 'released', '0')
+           'day', ARGV[8], 'user', ARGV[9], 'created', tostring(now), 'released', '0', 'shutdown', ARGV[5])
 redis.call('EXPIRE', KEYS[5], n(ARGV[6]) + 86400)
 redis.call('ZADD', KEYS[4], now + n(ARGV[6]), id)
+announce_shutdown(KEYS[3], ARGV[5], ARGV[8])
+return answer('ok', '', system, limits, 0)
+"""
+
+# What ADMIT would decide on the figures as they are, reserving nothing (KEYS and ARGV as ADMIT's; the reservation
+# key is not touched). A lease's re-check of the gates (`llmcost.control.lease`).
+JUDGE = _EXPIRE + _DECIDE + """
 return answer('ok', '', system, limits, 0)
 """
 
@@ -134,7 +158,7 @@ return answer('ok', '', system, limits, 0)
 # Returns 1 when this call settled (or released) it, 0 when it was already settled, released or unknown.
 # A shared reservation's settle leaves a marker for a day, so a retried settle hears it was settled.
 FINISH = _EXPIRE + """
-local r = redis.call('HMGET', KEYS[1], 'counters', 'released', 'details')
+local r = redis.call('HMGET', KEYS[1], 'counters', 'released', 'details', 'shutdown', 'day')
 if not r[1] then return 0 end
 if ARGV[4] == '0' and r[2] == '1' then return 0 end
 drop_in_flight(KEYS[1])
@@ -144,6 +168,7 @@ if ARGV[4] == '1' then
     redis.call('HINCRBY', counter, 'lc', ARGV[3])
   end
   if r[3] and r[3] ~= '{}' then redis.call('SET', KEYS[3], '1', 'EX', 86400) end
+  announce_shutdown(split(r[1])[1], r[4], r[5])  -- (the system's counter is the first a reservation holds)
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], string.sub(KEYS[1], #ARGV[1] + 3))
@@ -184,5 +209,6 @@ for _, counter in ipairs(KEYS) do
   end
   redis.call('EXPIRE', counter, ARGV[2])
 end
+redis.call('PUBLISH', prefix .. 'gates', 'figures')  -- (the system's may have reached the shutdown level)
 return 1
 """

@@ -1,11 +1,16 @@
 """Live control state on Redis, shared by every host: the same operations as the SQLite `ControlState`.
 
 Admission is one Lua script (`redis_lua.ADMIT`): kill switch, halt, shutdown level, every limit and the
-reservation, atomically, in one round trip; settle and release are a second one. Keys carry the period in
-the configured time zone (`llmcost:c:2026-12-03:user:<id>`, `llmcost:c:2026-12:tenant:<id>`) and expire on
-their own. Counters are rebuilt from the store and journals at a tracker's start, every
-`control_rebuild_seconds`, and by `llmcost control rebuild`; a Redis that lost its data gets a new
-`generation`, which makes every tracker rebuild. Redis down or unreachable is a `ControlStateError`, which
+reservation, atomically, in one round trip; settle and release are a second one. A tracker settles in the
+background (`settle_many`: one round trip for a batch, through `llmcost.control.settler`, so every other
+operation of this state in the process first applies the settles pending), and admits most calls on a lease
+(`llmcost.control.lease`), which asks `data_version()` on each call whether a gate may have changed: answered by
+a listener of the gates channel, without a round trip (`llmcost.control.redis_gates` says the window this leaves).
+
+Keys carry the period in the configured time zone (`llmcost:c:2026-12-03:user:<id>`,
+`llmcost:c:2026-12:tenant:<id>`) and expire on their own. Counters are rebuilt from the store and journals at a
+tracker's start, every `control_rebuild_seconds`, and by `llmcost control rebuild`; a Redis that lost its data gets
+a new `generation`, which makes every tracker rebuild. Redis down or unreachable is a `ControlStateError`, which
 `on_control_error` turns into a refusal (the default) or an unchecked call, as for a failing SQLite file.
 
 Run Redis with `appendonly yes` and `maxmemory-policy noeviction`: an evicted or lost counter lets spend
@@ -20,16 +25,17 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
 from llmcost.control import audit as control_audit
-from llmcost.control import redis_lua
+from llmcost.control import redis_lua, settler
 from llmcost.control.file import day_key, now_iso
 from llmcost.control.interface import AdmissionRequest, Admitted, Counter, Reservation, Spend, summed_by_name, whole_tokens
 from llmcost.control.policy import halt_reason
+from llmcost.control.redis_gates import GateWatch
 from llmcost.errors import ControlStateError
 from llmcost.money import from_picodollars, to_picodollars
 
@@ -50,12 +56,16 @@ def counter_key(counter: Counter) -> str:
 
 
 def _reachable(method):
-    """Turn every Redis failure into a ControlStateError naming the server and the fix."""
+    """Turn every Redis failure into a ControlStateError naming the server and the fix. Every operation but the
+    settle path's first applies the settles this process handed over (`llmcost.control.settler`)."""
+    drains = method.__name__ not in settler.SETTLE_PATH
 
     @functools.wraps(method)
     def reachable(self, *args, **kwargs):
         import redis
 
+        if drains:
+            settler.drain_pending(self.place)
         try:
             self._ready()
             return method(self, *args, **kwargs)
@@ -83,11 +93,13 @@ class RedisControlState:
         self.where = f"at {self._safe_url(url)}"
         self.audit_path = Path(audit_path) if audit_path else None
         self.path = None  # no file: surfaces that name the file name the URL instead
+        self.place = f"redis:{self._safe_url(url)}"  # names this state for the settles pending in this process
         self.recreated = False
         self._client = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_SECONDS,
                                             socket_connect_timeout=SOCKET_TIMEOUT_SECONDS, decode_responses=True)
         self._scripts = {name: self._client.register_script(getattr(redis_lua, name))
-                         for name in ("ADMIT", "FINISH", "SWEEP", "SET_FIGURES")}
+                         for name in ("ADMIT", "JUDGE", "FINISH", "SWEEP", "SET_FIGURES")}
+        self._gates = GateWatch(url, f"{PREFIX}gates", socket_timeout=SOCKET_TIMEOUT_SECONDS)
         self._generation_seen: str | None = None
         self._lock = threading.Lock()
         if not lazy:
@@ -117,6 +129,7 @@ class RedisControlState:
         return self._generation_seen or ""
 
     def close(self) -> None:
+        self._gates.close()
         self._client.close()
 
     def __enter__(self) -> RedisControlState:
@@ -140,13 +153,13 @@ class RedisControlState:
         if not use_case:
             raise ValueError("use_case must not be empty")
         reason, by = reason or "no reason given", by or control_audit.default_actor()
-        self._client.hset(f"{PREFIX}disabled", use_case, json.dumps(
-            {"reason": reason, "disabled_at": now_iso(), "disabled_by": by}))
+        self._change_gates(lambda pipe: pipe.hset(f"{PREFIX}disabled", use_case, json.dumps(
+            {"reason": reason, "disabled_at": now_iso(), "disabled_by": by})))
         self._audit("disable", use_case=use_case, reason=reason, by=by)
 
     @_reachable
     def enable(self, use_case: str, by: str | None = None, reason: str | None = None) -> bool:
-        changed = self._client.hdel(f"{PREFIX}disabled", use_case) > 0
+        changed = self._change_gates(lambda pipe: pipe.hdel(f"{PREFIX}disabled", use_case))[0] > 0
         if changed:
             self._audit("enable", use_case=use_case, reason=reason, by=by)
         return changed
@@ -161,22 +174,35 @@ class RedisControlState:
         found = self._client.hget(f"{PREFIX}disabled", use_case)
         return json.loads(found)["reason"] if found else None
 
+    def _change_gates(self, change: Callable) -> list:
+        """The commands `change` adds to a pipeline, run as one transaction with a message on the gates channel, so
+        that leases in every process judge the gates again (`data_version`); the commands' answers."""
+        with self._client.pipeline(transaction=True) as pipe:
+            change(pipe)
+            pipe.publish(f"{PREFIX}gates", "changed")
+            answers = pipe.execute()
+        self._gates.changed()
+        return answers
+
+    def data_version(self) -> int:
+        """Changes whenever a gate may have changed (kill switch, halt, resume, shutdown level, rebuilt figures), as
+        heard by this process's listener of the gates channel: no round trip (`llmcost.control.redis_gates`)."""
+        return self._gates.version()
+
     def _halt_key(self, day) -> str:
         return f"{PREFIX}halt:{day_key(day)}"
 
     @_reachable
     def halt(self, day: dt.date | str, reason: str, by: str | None = None) -> None:
         key, reason = self._halt_key(day), reason or "halted by an operator"
-        with self._client.pipeline() as pipe:
-            pipe.hdel(key, "resumed_at").hset(key, mapping={"reason": reason, "halted_at": now_iso()})
-            pipe.expire(key, 3 * 86400).execute()
+        self._change_gates(lambda pipe: pipe.hdel(key, "resumed_at").hset(
+            key, mapping={"reason": reason, "halted_at": now_iso()}).expire(key, 3 * 86400))
         self._audit("halt", day=day_key(day), reason=reason, by=by)
 
     @_reachable
     def resume(self, day: dt.date | str, by: str | None = None, reason: str | None = None) -> None:
         key = self._halt_key(day)
-        with self._client.pipeline() as pipe:
-            pipe.hset(key, "resumed_at", now_iso()).expire(key, 3 * 86400).execute()
+        self._change_gates(lambda pipe: pipe.hset(key, "resumed_at", now_iso()).expire(key, 3 * 86400))
         self._audit("resume", day=day_key(day), reason=reason, by=by)
 
     @_reachable
@@ -188,7 +214,15 @@ class RedisControlState:
 
     @_reachable
     def admit(self, request: AdmissionRequest) -> Admitted:
-        reservation_id = request.reservation_id or uuid.uuid4().hex
+        """Kill switch, halt, shutdown level, every limit of the request and the reservation: one script."""
+        return self._decide("ADMIT", request, request.reservation_id or uuid.uuid4().hex)
+
+    @_reachable
+    def judge(self, request: AdmissionRequest) -> Admitted:
+        """What `admit` would decide on the figures as they are, reserving nothing (one round trip)."""
+        return self._decide("JUDGE", request, "")
+
+    def _decide(self, script: str, request: AdmissionRequest, reservation_id: str) -> Admitted:
         day = request.day.isoformat()
         keys = [f"{PREFIX}disabled", self._halt_key(day), counter_key(Counter(day, "system", "")),
                 f"{PREFIX}inflight", f"{PREFIX}r:{reservation_id}", *(counter_key(i.counter) for i in request.limits)]
@@ -198,7 +232,7 @@ class RedisControlState:
         for item in request.limits:
             args += ["" if item.tokens is None else item.tokens, "" if item.cost_pico is None else item.cost_pico,
                      1 if item.action == "hard" else 0]
-        out = self._scripts["ADMIT"](keys=keys, args=args)
+        out = self._scripts[script](keys=keys, args=args)
         status, reason, system = out[0], out[1] or None, _spend(out[2:10])
         spent = tuple(_spend(out[10 + 8 * i:18 + 8 * i]) for i in range((len(out) - 11) // 8))
         if status == "disabled":
@@ -207,21 +241,50 @@ class RedisControlState:
             return Admitted("halted", reason, system, ())
         if status == "budget":
             return Admitted("budget", None, system, spent, over=int(out[-1]) - 1)
+        if not reservation_id:
+            return Admitted(None, None, system, spent)
         user = spent[0] if spent else Spend()
         return replace(Admitted(None, None, system, spent), reservation=Reservation(
             reservation_id, request.day, request.user_id, request.tokens, from_picodollars(request.cost_pico),
             user.tokens, from_picodollars(user.cost_pico), self.generation, request.counters))
 
-    def _finish(self, reservation, tokens: int, cost_pico: int, settle: bool) -> bool:
+    @staticmethod
+    def _finish_keys_and_args(reservation, tokens: int, cost_pico: int, settle: bool) -> tuple[list, list]:
         reservation_id = reservation.id if isinstance(reservation, Reservation) else reservation
-        return bool(self._scripts["FINISH"](
-            keys=[f"{PREFIX}r:{reservation_id}", f"{PREFIX}inflight", f"{PREFIX}settled:{reservation_id}"],
-            args=[PREFIX, tokens, cost_pico, 1 if settle else 0]))
+        return ([f"{PREFIX}r:{reservation_id}", f"{PREFIX}inflight", f"{PREFIX}settled:{reservation_id}"],
+                [PREFIX, tokens, cost_pico, 1 if settle else 0])
+
+    def _finish(self, reservation, tokens: int, cost_pico: int, settle: bool) -> bool:
+        keys, args = self._finish_keys_and_args(reservation, tokens, cost_pico, settle)
+        return bool(self._scripts["FINISH"](keys=keys, args=args))
 
     @_reachable
     def settle(self, reservation: Reservation | str, actual_tokens: int, actual_cost: Decimal) -> bool:
         """Swap the estimate for the actual figures once (from any host); False when already settled."""
         return self._finish(reservation, whole_tokens(actual_tokens, "actual tokens"), to_picodollars(actual_cost), True)
+
+    @_reachable
+    def settle_many(self, settles: list[tuple[Reservation | str, int, Decimal]]) -> list[bool]:
+        """`settle` of each (reservation, actual tokens, actual cost) in one round trip (a pipeline). Not one
+        transaction, and needs none: a settle applied before a failure is not applied again by the retry."""
+        import redis
+
+        calls = [self._finish_keys_and_args(reservation, whole_tokens(tokens, "actual tokens"), to_picodollars(cost),
+                                            True) for reservation, tokens, cost in settles]
+        finish = self._scripts["FINISH"]
+        for _ in range(2):  # (by its digest: redis-py's own script pipeline asks the server for the script first)
+            with self._client.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(finish.sha, len(keys), *keys, *args)
+                try:
+                    return [bool(answer) for answer in pipe.execute()]
+                except redis.exceptions.NoScriptError:  # a restarted Redis: not one of them ran
+                    self._client.script_load(finish.script)
+        raise ControlStateError(f"the control state on Redis {self.where} keeps losing its scripts")
+
+    def settle_many_where_open(self, settles: list[tuple[Reservation | str, int, Decimal]]) -> list[bool]:
+        """`settle_many` (the settler's background path; a file backend declines a file replaced meanwhile)."""
+        return self.settle_many(settles)
 
     @_reachable
     def settled(self, reservation_id: str) -> bool:
@@ -275,6 +338,7 @@ class RedisControlState:
         for _, values in entries:
             args += values
         self._scripts["SET_FIGURES"](keys=[key for key, _ in entries], args=args)
+        self._gates.changed()  # (it also told every process: the system's spend may have reached the shutdown level)
 
     @_reachable
     def set_store_spend(self, day: dt.date | str, rows: Iterable[tuple[str, int, Decimal, int, Decimal]]) -> None:

@@ -89,6 +89,7 @@ class Settler:
         self._queue: list[tuple[Any, int, Decimal]] = []
         self._applying = 0  # settles taken by a thread and not yet applied
         self._raising = 0  # queued settles whose actuals exceed their estimates
+        self.applied = 0  # settles applied so far: whether any was applied while a decision was being taken
         self._thread: threading.Thread | None = None
         self._closed = False
         self._failing = False
@@ -216,6 +217,7 @@ class Settler:
                                   "once ingested", item)
         self._failing = bool(failed)
         with self._condition:
+            self.applied += len(batch) - len(failed)
             if taken:
                 self._applying -= len(batch)
                 self._raising -= sum(map(_raises, batch)) - sum(map(_raises, failed))

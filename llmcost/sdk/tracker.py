@@ -79,12 +79,12 @@ class Tracker:
         self.control = open_control(self.settings, lazy=True)
         if hasattr(self.control, "checkpoint_in_background"):  # the SQLite file: keep checkpoints off the calls
             self.control.checkpoint_in_background()
-        # The SQLite file: settled off the caller's path (see llmcost.control.settler for why budgets still hold).
+        # Settled off the caller's path (see llmcost.control.settler for why budgets still hold) ...
         self._settler = Settler(self.control.settle_many, self.control.place,
                                 apply_in_background=self.control.settle_many_where_open) if hasattr(
             self.control, "settle_many") else None
-        # ... and most calls admitted on a lease, without a write transaction (llmcost.control.lease says why
-        # no decision differs); Redis admits each call (one round trip).
+        # ... and most calls admitted on a lease, without a write transaction on the SQLite file or a round trip to
+        # Redis (llmcost.control.lease says why no decision differs).
         self._leases = Leases(self.control, self.settings, self._settler) if self._settler is not None else None
         self.pricer = Pricer.from_settings(self.settings)
         self._lock = threading.Lock()
@@ -228,16 +228,19 @@ class Tracker:
             check_before_call, self.control, self.settings, day=day, user_id=user_id, tenant_id=tenant_id,
             use_case=use_case, account_type=account_type, estimated_tokens=estimated_tokens,
             estimated_cost=estimated_cost, service_key=service_key, details=details, reservation_id=reservation_id)
+        applied = settler.applied if settler is not None else 0  # (the background may apply one mid-check)
         try:
             decision = check()
         except (BudgetExceededError, SpendingHaltedError) as refused:
-            drained = settler is not None and self._drain_for(refused, day=day, user_id=user_id, tenant_id=tenant_id,
-                                                              use_case=use_case, account_type=account_type,
-                                                              service_key=service_key)
+            drained = settler is not None and (self._drain_for(refused, day=day, user_id=user_id, tenant_id=tenant_id,
+                                                               use_case=use_case, account_type=account_type,
+                                                               service_key=service_key)
+                                               or settler.applied != applied)
             if not (self.control.release_stale(self.settings.reservation_ttl_seconds) or drained):
                 raise
             return check()
-        if decision.reason and settler is not None and self._drain_for(None, counters=decision.reservation.counters):
+        if decision.reason and settler is not None and (
+                self._drain_for(None, counters=decision.reservation.counters) or settler.applied != applied):
             release_after_refusal(self.control, decision)  # judged with finished calls' estimates
             return check()
         return decision
@@ -257,7 +260,7 @@ class Tracker:
 
     def settle(self, decision: BudgetDecision, tokens: int, cost: Decimal) -> None:
         """Settle a finished call (journaled already); never raises: a failure is logged and retried (in the
-        background for the SQLite file, before the next call for Redis)."""
+        background)."""
         if decision.local is not None:
             settle_after_call(self.control, decision, tokens, cost)  # on its lease: no I/O
             return
