@@ -13,11 +13,14 @@ Each variant runs in a fresh process, timed from connect to close (wall and CPU 
   goes to the exact path: the row count shows how many lines that sends there.
 - typed reader: `read_json` / `read_csv` with an explicit typed `columns=` schema into a temp table - what a
   schema'd reader costs with none of the checks (an unknown key ignored, "5" read as 5): a bound, not a variant.
-- insert (b), the same 1M typed, priced rows (built untimed) written into usage_events in batches of two row
-  groups, each in a transaction, then close: as today (`run._insert_new`: anti-join on the id's hash, first of
-  each id, content hash); a plain INSERT with the same key columns (no de-duplication); a plain INSERT without
-  the key columns; the first and the third with all rows in one transaction; CREATE TABLE AS into a plain
-  table. Also as today and plain, into a store already holding --grown million other events.
+- insert (b), the same 1M typed, priced rows (built untimed; ids as text, as the ingest stages them) written
+  into usage_events in batches of two row groups, each in a transaction, then close. Each batch is a join of the
+  rows with their prices, as the ingest's is. As today (`run._insert_new`: anti-join on the id's hash, first of
+  each id, content hash, in file order, which DuckDB writes from one thread), and with preserve_insertion_order
+  off (written from every core); a plain INSERT with the same key columns (no de-duplication), into
+  usage_events and into a copy without NOT NULL / DEFAULT; a plain INSERT without the key columns; some with
+  all rows in one transaction; with checkpoint_threshold raised; CREATE TABLE AS into a plain table, with the
+  ids as text and as UUID. Also as today and plain, into a store already holding --grown million events.
 - pipeline (c): stage chunk N+1 while chunk N's typed rows are written to a store file on another thread,
   against the same two steps one after the other.
 
@@ -53,7 +56,8 @@ TYPED_JSON = {
 VARIANTS = {
     "jsonl": ("raw", "ingest", "stage", "stage_no_key_count", "stage_json_transform", "typed_reader",
               "insert_today", "insert_plain", "insert_plain_no_keys", "insert_today_one_tx",
-              "insert_plain_no_keys_one_tx", "ctas", "insert_today_grown",
+              "insert_plain_no_keys_one_tx", "insert_today_any_order", "insert_today_any_order_one_tx",
+              "insert_plain_no_constraints", "insert_today_threshold", "ctas", "ctas_uuid_ids", "insert_today_grown",
               "insert_plain_grown", "sequential", "pipelined"),
     "csv": ("raw", "ingest", "stage", "cells_only", "typed_reader"),
 }
@@ -70,7 +74,12 @@ LABELS = {
     "insert_plain_no_keys": "plain INSERT, no key columns",
     "insert_today_one_tx": "insert as today, all 1M in one transaction",
     "insert_plain_no_keys_one_tx": "plain INSERT, no key columns, one transaction",
+    "insert_today_any_order": "insert as today, rows in any order (every core)",
+    "insert_today_any_order_one_tx": "  same, all 1M in one transaction",
+    "insert_plain_no_constraints": "plain INSERT, no NOT NULL / DEFAULT",
+    "insert_today_threshold": "insert as today, checkpoint_threshold 4GB",
     "ctas": "CREATE TABLE AS (plain table)",
+    "ctas_uuid_ids": "  same, ids as UUID (as read_json types them)",
     "insert_today_grown": "insert as today, store holds 4M",
     "insert_plain_grown": "plain INSERT, store holds 4M",
     "sequential": "stage then write, one after the other",
@@ -153,18 +162,24 @@ def _typed_reader(db, file: Path, fmt: str) -> int:
 
 
 def _typed_batch(db, file: Path) -> None:
-    """The file's events as parse_lines stages them (off, the store's columns, cost in picodollars), untimed."""
+    """The file's events as parse_lines stages them (off, the store's columns, cost in picodollars), untimed.
+
+    read_json reads the ids as UUID, the ingest stages them as text: they are cast to VARCHAR, as stored, and
+    also kept as UUID (event_uuid, attempt_uuid) for the variant that shows what 16-byte ids would cost.
+    """
     from llmcost.ingestion.parse import EVENT_COLUMNS
 
     db.execute("""
         CREATE TEMP TABLE typed AS
-        SELECT row_number() OVER () - 1 AS n, row_number() OVER () * 400 AS off, event_id,
+        SELECT row_number() OVER () - 1 AS n, row_number() OVER () * 400 AS off, event_id::VARCHAR AS event_id,
+               event_id AS event_uuid, attempt_id AS attempt_uuid,
                (ts AT TIME ZONE 'UTC') AS ts, ts::DATE AS day, user_id, tenant_id, use_case, account_type,
                provider, model, NULL::VARCHAR AS response_model, NULL::VARCHAR AS service_tier, input_tokens,
                output_tokens, cache_read_tokens, 0::BIGINT AS cache_write_tokens, 0::BIGINT AS cache_write_1h_tokens,
                reasoning_tokens, input_tokens + output_tokens AS total_tokens, estimated_tokens, usage_estimated,
                latency_ms, status, error, input_tokens * 2500000 + output_tokens * 10000000 AS cost_pico,
-               'price-table' AS price_source, attempt_id, source, nullif(metadata::VARCHAR, '{}') AS metadata
+               'price-table' AS price_source, attempt_id::VARCHAR AS attempt_id, source,
+               nullif(metadata::VARCHAR, '{}') AS metadata
         FROM read_json(?)
     """, [str(file)])
     missing = set(EVENT_COLUMNS) - {r[0] for r in db.execute("DESCRIBE typed").fetchall()}
@@ -181,18 +196,36 @@ def _insert(db, how: str) -> int:
     total = db.execute("SELECT count(*) FROM typed").fetchall()[0][0]
     now = dt.datetime.now()
     if how == "ctas":
-        db.execute("CREATE TABLE plain_events AS SELECT * EXCLUDE (n) FROM typed")
+        db.execute("CREATE TABLE plain_events AS SELECT * EXCLUDE (n, event_uuid, attempt_uuid) FROM typed")
         return total
+    if how == "ctas_uuid_ids":
+        db.execute("CREATE TABLE plain_events AS SELECT * EXCLUDE (n, event_id, attempt_id) FROM typed")
+        return total
+    if how == "plain_no_constraints":  # the same columns, without NOT NULL or DEFAULT
+        db.execute("CREATE TABLE usage_events_bare AS SELECT * FROM usage_events LIMIT 0")
+    if how == "today_threshold":  # no automatic checkpoint while the file is read
+        db.execute("SET checkpoint_threshold = '4GB'")
     rows = total if how.endswith("_one_tx") else BATCH_ROWS
-    how = how.removesuffix("_one_tx")
+    how = how.removesuffix("_one_tx").removesuffix("_threshold")
     for start in range(0, total, rows):
-        db.execute(f"CREATE OR REPLACE TEMP VIEW batch_slice AS SELECT * FROM typed "
-                   f"WHERE n >= {start} AND n < {start + rows}")
+        # Its rows with their prices, as the ingest's batch is (a join, whose output DuckDB keeps in order
+        # only by writing from one thread).
+        part = f"n >= {start} AND n < {start + rows}"
+        db.execute(f"CREATE OR REPLACE TEMP VIEW batch_slice AS SELECT t.* EXCLUDE (cost_pico), p.cost_pico "
+                   f"FROM (SELECT * FROM typed WHERE {part}) t "
+                   f"JOIN (SELECT n, cost_pico FROM typed WHERE {part}) p USING (n)")
         with transaction(db):
             if how == "today":
                 run._insert_new(db, "usage_events", "batch_slice", run._EVENT_VALUES, now, run._EVENT_TARGETS)
-            elif how == "plain":
-                db.execute(f"INSERT INTO usage_events ({run._EVENT_TARGETS}, ingested_at, event_key, content_key) "
+            elif how == "today_any_order":  # DuckDB may then write from every core
+                db.execute("SET preserve_insertion_order = false")
+                try:
+                    run._insert_new(db, "usage_events", "batch_slice", run._EVENT_VALUES, now, run._EVENT_TARGETS)
+                finally:
+                    db.execute("RESET preserve_insertion_order")
+            elif how.startswith("plain") and how != "plain_no_keys":
+                target = "usage_events_bare" if how == "plain_no_constraints" else "usage_events"
+                db.execute(f"INSERT INTO {target} ({run._EVENT_TARGETS}, ingested_at, event_key, content_key) "
                            f"SELECT {run._EVENT_VALUES}, ?, hash(event_id), {run._BATCH_CONTENT_HASH} "
                            "FROM batch_slice", [now])
             else:
@@ -255,7 +288,7 @@ def child(variant: str, file: Path, fmt: str, workdir: Path, grown: int) -> dict
         result = ingest(settings, [file])
         return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu, "rows": result.stored}
     prepared = None
-    if variant.startswith("insert") or variant == "ctas":
+    if variant.startswith("insert") or variant.startswith("ctas"):
         store.connect(db_path).close()  # migrated, untimed
         if variant.endswith("grown"):
             ingest_bench.grow_store(db_path, grown * 1_000_000)
