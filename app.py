@@ -6,6 +6,7 @@ The navigation and the shared sidebar filters live here; each page is a thin scr
 import streamlit as st
 
 from llmcost.dashboard import legacy_pages, ui
+from llmcost.store.connection import held_open
 
 st.set_page_config(page_title="llmcost", page_icon=":material/paid:", layout="wide")
 
@@ -25,7 +26,11 @@ SYSTEM_WIDE_PAGES = [
 
 legacy_pages.leave_legacy_multipage_mode()
 settings = ui.settings_or_stop()
-access = ui.access_or_stop(settings)
-page = st.navigation(PAGES + SYSTEM_WIDE_PAGES if access.sees_every_tenant else PAGES)
-ui.sidebar(settings, access)
-page.run()
+# The run's reads (the sidebar's, the page's bundles, its live figures: five on the Overview) share one opening of
+# the store. Held for this run only: a Refresh's ingest, in a child process, waits for it as for any reader, and
+# a button's callback (which starts the ingest) runs before the run, so never waits for its own session.
+with held_open(settings.db_path):
+    access = ui.access_or_stop(settings)
+    page = st.navigation(PAGES + SYSTEM_WIDE_PAGES if access.sees_every_tenant else PAGES)
+    ui.sidebar(settings, access)
+    page.run()

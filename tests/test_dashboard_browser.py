@@ -145,7 +145,7 @@ def test_overview_in_a_real_browser(settings, chromium, dashboard):
     expect(values.nth(0)).to_have_text("$1.26", timeout=30_000)  # plus gpt-4o's 1,000 in and 500 out: $0.0075
     assert store_rows(settings, "SELECT count(*) FROM usage_events WHERE event_id = 'from-fallback'") == [(1,)]
 
-    # The rerun after Refresh draws the rest of the page (charts, movers) after the figures: a click on a
+    # The rerun after Refresh draws the rest of the page (charts, sections) after the figures: a click on a
     # download button it is about to replace would fetch nothing.
     page.wait_for_function(
         "() => document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state') === 'notRunning'",

@@ -123,6 +123,50 @@ def test_every_page_runs(page, state, settings, demo_home, monkeypatch):
         assert app.dataframe or app.metric
 
 
+# Every chart the pages draw, by its title: its page and the sections to open for it.
+CHARTS_DRAWN = {
+    "Daily spend by use case": (PAGES[0], ()),
+    "Spend by model": (PAGES[0], ()),
+    "Cost by use case": (PAGES[1], ()),
+    "Daily cost per use case": (PAGES[1], ("use_cases_trend",)),
+    "Attempted vs logged calls": (PAGES[4], ("integrity_coverage_section",)),
+}
+
+
+def test_every_chart_the_pages_draw_is_valid_vega_lite(demo_home, monkeypatch):
+    """`charts.vega_lite` skips Altair's validation (CPU on every figure's first run), so here every spec the
+    pages draw from the demo data, the daily spend on both scales, goes through Altair's validator against its
+    Vega-Lite schema: a wrong spec fails here, not in a visitor's browser."""
+    import streamlit as st
+    from altair.utils.schemapi import validate_jsonschema
+    from altair.vegalite.v6.schema.core import load_schema
+    from jsonschema import ValidationError
+
+    from llmcost.dashboard import charts
+
+    monkeypatch.setenv("LLMCOST_HOME", str(demo_home))
+    st.cache_data.clear()  # every spec converted afresh (`ui.chart` keeps them per figure)
+    converted = []
+    convert = charts.vega_lite
+    monkeypatch.setattr(charts, "vega_lite", lambda chart: converted.append(convert(chart)) or converted[-1])
+    for page in dict.fromkeys(page for page, _ in CHARTS_DRAWN.values()):
+        app = open_page(page)
+        for section in {s for p, sections in CHARTS_DRAWN.values() if p == page for s in sections}:
+            app = open_section(app, section)
+        if page == PAGES[0]:
+            app.toggle(key="overview_log_scale").set_value(True).run()
+        assert_no_exception(app)
+    titles = [spec["title"] for spec in converted]
+    assert sorted(set(titles)) == sorted(CHARTS_DRAWN) and len(titles) == len(CHARTS_DRAWN) + 1
+    daily = [spec for spec in converted if spec["title"] == "Daily spend by use case"]
+    assert {spec["layer"][0]["encoding"]["y"]["scale"].get("type") for spec in daily} == {None, "symlog"}
+    schema = load_schema()
+    for spec in converted:
+        validate_jsonschema(spec, schema)  # raises on a spec Vega-Lite would not take
+    with pytest.raises(ValidationError):  # and the validator does look: an unknown mark fails
+        validate_jsonschema({**converted[0], "layer": [{**converted[0]["layer"][0], "mark": "blob"}]}, schema)
+
+
 def test_overview_figures_follow_the_store_and_the_filters(settings):
     day = today(settings)
     insert(settings.db_path, "usage_events", [

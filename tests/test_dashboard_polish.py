@@ -9,6 +9,7 @@ import json
 from decimal import Decimal
 
 import pandas as pd
+import pytest
 
 from llmcost.dashboard import tables
 from tests.dashboard_seed import event, failed_log, insert
@@ -160,7 +161,9 @@ def test_overview_draws_no_level_line_the_bars_do_not_reach_and_offers_a_log_sca
     assert daily["layer"][0]["encoding"]["y"]["scale"]["type"] == "symlog"
     models = json.loads(app.get("vega_lite_chart")[1].proto.spec)
     assert models["title"] == "Spend by model"
-    _, _, movers = rendered(app, "overview_movers")
+    with pytest.raises(KeyError):  # in a closed section: the table is drawn once the section is opened
+        app.container(key="overview_movers")
+    _, _, movers = rendered(open_section(app, "overview_movers_section"), "overview_movers")
     assert movers[["use_case", "cost_day_before", "cost_usd", "change_usd"]].values.tolist() == [
         ["chat_tutor", 0.10, 0.40, 0.30]]
     assert movers["change"].tolist() == [3.0]

@@ -149,3 +149,50 @@ def test_readers_get_in_between_a_writers_connections(settings):
     finally:
         writer.kill()
         writer.wait()
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+from llmcost.store import connection as store
+with store.writing(Path(sys.argv[1])):
+    print("holding", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_run_holds_the_store_open_once_and_lets_it_go(settings):
+    """`held_open` (a page run's one opening of the store): reads inside it share it, it is held until the end
+    (this process could not write meanwhile), then released; with no store, or a store another process is
+    writing, it holds nothing and does not wait."""
+    import subprocess
+
+    from llmcost.errors import StoreError
+
+    with store.held_open(settings.db_path):  # no store yet
+        with store.reading(settings.db_path) as db:
+            assert db is None
+    store.connect(settings.db_path).close()
+    with store.held_open(settings.db_path):
+        with store.reading(settings.db_path) as db:
+            assert db.execute("SELECT count(*) FROM usage_events").fetchone() == (0,)
+        with pytest.raises(StoreError, match="this process already has it open the other way"):
+            with store.writing(settings.db_path):
+                pass  # still held after the read above closed
+    with store.writing(settings.db_path) as db:  # released
+        db.execute("SELECT 1")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(settings.db_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        started = time.monotonic()
+        with store.held_open(settings.db_path):
+            # Did not wait for the writer, who holds the store until told (a reader gives up after 30 s).
+            assert time.monotonic() - started < 10
+            holder.stdin.write("done\n")
+            holder.stdin.flush()
+            with store.reading(settings.db_path, timeout=10) as db:  # waits for the writer, as without it
+                assert db.execute("SELECT count(*) FROM usage_events").fetchone() == (0,)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -89,8 +89,9 @@ def _is_module(name: str) -> bool:
 
 
 def _warm_conversions() -> None:
-    # First calls build what later ones reuse: Altair's schema validator (and, for layers sharing their data,
-    # its hashing of that data), pandas' CSV writer, Arrow's pandas conversion in Streamlit's tables.
+    # First calls build what later ones reuse: Altair's conversion of a chart (the validator its encodings are
+    # checked with as they are built and, for layers sharing their data, its hashing of that data), pandas' CSV
+    # writer, Arrow's pandas conversion in Streamlit's tables.
     import altair as alt
     import pandas as pd
     from streamlit import dataframe_util
