@@ -86,9 +86,10 @@ def _unlock_in_forked_child() -> None:
 os.register_at_fork(after_in_child=_unlock_in_forked_child)
 
 
-# Operations only ever asked right after `open()` (a tracked call's admission opens first, then asks on a lease):
-# the file at the path was looked at a moment before, so they do not stat it again (one stat a call, not two).
-ASKED_RIGHT_AFTER_OPEN = frozenset({"data_version"})
+# Operations only ever asked right after `open()` (a tracked call's admission opens first, then its lease asks
+# whether anything changed and reads the gates again when it did, `llmcost.control.lease`): the file at the path
+# was looked at a moment before, so they do not stat it again (one stat a call, not two or three).
+ASKED_RIGHT_AFTER_OPEN = frozenset({"data_version", "judge"})
 
 
 def guarded(method):
@@ -102,7 +103,7 @@ def guarded(method):
         if drains:
             settler.drain_pending(self.place)
         try:
-            if looks:
+            if looks or self._file is None:
                 self._ready()
             return method(self, *args, **kwargs)
         except sqlite3.Error as error:
