@@ -4,9 +4,10 @@ Each phase is a function on the tracked call's path, timed with `perf_counter_ns
 the phases it calls (so the rows add up to the whole call); "rest" is what no phase covers (the context
 manager, attribute work, the wrappers' own cost, about 0.1 µs each). The control state's rows (admit, settle)
 are the SQLite or Redis work; the others are the Python work around it, also measured whole by the same calls
-with a control state that admits everything at no cost. Medians of 3,000 calls, fsync off.
+with a control state that admits everything at no cost. Medians of 3,000 calls, fsync off (`--fsync`: on, where
+the journal write holds both fsyncs and every other phase runs after a wait for the disk).
 
-    python bench/tracker_phases.py [--calls 3000] [--backend sqlite|redis] [--cprofile] [--tracemalloc]
+    python bench/tracker_phases.py [--calls 3000] [--backend sqlite|redis] [--fsync] [--cprofile] [--tracemalloc]
 """
 
 from __future__ import annotations
@@ -97,12 +98,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--backend", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument("--fsync", action="store_true", help="each journal line fsynced, as with fsync = true")
     parser.add_argument("--cprofile", action="store_true", help="also print cProfile's top functions")
     parser.add_argument("--tracemalloc", action="store_true", help="also print the allocations per call")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     home = Path(tempfile.mkdtemp(prefix="llmcost-phases-"))
-    settings = replace(load_settings(home=home), fsync=False)
+    settings = replace(load_settings(home=home), fsync=args.fsync)
     redis_process = None
     if args.backend == "redis":  # (a throwaway local redis-server, as tracker_overhead.py starts)
         redis_process, redis_url = start_redis()

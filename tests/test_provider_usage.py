@@ -318,6 +318,24 @@ def test_pydantic_models_are_read_by_field_extra_and_property():
     )
 
 
+def test_pydantic_models_with_camel_case_fields_are_read_by_either_spelling():
+    """A model whose field is the camelCase spelling of a name read (or whose snake_case field is unset) is read
+    the long way, spelling by spelling, as a dict is."""
+    from pydantic import BaseModel
+
+    class CamelUsage(BaseModel):
+        prompt_tokens: int | None = None
+        promptTokens: int | None = None  # noqa: N815 (the spelling under test)
+        completionTokens: int  # noqa: N815
+
+    class Response(BaseModel):
+        model: str
+        usage: CamelUsage
+
+    response = Response(model="gpt-4o", usage=CamelUsage(promptTokens=70, completionTokens=7))
+    assert extract_usage(response) == ExtractedUsage(70, 7, model="gpt-4o", provider="openai")
+
+
 def test_inconsistent_provider_details_are_clamped_so_the_event_stays_valid():
     response = {
         "model": "gpt-4o",

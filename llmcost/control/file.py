@@ -86,17 +86,25 @@ def _unlock_in_forked_child() -> None:
 os.register_at_fork(after_in_child=_unlock_in_forked_child)
 
 
+# Operations only ever asked right after `open()` (a tracked call's admission opens first, then its lease asks
+# whether anything changed and reads the gates again when it did, `llmcost.control.lease`): the file at the path
+# was looked at a moment before, so they do not stat it again (one stat a call, not two or three).
+ASKED_RIGHT_AFTER_OPEN = frozenset({"data_version", "judge"})
+
+
 def guarded(method):
     """Use the file now at the path, and turn every SQLite or file error into a ControlStateError. Every operation
     but the settle path's first applies the settles this process handed over (`llmcost.control.settler`)."""
     drains = method.__name__ not in settler.SETTLE_PATH
+    looks = method.__name__ not in ASKED_RIGHT_AFTER_OPEN
 
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
         if drains:
             settler.drain_pending(self.place)
         try:
-            self._ready()
+            if looks or self._file is None:
+                self._ready()
             return method(self, *args, **kwargs)
         except sqlite3.Error as error:
             raise self._state_error(error) from error

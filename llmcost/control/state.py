@@ -207,14 +207,16 @@ class ControlState(ControlFile):
 
     @guarded
     def judge(self, request: AdmissionRequest) -> Admitted:
-        """What `admit` would decide on the figures as they are, reserving nothing (one read)."""
+        """What `admit` would decide on the figures as they are, reserving nothing (one read). Asked right after
+        `open()`, which looked at the file at the path (`ASKED_RIGHT_AFTER_OPEN`)."""
         return sqlite_admission.judge(self._connection(), request, user_spend_sql=_USER_SPEND,
                                       system_spend_sql=_SYSTEM_SPEND)
 
     @guarded
     def data_version(self) -> tuple[int, int]:
         """Changes whenever another connection committed to the file (an operator's switch, another process's
-        admission): (this thread's connection, SQLite's `PRAGMA data_version` on it). Cheap: no table is read."""
+        admission): (this thread's connection, SQLite's `PRAGMA data_version` on it). Cheap: no table is read.
+        Asked right after `open()`, which looked at the file at the path (`ASKED_RIGHT_AFTER_OPEN`)."""
         conn = self._connection()
         return self._local.serial, conn.execute("PRAGMA data_version").fetchone()[0]
 

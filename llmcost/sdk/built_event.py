@@ -53,7 +53,7 @@ _DEFAULTS = {name: field.default for name, field in UsageEvent.model_fields.item
 _REQUIRED = {name for name in _NAMES if UsageEvent.model_fields[name].is_required()}
 # Every field in declared order with the value it takes when not given (None for event_id and metadata,
 # which `built_event` always sets).
-_FIELD_DEFAULTS = tuple((name, _DEFAULTS.get(name)) for name in _FIELD_ORDER)
+_FIELD_DEFAULTS = {name: _DEFAULTS.get(name) for name in _FIELD_ORDER}
 
 
 # (shortest, longest, required) of each name field; the attempt id, new on every call, is checked on its own
@@ -165,10 +165,10 @@ def built_event(**fields: Any) -> UsageEvent:
     if not _kept_as_given(fields):
         return UsageEvent(**fields)
     # as validation leaves it: the fields given, and what its validators assigned (never the event id's factory)
-    fields_set = {name for name, value in fields.items() if value is not None}
+    given = {name: value for name, value in fields.items() if value is not None}
+    fields_set = set(given)
     fields_set.add("total_tokens")
-    get = fields.get
-    state = {name: default if (value := get(name)) is None else value for name, default in _FIELD_DEFAULTS}
+    state = {**_FIELD_DEFAULTS, **given}  # every field in declared order (each given one is a field, as checked)
     state["event_id"] = _NEW_EVENT_ID()  # the model's own factory
     state["total_tokens"] = state["input_tokens"] + state["output_tokens"]
     if state["cost_usd"] is not None and state["price_source"] is None:

@@ -76,18 +76,20 @@ def _read(response: Any, hint: str | None) -> ExtractedUsage | None:
         return None
     model_name = (model or "").lower()
     # An OpenAI client pointed at api.x.ai is still xAI: its model names and reported cost give it away.
-    looks_xai = model_name.startswith("grok") or _field(usage, "cost_in_usd_ticks") is not None
+    ticks = _field(usage, "cost_in_usd_ticks")
+    looks_xai = model_name.startswith("grok") or ticks is not None
     is_xai = hint == "x-ai" or (looks_xai and hint in (None, "openai"))
     openai_shaped_provider = "x-ai" if is_xai else (hint or "openai")
-    if _field(usage, "prompt_tokens") is not None:
-        return _from_chat_completions(usage, model, openai_shaped_provider, is_xai)
+    prompt = _field(usage, "prompt_tokens")
+    if prompt is not None:
+        return _from_chat_completions(usage, model, openai_shaped_provider, is_xai, prompt, ticks)
     if _field(usage, "input_tokens") is None:
         return None
     has_cache_fields = any(_field(usage, name) is not None for name in _ANTHROPIC_CACHE_FIELDS)
     is_anthropic = _field(response, "type") == "message" or model_name.startswith("claude") or has_cache_fields
     if hint == "anthropic" or is_anthropic:
         return _from_anthropic(usage, model, hint or "anthropic")
-    return _from_responses(usage, model, openai_shaped_provider)
+    return _from_responses(usage, model, openai_shaped_provider, ticks)
 
 
 class StreamUsage:
@@ -161,26 +163,29 @@ class StreamUsage:
             self._anthropic_finished = True
 
 
-def _from_chat_completions(usage: Any, model: str | None, provider: str, is_xai: bool) -> ExtractedUsage | None:
-    prompt = _count(_field(usage, "prompt_tokens"))
+def _from_chat_completions(usage: Any, model: str | None, provider: str, is_xai: bool, prompt: Any,
+                           ticks: Any) -> ExtractedUsage | None:
+    """`usage`'s counts; `prompt` and `ticks` are its prompt_tokens and cost_in_usd_ticks, read already."""
+    prompt = _count(prompt)
     if prompt is None:
         return None
     completion = _count(_field(usage, "completion_tokens")) or 0
     reasoning = _count(_path(usage, "completion_tokens_details", "reasoning_tokens"))
-    cached = _count(_path(usage, "prompt_tokens_details", "cached_tokens"))
+    prompt_details = _field(usage, "prompt_tokens_details")
+    cached = _count(_field(prompt_details, "cached_tokens"))
     # Top-level reasoning_tokens and cached_prompt_text_tokens are xAI's older flat shape.
     reasoning = reasoning or _count(_field(usage, "reasoning_tokens")) or 0
     cached = cached or _count(_field(usage, "cached_prompt_text_tokens")) or 0
-    cache_write = _count(_path(usage, "prompt_tokens_details", "cache_write_tokens")) or 0
+    cache_write = _count(_field(prompt_details, "cache_write_tokens")) or 0
     # xAI's completion_tokens leaves reasoning out; OpenAI's already counts it.
     output = completion + reasoning if is_xai else completion
     if provider == "google":
         # Gemini's OpenAI-compatible endpoint may leave thoughts out of completion_tokens, never out of the total.
         output = max(output, (_count(_field(usage, "total_tokens")) or 0) - prompt)
-    return ExtractedUsage(prompt, output, cached, cache_write, reasoning, model, provider, _reported_cost(usage))
+    return ExtractedUsage(prompt, output, cached, cache_write, reasoning, model, provider, _cost_of_ticks(ticks))
 
 
-def _from_responses(usage: Any, model: str | None, provider: str) -> ExtractedUsage | None:
+def _from_responses(usage: Any, model: str | None, provider: str, ticks: Any) -> ExtractedUsage | None:
     input_tokens = _count(_field(usage, "input_tokens"))
     if input_tokens is None:
         return None
@@ -188,7 +193,7 @@ def _from_responses(usage: Any, model: str | None, provider: str) -> ExtractedUs
     cached = _count(_path(usage, "input_tokens_details", "cached_tokens")) or 0
     cache_write = _count(_path(usage, "input_tokens_details", "cache_write_tokens")) or 0
     reasoning = _count(_path(usage, "output_tokens_details", "reasoning_tokens")) or 0
-    cost = _reported_cost(usage)
+    cost = _cost_of_ticks(ticks)
     return ExtractedUsage(input_tokens, output_tokens, cached, cache_write, reasoning, model, provider, cost)
 
 
@@ -236,8 +241,9 @@ def _checked(usage: ExtractedUsage | None) -> ExtractedUsage | None:
                    cache_write_1h_tokens=one_hour)
 
 
-def _reported_cost(usage: Any) -> Decimal | None:
-    ticks = _count(_field(usage, "cost_in_usd_ticks"))
+def _cost_of_ticks(value: Any) -> Decimal | None:
+    """xAI's reported charge in USD from its `cost_in_usd_ticks`, or None when that is not a count."""
+    ticks = _count(value)
     return None if ticks is None else Decimal(ticks).scaleb(-XAI_TICKS_PER_USD_EXPONENT)
 
 
@@ -266,19 +272,39 @@ def _field(source: Any, name: str) -> Any:
     if source is None:
         return None
     cls = type(source)
+    plain = _PLAIN_READS.get((cls, name))
+    if plain is None:
+        plain = _plain_read(cls, name)
+    if plain:
+        try:
+            if not source.__pydantic_extra__:
+                return source.__dict__.get(name)
+        except Exception:  # an instance pydantic never initialised: read the long way, which says it is absent
+            pass
     reader = _READERS.get(cls)
     if reader is None:
         if len(_READERS) >= 1024:  # classes made on the fly must not grow it without end
             _READERS.clear()
         reader = _READERS[cls] = _reader_for(cls)
-    for key in _SPELLINGS.get(name) or _spellings(name):
-        value = reader(source, key)
-        if value is not None:
-            return value
-    return None
+    return reader(source, _SPELLINGS.get(name) or _spellings(name))
 
 
 _SPELLINGS: dict[str, tuple[str, ...]] = {}
+_PLAIN_READS: dict[tuple[type, str], bool] = {}
+
+
+def _plain_read(cls: type, name: str) -> bool:
+    """Whether `_field` of `name` on an instance of `cls` without extras is the instance's field `name` itself: a
+    pydantic model (not a Mapping) where no spelling of the name is a class attribute, nor any other spelling a
+    field. Judged once per class and name; the SDKs' response types are such models."""
+    spellings = _SPELLINGS.get(name) or _spellings(name)
+    plain = (issubclass(cls, BaseModel) and not issubclass(cls, Mapping)
+             and not any(_class_has(cls, key) for key in spellings)
+             and not any(key in cls.model_fields for key in spellings[1:]))
+    if len(_PLAIN_READS) >= 4096:  # classes made on the fly must not grow it without end
+        _PLAIN_READS.clear()
+    _PLAIN_READS[cls, name] = plain
+    return plain
 
 
 def _spellings(name: str) -> tuple[str, ...]:
@@ -295,36 +321,52 @@ def _class_has(cls: type, key: str) -> bool:
     return hasattr(cls, key)
 
 
-def _from_mapping(source: Any, key: str) -> Any:
-    try:
-        return source.get(key)
-    except Exception:  # a get() that raises is an odd shape, and odd shapes read as absent
-        return None
+def _from_mapping(source: Any, keys: tuple[str, ...]) -> Any:
+    """The first of `keys` a mapping holds a value for (not None)."""
+    for key in keys:
+        try:
+            value = source.get(key)
+        except Exception:  # a get() that raises is an odd shape, and odd shapes read as absent
+            value = None
+        if value is not None:
+            return value
+    return None
 
 
-def _from_model(source: Any, key: str) -> Any:
+def _from_model(source: Any, keys: tuple[str, ...]) -> Any:
+    """The first of `keys` a pydantic model holds a value for (not None)."""
     # The SDKs' types are pydantic models: read their fields and extras directly, since a missing
     # attribute costs an exception inside pydantic, and most names looked for are missing.
-    try:
-        value = source.__dict__.get(key)
-        if value is None:
-            extra = source.__pydantic_extra__
-            if extra:
-                value = extra.get(key)
-            if value is None and _class_has(type(source), key):
-                return getattr(source, key, None)
-        return value
-    except Exception:  # a property that raises is an odd shape, and odd shapes read as absent
-        return None
+    cls = type(source)
+    for key in keys:
+        try:
+            value = source.__dict__.get(key)
+            if value is None:
+                extra = source.__pydantic_extra__
+                if extra:
+                    value = extra.get(key)
+                if value is None and _class_has(cls, key):
+                    value = getattr(source, key, None)
+        except Exception:  # a property that raises is an odd shape, and odd shapes read as absent
+            value = None
+        if value is not None:
+            return value
+    return None
 
 
-def _from_object(source: Any, key: str) -> Any:
-    try:
-        if isinstance(source, Mapping):  # an object that says it is a Mapping (its class may change its mind)
-            return source.get(key)
-        return getattr(source, key, None)
-    except Exception:  # a property that raises is an odd shape, and odd shapes read as absent
-        return None
+def _from_object(source: Any, keys: tuple[str, ...]) -> Any:
+    """The first of `keys` an object (or an object that says it is a Mapping) holds a value for (not None)."""
+    for key in keys:
+        try:
+            if isinstance(source, Mapping):  # an object that says it is a Mapping (its class may change its mind)
+                value = source.get(key)
+            else:
+                value = getattr(source, key, None)
+        except Exception:  # a property that raises is an odd shape, and odd shapes read as absent
+            value = None
+        if value is not None:
+            return value
+    return None
 
 
 _READERS: dict[type, Any] = {}
