@@ -42,7 +42,6 @@ from llmcost.control.policy import (
 from llmcost.control.settler import Settler
 from llmcost.errors import (
     BudgetExceededError,
-    ControlStateError,
     SpendingHaltedError,
     UsageNotRecordedError,
 )
@@ -81,11 +80,10 @@ class Tracker:
             self.control.checkpoint_in_background()
         # Settled off the caller's path (see llmcost.control.settler for why budgets still hold) ...
         self._settler = Settler(self.control.settle_many, self.control.place,
-                                apply_in_background=self.control.settle_many_where_open) if hasattr(
-            self.control, "settle_many") else None
+                                apply_in_background=self.control.settle_many_where_open)
         # ... and most calls admitted on a lease, without a write transaction on the SQLite file or a round trip to
         # Redis (llmcost.control.lease says why no decision differs).
-        self._leases = Leases(self.control, self.settings, self._settler) if self._settler is not None else None
+        self._leases = Leases(self.control, self.settings, self._settler)
         self.pricer = Pricer.from_settings(self.settings)
         self._lock = threading.Lock()
         self._in_flight: dict[str, TrackedCall] = {}
@@ -93,7 +91,6 @@ class Tracker:
         self._next_maintenance = 0.0
         self._next_rebuild = time.monotonic() + (self.control.rebuild_interval_seconds or 0)
         self._store_seen: tuple | None = None
-        self._unsettled: list[tuple[BudgetDecision, int, Decimal]] = []
         self._warned: set[tuple] = set()
         self._auto_ingest: _AutoIngest | None = None
         if auto_ingest:
@@ -216,9 +213,9 @@ class Tracker:
         self.ensure_control_rebuilt(day)
         self._upkeep(day)
         settler = self._settler
-        if settler is not None and settler.raising:  # (a lease whose calls took more than it holds is handed over)
+        if settler.raising:  # (a lease whose calls took more than it holds is handed over)
             settler.drain(everything=False)
-        if self._leases is not None and details is None and reservation_id is None:
+        if details is None and reservation_id is None:
             leased = self._leases.admit(day=day, user_id=user_id, tenant_id=tenant_id, use_case=use_case,
                                         account_type=account_type, estimated_tokens=estimated_tokens,
                                         estimated_cost=estimated_cost, service_key=service_key)
@@ -228,18 +225,16 @@ class Tracker:
             check_before_call, self.control, self.settings, day=day, user_id=user_id, tenant_id=tenant_id,
             use_case=use_case, account_type=account_type, estimated_tokens=estimated_tokens,
             estimated_cost=estimated_cost, service_key=service_key, details=details, reservation_id=reservation_id)
-        applied = settler.applied if settler is not None else 0  # (the background may apply one mid-check)
+        applied = settler.applied  # (the background may apply one mid-check)
         try:
             decision = check()
         except (BudgetExceededError, SpendingHaltedError) as refused:
-            drained = settler is not None and (self._drain_for(refused, day=day, user_id=user_id, tenant_id=tenant_id,
-                                                               use_case=use_case, account_type=account_type,
-                                                               service_key=service_key)
-                                               or settler.applied != applied)
+            drained = self._drain_for(refused, day=day, user_id=user_id, tenant_id=tenant_id, use_case=use_case,
+                                      account_type=account_type, service_key=service_key) or settler.applied != applied
             if not (self.control.release_stale(self.settings.reservation_ttl_seconds) or drained):
                 raise
             return check()
-        if decision.reason and settler is not None and (
+        if decision.reason and (
                 self._drain_for(None, counters=decision.reservation.counters) or settler.applied != applied):
             release_after_refusal(self.control, decision)  # judged with finished calls' estimates
             return check()
@@ -248,14 +243,13 @@ class Tracker:
     def _drain_for(self, refused: Exception | None, *, counters=None, **identity) -> bool:
         """Apply the settles pending in this process that a refusal or warning may have judged (the leases held
         against the same budgets; every lease for a halt); True when there were any."""
-        if self._leases is not None:
-            if isinstance(refused, SpendingHaltedError):
-                self._leases.retire_all()
-            else:
-                if counters is None:
-                    counters = admission_request(self.settings, estimated_tokens=0, estimated_cost=Decimal(0),
-                                                 **identity).counters
-                self._leases.retire_sharing(counters)
+        if isinstance(refused, SpendingHaltedError):
+            self._leases.retire_all()
+        else:
+            if counters is None:
+                counters = admission_request(self.settings, estimated_tokens=0, estimated_cost=Decimal(0),
+                                             **identity).counters
+            self._leases.retire_sharing(counters)
         return self._settler.drain(everything=False)
 
     def settle(self, decision: BudgetDecision, tokens: int, cost: Decimal) -> None:
@@ -264,27 +258,10 @@ class Tracker:
         if decision.local is not None:
             settle_after_call(self.control, decision, tokens, cost)  # on its lease: no I/O
             return
-        if self._settler is not None and decision.reservation is not None:
+        if decision.reservation is not None:
             self._settler.submit(decision.reservation, tokens, cost)
-            return
-        try:
-            settle_after_call(self.control, decision, tokens, cost)
-        except ControlStateError as error:
-            log.error("llmcost: a call's usage is journaled but its spend is not yet in the control state (%s); "
-                      "settled at the next call, or counted once the journal is ingested", error)
-            with self._lock:
-                self._unsettled.append((decision, tokens, cost))
 
     def _upkeep(self, day: dt.date) -> None:
-        with self._lock:
-            unsettled, self._unsettled = self._unsettled, []
-        try:
-            while unsettled:
-                settle_after_call(self.control, *unsettled[0])
-                unsettled.pop(0)
-        finally:
-            with self._lock:
-                self._unsettled[:0] = unsettled
         now = time.monotonic()
         if now < self._next_maintenance:
             return
@@ -332,12 +309,10 @@ class Tracker:
 
     def flush(self) -> None:
         """Apply every settle this tracker handed over to the control state (reads in this process do it first)."""
-        if self._settler is not None:
-            self._settler.drain()
+        self._settler.drain()
 
     def close(self) -> None:
-        if self._settler is not None:
-            self._settler.close()
+        self._settler.close()
         if self._auto_ingest is not None:
             self._auto_ingest.stop()
         self.journal.close()
