@@ -10,6 +10,7 @@ import itertools
 import json
 from pathlib import Path
 
+import msgspec
 import pydantic_core
 import pytest
 from pydantic import Field, model_validator
@@ -241,8 +242,13 @@ def _usual_reading(body: bytes):
 
 
 def _typed(records: list) -> list:
-    """Records with every value's type showing (1 and 1.0 differ), in no particular key order."""
-    return [sorted((key, repr(value)) for key, value in record.items()) for record in records]
+    """Records with every value's type showing (1 and 1.0 differ), in no particular key order; `typedread`'s
+    records as the keys they were given."""
+    return [sorted((key, repr(value)) for key, value in _as_dict(record).items()) for record in records]
+
+
+def _as_dict(record) -> dict:
+    return record if isinstance(record, dict) else msgspec.to_builtins(record)
 
 
 @pytest.mark.parametrize("body", BODIES, ids=range(len(BODIES)))
@@ -310,6 +316,22 @@ def test_a_check_usage_event_gains_that_the_batch_check_does_not_mirror_is_named
     assert any(item.startswith("model:") for item in found)
     assert "validator _only_weekdays" in found
     assert unknown_checks(UsageEvent) == []
+
+
+@pytest.mark.parametrize("body", BODIES, ids=range(len(BODIES)))
+def test_journal_lines_of_a_body_read_straight_from_its_bytes_are_the_usual_paths(body, monkeypatch):
+    # The usual body's records are written as read (typedread's, else fastcheck's); read back as ingestion
+    # reads them, the lines give what the usual path accepts, generated ids and source included.
+    usual = _usual_reading(body)
+    monkeypatch.setattr(intake, "_id_counter", itertools.count(1))
+    straight = intake.check_plain_body(body, "application/json", OPEN_GRANT, "collector:usage")
+    if straight is None:
+        return
+    assert usual is not None and usual[1]
+    exact = _check(usual[0], OPEN_GRANT, monkeypatch, exact_only=True)
+    lines = intake.encode_records(straight.accepted, straight.finite)
+    assert _typed(list(map(pydantic_core.from_json, lines.splitlines()))) == _typed(exact.accepted)
+    assert intake.records_of(lines) == list(map(pydantic_core.from_json, lines.splitlines()))
 
 
 @pytest.mark.parametrize("body", BODIES, ids=range(len(BODIES)))

@@ -89,9 +89,10 @@ def _texts_plain(records: list[Any]) -> bool:
     return "\x00" not in "".join(free)
 
 
-def read_plain(body: bytes, judge: PlainEvents) -> list[dict[str, Any]] | None:
-    """The records of a JSON array when every one is a plain usage event, as dicts with the keys sent (in
-    the event format's field order); None for any other body, which the caller reads as usual."""
+def read_plain(body: bytes, judge: PlainEvents) -> list[Any] | None:
+    """The records of a JSON array when every one is a plain usage event, as typed records (a field absent
+    reads UNSET; msgspec writes them back with the keys sent); None for any other body, which the caller
+    reads as usual."""
     if body.lstrip()[:1] != b"[":
         return None  # one record: fastcheck's single call costs less than this pass's per-batch checks
     try:
@@ -100,12 +101,25 @@ def read_plain(body: bytes, judge: PlainEvents) -> list[dict[str, Any]] | None:
         return None
     if not records or not _texts_plain(records):
         return None
-    times = [record.ts for record in records]
+    times = list(map(_TS, records))
     joined = "\n".join(times)
     if (TIMES_COLUMN.fullmatch(joined) is None or joined.count("\n") != len(times) - 1
             or not judge.times_in_bounds(times)):
         return None
-    plain = msgspec.to_builtins(records)
-    if events.any_token_totals_problem(plain):
+    if _token_totals_problem(records):
         return None
-    return plain
+    return records
+
+
+_TS = attrgetter("ts")
+_TOTAL_TOKENS = attrgetter("total_tokens")
+_COUNTS_BOUND_BY_OTHERS = [attrgetter(name) for name in events.COUNTS_BOUND_BY_OTHERS]
+
+
+def _token_totals_problem(records: list[Any]) -> bool:
+    """`events.any_token_totals_problem` over typed records: column by column, as it does; only a batch that
+    gives a count the rules bind is turned into dicts for it."""
+    if set(map(_TOTAL_TOKENS, records)) <= {UNSET, None} and not any(
+            any(map(count, records)) for count in _COUNTS_BOUND_BY_OTHERS):
+        return False
+    return events.any_token_totals_problem(msgspec.to_builtins(records))
