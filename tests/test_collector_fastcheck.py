@@ -16,7 +16,7 @@ import pytest
 from pydantic import Field, model_validator
 
 from llmcost import events
-from llmcost.collector import intake
+from llmcost.collector import intake, typedread
 from llmcost.collector.auth import OPEN_GRANT, Grant
 from llmcost.collector.fastcheck import PlainEvents, unknown_checks
 from llmcost.collector.typedread import read_plain
@@ -269,6 +269,28 @@ def test_the_typed_reading_passes_only_bodies_the_usual_reading_finds_all_plain_
     typed = read_plain(body, PlainEvents())
     if typed is not None:
         assert usual is not None and usual[1] and _typed(typed) == _typed(usual[0])
+
+
+TEXTS = ["", "u1", "a b", " a", "a ", " ", "\t", "a\tb", "a\x00", "\x00", "\x7f", "a\x7f", "é", "aé", "a\\", "\\",
+         '"', 'a"', 'a"b', "a\nb", "\u2028", "x" * 300, "(unattributed)"]
+
+
+@pytest.mark.parametrize("field", ["user_id", "model", "error"])
+def test_the_quick_look_at_written_texts_passes_only_texts_the_text_rules_pass(field):
+    # The typed reading first looks at its records' texts as msgspec writes them; whatever that look passes,
+    # the text rules checked text by text (as fastcheck's patterns have them) must pass too.
+    passed = []
+    for text in TEXTS:
+        try:
+            records = typedread._MANY.decode(json.dumps([event(1, **{field: text})]).encode())
+        except msgspec.ValidationError:
+            continue  # the typed reading refuses it before any text rule (an empty user_id)
+        if typedread._texts_plain_as_written(typedread._LINES.encode_lines(records)):
+            assert typedread._texts_plain(records), text
+            passed.append(text)
+    assert {"u1", "a b", "x" * 300} <= set(passed) and not {" a", "a ", "a\x00", "é"} & set(passed)
+    plain = typedread._MANY.decode(json.dumps(PLAIN[:1] + [event(2, error="rate limited, retry")]).encode())
+    assert typedread._texts_plain_as_written(typedread._LINES.encode_lines(plain))
 
 
 def test_the_typed_reading_takes_the_usual_plain_bodies():
