@@ -305,8 +305,7 @@ def test_a_batchs_spend_is_each_records_whether_read_as_dicts_or_typed(name):
     from llmcost.collector.typedread import read_plain
 
     records = SPEND_BATCHES[name]
-    typed = read_plain(json.dumps(records).encode(), PlainEvents())
-    assert typed is not None
+    typed, _ = read_plain(json.dumps(records).encode(), PlainEvents())
     expected = _spend_record_by_record(records)
     for spend in (BatchSpend(records), BatchSpend(typed)):
         assert (spend.tokens, spend.given_cost) == expected

@@ -268,7 +268,9 @@ def test_the_typed_reading_passes_only_bodies_the_usual_reading_finds_all_plain_
     usual = _usual_reading(body)
     typed = read_plain(body, PlainEvents())
     if typed is not None:
-        assert usual is not None and usual[1] and _typed(typed) == _typed(usual[0])
+        records, lines = typed
+        assert usual is not None and usual[1] and _typed(records) == _typed(usual[0])
+        assert _typed(list(map(pydantic_core.from_json, lines.splitlines()))) == _typed(usual[0])
 
 
 TEXTS = ["", "u1", "a b", " a", "a ", " ", "\t", "a\tb", "a\x00", "\x00", "\x7f", "a\x7f", "é", "aé", "a\\", "\\",
@@ -285,17 +287,17 @@ def test_the_quick_look_at_written_texts_passes_only_texts_the_text_rules_pass(f
             records = typedread._MANY.decode(json.dumps([event(1, **{field: text})]).encode())
         except msgspec.ValidationError:
             continue  # the typed reading refuses it before any text rule (an empty user_id)
-        if typedread._texts_plain_as_written(typedread._LINES.encode_lines(records)):
+        if typedread._texts_plain_as_written(typedread.LINES.encode_lines(records)):
             assert typedread._texts_plain(records), text
             passed.append(text)
     assert {"u1", "a b", "x" * 300} <= set(passed) and not {" a", "a ", "a\x00", "é"} & set(passed)
     plain = typedread._MANY.decode(json.dumps(PLAIN[:1] + [event(2, error="rate limited, retry")]).encode())
-    assert typedread._texts_plain_as_written(typedread._LINES.encode_lines(plain))
+    assert typedread._texts_plain_as_written(typedread.LINES.encode_lines(plain))
 
 
 def test_the_typed_reading_takes_the_usual_plain_bodies():
-    assert _typed(read_plain(json.dumps(PLAIN).encode(), PlainEvents())) == _typed(PLAIN)
-    assert _typed(read_plain(json.dumps(PLAIN[:1]).encode(), PlainEvents())) == _typed(PLAIN[:1])
+    assert _typed(read_plain(json.dumps(PLAIN).encode(), PlainEvents())[0]) == _typed(PLAIN)
+    assert _typed(read_plain(json.dumps(PLAIN[:1]).encode(), PlainEvents())[0]) == _typed(PLAIN[:1])
 
 
 @pytest.mark.parametrize("counts", [
@@ -351,7 +353,7 @@ def test_journal_lines_of_a_body_read_straight_from_its_bytes_are_the_usual_path
         return
     assert usual is not None and usual[1]
     exact = _check(usual[0], OPEN_GRANT, monkeypatch, exact_only=True)
-    lines = intake.encode_records(straight.accepted, straight.finite)
+    lines = intake.journal_lines(straight)
     assert _typed(list(map(pydantic_core.from_json, lines.splitlines()))) == _typed(exact.accepted)
     assert intake.records_of(lines) == list(map(pydantic_core.from_json, lines.splitlines()))
 

@@ -19,19 +19,19 @@ import os
 import threading
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import repeat
 from operator import attrgetter, ne
 from pathlib import Path
 from typing import Any, Callable
 
-import msgspec
 import pydantic_core
 from msgspec import UNSET
 from pydantic import ValidationError
 
 from llmcost.collector.auth import Grant
 from llmcost.collector.fastcheck import PlainEvents
-from llmcost.collector.typedread import read_plain
+from llmcost.collector.typedread import LINES, read_plain
 from llmcost.events import IDENTITY_FIELDS, UNATTRIBUTED, AttemptRecord, UsageEvent, describe_validation_error, has_usage
 from llmcost.lines import append_line, encode_line
 from llmcost.sdk import fallback
@@ -86,7 +86,7 @@ class Checked:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     unattributed: int = 0
     refused_tenant: int = 0
-    finite: bool = False  # every number in the records is finite (`typedread`'s, which refuses others)
+    lines: bytes | None = None  # the accepted records' journal lines, when the reading wrote them (typedread's)
 
 
 _ID_PREFIX = uuid.uuid4().hex  # unique to this process: ids are the prefix and a counter, cheaper than a uuid each
@@ -122,11 +122,10 @@ def check_plain_body(body: bytes, content_type: str | None, grant: Grant, source
     from its bytes (`typedread`, else `fastcheck`); None for any other body, which `parse_body` and `check_records` take."""
     if _is_ndjson(content_type):
         return None
-    typed = read_plain(body, _PLAIN_EVENTS)
+    typed = read_plain(body, _PLAIN_EVENTS, partial(_complete_typed, grant, source))
     if typed is not None:
-        if grant.tenant_id is not None and any(map(ne, map(_TENANT_OF, typed), repeat(grant.tenant_id))):
-            return None
-        return _all_typed(typed, source)
+        records, lines = typed
+        return Checked(accepted=records, events=records, lines=lines)
     records = _PLAIN_EVENTS.read_json(body)
     if records is None or (grant.tenant_id is not None
                            and any(record["tenant_id"] != grant.tenant_id for record in records)):
@@ -146,14 +145,17 @@ def _all_plain(records: list[dict[str, Any]], source: str) -> Checked:
     return Checked(accepted=records, events=records)
 
 
-def _all_typed(records: list[Any], source: str) -> Checked:
-    """`_all_plain` for `typedread`'s records (a field not given reads UNSET), which msgspec writes as they are."""
+def _complete_typed(grant: Grant, source: str, records: list[Any]) -> bool:
+    """`_all_plain` for `typedread`'s records (a field not given reads UNSET); False, leaving the body to the
+    usual path, when a record names a tenant this key is not for."""
+    if grant.tenant_id is not None and any(map(ne, map(_TENANT_OF, records), repeat(grant.tenant_id))):
+        return False
     for record in records:
         if record.event_id is None or record.event_id is UNSET:
             record.event_id = _new_event_id()
         if record.source is UNSET:
             record.source = source
-    return Checked(accepted=records, events=records, finite=True)
+    return True
 
 
 def _new_event_id() -> str:
@@ -342,16 +344,17 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-_LINES = msgspec.json.Encoder()
+def journal_lines(checked: Checked) -> bytes:
+    """The journal lines of a checked batch's accepted records."""
+    return checked.lines if checked.lines is not None else encode_records(checked.accepted)
 
 
 def encode_records(records: list[Any], finite: bool = False) -> bytes:
     """Journal lines of records parsed from JSON (only JSON types, newlines escaped). Records whose every
-    number is known finite (`Checked.finite`: `typedread`'s) are written by msgspec, in a fifth of pydantic's
-    time; msgspec would write an infinity (a number like 1e400 read by the exact path) as null, so others go
-    to pydantic."""
+    number is known finite (`typedread`'s) may be written by msgspec, in a fifth of pydantic's time; msgspec
+    would write an infinity (a number like 1e400 read by the exact path) as null, so others go to pydantic."""
     if finite or not records:
-        return _LINES.encode_lines(records)
+        return LINES.encode_lines(records)
     return b"\n".join(map(pydantic_core.to_json, records)) + b"\n"
 
 

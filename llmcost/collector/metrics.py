@@ -55,12 +55,15 @@ class BatchSpend:
             if not priced:
                 return
             column = _columns_of(priced)
-        keys = list(zip(column("use_case"), column("provider"), column("model")))
-        if keys.count(keys[0]) == len(keys):  # the usual batch: one use case and model, summed column by column
-            self.tokens[_spend_key(keys[0])] = [_token_sum(column(name)) for name in TOKEN_FIELDS]
+        use_cases, providers, models = list(column("use_case")), list(column("provider")), list(column("model"))
+        count = len(use_cases)
+        if (use_cases.count(use_cases[0]) == count and providers.count(providers[0]) == count
+                and models.count(models[0]) == count):  # the usual batch: one use case and model, summed by column
+            self.tokens[_spend_key((use_cases[0], providers[0], models[0]))] = [
+                _token_sum(column, name) for name in TOKEN_FIELDS]
             return
         groups: dict[tuple, list[Any]] = {}
-        for key, record in zip(keys, priced):
+        for key, record in zip(zip(use_cases, providers, models), priced):
             group = groups.get(key)
             if group is None:
                 groups[key] = [record]
@@ -70,7 +73,7 @@ class BatchSpend:
             column = _columns_of(group)
             totals = self.tokens.setdefault(_spend_key(key), [0] * len(TOKEN_FIELDS))
             for i, name in enumerate(TOKEN_FIELDS):
-                totals[i] += _token_sum(column(name))
+                totals[i] += _token_sum(column, name)
 
 
 def _columns_of(records: list[Any]) -> Callable[[str], Iterable[Any]]:
@@ -89,17 +92,16 @@ def _spend_key(key: tuple) -> tuple:
     return use_case or UNATTRIBUTED, _given(provider), _given(model)
 
 
-def _token_sum(values: Iterable[Any]) -> int:
-    """The sum of one token count's values, summed in C when every one is an int (as most are)."""
-    values = list(values)
+def _token_sum(column: Callable[[str], Iterable[Any]], name: str) -> int:
+    """The sum of one token count over a batch, summed in C when every value is an int (as most are)."""
     try:
-        total = sum(filter(None, values))
+        total = sum(filter(None, column(name)))
     except TypeError:
         total = None
     if type(total) is int:
         return total
     # Validated by the exact path, a count may still be "12", " 12 " or 12.0: read as UsageEvent reads it.
-    return sum(_COUNT.validate_python(value) for value in values if value is not None)
+    return sum(_COUNT.validate_python(value) for value in map(_given, column(name)) if value is not None)
 
 
 _COUNT = TypeAdapter(Count)

@@ -101,20 +101,23 @@ def _texts_plain_as_written(lines: bytes) -> bool:
     return b" " not in lines or (b'" ' not in lines and b' "' not in lines)
 
 
-_LINES = msgspec.json.Encoder()
+LINES = msgspec.json.Encoder()  # journal lines: compact JSON, a record a line
 
 
-def read_plain(body: bytes, judge: PlainEvents) -> list[Any] | None:
+def read_plain(body: bytes, judge: PlainEvents,
+               complete: Callable[[list[Any]], bool] | None = None) -> tuple[list[Any], bytes] | None:
     """The records of a JSON array when every one is a plain usage event, as typed records (a field absent
-    reads UNSET; msgspec writes them back with the keys sent); None for any other body, which the caller
-    reads as usual."""
+    reads UNSET; msgspec writes them back with the keys sent), and their lines as msgspec writes them; None
+    for any other body, which the caller reads as usual. `complete` adds to the records what the caller
+    writes with them (ids, source) before they are written, or returns False to leave the body to the usual
+    reading."""
     if body.lstrip()[:1] != b"[":
         return None  # one record: fastcheck's single call costs less than this pass's per-batch checks
     try:
         records = _MANY.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
-    if not records or not (_texts_plain_as_written(_LINES.encode_lines(records)) or _texts_plain(records)):
+    if not records:
         return None
     times = list(map(_TS, records))
     joined = "\n".join(times)
@@ -123,7 +126,12 @@ def read_plain(body: bytes, judge: PlainEvents) -> list[Any] | None:
         return None
     if _token_totals_problem(records):
         return None
-    return records
+    if complete is not None and not complete(records):
+        return None
+    lines = LINES.encode_lines(records)  # what the caller adds passes the text rules like any text
+    if not (_texts_plain_as_written(lines) or _texts_plain(records)):
+        return None
+    return records, lines
 
 
 _TS = attrgetter("ts")
