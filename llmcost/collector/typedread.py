@@ -58,7 +58,8 @@ def record_type() -> type[msgspec.Struct]:
     fields = [(f.name, _value_type(f)) if f.required else (f.name, _value_type(f) | None | UnsetType, UNSET)
               for f in FIELDS]
     fields.sort(key=len)  # msgspec wants the fields without a default first
-    return msgspec.defstruct("PlainRecord", fields, forbid_unknown_fields=True)
+    # Records read from JSON hold no cycles: the garbage collector need not track them.
+    return msgspec.defstruct("PlainRecord", fields, forbid_unknown_fields=True, gc=False)
 
 
 _RECORD = record_type()
