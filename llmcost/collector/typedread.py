@@ -4,10 +4,12 @@ Parsing into dicts and then checking them (`fastcheck`) walks each record twice;
 straight into a record type built here from the same field declarations (`fastcheck.FIELDS`, read from
 `UsageEvent`): JSON types, integer ranges, text lengths, the allowed words, no unknown key. Its text
 patterns would run Python's `re` once per value, so the text rules (nothing to strip, no NUL, the time's
-form) are checked once over the batch's joined texts and once over its joined times instead, and a time's bounds by the same
-validator `fastcheck` uses. This is only a fast path: a body it does not pass whole goes to `fastcheck`
-and then the exact per-record path, so it never answers differently from them (the equivalence test feeds
-all three the same hostile bodies).
+form) are checked once over the batch's journal lines, as msgspec writes them (else over its joined
+texts), and once over its joined times instead, and a time's bounds by the same validator `fastcheck`
+uses. The records stay typed: the collector writes them and sums their spend as they are, never as dicts.
+This is only a fast path: a body it does not pass whole goes to `fastcheck` and then the exact per-record
+path, so it never answers differently from them (the equivalence test feeds all three the same hostile
+bodies).
 """
 
 from __future__ import annotations
