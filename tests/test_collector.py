@@ -286,13 +286,18 @@ def _spend_record_by_record(records: list[dict]) -> tuple[dict, dict]:
     return tokens, given
 
 
-SPEND_BATCHES = {
-    "one model": [event(n) for n in range(5)],
-    "models, providers and given costs": [
-        event(1), event(2, model="gpt-4o-mini", cache_read_tokens=40, reasoning_tokens=5),
-        event(3, use_case="search", provider=None, model=None), {**event(4, use_case="search"), "provider": None},
-        event(5, cost_usd="0.25"), event(6, use_case="search", cost_usd="0"), event(7, cache_write_tokens=9),
-        {key: value for key, value in event(8).items() if key not in ("provider", "model")}],
+MIXED_SPEND = [
+    event(1), event(2, model="gpt-4o-mini", cache_read_tokens=40, reasoning_tokens=5),
+    event(3, use_case="search", provider=None, model=None), {**event(4, use_case="search"), "provider": None},
+    event(5, cost_usd="0.25"), event(6, use_case="search", cost_usd="0"), event(7, cache_write_tokens=9),
+    {key: value for key, value in event(8).items() if key not in ("provider", "model")}]
+SPEND_BATCHES = {  # small batches are summed record by record, large ones with one key column by column
+    "one record": [event(1, cache_read_tokens=7)],
+    "one model, small": [event(n) for n in range(5)],
+    "one model, large": [event(n, cache_read_tokens=n % 3) for n in range(40)],
+    "models, providers and given costs": MIXED_SPEND,
+    "models, providers and given costs, large": MIXED_SPEND * 3,
+    "one model but a given cost, large": [*(event(n) for n in range(20)), event(20, cost_usd="1.5")],
 }
 
 
@@ -313,6 +318,9 @@ def test_a_batchs_spend_is_each_records_whether_read_as_dicts_or_typed(name):
              {"input_tokens": "12.0", "cache_read_tokens": 2}]
     spend = BatchSpend(loose)
     assert (spend.tokens, spend.given_cost) == _spend_record_by_record(loose)
+    counts_as_text = [{**record, "input_tokens": f" {record['input_tokens']} "} for record in records]
+    spend = BatchSpend(counts_as_text)
+    assert (spend.tokens, spend.given_cost) == _spend_record_by_record(counts_as_text)
 
 
 @pytest.mark.parametrize("zone", ["UTC", "America/Los_Angeles", "Pacific/Kiritimati", "Asia/Kathmandu"])

@@ -12,6 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from decimal import Decimal
+from functools import partial
 from itertools import repeat
 from operator import add, attrgetter
 from typing import Any
@@ -36,44 +37,46 @@ class BatchSpend:
 
     __slots__ = ("tokens", "given_cost")
 
+    COLUMNS_FROM = 16  # records in a batch from which its columns are summed at once, when it has one key
+
     def __init__(self, records: list[Any]):
         self.tokens: dict[tuple, list[int]] = {}
         self.given_cost: dict[str, Decimal] = {}
-        if not records:
+        if len(records) >= self.COLUMNS_FROM and self._by_column(records):
             return
+        typed = bool(records) and type(records[0]) is not dict
+        for record in records:
+            self._add(partial(getattr, record) if typed else record.get)
+
+    def _add(self, value: Callable[[str], Any]) -> None:
+        """One record's spend (`value` gives a field's value, None or UNSET where absent)."""
+        use_case = value("use_case") or UNATTRIBUTED
+        cost = _given(value("cost_usd"))
+        if cost is not None:  # the record gave its cost: that is its spend
+            self.given_cost[use_case] = self.given_cost.get(use_case, Decimal(0)) + Decimal(str(cost))
+            return
+        totals = self.tokens.setdefault((use_case, _given(value("provider")), _given(value("model"))),
+                                        [0] * len(TOKEN_FIELDS))
+        for i, name in enumerate(TOKEN_FIELDS):
+            count = value(name)
+            if count:
+                totals[i] += count if type(count) is int else _COUNT.validate_python(count)
+
+    def _by_column(self, records: list[Any]) -> bool:
+        """The usual large batch, one use case and model and no cost given, summed column by column (what
+        `_add` would sum record by record); False for any other batch."""
         column = _columns_of(records)
         costs = list(column("cost_usd"))
-        priced = records
-        if costs.count(None) + costs.count(UNSET) != len(costs):  # some record gave its cost: that is its spend
-            priced = []
-            for record, cost, use_case in zip(records, costs, column("use_case")):
-                if _given(cost) is None:
-                    priced.append(record)
-                else:
-                    use_case = use_case or UNATTRIBUTED
-                    self.given_cost[use_case] = self.given_cost.get(use_case, Decimal(0)) + Decimal(str(cost))
-            if not priced:
-                return
-            column = _columns_of(priced)
+        if costs.count(None) + costs.count(UNSET) != len(costs):
+            return False
         use_cases, providers, models = list(column("use_case")), list(column("provider")), list(column("model"))
         count = len(use_cases)
-        if (use_cases.count(use_cases[0]) == count and providers.count(providers[0]) == count
-                and models.count(models[0]) == count):  # the usual batch: one use case and model, summed by column
-            self.tokens[_spend_key((use_cases[0], providers[0], models[0]))] = [
-                _token_sum(column, name) for name in TOKEN_FIELDS]
-            return
-        groups: dict[tuple, list[Any]] = {}
-        for key, record in zip(zip(use_cases, providers, models), priced):
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [record]
-            else:
-                group.append(record)
-        for key, group in groups.items():
-            column = _columns_of(group)
-            totals = self.tokens.setdefault(_spend_key(key), [0] * len(TOKEN_FIELDS))
-            for i, name in enumerate(TOKEN_FIELDS):
-                totals[i] += _token_sum(column, name)
+        if (use_cases.count(use_cases[0]) != count or providers.count(providers[0]) != count
+                or models.count(models[0]) != count):
+            return False
+        self.tokens[_spend_key((use_cases[0], providers[0], models[0]))] = [
+            _token_sum(column, name) for name in TOKEN_FIELDS]
+        return True
 
 
 def _columns_of(records: list[Any]) -> Callable[[str], Iterable[Any]]:
