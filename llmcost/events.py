@@ -175,7 +175,7 @@ def token_totals_problem(counts: dict[str, Any]) -> str | None:
 
 
 # The counts whose rules can fail; with each absent or 0 (and no total given) a call's counts always add up.
-_COUNTS_BOUND_BY_OTHERS = ("cache_write_1h_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+COUNTS_BOUND_BY_OTHERS = ("cache_write_1h_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 
 
 def any_token_totals_problem(records: list[dict[str, Any]]) -> bool:
@@ -183,7 +183,7 @@ def any_token_totals_problem(records: list[dict[str, Any]]) -> bool:
 
     Most batches give only input and output tokens: that is seen column by column, without a call per record."""
     if any(map(dict.__contains__, records, repeat("total_tokens"))) or any(
-            any(map(dict.get, records, repeat(name))) for name in _COUNTS_BOUND_BY_OTHERS):
+            any(map(dict.get, records, repeat(name))) for name in COUNTS_BOUND_BY_OTHERS):
         return any(map(token_totals_problem, records))
     return False
 

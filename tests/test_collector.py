@@ -268,6 +268,61 @@ def test_metrics_count_records_and_price_todays_spend(isolated_home):
     assert spend and float(spend[0].split()[-1]) > 0
 
 
+def _spend_record_by_record(records: list[dict]) -> tuple[dict, dict]:
+    """The spend metric's sums worked out one record at a time: given costs by use case, else token counts
+    by (use case, provider, model)."""
+    from llmcost.events import TOKEN_FIELDS, UNATTRIBUTED, UsageEvent
+
+    tokens, given = {}, {}
+    for record in records:
+        use_case = record.get("use_case") or UNATTRIBUTED
+        if record.get("cost_usd") is not None:
+            given[use_case] = given.get(use_case, Decimal(0)) + Decimal(str(record["cost_usd"]))
+            continue
+        totals = tokens.setdefault((use_case, record.get("provider"), record.get("model")), [0] * len(TOKEN_FIELDS))
+        for i, name in enumerate(TOKEN_FIELDS):
+            totals[i] += UsageEvent.model_validate({**record, "user_id": "u", "tenant_id": "t", "use_case": "c",
+                                                    "ts": NOW}).model_dump()[name]
+    return tokens, given
+
+
+MIXED_SPEND = [
+    event(1), event(2, model="gpt-4o-mini", cache_read_tokens=40, reasoning_tokens=5),
+    event(3, use_case="search", provider=None, model=None), {**event(4, use_case="search"), "provider": None},
+    event(5, cost_usd="0.25"), event(6, use_case="search", cost_usd="0"), event(7, cache_write_tokens=9),
+    {key: value for key, value in event(8).items() if key not in ("provider", "model")}]
+SPEND_BATCHES = {  # small batches are summed record by record, large ones with one key column by column
+    "one record": [event(1, cache_read_tokens=7)],
+    "one model, small": [event(n) for n in range(5)],
+    "one model, large": [event(n, cache_read_tokens=n % 3) for n in range(40)],
+    "models, providers and given costs": MIXED_SPEND,
+    "models, providers and given costs, large": MIXED_SPEND * 3,
+    "one model but a given cost, large": [*(event(n) for n in range(20)), event(20, cost_usd="1.5")],
+}
+
+
+@pytest.mark.parametrize("name", SPEND_BATCHES)
+def test_a_batchs_spend_is_each_records_whether_read_as_dicts_or_typed(name):
+    # The request path sums a batch column by column, from dicts or from typedread's records; the sums must be
+    # the record-by-record ones. Exact-path dicts may lack the identity or give a count as text.
+    from llmcost.collector.fastcheck import PlainEvents
+    from llmcost.collector.metrics import BatchSpend
+    from llmcost.collector.typedread import read_plain
+
+    records = SPEND_BATCHES[name]
+    typed, _ = read_plain(json.dumps(records).encode(), PlainEvents())
+    expected = _spend_record_by_record(records)
+    for spend in (BatchSpend(records), BatchSpend(typed)):
+        assert (spend.tokens, spend.given_cost) == expected
+    loose = [*records, {"input_tokens": "12", "output_tokens": 3.0}, {"use_case": "", "input_tokens": " 7 "},
+             {"input_tokens": "12.0", "cache_read_tokens": 2}]
+    spend = BatchSpend(loose)
+    assert (spend.tokens, spend.given_cost) == _spend_record_by_record(loose)
+    counts_as_text = [{**record, "input_tokens": f" {record['input_tokens']} "} for record in records]
+    spend = BatchSpend(counts_as_text)
+    assert (spend.tokens, spend.given_cost) == _spend_record_by_record(counts_as_text)
+
+
 @pytest.mark.parametrize("zone", ["UTC", "America/Los_Angeles", "Pacific/Kiritimati", "Asia/Kathmandu"])
 def test_the_spend_metric_keeps_todays_day_until_the_local_midnight(zone):
     # The day is worked out once and kept until it ends; it must end exactly at the zone's next midnight.

@@ -10,12 +10,13 @@ import itertools
 import json
 from pathlib import Path
 
+import msgspec
 import pydantic_core
 import pytest
 from pydantic import Field, model_validator
 
 from llmcost import events
-from llmcost.collector import intake
+from llmcost.collector import intake, typedread
 from llmcost.collector.auth import OPEN_GRANT, Grant
 from llmcost.collector.fastcheck import PlainEvents, unknown_checks
 from llmcost.collector.typedread import read_plain
@@ -241,8 +242,13 @@ def _usual_reading(body: bytes):
 
 
 def _typed(records: list) -> list:
-    """Records with every value's type showing (1 and 1.0 differ), in no particular key order."""
-    return [sorted((key, repr(value)) for key, value in record.items()) for record in records]
+    """Records with every value's type showing (1 and 1.0 differ), in no particular key order; `typedread`'s
+    records as the keys they were given."""
+    return [sorted((key, repr(value)) for key, value in _as_dict(record).items()) for record in records]
+
+
+def _as_dict(record) -> dict:
+    return record if isinstance(record, dict) else msgspec.to_builtins(record)
 
 
 @pytest.mark.parametrize("body", BODIES, ids=range(len(BODIES)))
@@ -262,12 +268,36 @@ def test_the_typed_reading_passes_only_bodies_the_usual_reading_finds_all_plain_
     usual = _usual_reading(body)
     typed = read_plain(body, PlainEvents())
     if typed is not None:
-        assert usual is not None and usual[1] and _typed(typed) == _typed(usual[0])
+        records, lines = typed
+        assert usual is not None and usual[1] and _typed(records) == _typed(usual[0])
+        assert _typed(list(map(pydantic_core.from_json, lines.splitlines()))) == _typed(usual[0])
+
+
+TEXTS = ["", "u1", "a b", " a", "a ", " ", "\t", "a\tb", "a\x00", "\x00", "\x7f", "a\x7f", "é", "aé", "a\\", "\\",
+         '"', 'a"', 'a"b', "a\nb", "\u2028", "x" * 300, "(unattributed)"]
+
+
+@pytest.mark.parametrize("field", ["user_id", "model", "error"])
+def test_the_quick_look_at_written_texts_passes_only_texts_the_text_rules_pass(field):
+    # The typed reading first looks at its records' texts as msgspec writes them; whatever that look passes,
+    # the text rules checked text by text (as fastcheck's patterns have them) must pass too.
+    passed = []
+    for text in TEXTS:
+        try:
+            records = typedread._MANY.decode(json.dumps([event(1, **{field: text})]).encode())
+        except msgspec.ValidationError:
+            continue  # the typed reading refuses it before any text rule (an empty user_id)
+        if typedread._texts_plain_as_written(typedread.LINES.encode_lines(records)):
+            assert typedread._texts_plain(records), text
+            passed.append(text)
+    assert {"u1", "a b", "x" * 300} <= set(passed) and not {" a", "a ", "a\x00", "é"} & set(passed)
+    plain = typedread._MANY.decode(json.dumps(PLAIN[:1] + [event(2, error="rate limited, retry")]).encode())
+    assert typedread._texts_plain_as_written(typedread.LINES.encode_lines(plain))
 
 
 def test_the_typed_reading_takes_the_usual_plain_bodies():
-    assert _typed(read_plain(json.dumps(PLAIN).encode(), PlainEvents())) == _typed(PLAIN)
-    assert _typed(read_plain(json.dumps(PLAIN[:1]).encode(), PlainEvents())) == _typed(PLAIN[:1])
+    assert _typed(read_plain(json.dumps(PLAIN).encode(), PlainEvents())[0]) == _typed(PLAIN)
+    assert _typed(read_plain(json.dumps(PLAIN[:1]).encode(), PlainEvents())[0]) == _typed(PLAIN[:1])
 
 
 @pytest.mark.parametrize("counts", [
@@ -310,6 +340,22 @@ def test_a_check_usage_event_gains_that_the_batch_check_does_not_mirror_is_named
     assert any(item.startswith("model:") for item in found)
     assert "validator _only_weekdays" in found
     assert unknown_checks(UsageEvent) == []
+
+
+@pytest.mark.parametrize("body", BODIES, ids=range(len(BODIES)))
+def test_journal_lines_of_a_body_read_straight_from_its_bytes_are_the_usual_paths(body, monkeypatch):
+    # The usual body's records are written as read (typedread's, else fastcheck's); read back as ingestion
+    # reads them, the lines give what the usual path accepts, generated ids and source included.
+    usual = _usual_reading(body)
+    monkeypatch.setattr(intake, "_id_counter", itertools.count(1))
+    straight = intake.check_plain_body(body, "application/json", OPEN_GRANT, "collector:usage")
+    if straight is None:
+        return
+    assert usual is not None and usual[1]
+    exact = _check(usual[0], OPEN_GRANT, monkeypatch, exact_only=True)
+    lines = intake.journal_lines(straight)
+    assert _typed(list(map(pydantic_core.from_json, lines.splitlines()))) == _typed(exact.accepted)
+    assert intake.records_of(lines) == list(map(pydantic_core.from_json, lines.splitlines()))
 
 
 @pytest.mark.parametrize("body", BODIES, ids=range(len(BODIES)))

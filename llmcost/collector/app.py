@@ -8,7 +8,7 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,17 @@ from starlette.types import Receive, Scope, Send
 from llmcost.collector import litellm, otlp
 from llmcost.collector.admission import Admission, Refusal, identity_from_headers
 from llmcost.collector.auth import AuthError, Grant, ServiceKeys
-from llmcost.collector.intake import BadBody, Checked, DurableWriter, NotDurable, check_plain_body, check_records, parse_body
-from llmcost.collector.metrics import CONTENT_TYPE, Metrics
+from llmcost.collector.intake import (
+    BadBody,
+    Checked,
+    DurableWriter,
+    NotDurable,
+    check_plain_body,
+    check_records,
+    journal_lines,
+    parse_body,
+)
+from llmcost.collector.metrics import CONTENT_TYPE, BatchSpend, Metrics
 from llmcost.config import Settings, load_settings
 from llmcost.sdk.tracker import Tracker
 
@@ -67,6 +76,18 @@ def failure_response(c: Collector, error: Exception) -> Response:
     return _error(503, str(error))
 
 
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A checked batch ready to commit: its journal lines, its counts and the answer's rejections."""
+
+    endpoint: str
+    lines: bytes
+    accepted: int
+    rejected: list[dict[str, Any]]
+    unattributed: int
+    spend: BatchSpend
+
+
 class Collector:
     """The state one collector process shares between requests."""
 
@@ -85,18 +106,26 @@ class Collector:
 
     async def body(self, request: Request) -> bytes:
         return await self.read_body(request.headers.get("content-length"), request.headers.get("content-encoding"),
-                                    request.stream())
+                                    request.receive)
 
-    async def read_body(self, declared: str | None, encoding: str | None, chunks: AsyncIterator[bytes]) -> bytes:
-        """The body within the size limit (413 otherwise), gunzipped when so encoded; one rule for every route."""
+    async def read_body(self, declared: str | None, encoding: str | None, receive: Receive) -> bytes:
+        """The body within the size limit (413 otherwise), gunzipped when so encoded; one rule for every route.
+        Read straight from the ASGI messages: no async generator per request (each costs the loop's hooks)."""
         if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise TooLarge()
         parts, size = [], 0
-        async for chunk in chunks:
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise TooLarge()
-            parts.append(chunk)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body")
+            if chunk:
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise TooLarge()
+                parts.append(chunk)
+            if not message.get("more_body", False):
+                break
         body = b"".join(parts)
         encoding = (encoding or "identity").strip().lower()
         if encoding == "gzip":  # OTLP exporters often compress
@@ -115,32 +144,38 @@ class Collector:
             raise TooLarge()
         return data
 
-    async def accept(self, endpoint: str, records: list[Any], grant: Grant,
-                     checked: Checked | None = None) -> dict[str, Any]:
-        """Validate (unless `checked` already was), make durable, count; the 202 body. Raises Refusal (403) or
-        NotDurable (nothing acknowledged)."""
-        if checked is None:
-            checked = check_records(records, grant, source=f"collector:{endpoint}")
-        if checked.refused_tenant and checked.refused_tenant == len(records):
+    async def accept(self, endpoint: str, records: list[Any], grant: Grant) -> dict[str, Any]:
+        """Validate, make durable, count; the 202 body. Raises Refusal (403) or NotDurable (nothing acknowledged)."""
+        return await self.commit(self.ready(endpoint, check_records(records, grant, source=f"collector:{endpoint}")))
+
+    def ready(self, endpoint: str, checked: Checked) -> Ready:
+        """What a checked batch leaves to commit: its journal lines, its counts and its answer (the records are
+        not kept while the fsync runs). Raises Refusal (403) when every record names another tenant."""
+        if checked.refused_tenant and checked.refused_tenant == len(checked.accepted) + len(checked.rejected):
             self.metrics.count(endpoint, 0, len(checked.rejected), 0)
             raise Refusal(403, "tenant_not_allowed", {
                 "error": "every record names a tenant this service key is not allowed to send for",
                 "rejected": checked.rejected})
+        return Ready(endpoint, journal_lines(checked), len(checked.accepted), checked.rejected,
+                     checked.unattributed, BatchSpend(checked.events))
+
+    async def commit(self, batch: Ready) -> dict[str, Any]:
+        """Make a batch durable, then count it; the 202 body. Raises NotDurable (nothing acknowledged)."""
         started = time.perf_counter()
-        where = await self.writer.write(checked.accepted, checked.finite)
+        where = await self.writer.write_lines(batch.lines)
         self.metrics.journal_seconds.observe(time.perf_counter() - started)
         if where == "fallback":
-            log.error("llmcost collector: journal failed, %d records kept in the fallback log", len(checked.accepted))
-        self.metrics.count(endpoint, len(checked.accepted), len(checked.rejected), checked.unattributed)
-        self.metrics.spend.add(checked.events)
-        return {"accepted": len(checked.accepted), "rejected": checked.rejected}
+            log.error("llmcost collector: journal failed, %d records kept in the fallback log", batch.accepted)
+        self.metrics.count(batch.endpoint, batch.accepted, len(batch.rejected), batch.unattributed)
+        self.metrics.spend.add(batch.spend)
+        return {"accepted": batch.accepted, "rejected": batch.rejected}
 
-    async def usage(self, body: bytes, content_type: str | None, grant: Grant) -> dict[str, Any]:
+    def usage_batch(self, body: bytes, content_type: str | None, grant: Grant) -> Ready:
         """POST /v1/usage: the usual body judged straight from its bytes, any other record by record."""
-        plain = check_plain_body(body, content_type, grant, source="collector:usage")
-        if plain is not None:
-            return await self.accept("usage", plain.accepted, grant, plain)
-        return await self.accept("usage", parse_body(body, content_type), grant)
+        checked = check_plain_body(body, content_type, grant, source="collector:usage")
+        if checked is None:
+            checked = check_records(parse_body(body, content_type), grant, source="collector:usage")
+        return self.ready("usage", checked)
 
     def close(self) -> None:
         self.admission.close()
@@ -159,8 +194,7 @@ def _routes(c: Collector) -> list[Route]:
         return endpoint
 
     async def usage(request: Request, grant: Grant) -> Response:
-        result = await c.usage(await c.body(request), request.headers.get("content-type"), grant)
-        return _accepted(result)
+        return _accepted(await c.commit(c.usage_batch(await c.body(request), request.headers.get("content-type"), grant)))
 
     async def litellm_payloads(request: Request, grant: Grant) -> Response:
         payloads = parse_body(await c.body(request), request.headers.get("content-type"))
@@ -246,9 +280,10 @@ class CollectorApp(Starlette):
         c, headers = self.collector, _first_headers(scope)
         try:
             grant = c.keys.check(headers.get(b"authorization"))
-            body = await c.read_body(headers.get(b"content-length"), headers.get(b"content-encoding"),
-                                     _body_chunks(receive))
-            reply = pydantic_core.to_json(await c.usage(body, headers.get(b"content-type"), grant))
+            body = await c.read_body(headers.get(b"content-length"), headers.get(b"content-encoding"), receive)
+            batch = c.usage_batch(body, headers.get(b"content-type"), grant)
+            del body  # only the batch's lines wait for the fsync
+            reply = pydantic_core.to_json(await c.commit(batch))
         except ANSWERED_FAILURES as error:
             await failure_response(c, error)(scope, receive, send)
             return
@@ -266,17 +301,6 @@ def _first_headers(scope: Scope) -> dict[bytes, str]:
         if name not in headers:
             headers[name] = value.decode("latin-1")
     return headers
-
-
-async def _body_chunks(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        if message.get("body"):
-            yield message["body"]
-        if not message.get("more_body", False):
-            return
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:

@@ -19,16 +19,19 @@ import os
 import threading
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import repeat
+from operator import attrgetter, ne
 from pathlib import Path
 from typing import Any, Callable
 
-import msgspec
 import pydantic_core
+from msgspec import UNSET
 from pydantic import ValidationError
 
 from llmcost.collector.auth import Grant
 from llmcost.collector.fastcheck import PlainEvents
-from llmcost.collector.typedread import read_plain
+from llmcost.collector.typedread import LINES, read_plain
 from llmcost.events import IDENTITY_FIELDS, UNATTRIBUTED, AttemptRecord, UsageEvent, describe_validation_error, has_usage
 from llmcost.lines import append_line, encode_line
 from llmcost.sdk import fallback
@@ -77,12 +80,13 @@ def _ndjson_line(line: bytes) -> Any:
 class Checked:
     """The outcome of validating a batch: records to write, and the rejected ones with their reasons."""
 
-    accepted: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)  # the accepted usage events (not attempts)
+    # Dicts, or `typedread`'s records for the usual body read straight from its bytes.
+    accepted: list[Any] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)  # the accepted usage events (not attempts)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     unattributed: int = 0
     refused_tenant: int = 0
-    finite: bool = False  # every number in the records is finite (read by `typedread`, which refuses others)
+    lines: bytes | None = None  # the accepted records' journal lines, when the reading wrote them (typedread's)
 
 
 _ID_PREFIX = uuid.uuid4().hex  # unique to this process: ids are the prefix and a counter, cheaper than a uuid each
@@ -118,16 +122,18 @@ def check_plain_body(body: bytes, content_type: str | None, grant: Grant, source
     from its bytes (`typedread`, else `fastcheck`); None for any other body, which `parse_body` and `check_records` take."""
     if _is_ndjson(content_type):
         return None
-    records = read_plain(body, _PLAIN_EVENTS)
-    finite = records is not None
-    if records is None:
-        records = _PLAIN_EVENTS.read_json(body)
+    typed = read_plain(body, _PLAIN_EVENTS, partial(_complete_typed, grant, source))
+    if typed is not None:
+        records, lines = typed
+        return Checked(accepted=records, events=records, lines=lines)
+    records = _PLAIN_EVENTS.read_json(body)
     if records is None or (grant.tenant_id is not None
                            and any(record["tenant_id"] != grant.tenant_id for record in records)):
         return None
-    checked = _all_plain(records, source)
-    checked.finite = finite
-    return checked
+    return _all_plain(records, source)
+
+
+_TENANT_OF = attrgetter("tenant_id")
 
 
 def _all_plain(records: list[dict[str, Any]], source: str) -> Checked:
@@ -137,6 +143,19 @@ def _all_plain(records: list[dict[str, Any]], source: str) -> Checked:
             record["event_id"] = _new_event_id()
         record.setdefault("source", source)
     return Checked(accepted=records, events=records)
+
+
+def _complete_typed(grant: Grant, source: str, records: list[Any]) -> bool:
+    """`_all_plain` for `typedread`'s records (a field not given reads UNSET); False, leaving the body to the
+    usual path, when a record names a tenant this key is not for."""
+    if grant.tenant_id is not None and any(map(ne, map(_TENANT_OF, records), repeat(grant.tenant_id))):
+        return False
+    for record in records:
+        if record.event_id is None or record.event_id is UNSET:
+            record.event_id = _new_event_id()
+        if record.source is UNSET:
+            record.source = source
+    return True
 
 
 def _new_event_id() -> str:
@@ -325,16 +344,23 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-_LINES = msgspec.json.Encoder()
+def journal_lines(checked: Checked) -> bytes:
+    """The journal lines of a checked batch's accepted records."""
+    return checked.lines if checked.lines is not None else encode_records(checked.accepted)
 
 
-def encode_records(records: list[dict[str, Any]], finite: bool = False) -> bytes:
+def encode_records(records: list[Any], finite: bool = False) -> bytes:
     """Journal lines of records parsed from JSON (only JSON types, newlines escaped). Records whose every
-    number is known finite (`Checked.finite`) are written by msgspec, in a fifth of pydantic's time; msgspec
+    number is known finite (`typedread`'s) may be written by msgspec, in a fifth of pydantic's time; msgspec
     would write an infinity (a number like 1e400 read by the exact path) as null, so others go to pydantic."""
-    if finite:
-        return _LINES.encode_lines(records)
+    if finite or not records:
+        return LINES.encode_lines(records)
     return b"\n".join(map(pydantic_core.to_json, records)) + b"\n"
+
+
+def records_of(lines: bytes) -> list[Any]:
+    """The records of journal lines (`encode_records`'), as JSON reads them back."""
+    return [pydantic_core.from_json(line) for line in lines.split(b"\n") if line]
 
 
 class DurableWriter:
@@ -345,28 +371,33 @@ class DurableWriter:
         self.fallback_log = Path(fallback_log)
         self._commit = GroupCommit(self.journal, on_sync)
 
-    async def write(self, records: list[dict[str, Any]], finite: bool = False) -> str:
+    async def write(self, records: list[Any], finite: bool = False) -> str:
         """Make records durable (`finite` as `encode_records` takes it); returns 'journal' or 'fallback'."""
-        if not records:
+        return await self.write_lines(encode_records(records, finite))
+
+    async def write_lines(self, lines: bytes) -> str:
+        """Make journal lines durable (`encode_records`'); returns 'journal' or 'fallback'. Only the lines wait
+        for the fsync: the records they came from need not be kept meanwhile."""
+        if not lines:
             return "journal"
         try:
-            await self._commit.append(encode_records(records, finite))
+            await self._commit.append(lines)
             return "journal"
         except OSError as error:
             journal_error = f"{type(error).__name__}: {error}"
         try:
-            await asyncio.to_thread(self._to_fallback, records, journal_error)
+            await asyncio.to_thread(self._to_fallback, lines, journal_error)
             return "fallback"
         except OSError as error:
             raise NotDurable(f"journal ({journal_error}) and fallback log {self.fallback_log} ({error}) both "
                              "failed; nothing was recorded: retry later") from error
 
-    def _to_fallback(self, records: list[dict[str, Any]], journal_error: str) -> None:
+    def _to_fallback(self, lines: bytes, journal_error: str) -> None:
         self.fallback_log.parent.mkdir(parents=True, exist_ok=True)
         # A fallback-log entry (forwarded from another host) stays one entry, not wrapped again.
-        lines = b"".join(encode_line(record if _wrapped(record) is not None else fallback.wrap(record, journal_error))
-                         for record in records)
-        append_line(self.fallback_log, lines, fsync=True, lock=True)
+        entries = b"".join(encode_line(record if _wrapped(record) is not None else fallback.wrap(record, journal_error))
+                           for record in records_of(lines))
+        append_line(self.fallback_log, entries, fsync=True, lock=True)
 
     def close(self) -> None:
         self._commit.close()

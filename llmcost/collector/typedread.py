@@ -4,10 +4,12 @@ Parsing into dicts and then checking them (`fastcheck`) walks each record twice;
 straight into a record type built here from the same field declarations (`fastcheck.FIELDS`, read from
 `UsageEvent`): JSON types, integer ranges, text lengths, the allowed words, no unknown key. Its text
 patterns would run Python's `re` once per value, so the text rules (nothing to strip, no NUL, the time's
-form) are checked once over the batch's joined texts and once over its joined times instead, and a time's bounds by the same
-validator `fastcheck` uses. This is only a fast path: a body it does not pass whole goes to `fastcheck`
-and then the exact per-record path, so it never answers differently from them (the equivalence test feeds
-all three the same hostile bodies).
+form) are checked once over the batch's journal lines, as msgspec writes them (else over its joined
+texts), and once over its joined times instead, and a time's bounds by the same validator `fastcheck`
+uses. The records stay typed: the collector writes them and sums their spend as they are, never as dicts.
+This is only a fast path: a body it does not pass whole goes to `fastcheck` and then the exact per-record
+path, so it never answers differently from them (the equivalence test feeds all three the same hostile
+bodies).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ _FLOAT_MAX = 1.7976931348623157e308
 # Texts joined by NUL, which none of them may hold: each empty or printable ASCII at both ends, as
 # fastcheck.STRIPPED_TEXT has it (its alternatives spelt out, which Python's re runs 3-4 times faster).
 STRIPPED_COLUMN = re.compile(r"(?:[!-~][^\x00]*[!-~]\x00|[!-~]\x00|\x00)*(?:[!-~][^\x00]*[!-~]|[!-~])?")
-TIMES_COLUMN = re.compile(rf"(?:{ISO_TS}\n)*{ISO_TS}")  # a column of times joined by newlines
+# A column of times joined by newlines; ISO_TS's groups made non-capturing, which Python's re runs faster.
+_ISO_TS_UNCAPTURED = ISO_TS.replace("(", "(?:")
+TIMES_COLUMN = re.compile(rf"(?:{_ISO_TS_UNCAPTURED}\n)*{_ISO_TS_UNCAPTURED}")
 
 
 def _value_type(f: Field) -> Any:
@@ -56,7 +60,8 @@ def record_type() -> type[msgspec.Struct]:
     fields = [(f.name, _value_type(f)) if f.required else (f.name, _value_type(f) | None | UnsetType, UNSET)
               for f in FIELDS]
     fields.sort(key=len)  # msgspec wants the fields without a default first
-    return msgspec.defstruct("PlainRecord", fields, forbid_unknown_fields=True)
+    # Records read from JSON hold no cycles: the garbage collector need not track them.
+    return msgspec.defstruct("PlainRecord", fields, forbid_unknown_fields=True, gc=False)
 
 
 _RECORD = record_type()
@@ -89,23 +94,58 @@ def _texts_plain(records: list[Any]) -> bool:
     return "\x00" not in "".join(free)
 
 
-def read_plain(body: bytes, judge: PlainEvents) -> list[dict[str, Any]] | None:
-    """The records of a JSON array when every one is a plain usage event, as dicts with the keys sent (in
-    the event format's field order); None for any other body, which the caller reads as usual."""
+def _texts_plain_as_written(lines: bytes) -> bool:
+    """True when the records' texts, seen in their compact JSON lines (msgspec's: no space outside a text), keep
+    both text rules (False says only that this look cannot tell). With no escape there is no NUL and no quote
+    inside a text; with only ASCII and no DEL, each character of a text is printable or a space; and a text
+    that starts or ends with a space shows as '" ' or ' "'. Every text is held to the stripped rule here."""
+    if not lines.isascii() or b"\\" in lines or b"\x7f" in lines:
+        return False
+    return b" " not in lines or (b'" ' not in lines and b' "' not in lines)
+
+
+LINES = msgspec.json.Encoder()  # journal lines: compact JSON, a record a line
+
+
+def read_plain(body: bytes, judge: PlainEvents,
+               complete: Callable[[list[Any]], bool] | None = None) -> tuple[list[Any], bytes] | None:
+    """The records of a JSON array when every one is a plain usage event, as typed records (a field absent
+    reads UNSET; msgspec writes them back with the keys sent), and their lines as msgspec writes them; None
+    for any other body, which the caller reads as usual. `complete` adds to the records what the caller
+    writes with them (ids, source) before they are written, or returns False to leave the body to the usual
+    reading."""
     if body.lstrip()[:1] != b"[":
         return None  # one record: fastcheck's single call costs less than this pass's per-batch checks
     try:
         records = _MANY.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
-    if not records or not _texts_plain(records):
+    if not records:
         return None
-    times = [record.ts for record in records]
+    times = list(map(_TS, records))
     joined = "\n".join(times)
     if (TIMES_COLUMN.fullmatch(joined) is None or joined.count("\n") != len(times) - 1
             or not judge.times_in_bounds(times)):
         return None
-    plain = msgspec.to_builtins(records)
-    if events.any_token_totals_problem(plain):
+    if _token_totals_problem(records):
         return None
-    return plain
+    if complete is not None and not complete(records):
+        return None
+    lines = LINES.encode_lines(records)  # what the caller adds passes the text rules like any text
+    if not (_texts_plain_as_written(lines) or _texts_plain(records)):
+        return None
+    return records, lines
+
+
+_TS = attrgetter("ts")
+_TOTAL_TOKENS = attrgetter("total_tokens")
+_COUNTS_BOUND_BY_OTHERS = [attrgetter(name) for name in events.COUNTS_BOUND_BY_OTHERS]
+
+
+def _token_totals_problem(records: list[Any]) -> bool:
+    """`events.any_token_totals_problem` over typed records: column by column, as it does; only a batch that
+    gives a count the rules bind is turned into dicts for it."""
+    if set(map(_TOTAL_TOKENS, records)) <= {UNSET, None} and not any(
+            any(map(count, records)) for count in _COUNTS_BOUND_BY_OTHERS):
+        return False
+    return events.any_token_totals_problem(msgspec.to_builtins(records))
