@@ -205,6 +205,8 @@ HOSTILE = [
     _plain_text(ts=TS.replace("T", "\n")), _plain_text(ts=TS + "\n" + TS),
     b"[" + _plain_text(ts=SOON + "+15:00") + b"," + _plain_text(ts=SOON + "+15:00") + b"]",
     b"[" + _plain_text(ts=SOON + "+14:00") + b"," + _plain_text(ts=SOON + "+15:00") + b"]",
+    # a source given, or given as null (the collector's is written only where none is given)
+    _plain_text(source="app:given"), _plain_text(source=None),
     # unknown keys
     _with('"unknown": 1'), _with('"Latency_ms": 1'),
     # repeated keys, either value first

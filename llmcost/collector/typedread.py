@@ -14,6 +14,7 @@ bodies).
 
 from __future__ import annotations
 
+import functools
 import re
 from itertools import chain
 from operator import attrgetter, itemgetter
@@ -55,17 +56,25 @@ def _value_type(f: Field) -> Any:
     }[f.kind]
 
 
-def record_type() -> type[msgspec.Struct]:
-    """A plain record: the identity and the time given, every other field absent (UNSET), null or plain."""
-    fields = [(f.name, _value_type(f)) if f.required else (f.name, _value_type(f) | None | UnsetType, UNSET)
+def record_type(source: str | None = None) -> type[msgspec.Struct]:
+    """A plain record: the identity and the time given, every other field absent (UNSET), null or plain; with
+    `source`, a record that gives none reads that source (as the collector completes it), set while decoding
+    rather than record by record after."""
+    fields = [(f.name, _value_type(f)) if f.required
+              else (f.name, _value_type(f) | None | UnsetType, source if f.name == "source" and source else UNSET)
               for f in FIELDS]
     fields.sort(key=len)  # msgspec wants the fields without a default first
     # Records read from JSON hold no cycles: the garbage collector need not track them.
     return msgspec.defstruct("PlainRecord", fields, forbid_unknown_fields=True, gc=False)
 
 
-_RECORD = record_type()
-_MANY = msgspec.json.Decoder(list[_RECORD])
+@functools.cache
+def _decoder(source: str | None) -> msgspec.json.Decoder:
+    """A decoder of a JSON array of plain records (`record_type(source)`), one per source."""
+    return msgspec.json.Decoder(list[record_type(source)])
+
+
+_MANY = _decoder(None)
 
 
 def _texts_of(stripped: bool) -> Callable[[Any], tuple]:
@@ -107,17 +116,17 @@ def _texts_plain_as_written(lines: bytes) -> bool:
 LINES = msgspec.json.Encoder()  # journal lines: compact JSON, a record a line
 
 
-def read_plain(body: bytes, judge: PlainEvents,
-               complete: Callable[[list[Any]], bool] | None = None) -> tuple[list[Any], bytes] | None:
+def read_plain(body: bytes, judge: PlainEvents, complete: Callable[[list[Any]], bool] | None = None,
+               source: str | None = None) -> tuple[list[Any], bytes] | None:
     """The records of a JSON array when every one is a plain usage event, as typed records (a field absent
     reads UNSET; msgspec writes them back with the keys sent), and their lines as msgspec writes them; None
     for any other body, which the caller reads as usual. `complete` adds to the records what the caller
-    writes with them (ids, source) before they are written, or returns False to leave the body to the usual
-    reading."""
+    writes with them (ids) before they are written, or returns False to leave the body to the usual reading;
+    `source` is what a record that gives no source reads (`record_type`)."""
     if body.lstrip()[:1] != b"[":
         return None  # one record: fastcheck's single call costs less than this pass's per-batch checks
     try:
-        records = _MANY.decode(body)
+        records = _decoder(source).decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     if not records:
