@@ -198,6 +198,15 @@ HOSTILE = [
     _plain_text(ts=1_700_000_000), _plain_text(ts="2026-02-30T10:00:00Z"), _plain_text(ts=TS.replace("T", "t")),
     _plain_text(ts=TS.replace("+00:00", ".1234567Z")), _plain_text(ts=SOON + "-14:59"),
     _plain_text(ts=SOON + "+14:59"), _plain_text(ts=SOON),
+    # times of the usual form whose values only the bounds' validator or the offset's hour refuse
+    _plain_text(ts=SOON + "+15:00"), _plain_text(ts=SOON + "-19:00"), _plain_text(ts=SOON + "+23:59"),
+    _plain_text(ts="2026-12-01T10:00:60Z"), _plain_text(ts="2026-12-01T24:00:00Z"),
+    _plain_text(ts="2026-12-01 10:00:00Z"), _plain_text(ts=TS.replace("0", "\u0660", 1)),
+    _plain_text(ts=TS.replace("T", "\n")), _plain_text(ts=TS + "\n" + TS),
+    b"[" + _plain_text(ts=SOON + "+15:00") + b"," + _plain_text(ts=SOON + "+15:00") + b"]",
+    b"[" + _plain_text(ts=SOON + "+14:00") + b"," + _plain_text(ts=SOON + "+15:00") + b"]",
+    # a source given, or given as null (the collector's is written only where none is given)
+    _plain_text(source="app:given"), _plain_text(source=None),
     # unknown keys
     _with('"unknown": 1'), _with('"Latency_ms": 1'),
     # repeated keys, either value first

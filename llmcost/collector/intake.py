@@ -122,7 +122,7 @@ def check_plain_body(body: bytes, content_type: str | None, grant: Grant, source
     from its bytes (`typedread`, else `fastcheck`); None for any other body, which `parse_body` and `check_records` take."""
     if _is_ndjson(content_type):
         return None
-    typed = read_plain(body, _PLAIN_EVENTS, partial(_complete_typed, grant, source))
+    typed = read_plain(body, _PLAIN_EVENTS, partial(_complete_typed, grant), source)
     if typed is not None:
         records, lines = typed
         return Checked(accepted=records, events=records, lines=lines)
@@ -145,16 +145,14 @@ def _all_plain(records: list[dict[str, Any]], source: str) -> Checked:
     return Checked(accepted=records, events=records)
 
 
-def _complete_typed(grant: Grant, source: str, records: list[Any]) -> bool:
-    """`_all_plain` for `typedread`'s records (a field not given reads UNSET); False, leaving the body to the
-    usual path, when a record names a tenant this key is not for."""
+def _complete_typed(grant: Grant, records: list[Any]) -> bool:
+    """`_all_plain` for `typedread`'s records (a field not given reads UNSET; the source not given was read as
+    this endpoint's); False, leaving the body to the usual path, when a record names a tenant this key is not for."""
     if grant.tenant_id is not None and any(map(ne, map(_TENANT_OF, records), repeat(grant.tenant_id))):
         return False
     for record in records:
         if record.event_id is None or record.event_id is UNSET:
             record.event_id = _new_event_id()
-        if record.source is UNSET:
-            record.source = source
     return True
 
 

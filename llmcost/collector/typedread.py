@@ -14,9 +14,10 @@ bodies).
 
 from __future__ import annotations
 
+import functools
 import re
 from itertools import chain
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Annotated, Any, Callable, Literal
 
 import msgspec
@@ -55,17 +56,25 @@ def _value_type(f: Field) -> Any:
     }[f.kind]
 
 
-def record_type() -> type[msgspec.Struct]:
-    """A plain record: the identity and the time given, every other field absent (UNSET), null or plain."""
-    fields = [(f.name, _value_type(f)) if f.required else (f.name, _value_type(f) | None | UnsetType, UNSET)
+def record_type(source: str | None = None) -> type[msgspec.Struct]:
+    """A plain record: the identity and the time given, every other field absent (UNSET), null or plain; with
+    `source`, a record that gives none reads that source (as the collector completes it), set while decoding
+    rather than record by record after."""
+    fields = [(f.name, _value_type(f)) if f.required
+              else (f.name, _value_type(f) | None | UnsetType, source if f.name == "source" and source else UNSET)
               for f in FIELDS]
     fields.sort(key=len)  # msgspec wants the fields without a default first
     # Records read from JSON hold no cycles: the garbage collector need not track them.
     return msgspec.defstruct("PlainRecord", fields, forbid_unknown_fields=True, gc=False)
 
 
-_RECORD = record_type()
-_MANY = msgspec.json.Decoder(list[_RECORD])
+@functools.cache
+def _decoder(source: str | None) -> msgspec.json.Decoder:
+    """A decoder of a JSON array of plain records (`record_type(source)`), one per source."""
+    return msgspec.json.Decoder(list[record_type(source)])
+
+
+_MANY = _decoder(None)
 
 
 def _texts_of(stripped: bool) -> Callable[[Any], tuple]:
@@ -107,25 +116,23 @@ def _texts_plain_as_written(lines: bytes) -> bool:
 LINES = msgspec.json.Encoder()  # journal lines: compact JSON, a record a line
 
 
-def read_plain(body: bytes, judge: PlainEvents,
-               complete: Callable[[list[Any]], bool] | None = None) -> tuple[list[Any], bytes] | None:
+def read_plain(body: bytes, judge: PlainEvents, complete: Callable[[list[Any]], bool] | None = None,
+               source: str | None = None) -> tuple[list[Any], bytes] | None:
     """The records of a JSON array when every one is a plain usage event, as typed records (a field absent
     reads UNSET; msgspec writes them back with the keys sent), and their lines as msgspec writes them; None
     for any other body, which the caller reads as usual. `complete` adds to the records what the caller
-    writes with them (ids, source) before they are written, or returns False to leave the body to the usual
-    reading."""
+    writes with them (ids) before they are written, or returns False to leave the body to the usual reading;
+    `source` is what a record that gives no source reads (`record_type`)."""
     if body.lstrip()[:1] != b"[":
         return None  # one record: fastcheck's single call costs less than this pass's per-batch checks
     try:
-        records = _MANY.decode(body)
+        records = _decoder(source).decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     if not records:
         return None
     times = list(map(_TS, records))
-    joined = "\n".join(times)
-    if (TIMES_COLUMN.fullmatch(joined) is None or joined.count("\n") != len(times) - 1
-            or not judge.times_in_bounds(times)):
+    if not (_times_of_one_form(times) and judge.times_in_bounds(times)):
         return None
     if _token_totals_problem(records):
         return None
@@ -138,6 +145,25 @@ def read_plain(body: bytes, judge: PlainEvents,
 
 
 _TS = attrgetter("ts")
+# A time's form with every digit written 0: ISO_TS where a value's ranges are left to the bounds' validator
+# (`times_in_bounds` refuses month 13, day 32, hour 24, minute or second 60, an offset's minute 60, as ISO_TS
+# does), except an offset's hour (at most 14 in ISO_TS, 23 to the validator), checked on its own.
+_TS_FORM = re.compile(rb"0000-00-00[T ]00:00:00(?:\.0{1,6})?(Z|[+-]00:00)?")
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_OFFSET_HOURS = {f"{hour:02d}" for hour in range(15)}
+
+
+def _times_of_one_form(times: list[str]) -> bool:
+    """Whether every time has ISO_TS's form (its bounds are `times_in_bounds`'). The usual batch writes all its
+    times in one form: then the column with its digits as 0 is that form repeated, one comparison in C, and
+    only the offsets' hours are looked at; any other column is matched by TIMES_COLUMN."""
+    column = "\n".join(times).encode("ascii", "replace")  # a non-ASCII digit is no digit of ISO_TS: "?"
+    form = column[:len(times[0])].translate(_DIGITS_AS_ZERO)
+    shape = _TS_FORM.fullmatch(form)
+    if shape is not None and (form + b"\n") * len(times) == column.translate(_DIGITS_AS_ZERO) + b"\n":
+        return shape.group(1) in (None, b"Z") or set(map(itemgetter(slice(-5, -3)), times)) <= _OFFSET_HOURS
+    joined = "\n".join(times)
+    return TIMES_COLUMN.fullmatch(joined) is not None and joined.count("\n") == len(times) - 1
 _TOTAL_TOKENS = attrgetter("total_tokens")
 _COUNTS_BOUND_BY_OTHERS = [attrgetter(name) for name in events.COUNTS_BOUND_BY_OTHERS]
 
