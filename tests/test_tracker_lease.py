@@ -73,11 +73,21 @@ def test_a_switch_from_another_process_takes_effect_on_the_very_next_call(tracke
     assert tracker.control.user_spend(day, "builder")[0] == 3 * 120
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def either_backend(request, settings):
+    """The settings on the SQLite file, then on a real Redis: both admit through the same leases."""
+    if request.param == "sqlite":
+        return settings
+    redis_server = request.getfixturevalue("redis_server")
+    return dataclasses.replace(settings, control_backend="redis", redis_url=redis_server.url)
+
+
 @pytest.mark.parametrize("action", ["hard", "soft"])
-def test_near_a_limit_every_decision_is_the_one_of_admitting_each_call(settings, action):
+def test_near_a_limit_every_decision_is_the_one_of_admitting_each_call(either_backend, action):
     # 1,000,000 tokens a day; each call is estimated at 5,000 and uses 1,000. Admitted one by one, the calls
     # numbered 0..995 fit (995 x 1,000 + 5,000 = 1,000,000) and call 996 goes past the limit: refused (hard),
     # or allowed with a warning (soft).
+    settings = either_backend
     limits = dict(settings.limits, builder=AccountLimit("builder", 1_000_000, None, action))
     tracker = Tracker(dataclasses.replace(settings, limits=limits))
     try:
@@ -134,10 +144,11 @@ def test_an_idle_lease_is_settled_without_any_read_in_its_process(tracker, setti
     assert seen == (120, 0)
 
 
-def test_a_forked_child_admits_nothing_on_its_parents_lease(tracker, settings, lasting_leases):
-    first = call(tracker)
+def call_in_forked_child(tracker) -> None:
+    """One call in a forked child of this process, which closes its tracker: its own lease (and, on Redis, its own
+    listener), settled at its close; the parent's lease stays the parent's."""
     pid = os.fork()
-    if pid == 0:  # the child: its own lease, settled at its close; the parent's stays the parent's
+    if pid == 0:
         code = 1
         try:
             call(tracker)
@@ -147,6 +158,11 @@ def test_a_forked_child_admits_nothing_on_its_parents_lease(tracker, settings, l
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_forked_child_admits_nothing_on_its_parents_lease(tracker, settings, lasting_leases):
+    first = call(tracker)
+    call_in_forked_child(tracker)
     call(tracker)
     day = local_day(first.started_at, settings.tz)
     assert tracker.control.user_spend(day, "builder")[0] == 3 * 120

@@ -5,7 +5,6 @@ once their message arrived."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 import sys
 import threading
@@ -21,21 +20,15 @@ from llmcost.errors import BudgetExceededError, SpendingHaltedError, UseCaseDisa
 from llmcost.money import local_day
 from llmcost.sdk.tracker import Tracker
 
-from .test_tracker_lease import call, lasting_leases  # noqa: F401  (a fixture)
+from .test_tracker_lease import call, call_in_forked_child, lasting_leases  # noqa: F401  (a fixture)
 
 HEARD_WITHIN_SECONDS = 10  # a bound for a loaded machine; the message takes about one network hop
 
 
 @pytest.fixture
-def on_redis(settings, redis_server):
+def settings(settings, redis_server):
+    """Every test here on Redis (conftest's `tracker` then admits through it)."""
     return dataclasses.replace(settings, control_backend="redis", redis_url=redis_server.url)
-
-
-@pytest.fixture
-def tracker(on_redis):
-    t = Tracker(on_redis)
-    yield t
-    t.close()
 
 
 @pytest.fixture
@@ -78,7 +71,7 @@ def live_tokens(raw, day, user: str) -> int:
     return int(raw.hget(counter_key(Counter(day.isoformat(), "user", user)), "lt") or 0)
 
 
-def test_calls_on_a_lease_make_no_round_trip(tracker, on_redis, raw, lasting_leases):  # noqa: F811
+def test_calls_on_a_lease_make_no_round_trip(tracker, settings, raw, lasting_leases):  # noqa: F811
     first = call(tracker)
     listening(tracker)
     call(tracker)  # judges the gates once more: the subscription's confirmation changed the version
@@ -88,29 +81,29 @@ def test_calls_on_a_lease_make_no_round_trip(tracker, on_redis, raw, lasting_lea
     # Only the raw client's own INFO: the tracker sent nothing for its ten calls.
     assert raw.info("stats")["total_commands_processed"] - before == 1
     tracker.flush()
-    assert live_tokens(raw, local_day(first.started_at, on_redis.tz), "builder") == 12 * 120
+    assert live_tokens(raw, local_day(first.started_at, settings.tz), "builder") == 12 * 120
 
 
-def test_another_clients_switch_refuses_this_trackers_next_call_once_heard(tracker, on_redis, lasting_leases):  # noqa: F811
+def test_another_clients_switch_refuses_this_trackers_next_call_once_heard(tracker, settings, lasting_leases):  # noqa: F811
     first = call(tracker)
-    day = local_day(first.started_at, on_redis.tz).isoformat()
+    day = local_day(first.started_at, settings.tz).isoformat()
     for change, refusal, match in (("c.disable('scaffolder', 'runaway loop', by='ops')", UseCaseDisabledError,
                                     "runaway loop"),
                                    (f"c.halt('{day}', 'operator halt')", SpendingHaltedError, "operator halt")):
         before = listening(tracker)
-        other_client(on_redis, change)
+        other_client(settings, change)
         assert heard(tracker, before)
         with pytest.raises(refusal, match=match):
             call(tracker)
         before = listening(tracker)
-        other_client(on_redis, "c.enable('scaffolder')" if refusal is UseCaseDisabledError else f"c.resume('{day}')")
+        other_client(settings, "c.enable('scaffolder')" if refusal is UseCaseDisabledError else f"c.resume('{day}')")
         assert heard(tracker, before)
         call(tracker)
     tracker.flush()
     assert tracker.control.user_spend(day, "builder")[0] == 3 * 120
 
 
-def test_a_switch_in_this_process_refuses_the_very_next_call(tracker, on_redis, lasting_leases):  # noqa: F811
+def test_a_switch_in_this_process_refuses_the_very_next_call(tracker, settings, lasting_leases):  # noqa: F811
     call(tracker)
     listening(tracker)
     tracker.control.disable("scaffolder", "runaway loop")
@@ -118,10 +111,10 @@ def test_a_switch_in_this_process_refuses_the_very_next_call(tracker, on_redis, 
         call(tracker)
 
 
-def test_another_trackers_spend_reaching_the_shutdown_level_halts_this_trackers_leases(on_redis, tmp_path,
+def test_another_trackers_spend_reaching_the_shutdown_level_halts_this_trackers_leases(settings, tmp_path,
                                                                                         lasting_leases):  # noqa: F811
-    ours = Tracker(on_redis)
-    theirs = Tracker(dataclasses.replace(on_redis, home=tmp_path / "other-host"))
+    ours = Tracker(settings)
+    theirs = Tracker(dataclasses.replace(settings, home=tmp_path / "other-host"))
     try:
         call(ours)
         call(theirs, user="boss", account_type="super_admin")  # (its first call rebuilds figures, which also tells)
@@ -130,7 +123,7 @@ def test_another_trackers_spend_reaching_the_shutdown_level_halts_this_trackers_
         before = ours.control.data_version()
         with theirs.call(user_id="boss", account_type="super_admin", estimated_tokens=10, use_case="scaffolder",
                          tenant_id="t", provider="openai", model="gpt-4o-mini") as tracked:
-            tracked.record(input_tokens=5, output_tokens=5, cost_usd=on_redis.system.shutdown_usd)
+            tracked.record(input_tokens=5, output_tokens=5, cost_usd=settings.system.shutdown_usd)
         theirs.flush()
         assert heard(ours, before)
         with pytest.raises(SpendingHaltedError, match="emergency shutdown"):
@@ -140,12 +133,12 @@ def test_another_trackers_spend_reaching_the_shutdown_level_halts_this_trackers_
         theirs.close()
 
 
-def test_two_trackers_race_a_hard_limit_on_leases_and_every_settle_lands(on_redis, tmp_path, raw):
+def test_two_trackers_race_a_hard_limit_on_leases_and_every_settle_lands(settings, tmp_path, raw):
     # 200,000 tokens a day; calls estimated at 1,000 use 1,000. Both trackers admit on leases (16 calls each) while
     # the limit has room for 4 more; near it, per call. The limit holds exactly: no call's actual exceeds its
     # estimate, so the reservations held what was spent.
-    limits = dict(on_redis.limits, builder=AccountLimit("builder", 200_000, None, "hard"))
-    trackers = [Tracker(dataclasses.replace(on_redis, limits=limits, home=tmp_path / name)) for name in "ab"]
+    limits = dict(settings.limits, builder=AccountLimit("builder", 200_000, None, "hard"))
+    trackers = [Tracker(dataclasses.replace(settings, limits=limits, home=tmp_path / name)) for name in "ab"]
     admitted, refused = [], []
 
     def race(tracker):
@@ -163,17 +156,17 @@ def test_two_trackers_race_a_hard_limit_on_leases_and_every_settle_lands(on_redi
         thread.join()
     for tracker in trackers:
         tracker.close()  # settles every lease
-    day = local_day(admitted[0].started_at, on_redis.tz)
+    day = local_day(admitted[0].started_at, settings.tz)
     assert len(refused) == 6
     assert live_tokens(raw, day, "builder") == len(admitted) * 1_000 == 200_000
     assert raw.zcard(f"{PREFIX}inflight") == 0
 
 
-def test_flush_settles_every_lease_and_an_idle_lease_settles_without_a_read(tracker, on_redis, raw):
+def test_flush_settles_every_lease_and_an_idle_lease_settles_without_a_read(tracker, settings, raw):
     first = call(tracker)
     for _ in range(4):
         call(tracker)
-    day = local_day(first.started_at, on_redis.tz)
+    day = local_day(first.started_at, settings.tz)
     tracker.flush()
     assert live_tokens(raw, day, "builder") == 5 * 120
     assert raw.zcard(f"{PREFIX}inflight") == 0
@@ -185,46 +178,12 @@ def test_flush_settles_every_lease_and_an_idle_lease_settles_without_a_read(trac
     assert (live_tokens(raw, day, "builder"), raw.zcard(f"{PREFIX}inflight")) == (6 * 120, 0)
 
 
-def test_a_forked_child_admits_nothing_on_its_parents_lease(tracker, on_redis, raw, lasting_leases):  # noqa: F811
+def test_a_forked_child_admits_nothing_on_its_parents_lease(tracker, settings, raw, lasting_leases):  # noqa: F811
     first = call(tracker)
-    pid = os.fork()
-    if pid == 0:  # the child: its own lease (and its own listener), settled at its close
-        code = 1
-        try:
-            call(tracker)
-            tracker.close()
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    day = local_day(first.started_at, on_redis.tz)
+    call_in_forked_child(tracker)
+    day = local_day(first.started_at, settings.tz)
     assert live_tokens(raw, day, "builder") == 120  # the child's call; the parent's lease is still open
     call(tracker)
     tracker.flush()
     assert live_tokens(raw, day, "builder") == 3 * 120
     assert raw.zcard(f"{PREFIX}inflight") == 0
-
-
-@pytest.mark.parametrize("action", ["hard", "soft"])
-def test_near_a_limit_every_decision_is_the_one_of_admitting_each_call(on_redis, action):
-    # As on the SQLite file (tests/test_tracker_lease.py): calls 0..995 fit, call 996 goes past 1,000,000 tokens.
-    limits = dict(on_redis.limits, builder=AccountLimit("builder", 1_000_000, None, action))
-    tracker = Tracker(dataclasses.replace(on_redis, limits=limits))
-    try:
-        warned = []
-        for n in range(996):
-            tracked = call(tracker, account_type="builder", estimated=5_000, used=(900, 100))
-            if "budget" in tracked.event.metadata:
-                warned.append(n)
-        assert warned == []
-        if action == "hard":
-            with pytest.raises(BudgetExceededError, match="1,000,000 tokens limit, 996,000 used"):
-                call(tracker, account_type="builder", estimated=5_000)
-        else:
-            tracked = call(tracker, account_type="builder", estimated=5_000, used=(900, 100))
-            assert "soft limit exceeded" in tracked.event.metadata["budget"]
-        day = local_day(tracked.started_at, on_redis.tz)
-        assert tracker.control.user_spend(day, "builder")[0] == (996 if action == "hard" else 997) * 1_000
-    finally:
-        tracker.close()
