@@ -249,6 +249,112 @@ def test_call_attempts_store_alike_on_both_paths(settings, tmp_path):
     assert from_lines == from_fallback
 
 
+def stage_both_ways(chunk: bytes, tz="UTC"):
+    """The staged usage events and call attempts of a chunk from pyarrow's typed reader (None where it refuses
+    the chunk) and from the line-by-line path, as rows sorted by idx."""
+    staged = {}
+    for way in ("typed", "lines"):
+        db = duckdb.connect()
+        db.execute("SET TimeZone = 'UTC'")
+        lines = bulk.lines_table(chunk, 100)
+        options = dict(source_label="file:x.jsonl", timezone=tz)
+        if way == "typed":
+            if bulk.stage_typed_json(db, chunk, lines, **options) is None:
+                staged[way] = None
+                continue
+        else:
+            events = bulk.stage_json(db, lines, **options)
+            left = np.setdiff1d(np.arange(lines.num_rows), events)
+            bulk.stage_attempts(db, lines, left, **options)
+        staged[way] = [db.sql(f"SELECT * FROM {table} ORDER BY idx").to_arrow_table().to_pylist()
+                       for table in (bulk.CLEAN_ROWS, bulk.CLEAN_ATTEMPTS)]
+    return staged["typed"], staged["lines"]
+
+
+def lines_of(*records) -> bytes:
+    return b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in records)
+
+
+def test_the_typed_reader_stages_what_the_line_by_line_path_stages():
+    records = [*CLEAN, *CLEAN_ATTEMPTS, {**ATTEMPT, "input_tokens": None}]
+    typed, by_line = stage_both_ways(lines_of(*records), tz="America/New_York")
+    assert typed is not None and len(typed[0]) == len(CLEAN)
+    assert len(typed[1]) == len(CLEAN_ATTEMPTS) + 1  # a null for an event's key: pydantic ignores it too
+    assert typed[0] == by_line[0]
+    assert typed[1] == by_line[1][:len(CLEAN_ATTEMPTS)] + [typed[1][-1]]
+
+
+METADATA = [{}, {"lesson_id": 3}, {"lesson_id": None}, {"a": {"metadata": {}}}, {"a": [1, 2], "b": "x"},
+            {"nested": {"deep": {"k": True}}}, None]
+
+
+@pytest.mark.parametrize("record", [
+    *NOT_CLEAN, *OTHER_ATTEMPTS,
+    *({**BASE, "metadata": m} for m in METADATA),
+    b'{"event_id":"m1","ts":"2026-11-20T10:00:00Z","user_id":"u1","tenant_id":"t1","use_case":"c","metadata": {}}',
+    b'{"event_id":"m2","ts":"2026-11-20T10:00:00Z","user_id":"u1","tenant_id":"t1","use_case":"c","metadata":{"x":null}}',
+    {**BASE, "error": '"metadata":{}', "metadata": {"lesson_id": None}},
+    {**BASE, "error": 'the "record": field', "record": None},
+    {**BASE, "record": None},
+    {**BASE, "record": "attempt"},
+    {**ATTEMPT, "metadata": {}},
+    {**ATTEMPT, "metadata": None},
+    {**ATTEMPT, "output_tokens": 5},
+    {**BASE, "provider": "Claude"},
+    {**BASE, "provider": "OpenAI", "metadata": {"lesson_id": 4}},
+    {**BASE, "latency_ms": 300},
+    {**BASE, "latency_ms": 1e300},
+    {**BASE, "latency_ms": -0.0},
+    {**BASE, "input_tokens": -0},
+    {**BASE, "user_id": "x" * 501},
+    {**BASE, "user_id": "ü" * 300},
+    b"   " + json.dumps(BASE).encode(),
+    b"",
+    json.dumps(BASE).encode() + b" " + json.dumps(BASE).encode(),
+    b'{"event_id":"e1","event_id":"e2","ts":"2026-11-20T10:00:00Z","user_id":"u1","tenant_id":"t1","use_case":"c"}',
+    b"\xff\xfe not utf-8",
+], ids=lambda r: (r if isinstance(r, bytes) else json.dumps(r).encode())[:60].decode("utf-8", "replace"))
+def test_anything_the_typed_reader_reads_is_staged_as_line_by_line(record, settings, tmp_path):
+    # Each unusual line between plain ones with metadata: the typed reader refuses the chunk, or stages what the
+    # line-by-line path stages, typed alike. It may stage more: a call attempt with a null for an event's key,
+    # say, which the line-by-line path leaves to pydantic; pydantic must then store it alike.
+    neighbours = [{**BASE, "event_id": "n1"}, {**BASE, "event_id": "n2", "metadata": {"lesson_id": 9}}, ATTEMPT]
+    typed, by_line = stage_both_ways(lines_of(*neighbours, record, *neighbours))
+    if typed is None:
+        return
+    for typed_rows, line_rows in zip(typed, by_line):
+        assert [row for row in typed_rows if row in line_rows] == line_rows
+    if typed != by_line:
+        assert isinstance(record, dict)
+        assert stored_from_lines(settings, tmp_path, record) == stored_from_fallback_log(settings, tmp_path, record)
+
+
+def stored_from_lines(settings, tmp_path, record):
+    path = tmp_path / "lines.jsonl"
+    path.write_bytes(lines_of(record))
+    return stored_rows(settings, path)
+
+
+def stored_from_fallback_log(settings, tmp_path, record):
+    path = tmp_path / "fallback-like.jsonl"  # fallback-log entries always take pydantic's path
+    path.write_text(json.dumps({"timestamp": "2026-11-20T10:00:00Z", "error": "disk full", "event": record}) + "\n")
+    return stored_rows(settings, path)
+
+
+def stored_rows(settings, path):
+    settings.db_path.unlink(missing_ok=True)
+    ingest(settings, [path])
+    with store.reading(settings.db_path) as db:
+        return [db.execute(f"SELECT * EXCLUDE (ingested_at, source) FROM {table}").fetchall()
+                for table in ("usage_events", "call_attempts")]
+
+
+def test_the_typed_reader_refuses_a_chunk_with_any_unusual_line():
+    for record in ({**BASE, "user_id": 12345}, {**BASE, "unknown_key": 1}, b'{"user_id": tru}', b""):
+        assert bulk.read_typed(lines_of(BASE, record, BASE), 3) is None
+    assert bulk.read_typed(lines_of(BASE, BASE), 2).num_rows == 2
+
+
 def test_csv_rows_duckdb_rejects_go_to_pydantic_and_the_rest_stay_in_bulk(settings, tmp_path, monkeypatch):
     import llmcost.ingestion.csv as csv_module
 
