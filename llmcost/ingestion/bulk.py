@@ -25,7 +25,6 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
-import pyarrow.json as pa_json
 from annotated_types import MaxLen, MinLen
 from pydantic import BaseModel, StringConstraints
 
@@ -145,29 +144,15 @@ def pick(column: pa.ChunkedArray, idx) -> list:
     return column.take(pa.array(idx, type=pa.int64())).to_pylist()
 
 
-# The forms a field's value comes in: the JSON text of a line's key (`_json_relation`), a CSV cell's text, or a
-# value pyarrow's JSON reader typed (`read_typed`: a count is a JSON integer, a flag a JSON boolean, a name a string).
-JSON_TEXT, CELL_TEXT, TYPED = "json", "cell", "typed"
-_TYPED_TESTS = {
-    "int": "n_{name} BETWEEN 0 AND {max_tokens}",
-    "float": "n_{name} >= 0 AND isfinite(n_{name})",
-    "bool": "true",
-    "object": "true",  # read_typed refuses a chunk where it is not an object
-}
+def _value_test(f: Field, v: str, from_json: bool) -> str:
+    """SQL that is true when `v`, the text of field `f`'s value, is what pydantic keeps unchanged.
 
-
-def _value_test(f: Field, v: str, form: str) -> str:
-    """SQL that is true when `v`, field `f`'s value in `form`, is what pydantic keeps unchanged.
-
-    Numbers and the time are judged on their text (or, typed, on their value), and read once as n_<field>
-    and t_ts (`_read_once`).
+    Numbers and the time are judged on their text, and read once as n_<field> and t_ts (`_read_once`).
     """
-    if form == TYPED and f.kind in _TYPED_TESTS:
-        return _TYPED_TESTS[f.kind].format(name=f.name, max_tokens=MAX_TOKENS_PER_CALL)
     if f.kind == "str":
         # JSON text holds a NUL only as the escape \u0000, and stage_json leaves such lines to pydantic.
         test = f"strlen({v}) BETWEEN {f.min_length} AND {f.max_length}"
-        if form != JSON_TEXT:
+        if not from_json:
             test += f" AND strpos({v}, chr(0)) = 0"
         if f.ascii_only:
             test += f" AND strlen({v}) = length({v})"
@@ -187,7 +172,7 @@ def _value_test(f: Field, v: str, form: str) -> str:
     }[f.kind]
 
 
-def _field_test(f: Field, form: str) -> str:
+def _field_test(f: Field, from_json: bool) -> str:
     """SQL that is true when field `f` is clean: absent (or null), or present with the right type and value.
 
     A CSV cell is text, as pydantic reads it. A JSON value comes as its JSON text `j_<field>` (strings
@@ -195,19 +180,19 @@ def _field_test(f: Field, form: str) -> str:
     and a count digits, so a string of digits for a count (which pydantic would coerce) goes to pydantic.
     """
     v = f"v_{f.name}"
-    if form == JSON_TEXT and f.kind in TEXT_KINDS:
+    if from_json and f.kind in TEXT_KINDS:
         j = f"j_{f.name}"
-        absent, present = f"({j} IS NULL OR {j} = 'null')", f"prefix({j}, '\"') AND {_value_test(f, v, form)}"
+        absent, present = f"({j} IS NULL OR {j} = 'null')", f"prefix({j}, '\"') AND {_value_test(f, v, True)}"
     else:
-        absent, present = f"{v} IS NULL", _value_test(f, v, form)
+        absent, present = f"{v} IS NULL", _value_test(f, v, from_json)
     return f"(NOT {absent} AND {present})" if f.required else f"({absent} OR ({present}))"
 
 
 
 
-def _clean_test(fields: tuple[Field, ...], form: str, token_totals: bool = False) -> str:
+def _clean_test(fields: tuple[Field, ...], from_json: bool, token_totals: bool = False) -> str:
     """Every field clean; with `token_totals`, a usage event's token counts add up as UsageEvent checks."""
-    tests = [_field_test(f, form) for f in fields]
+    tests = [_field_test(f, from_json) for f in fields]
     if token_totals:
         tokens = {n: f"coalesce(n_{n}, 0)" for n in TOKEN_FIELDS}
         parts = f"({tokens['input_tokens']} + {tokens['output_tokens']})"
@@ -312,12 +297,6 @@ def _stage(db: duckdb.DuckDBPyConnection, table: str, columns_sql: str, relation
     return db.sql(f"SELECT idx FROM {table}").to_arrow_table().column("idx").to_numpy()
 
 
-# A line that starts like an object, where an escaped NUL (pydantic refuses it) or a surrogate escape (json.loads
-# judges those) leaves the line to pydantic.
-_LIKE_A_RECORD = ("prefix(line, '{') AND (strpos(line, '\\u') = 0 "
-                  "OR (strpos(line, '\\u0000') = 0 AND NOT regexp_matches(line, '\\\\u[dD][89a-fA-F]')))")
-
-
 def _json_relation(fields: tuple[Field, ...], lead: tuple[str, ...] = (), where: str = "true") -> tuple[str, list]:
     """(SQL, JSON paths) for the lines of chunk_lines as j_<key> (each known key's JSON text) and
     v_<field> (its value as text), with known_keys true when the line has no other key.
@@ -338,6 +317,7 @@ def _json_relation(fields: tuple[Field, ...], lead: tuple[str, ...] = (), where:
     # like one: a torn line makes them raise, and TRY then evaluates the line's whole vector of 2,048
     # lines again one by one (with 1% of lines torn, nearly every vector: 2x the cost of the read).
     # A line that ends with "}" rarely is not JSON, and reading every line twice would cost a tenth more.
+    # An escaped NUL (pydantic refuses it) and surrogate escapes (json.loads judges them) go to pydantic.
     sql = f"""
         SELECT idx, off, coalesce(key_count = {found}, false) AS known_keys, {texts}, {values}
         FROM (
@@ -345,7 +325,10 @@ def _json_relation(fields: tuple[Field, ...], lead: tuple[str, ...] = (), where:
             FROM (
                 SELECT idx, off, TRY(len(json_keys(line))) AS key_count, TRY(json_extract(line, $paths)) AS f
                 FROM chunk_lines
-                WHERE {_LIKE_A_RECORD} AND {where} AND (suffix(line, '}}' || chr(10)) OR json_valid(line))
+                WHERE prefix(line, '{{')
+                      AND (strpos(line, '\\u') = 0
+                           OR (strpos(line, '\\u0000') = 0 AND NOT regexp_matches(line, '\\\\u[dD][89a-fA-F]')))
+                      AND {where} AND (suffix(line, '}}' || chr(10)) OR json_valid(line))
             )
         )
     """
@@ -358,7 +341,7 @@ def stage_json(db: duckdb.DuckDBPyConnection, lines: pa.Table, *, source_label: 
     # A line with a "record" key is no usage event (a call attempt, say): it is not worth parsing here.
     relation, paths = _json_relation(FIELDS, where="""strpos(line, '"record":') = 0""")
     params = {**_params(source_label, timezone), "paths": paths}
-    test = f"known_keys AND {_clean_test(FIELDS, JSON_TEXT, token_totals=True)}"
+    test = f"known_keys AND {_clean_test(FIELDS, True, token_totals=True)}"
     db.register("chunk_lines", lines.select(["idx", "off", "line"]))
     try:
         return _stage(db, CLEAN_ROWS, _typed_columns(), relation, test, _read_once(FIELDS, stored_provider=True),
@@ -373,7 +356,7 @@ def stage_attempts(db: duckdb.DuckDBPyConnection, lines: pa.Table, idx: np.ndarr
     temp table clean_attempts; returns their idx."""
     relation, paths = _json_relation(ATTEMPT_FIELDS, lead=("record",), where="strpos(line, '\"record\"') > 0")
     params = {**_params(source_label, timezone), "paths": paths}
-    test = f"""known_keys AND j_record = '"attempt"' AND {_clean_test(ATTEMPT_FIELDS, JSON_TEXT)}"""
+    test = f"""known_keys AND j_record = '"attempt"' AND {_clean_test(ATTEMPT_FIELDS, True)}"""
     # Only the lines left over are scanned (in a plain JSON Lines file, the few bad ones), in record
     # batches so that DuckDB reads them on every core.
     left = lines.select(["idx", "off", "line"]).take(pa.array(idx, type=pa.int64()))
@@ -382,94 +365,6 @@ def stage_attempts(db: duckdb.DuckDBPyConnection, lines: pa.Table, idx: np.ndarr
         return _stage(db, CLEAN_ATTEMPTS, _attempt_columns(), relation, test, _read_once(ATTEMPT_FIELDS), params)
     finally:
         db.unregister("chunk_lines")
-
-
-# The record schema as pyarrow's JSON reader types it: usage events' fields and the call attempts' "record" (their
-# other fields are usage events' fields too). Metadata is any object; pyarrow infers its keys' types.
-_ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "object": pa.struct([])}
-RECORD_SCHEMA = pa.schema([("record", pa.string()),
-                           *((f.name, _ARROW_TYPES.get(f.kind, pa.string())) for f in FIELDS)])
-if {f.name: f.kind for f in ATTEMPT_FIELDS}.items() - {f.name: f.kind for f in FIELDS}.items():
-    raise TypeError("a call attempt's field differs from the usage event's: RECORD_SCHEMA cannot read both")
-TYPED_BLOCK_BYTES = 4 * 1024 * 1024  # pyarrow parses blocks on every core; smaller ones cost more per line
-_STRICT_JSON = pa_json.ParseOptions(explicit_schema=RECORD_SCHEMA, unexpected_field_behavior="infer")
-
-
-def read_typed(chunk: bytes | memoryview, lines: int) -> pa.Table | None:
-    """Every line of a chunk typed by pyarrow's JSON reader against RECORD_SCHEMA, or None when any line is not
-    plainly a record, and the lines are judged one by one instead.
-
-    The reader refuses a whole chunk for one line with a value of another JSON type than the schema's (a number
-    for a name, a string or a fraction for a count, a string for a flag), a key given twice, or text that is not
-    a JSON object; a key no record has comes back as a further column, and blank lines or two objects on one line
-    as another number of rows than lines. A chunk it reads is typed exactly as json.loads reads each line.
-    """
-    try:
-        table = pa_json.read_json(pa.BufferReader(pa.py_buffer(chunk)), parse_options=_STRICT_JSON,
-                                  read_options=pa_json.ReadOptions(block_size=TYPED_BLOCK_BYTES))
-    except pa.ArrowException:
-        return None
-    if table.num_rows != lines or table.column_names != RECORD_SCHEMA.names:
-        return None
-    return table
-
-
-def _typed_lines(lines: pa.Table, typed: pa.Table) -> pa.Table:
-    """The chunk's lines beside their typed fields, metadata as whether it is given and whether it is empty."""
-    metadata = typed.column("metadata").combine_chunks()
-    given = metadata.is_valid()
-    # A struct with no key read anywhere in the chunk is {} wherever given; otherwise a value whose every key
-    # is null may still be {} (pyarrow reads absent keys as null): _typed_relation looks at such lines' text.
-    empty = given
-    for n in range(metadata.type.num_fields):
-        empty = pa.compute.and_(empty, metadata.field(n).is_null())
-    columns = {name: typed.column(name) for name in RECORD_SCHEMA.names if name != "metadata"}
-    table = pa.table({"idx": lines.column("idx"), "off": lines.column("off"), "line": lines.column("line"),
-                      **columns, "metadata_given": given, "metadata_empty": empty})
-    return pa.Table.from_batches(table.combine_chunks().to_batches(max_chunksize=SCAN_BATCH_ROWS))
-
-
-def _typed_relation(where: str) -> str:
-    """SQL for the lines of typed_lines as v_<field>, each field's typed value (metadata as its JSON text)."""
-    values = ", ".join(f'"{f.name}" AS v_{f.name}' for f in FIELDS if f.kind != "object")
-    # Where a line's metadata is {} its text says so (a key "metadata" only ever names the record's own, or one
-    # inside it, which would make the value not empty); other metadata is read from the line as its JSON text.
-    metadata = ("""CASE WHEN NOT metadata_given THEN NULL
-                       WHEN metadata_empty AND contains(line, '"metadata":{}') THEN '{}'
-                       ELSE json_extract(line, '$.metadata')::VARCHAR END AS v_metadata""")
-    return f"""
-        SELECT idx, off, {values}, {metadata}
-        FROM typed_lines
-        WHERE {_LIKE_A_RECORD} AND {where}
-    """
-
-
-# A call attempt is staged only without any of a usage event's other fields (pydantic would ignore them).
-_EVENT_ONLY = [f.name for f in FIELDS if f.name not in {a.name for a in ATTEMPT_FIELDS} and f.kind != "object"]
-
-
-def stage_typed_json(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, lines: pa.Table, *,
-                     source_label: str, timezone: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Type a chunk of JSON Lines read whole by `read_typed`: its clean usage events into clean_rows and its
-    clean call attempts into clean_attempts; returns both their idx, or None when the reader refused the
-    chunk (then stage_json and stage_attempts judge it line by line)."""
-    typed = read_typed(chunk, lines.num_rows)
-    if typed is None:
-        return None
-    params = _params(source_label, timezone)
-    db.register("typed_lines", _typed_lines(lines, typed))
-    try:
-        events = _stage(db, CLEAN_ROWS, _typed_columns(),
-                        _typed_relation("""\"record\" IS NULL AND strpos(line, '"record":') = 0"""),
-                        _clean_test(FIELDS, TYPED, token_totals=True), _read_once(FIELDS, stored_provider=True),
-                        params)
-        attempts = _stage(db, CLEAN_ATTEMPTS, _attempt_columns(),
-                          _typed_relation(" AND ".join(["\"record\" = 'attempt'", "NOT metadata_given",
-                                                        *(f'"{name}" IS NULL' for name in _EVENT_ONLY)])),
-                          _clean_test(ATTEMPT_FIELDS, TYPED), _read_once(ATTEMPT_FIELDS), params)
-    finally:
-        db.unregister("typed_lines")
-    return events, attempts
 
 
 def stage_csv(db: duckdb.DuckDBPyConnection, cells: pa.Table, *, source_label: str,
@@ -482,7 +377,7 @@ def stage_csv(db: duckdb.DuckDBPyConnection, cells: pa.Table, *, source_label: s
         for f in FIELDS
     )
     relation = f"SELECT idx, off, {values} FROM chunk_cells"
-    test = _clean_test(FIELDS, CELL_TEXT, token_totals=True)  # a CSV header's columns are known keys, each once
+    test = _clean_test(FIELDS, False, token_totals=True)  # a CSV header's columns are known keys, each once
     try:
         return _stage(db, CLEAN_ROWS, _typed_columns(), relation, test, _read_once(FIELDS, stored_provider=True),
                       _params(source_label, timezone))

@@ -94,19 +94,12 @@ def parse_lines(db: duckdb.DuckDBPyConnection, chunk: bytes | memoryview, *, sta
         if source.kind == "fallback":  # every line is a fallback entry: pydantic's path reads them
             other_idx = np.arange(lines.num_rows)
         else:
-            # Most chunks are read whole by pyarrow's typed reader; one it refuses is judged line by line.
-            typed = bulk.stage_typed_json(db, chunk, lines, **options)
-            staged = typed[0] if typed is not None else bulk.stage_json(db, lines, **options)
-            clean_idx, cut = _whole_row_groups(db, staged, lines.num_rows, at_end)
+            clean_idx, cut = _whole_row_groups(db, bulk.stage_json(db, lines, **options), lines.num_rows, at_end)
             if cut is not None:
                 consumed = lines.column("off")[cut].as_py() - start_offset
                 lines = lines.slice(0, cut)
-            if typed is not None:  # its call attempts are staged too: those after the cut wait with their lines
-                attempt_idx = typed[1] if cut is None else _staged_before(db, bulk.CLEAN_ATTEMPTS, typed[1], cut)
-                other_idx = _all_but(lines.num_rows, np.concatenate([clean_idx, attempt_idx]))
-            else:
-                other_idx = _all_but(lines.num_rows, clean_idx)
-            if typed is None and len(other_idx):  # lines left over: some may be call attempts
+            other_idx = _all_but(lines.num_rows, clean_idx)
+            if len(other_idx):  # lines left over: some may be call attempts
                 attempt_idx = bulk.stage_attempts(db, lines, other_idx, source_label=parser.source_label,
                                                   timezone=settings.timezone)
                 other_idx = _all_but(lines.num_rows, np.concatenate([clean_idx, attempt_idx]))
@@ -188,12 +181,6 @@ def _whole_row_groups(db: duckdb.DuckDBPyConnection, clean_idx: np.ndarray, line
         return clean_idx, None
     db.execute(f"DELETE FROM {bulk.CLEAN_ROWS} WHERE idx >= ?", [cut])
     return ordered[:keep], cut
-
-
-def _staged_before(db: duckdb.DuckDBPyConnection, table: str, idx: np.ndarray, cut: int) -> np.ndarray:
-    """Keep only the rows of the staged `table` before line `cut`; returns their idx."""
-    db.execute(f"DELETE FROM {table} WHERE idx >= ?", [cut])
-    return idx[idx < cut]
 
 
 def _all_but(count: int, taken: np.ndarray) -> np.ndarray:
