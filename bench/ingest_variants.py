@@ -13,6 +13,11 @@ Each variant runs in a fresh process, timed from connect to close (wall and CPU 
   goes to the exact path: the row count shows how many lines that sends there.
 - typed reader: `read_json` / `read_csv` with an explicit typed `columns=` schema into a temp table - what a
   schema'd reader costs with none of the checks (an unknown key ignored, "5" read as 5): a bound, not a variant.
+- pyarrow strict reader (the issue's "optimistic exactness"): pyarrow's JSON reader with an explicit schema of
+  the record's fields (a string for a name, int64 for a count, metadata's keys inferred), which refuses a chunk
+  for one value of another JSON type, a key given twice or a torn line, over the same 128 MB chunks; alone,
+  without the checks on values (ranges, times, names) that would still follow in SQL. And the same reader called
+  on pieces of 64 lines, as bisecting a chunk down to its bad lines would call it: what each call costs.
 - insert (b), the same 1M typed, priced rows (built untimed; ids as text, as the ingest stages them) written
   into usage_events in batches of two row groups, each in a transaction, then close. Each batch is a join of the
   rows with their prices, as the ingest's is. As today (`run._insert_new`: anti-join on the id's hash, first of
@@ -55,7 +60,8 @@ TYPED_JSON = {
 }
 VARIANTS = {
     "jsonl": ("raw", "ingest", "stage", "stage_no_key_count", "stage_json_transform", "typed_reader",
-              "insert_today", "insert_plain", "insert_plain_no_keys", "insert_today_one_tx",
+              "pyarrow_strict", "pyarrow_strict_pieces", "insert_today", "insert_plain", "insert_plain_no_keys",
+              "insert_today_one_tx",
               "insert_plain_no_keys_one_tx", "insert_today_any_order", "insert_today_any_order_one_tx",
               "insert_plain_no_constraints", "insert_today_threshold", "ctas", "ctas_uuid_ids", "insert_today_grown",
               "insert_plain_grown", "sequential", "pipelined"),
@@ -69,6 +75,8 @@ LABELS = {
     "stage_json_transform": "  same, json_transform for the values",
     "cells_only": "  CSV cells as text only (no checks)",
     "typed_reader": "typed reader with columns= (no checks)",
+    "pyarrow_strict": "pyarrow strict reader, whole chunks (no value checks)",
+    "pyarrow_strict_pieces": "  same, pieces of 64 lines (as bisection calls it)",
     "insert_today": "insert as today (dedup by id hash)",
     "insert_plain": "plain INSERT, same key columns",
     "insert_plain_no_keys": "plain INSERT, no key columns",
@@ -159,6 +167,33 @@ def _typed_reader(db, file: Path, fmt: str) -> int:
         db.execute(f"CREATE TEMP TABLE t AS SELECT * FROM read_csv(?, header = true, columns = {columns})",
                    [str(file)])
     return db.execute("SELECT count(*) FROM t").fetchall()[0][0]
+
+
+PIECE_LINES = 64
+
+
+def _pyarrow_strict(file: Path, pieces: bool) -> int:
+    """Rows pyarrow's JSON reader types from the file's chunks (or pieces of them) against the record schema."""
+    import pyarrow as pa
+    import pyarrow.json as pa_json
+
+    from llmcost.ingestion import bulk
+
+    types = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "object": pa.struct([])}
+    schema = pa.schema([("record", pa.string()), *((f.name, types.get(f.kind, pa.string())) for f in bulk.FIELDS)])
+    parse = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
+    whole = pa_json.ReadOptions(block_size=4 * 1024 * 1024)
+    rows = 0
+    for _, chunk, _ in _chunks(file, "jsonl"):
+        if not pieces:
+            rows += pa_json.read_json(pa.BufferReader(chunk), read_options=whole, parse_options=parse).num_rows
+            continue
+        lines = chunk.splitlines(keepends=True)
+        one_block = pa_json.ReadOptions(use_threads=False, block_size=max(len(line) for line in lines) * PIECE_LINES)
+        for at in range(0, len(lines), PIECE_LINES):
+            piece = b"".join(lines[at:at + PIECE_LINES])
+            rows += pa_json.read_json(pa.BufferReader(piece), read_options=one_block, parse_options=parse).num_rows
+    return rows
 
 
 def _typed_batch(db, file: Path) -> None:
@@ -310,6 +345,8 @@ def child(variant: str, file: Path, fmt: str, workdir: Path, grown: int) -> dict
         db = duckdb.connect()
         if variant == "typed_reader":
             rows = _typed_reader(db, file, fmt)
+        elif variant.startswith("pyarrow_strict"):
+            rows = _pyarrow_strict(file, pieces=variant.endswith("pieces"))
         elif fmt == "csv":
             rows = _stage_csv_chunks(db, file, cells_only=variant == "cells_only")
         else:
