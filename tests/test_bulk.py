@@ -98,6 +98,16 @@ def test_clean_records_take_the_bulk_path_with_pydantics_values():
         assert (row["reported_pico"], row["reported_source"]) == (reported, expected["price_source"])
 
 
+def test_strings_in_raw_utf8_keep_every_character_on_the_bulk_path():
+    # Written without escapes, a string's text between its quotes is its value: a combining mark just after the
+    # opening quote belongs to the value, though it joins the quote into one grapheme.
+    record = {**BASE, "error": "\u0301 starts with a combining mark, é, 日本 \U0001F600", "model": "gpt-e\u0301-4o"}
+    db = duckdb.connect()
+    lines = bulk.lines_table(json.dumps(record, ensure_ascii=False).encode() + b"\n", 0)
+    assert bulk.stage_json(db, lines, source_label="file:x.jsonl", timezone="UTC").tolist() == [0]
+    assert db.execute(f"SELECT error, model FROM {bulk.CLEAN_ROWS}").fetchall() == [(record["error"], record["model"])]
+
+
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
 def test_lines_that_are_not_json_are_left_to_pydantic_and_their_neighbours_stay_in_bulk(newline):
     # A torn line (no closing brace, read by json_valid) and one that ends like an object but is not JSON
