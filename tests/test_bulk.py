@@ -294,3 +294,10 @@ def test_csv_rows_duckdb_rejects_go_to_pydantic_and_the_rest_stay_in_bulk(settin
     assert stored == {str(n): f"u{n}" for n in (0, 1, 2, 5, 6, 7, 8, 9)}
     assert len(reasons) == 3 and "CSV row has 10 cells, the header 9" in reasons
     assert any("not valid UTF-8" in r for r in reasons) and any("user_id" in r or "tenant_id" in r for r in reasons)
+
+
+def test_pick_reads_the_values_at_any_positions_across_chunks():
+    lines = bulk.lines_table(b"".join(b'{"n": %d}\n' % n for n in range(3 * bulk.SCAN_BATCH_ROWS)), 0)
+    assert lines.column("line").num_chunks == 3
+    for idx in ([], [0], [5, bulk.SCAN_BATCH_ROWS, 2 * bulk.SCAN_BATCH_ROWS + 7], [9, 2, 20_000, 2]):
+        assert bulk.pick(lines.column("line"), idx) == ['{"n": %d}\n' % n for n in idx]

@@ -138,10 +138,18 @@ def lines_table(chunk: bytes, start_offset: int) -> pa.Table:
 
 
 def pick(column: pa.ChunkedArray, idx) -> list:
-    """The values at `idx`; a few are read one by one, since `take` on a chunked column copies it whole."""
-    if len(idx) <= 10_000:
-        return [column[int(i)].as_py() for i in idx]
-    return column.take(pa.array(idx, type=pa.int64())).to_pylist()
+    """The values at `idx`, a filter chunk by chunk where `idx` ascends: `take` on a chunked column would
+    first join its chunks (a chunk's 128 MB of lines) into one buffer."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if len(idx) and not np.all(idx[1:] > idx[:-1]):
+        return column.take(pa.array(idx)).to_pylist()
+    return column.filter(pa.array(_chosen(len(column), idx))).to_pylist()
+
+
+def _chosen(count: int, idx: np.ndarray) -> np.ndarray:
+    chosen = np.zeros(count, dtype=bool)
+    chosen[idx] = True
+    return chosen
 
 
 def _value_test(f: Field, v: str, from_json: bool) -> str:
@@ -367,7 +375,8 @@ def stage_attempts(db: duckdb.DuckDBPyConnection, lines: pa.Table, idx: np.ndarr
     test = f"""known_keys AND j_record = '"attempt"' AND {_clean_test(ATTEMPT_FIELDS, True)}"""
     # Only the lines left over are scanned (in a plain JSON Lines file, the few bad ones), in record
     # batches so that DuckDB reads them on every core.
-    left = lines.select(["idx", "off", "line"]).take(pa.array(idx, type=pa.int64()))
+    # A filter keeps them chunk by chunk; `take` would first join the chunk's 128 MB of lines into one buffer.
+    left = lines.select(["idx", "off", "line"]).filter(pa.array(_chosen(lines.num_rows, idx)))
     db.register("chunk_lines", pa.Table.from_batches(left.to_batches(max_chunksize=SCAN_BATCH_ROWS)))
     try:
         return _stage(db, CLEAN_ATTEMPTS, _attempt_columns(), relation, test, _read_once(ATTEMPT_FIELDS), params)
