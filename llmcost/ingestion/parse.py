@@ -26,7 +26,8 @@ from llmcost.events import (
 from llmcost.ingestion import bulk, sources
 from llmcost.ingestion import csv as csv_rows
 from llmcost.ingestion.exact import FAILED_COLUMNS, MAX_RAW_CHARS, RecordParser, decode_line, raw_text
-from llmcost.pricing.vector import price_columns_pico, price_frame_pico
+from llmcost.pricing.rates import GROUP_COLUMNS
+from llmcost.pricing.vector import price_frame_pico, price_groups_pico
 
 if TYPE_CHECKING:
     from llmcost.config import Settings
@@ -204,11 +205,22 @@ def _price_clean_rows(db: duckdb.DuckDBPyConnection, lines: pa.Table, parser: Re
 
     A priced row costing more than the store holds is kept as failed instead.
     """
+    # DuckDB groups the rows by what prices them (a few groups: models times UTC days), so that only
+    # numbers cross into Python: each row's group and token counts, no names.
+    db.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {_PRICE_GROUPS} AS
+        SELECT row_number() OVER () - 1 AS group_no, *
+        FROM (SELECT DISTINCT {', '.join(GROUP_COLUMNS)}, CAST(ts AS DATE) AS utc_day
+              FROM {bulk.CLEAN_ROWS} WHERE reported_pico IS NULL)
+        """)
+    groups = db.sql(f"SELECT {', '.join(GROUP_COLUMNS)} FROM {_PRICE_GROUPS} ORDER BY group_no").fetchall()
     token_columns = (*TOKEN_FIELDS, "total_tokens")
+    same_group = " AND ".join([*(f"r.{name} IS NOT DISTINCT FROM g.{name}" for name in GROUP_COLUMNS),
+                               "CAST(r.ts AS DATE) = g.utc_day"])
     table = db.sql(
-        f"SELECT idx, off, provider, model, response_model, service_tier, ts, {', '.join(token_columns)}, "
-        "reported_pico, reported_source "
-        f"FROM {bulk.CLEAN_ROWS}"
+        f"SELECT r.idx, r.reported_pico, r.reported_source, g.group_no, r.ts, "
+        f"{', '.join(f'coalesce(r.{name}, 0) AS {name}' for name in token_columns)} "
+        f"FROM {bulk.CLEAN_ROWS} r LEFT JOIN {_PRICE_GROUPS} g ON r.reported_pico IS NULL AND {same_group}"
     ).to_arrow_table()
     rows = table.num_rows
     reported = table.column("reported_pico")
@@ -219,22 +231,22 @@ def _price_clean_rows(db: duckdb.DuckDBPyConnection, lines: pa.Table, parser: Re
     too_costly = np.zeros(rows, dtype=bool)
     if len(unpriced):
         part = table if len(unpriced) == rows else table.take(unpriced)
-        tokens = {name: pa.compute.fill_null(part.column(name), 0).to_numpy() for name in token_columns}
-        computed, computed_sources = price_columns_pico(
-            pricer, part.column("provider"), part.column("model"), part.column("ts").to_numpy(), tokens,
-            response_model=part.column("response_model"), service_tier=part.column("service_tier"))
+        computed, source_codes, source_names = price_groups_pico(
+            pricer, groups, part.column("group_no").to_numpy(), part.column("ts").to_numpy(),
+            {name: part.column(name).to_numpy() for name in token_columns})
         pico = pico.astype(computed.dtype)  # a writable copy, of Python ints when a cost is beyond int64
         pico[unpriced] = computed
         too_costly[unpriced] = _too_costly(computed)
+        computed_sources = pa.array(source_names, pa.string()).take(pa.array(source_codes))
         if len(unpriced) < rows:  # the other rows gave their own cost, and keep its source
             merged = np.array(sources.to_pylist(), dtype=object)
-            merged[unpriced] = computed_sources
-            computed_sources = merged
-        sources = pa.array(computed_sources, type=pa.string())
+            merged[unpriced] = computed_sources.to_pylist()
+            computed_sources = pa.array(merged, type=pa.string())
+        sources = computed_sources
     idx = table.column("idx").to_numpy()
     for position in np.flatnonzero(too_costly).tolist():
         parser.invalid += 1
-        parser.fail(int(table.column("off")[position].as_py()), "invalid", _cost_reason(pico[position]),
+        parser.fail(int(lines.column("off")[int(idx[position])].as_py()), "invalid", _cost_reason(pico[position]),
                     raw_text(lines.column("raw")[int(idx[position])].as_py()))
     if too_costly.any():
         keep = ~too_costly
@@ -277,7 +289,8 @@ def _priced_slow_rows(parser: RecordParser, settings: Settings, pricer: Pricer) 
 
 _EVENTS_VIEW = Batch.events_view
 _ATTEMPTS_VIEW = Batch.attempts_view
-_BATCH_TABLES = ("clean_prices", "slow_events", "slow_attempts", bulk.CLEAN_ROWS, bulk.CLEAN_ATTEMPTS)
+_PRICE_GROUPS = "price_groups"
+_BATCH_TABLES = ("clean_prices", _PRICE_GROUPS, "slow_events", "slow_attempts", bulk.CLEAN_ROWS, bulk.CLEAN_ATTEMPTS)
 
 
 def _load_batch_events(db: duckdb.DuckDBPyConnection, clean_prices: pa.Table | None,

@@ -8,7 +8,7 @@ numpy, pandas and pyarrow, which the SDK never loads.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -41,8 +41,9 @@ def price_frame_pico(pricer: Pricer, frame: pd.DataFrame) -> tuple[np.ndarray, l
             for name in GROUP_COLUMNS]
     first_rows, rows_by_group = _group_rows(keys, days)
     groups = [tuple(series.iat[first] for series in keys) for first in first_rows]
-    pico, sources = _price_groups(pricer, groups, rows_by_group, cols, lambda row: ts.iat[row].to_pydatetime())
-    return pico, sources.tolist()
+    pico, source_codes, source_names = _price_groups(pricer, groups, rows_by_group, cols,
+                                                     lambda row: ts.iat[row].to_pydatetime())
+    return pico, np.array(source_names, dtype=object)[source_codes].tolist()
 
 def price_columns_pico(pricer: Pricer, provider: pa.Array, model: pa.Array, ts: np.ndarray,
                        tokens: Mapping[str, np.ndarray], response_model: pa.Array | None = None,
@@ -66,31 +67,49 @@ def price_columns_pico(pricer: Pricer, provider: pa.Array, model: pa.Array, ts: 
             span = int(key.max()) + 1
         key, span = key * count + codes, span * count
     _, first_rows, group_of_row = np.unique(key, return_index=True, return_inverse=True)
-    order = np.argsort(group_of_row, kind="stable")
-    bounds = np.cumsum(np.bincount(group_of_row))
-    rows_by_group = np.split(order, bounds[:-1])
     groups = [tuple(values[codes[first]] for codes, values in coded) for first in first_rows]
+    pico, source_codes, source_names = price_groups_pico(pricer, groups, group_of_row, ts, tokens)
+    return pico, np.array(source_names, dtype=object)[source_codes]
+
+
+def price_groups_pico(pricer: Pricer, groups: Sequence[tuple[Any, Any, Any, Any]], group_of_row: np.ndarray,
+                      ts: np.ndarray, tokens: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Like `price_columns_pico`, for rows already grouped: `groups[g]` is group g's (provider, model,
+    response_model, service_tier), the same for all its rows, whose times (ts, UTC datetime64) fall on one
+    UTC day; `group_of_row` is each row's g. Returns the costs, each row's source as a code, and the
+    sources the codes stand for.
+    """
+    rows = len(ts)
+    if rows == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int8), []
+    order = np.argsort(group_of_row, kind="stable")
+    bounds = np.cumsum(np.bincount(group_of_row, minlength=len(groups)))
+    rows_by_group = np.split(order, bounds[:-1])
     cols = _completed_tokens({name: tokens.get(name, np.zeros(rows, dtype=np.int64))
                               for name in (*TOKEN_FIELDS, "total_tokens")})
     return _price_groups(pricer, groups, rows_by_group, cols,
-                              lambda row: ts[row].astype("datetime64[us]").item().replace(tzinfo=timezone.utc))
+                         lambda row: ts[row].astype("datetime64[us]").item().replace(tzinfo=timezone.utc))
 
-def _price_groups(pricer: Pricer, groups: list[tuple[Any, Any]], rows_by_group: list[np.ndarray],
-                  cols: dict[str, np.ndarray], ts_of: Callable[[int], datetime]) -> tuple[np.ndarray, np.ndarray]:
-    """Costs (pico-dollars) and sources of rows grouped by (provider, model, response_model,
-    service_tier, UTC day); `ts_of(row)` is a row's time, and one row's time stands for its group's
-    unless prices change within a day."""
+def _price_groups(pricer: Pricer, groups: Sequence[tuple[Any, Any, Any, Any]], rows_by_group: list[np.ndarray],
+                  cols: dict[str, np.ndarray], ts_of: Callable[[int], datetime]
+                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Costs (pico-dollars) and sources (codes, and the sources they stand for) of rows grouped by
+    (provider, model, response_model, service_tier, UTC day); `ts_of(row)` is a row's time, and one
+    row's time stands for its group's unless prices change within a day."""
     pico = np.zeros(len(cols["total"]), dtype=np.int64)
-    sources = np.empty(len(pico), dtype=object)
+    source_codes = np.zeros(len(pico), dtype=np.int8)  # a handful of sources: PRICE_TABLE, OVERRIDE, DEFAULT_RATE
+    source_names: dict[str, int] = {}
     exact: dict[int, Decimal] = {}
     for (provider, model, response_model, tier), members in zip(groups, rows_by_group):
+        if not len(members):
+            continue
         found = pricer.lookup(provider, model, response_model)
         if isinstance(found, ModelInfo) and prices_vary_within_a_day(found):
             batches = _split_by_rates(pricer, found, members, ts_of, tier)
         else:
             batches = [(pricer.rates_at(found, ts_of(int(members[0])), tier), members)]
         for rates, batch in batches:
-            sources[batch] = rates.source
+            source_codes[batch] = source_names.setdefault(rates.source, len(source_names))
             batch_cols = {name: values[batch] for name, values in cols.items()}
             costs = _pico_costs(rates, batch_cols)
             if costs is not None:
@@ -106,7 +125,7 @@ def _price_groups(pricer: Pricer, groups: list[tuple[Any, Any]], rows_by_group: 
             pico = pico.astype(object)  # beyond int64: keep Python ints, still exact
         for row, value in values.items():
             pico[row] = value
-    return pico, sources
+    return pico, source_codes, list(source_names)
 
 def _split_by_rates(pricer: Pricer, model: ModelInfo, members: np.ndarray, ts_of: Callable[[int], datetime],
                     tier: Any) -> list[tuple[Rates, np.ndarray]]:
