@@ -297,14 +297,16 @@ def _load_batch_events(db: duckdb.DuckDBPyConnection, clean_prices: pa.Table | N
                        slow_events: pa.Table | None) -> int:
     """Make the view batch_events over the priced clean rows and the pydantic path's rows; returns its size."""
     columns = ", ".join(["off", *EVENT_COLUMNS])
-    db.execute("CREATE OR REPLACE TEMP TABLE slow_events AS SELECT * FROM usage_events LIMIT 0")
-    db.execute("ALTER TABLE slow_events DROP COLUMN ingested_at")
-    db.execute("ALTER TABLE slow_events DROP COLUMN event_key")
-    db.execute("ALTER TABLE slow_events DROP COLUMN content_key")
-    db.execute("ALTER TABLE slow_events DROP COLUMN cost_usd")
-    db.execute("ALTER TABLE slow_events ADD COLUMN cost_pico BIGINT")
-    db.execute("ALTER TABLE slow_events ADD COLUMN off BIGINT")
-    parts = [f"SELECT {columns} FROM slow_events"]
+    parts = []
+    if slow_events is not None or clean_prices is None:  # 7 statements a batch: made only when there are rows for it
+        db.execute("CREATE OR REPLACE TEMP TABLE slow_events AS SELECT * FROM usage_events LIMIT 0")
+        db.execute("ALTER TABLE slow_events DROP COLUMN ingested_at")
+        db.execute("ALTER TABLE slow_events DROP COLUMN event_key")
+        db.execute("ALTER TABLE slow_events DROP COLUMN content_key")
+        db.execute("ALTER TABLE slow_events DROP COLUMN cost_usd")
+        db.execute("ALTER TABLE slow_events ADD COLUMN cost_pico BIGINT")
+        db.execute("ALTER TABLE slow_events ADD COLUMN off BIGINT")
+        parts.append(f"SELECT {columns} FROM slow_events")
     if slow_events is not None:
         db.register("slow_part", slow_events)
         db.execute(f"INSERT INTO slow_events ({columns}) SELECT {columns} FROM slow_part")

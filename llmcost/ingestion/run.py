@@ -353,28 +353,35 @@ def _insert_new(db, table: str, batch: str, values: str, now: dt.datetime, targe
     key, id_column = KEYED_TABLES[table]
     content = f", {_BATCH_CONTENT_HASH}" if table == "usage_events" else ""
     content_column = ", content_key" if table == "usage_events" else ""
-    repeats = db.execute(f"SELECT count(*) - count(DISTINCT {id_column}) FROM {batch}").fetchall()[0][0]
+    # Whether ids repeat within the batch, and how many stored rows have the key of one of its ids: a
+    # scan of the narrow key column alone. Reading the stored ids too (to compare them where keys match)
+    # costs a scan of every stored id, 0.14 s a batch at 4M stored, so it is left out when no key matches.
+    repeats, key_matches = db.execute(
+        f"""
+        SELECT (SELECT count(*) - count(DISTINCT {id_column}) FROM {batch}),
+               (SELECT count(*) FROM {table} WHERE {key} IN (SELECT hash({id_column}) FROM {batch}))
+        """
+    ).fetchall()[0]
+    not_stored = f"""
+        WHERE NOT EXISTS (
+            SELECT 1 FROM (SELECT {id_column} FROM {table}
+                           WHERE {key} IN (SELECT hash({id_column}) FROM {batch})) stored
+            WHERE stored.{id_column} = b.{id_column})""" if key_matches else ""
     # A window's output is unordered, and an unordered insert leaves part-filled row groups that every
     # checkpoint rewrites: after one the rows go in in file order. Without one the scan of the batch
     # keeps its order by itself, and sorting would cost a tenth of the insert.
     first_of_each = (f"QUALIFY row_number() OVER (PARTITION BY {id_column} ORDER BY off) = 1 ORDER BY off"
                      if repeats else "")
-    before = db.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-    # Ids already stored are found by their key first, so only the narrow key column of the whole
-    # table is read; the ids themselves are compared where keys match.
-    db.execute(
+    # DuckDB's INSERT returns how many rows it wrote.
+    return db.execute(
         f"""
         INSERT INTO {table} ({targets or values}, ingested_at, {key}{content_column})
         SELECT {values}, ?, hash({id_column}){content} FROM {batch} b
-        WHERE NOT EXISTS (
-            SELECT 1 FROM (SELECT {id_column} FROM {table}
-                           WHERE {key} IN (SELECT hash({id_column}) FROM {batch})) stored
-            WHERE stored.{id_column} = b.{id_column})
+        {not_stored}
         {first_of_each}
         """,
         [now],
-    )
-    return db.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0] - before
+    ).fetchall()[0][0]
 
 
 def known_sources(settings: Settings) -> list[Path]:

@@ -82,8 +82,10 @@ def price_groups_pico(pricer: Pricer, groups: Sequence[tuple[Any, Any, Any, Any]
     rows = len(ts)
     if rows == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int8), []
-    order = np.argsort(group_of_row, kind="stable")
-    bounds = np.cumsum(np.bincount(group_of_row, minlength=len(groups)))
+    # A stable sort of 16-bit numbers is a radix sort: a tenth of the time of int64's.
+    narrow = group_of_row.astype(np.uint16) if len(groups) <= np.iinfo(np.uint16).max + 1 else group_of_row
+    order = np.argsort(narrow, kind="stable")
+    bounds = np.cumsum(np.bincount(narrow, minlength=len(groups)))
     rows_by_group = np.split(order, bounds[:-1])
     cols = _completed_tokens({name: tokens.get(name, np.zeros(rows, dtype=np.int64))
                               for name in (*TOKEN_FIELDS, "total_tokens")})
