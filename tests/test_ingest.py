@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from datetime import datetime
 from decimal import Decimal
 
 import pytest
@@ -363,3 +364,47 @@ def test_an_id_whose_key_a_stored_row_shares_is_stored_and_its_repeat_is_a_dupli
     assert (result.read, result.stored, result.duplicates, result.failed) == (6, 5, 1, 0)
     assert query(settings, "SELECT count(*) FROM usage_events WHERE event_id = 'evt-2'") == [(1,)]
     assert count(settings) == 6
+
+
+@pytest.mark.parametrize("keys_collide", [False, True])
+def test_bulk_rows_are_priced_as_each_event_alone_even_when_group_keys_collide(settings, tmp_path, monkeypatch,
+                                                                                 keys_collide):
+    # Bulk rows are priced per group of rows one price serves, told apart by a 64-bit key; should two
+    # groups share one, they are priced by their names (forced here by giving every group the same key).
+    import llmcost.ingestion.parse as parse_module
+    from llmcost.pricing.rates import Pricer
+
+    calls = []
+    for name in ("price_groups_pico", "price_columns_pico"):
+        original = getattr(parse_module, name)
+        monkeypatch.setattr(parse_module, name,
+                            lambda *args, _original=original, _name=name, **kwargs: calls.append(_name)
+                            or _original(*args, **kwargs))
+    if keys_collide:
+        monkeypatch.setattr(parse_module, "_GROUP_KEY", "CAST(7 AS UBIGINT)")
+    kinds = [("openai", "gpt-4o", {}), ("openai", "gpt-4o-mini", {"service_tier": "flex"}),
+             ("anthropic", "claude-3-5-sonnet-20241022", {"cache_read_tokens": 300}),
+             ("openai", "gpt-4o", {"response_model": "gpt-4o-2024-05-13"}), ("acme", "mystery-model", {}),
+             ("openai", "gpt-4o", {"cost_usd": "0.25"})]
+    records = [event(n, provider=provider, model=model, ts=f"2026-11-{10 + n % 3}T{n % 24:02d}:30:00Z", **extra)
+               for n, (provider, model, extra) in ((n, kinds[n % len(kinds)]) for n in range(90))]
+    path = tmp_path / "events.jsonl"
+    write_jsonl(path, records)
+    assert ingest(settings, [path]).stored == 90
+    assert calls == ["price_columns_pico" if keys_collide else "price_groups_pico"]
+
+    pricer = Pricer.from_settings(settings)
+    stored = dict((event_id, (cost, source)) for event_id, cost, source in
+                  query(settings, "SELECT event_id, cost_usd, price_source FROM usage_events"))
+    for record in records:
+        if "cost_usd" in record:
+            expected = (Decimal(record["cost_usd"]), "provider")
+        else:
+            price = pricer.price(
+                provider=record["provider"], model=record["model"],
+                ts=datetime.fromisoformat(record["ts"].replace("Z", "+00:00")),
+                **{name: record[name] for name in ("input_tokens", "output_tokens", "cache_read_tokens",
+                                                   "response_model", "service_tier") if name in record})
+            expected = (price.cost_usd, price.price_source)
+        assert stored[record["event_id"]] == expected, record
+    assert {source for _, source in stored.values()} == {"price-table", "default-rate", "provider"}

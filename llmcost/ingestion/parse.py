@@ -27,7 +27,7 @@ from llmcost.ingestion import bulk, sources
 from llmcost.ingestion import csv as csv_rows
 from llmcost.ingestion.exact import FAILED_COLUMNS, MAX_RAW_CHARS, RecordParser, decode_line, raw_text
 from llmcost.pricing.rates import GROUP_COLUMNS
-from llmcost.pricing.vector import price_frame_pico, price_groups_pico
+from llmcost.pricing.vector import price_columns_pico, price_frame_pico, price_groups_pico
 
 if TYPE_CHECKING:
     from llmcost.config import Settings
@@ -200,27 +200,29 @@ def _cost_reason(pico: int) -> str:
             "($999,999.99); check the token counts")
 
 
+# The key of the rows one price serves: a hash of what prices them (a group whose key another shares is
+# priced by its names instead).
+_GROUP_KEY = f"hash({', '.join(GROUP_COLUMNS)}, CAST(ts AS DATE))"
+
+
 def _price_clean_rows(db: duckdb.DuckDBPyConnection, lines: pa.Table, parser: RecordParser, pricer: Pricer) -> pa.Table:
     """(idx, cost_pico, price_source) for the staged clean rows: the cost a record gives, or its price.
 
     A priced row costing more than the store holds is kept as failed instead.
     """
-    # DuckDB groups the rows by what prices them (a few groups: models times UTC days), so that only
-    # numbers cross into Python: each row's group and token counts, no names.
-    db.execute(f"""
-        CREATE OR REPLACE TEMP TABLE {_PRICE_GROUPS} AS
-        SELECT row_number() OVER () - 1 AS group_no, *
-        FROM (SELECT DISTINCT {', '.join(GROUP_COLUMNS)}, CAST(ts AS DATE) AS utc_day
-              FROM {bulk.CLEAN_ROWS} WHERE reported_pico IS NULL)
-        """)
-    groups = db.sql(f"SELECT {', '.join(GROUP_COLUMNS)} FROM {_PRICE_GROUPS} ORDER BY group_no").fetchall()
+    # DuckDB finds the few groups of rows that one price serves (models times UTC days), and gives each
+    # row its group's 64-bit key, so that only numbers cross into Python, no names and no join.
+    groups = db.execute(f"SELECT {_GROUP_KEY} AS group_key, * FROM (SELECT DISTINCT {', '.join(GROUP_COLUMNS)}, "
+                        f"CAST(ts AS DATE) AS ts FROM {bulk.CLEAN_ROWS} WHERE reported_pico IS NULL)").fetchall()
+    keys = np.array([group[0] for group in groups], dtype=np.uint64)
+    by_key = np.argsort(keys)
+    keys, groups = keys[by_key], [groups[i][1:1 + len(GROUP_COLUMNS)] for i in by_key.tolist()]
+    keys_distinct = bool(len(keys) == len(np.unique(keys)))
     token_columns = (*TOKEN_FIELDS, "total_tokens")
-    same_group = " AND ".join([*(f"r.{name} IS NOT DISTINCT FROM g.{name}" for name in GROUP_COLUMNS),
-                               "CAST(r.ts AS DATE) = g.utc_day"])
+    names = "" if keys_distinct else f", {', '.join(GROUP_COLUMNS)}"
     table = db.sql(
-        f"SELECT r.idx, r.reported_pico, r.reported_source, g.group_no, r.ts, "
-        f"{', '.join(f'coalesce(r.{name}, 0) AS {name}' for name in token_columns)} "
-        f"FROM {bulk.CLEAN_ROWS} r LEFT JOIN {_PRICE_GROUPS} g ON r.reported_pico IS NULL AND {same_group}"
+        f"SELECT idx, reported_pico, reported_source, {_GROUP_KEY} AS group_key, ts{names}, "
+        f"{', '.join(f'coalesce({name}, 0) AS {name}' for name in token_columns)} FROM {bulk.CLEAN_ROWS}"
     ).to_arrow_table()
     rows = table.num_rows
     reported = table.column("reported_pico")
@@ -231,13 +233,19 @@ def _price_clean_rows(db: duckdb.DuckDBPyConnection, lines: pa.Table, parser: Re
     too_costly = np.zeros(rows, dtype=bool)
     if len(unpriced):
         part = table if len(unpriced) == rows else table.take(unpriced)
-        computed, source_codes, source_names = price_groups_pico(
-            pricer, groups, part.column("group_no").to_numpy(), part.column("ts").to_numpy(),
-            {name: part.column(name).to_numpy() for name in token_columns})
+        ts, tokens = part.column("ts").to_numpy(), {name: part.column(name).to_numpy() for name in token_columns}
+        if keys_distinct:
+            group_of_row = np.searchsorted(keys, part.column("group_key").to_numpy())
+            computed, source_codes, source_names = price_groups_pico(pricer, groups, group_of_row, ts, tokens)
+            computed_sources = pa.array(source_names, pa.string()).take(pa.array(source_codes))
+        else:  # two groups share a key (about one batch in 1e16): grouped by their names instead
+            computed, named_sources = price_columns_pico(
+                pricer, part.column("provider"), part.column("model"), ts, tokens,
+                response_model=part.column("response_model"), service_tier=part.column("service_tier"))
+            computed_sources = pa.array(named_sources, pa.string())
         pico = pico.astype(computed.dtype)  # a writable copy, of Python ints when a cost is beyond int64
         pico[unpriced] = computed
         too_costly[unpriced] = _too_costly(computed)
-        computed_sources = pa.array(source_names, pa.string()).take(pa.array(source_codes))
         if len(unpriced) < rows:  # the other rows gave their own cost, and keep its source
             merged = np.array(sources.to_pylist(), dtype=object)
             merged[unpriced] = computed_sources.to_pylist()
@@ -289,8 +297,7 @@ def _priced_slow_rows(parser: RecordParser, settings: Settings, pricer: Pricer) 
 
 _EVENTS_VIEW = Batch.events_view
 _ATTEMPTS_VIEW = Batch.attempts_view
-_PRICE_GROUPS = "price_groups"
-_BATCH_TABLES = ("clean_prices", _PRICE_GROUPS, "slow_events", "slow_attempts", bulk.CLEAN_ROWS, bulk.CLEAN_ATTEMPTS)
+_BATCH_TABLES = ("clean_prices", "slow_events", "slow_attempts", bulk.CLEAN_ROWS, bulk.CLEAN_ATTEMPTS)
 
 
 def _load_batch_events(db: duckdb.DuckDBPyConnection, clean_prices: pa.Table | None,
