@@ -235,7 +235,10 @@ def _price_clean_rows(db: duckdb.DuckDBPyConnection, lines: pa.Table, parser: Re
         part = table if len(unpriced) == rows else table.take(unpriced)
         ts, tokens = part.column("ts").to_numpy(), {name: part.column(name).to_numpy() for name in token_columns}
         if keys_distinct:
-            group_of_row = np.searchsorted(keys, part.column("group_key").to_numpy())
+            row_keys = part.column("group_key").to_numpy()
+            group_of_row = np.minimum(np.searchsorted(keys, row_keys), len(keys) - 1)
+            if not np.array_equal(keys[group_of_row], row_keys):  # a bug, never a record's fault: no price guessed
+                raise RuntimeError("a staged row's price group key is not among its batch's groups")
             computed, source_codes, source_names = price_groups_pico(pricer, groups, group_of_row, ts, tokens)
             computed_sources = pa.array(source_names, pa.string()).take(pa.array(source_codes))
         else:  # two groups share a key (about one batch in 1e16): grouped by their names instead
