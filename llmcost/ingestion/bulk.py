@@ -305,14 +305,6 @@ def _stage(db: duckdb.DuckDBPyConnection, table: str, columns_sql: str, relation
     return db.sql(f"SELECT idx FROM {table}").to_arrow_table().column("idx").to_numpy()
 
 
-def _json_string_value(j: str) -> str:
-    """SQL for the value of the JSON text `j` as text: a JSON string without an escape is its text between the
-    quotes (characters, not bytes or graphemes: substring and length count alike), which costs less than
-    DuckDB's JSON reader (->>) that reads the rest."""
-    return (f"CASE WHEN prefix({j}, '\"') AND strpos({j}, '\\') = 0 THEN substring({j}, 2, length({j}) - 2) "
-            f"ELSE {j}->>'$' END")
-
-
 def _json_relation(fields: tuple[Field, ...], lead: tuple[str, ...] = (), where: str = "true") -> tuple[str, list]:
     """(SQL, JSON paths) for the lines of chunk_lines as j_<key> (each known key's JSON text) and
     v_<field> (its value as text), with known_keys true when the line has no other key.
@@ -322,8 +314,8 @@ def _json_relation(fields: tuple[Field, ...], lead: tuple[str, ...] = (), where:
     names = [*lead, *(f.name for f in fields)]
     fragments = ", ".join(f"f[{n}] AS j_{name}" for n, name in enumerate(names, start=1))
     values = ", ".join(
-        (_json_string_value(f"j_{f.name}") if f.kind in TEXT_KINDS else f"nullif(j_{f.name}, 'null')")
-        + f" AS v_{f.name}" for f in fields
+        (f"j_{f.name}->>'$'" if f.kind in TEXT_KINDS else f"nullif(j_{f.name}, 'null')") + f" AS v_{f.name}"
+        for f in fields
     )
     # Each line has as many keys as known keys found in it only when every key is known and given
     # once (with a key given twice DuckDB reads the first value, json.loads the last).
