@@ -24,6 +24,7 @@ from pathlib import Path
 from llmcost.control import audit as control_audit
 from llmcost.control import settler
 from llmcost.control.migrations import immediate, migrate
+from llmcost.control.processes import current_pid
 from llmcost.errors import ControlStateError
 
 log = logging.getLogger("llmcost")
@@ -40,7 +41,7 @@ _connection_serials = itertools.count(1)
 # change counter, the frame count, salts and a checksum (https://www.sqlite.org/walformat.html, "The WAL-Index
 # Header"). SQLite's `PRAGMA data_version` in WAL mode answers whether that header changed since the connection last
 # read it; reading the header ourselves is one pread, where the PRAGMA is a statement and a read transaction (two
-# fcntl locks and a getpid) run right after the journal's fsync, when every instruction costs most (issue 17).
+# fcntl locks) run right after the journal's fsync, when every instruction costs most (issue 17).
 WAL_INDEX_HEADER_BYTES = 48
 _CORRUPT_MARKERS = ("not a database", "malformed", "file is encrypted")
 _LOCK_MARKERS = ("locked", "busy")
@@ -289,9 +290,10 @@ class ControlFile:
 
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.key == (os.getpid(), self._epoch):
+        pid = current_pid()
+        if conn is not None and self._local.key == (pid, self._epoch):
             return conn
-        if conn is not None and self._local.key[0] == os.getpid():
+        if conn is not None and self._local.key[0] == pid:
             self._forget(conn)  # this thread's connection to a file no longer at the path
         timeout = self._timeout()
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so the read and the write are one lock.
@@ -307,7 +309,7 @@ class ControlFile:
             conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
             self._start_checkpointer()
         self._local.conn = conn
-        self._local.key = (os.getpid(), self._epoch)
+        self._local.key = (pid, self._epoch)
         self._local.serial = next(_connection_serials)  # names it for `data_version` (an id() may be reused)
         self._local.wal_index = None  # opened at the first `wal_index_header` of this connection
         with self._connections_lock:
