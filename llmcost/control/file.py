@@ -349,7 +349,7 @@ class ControlFile:
             return -1
         try:
             index = os.open(f"{database}-shm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
+        except OSError:  # (then the PRAGMA answers, as before)
             return -1
         with self._connections_lock:
             self._wal_indexes.append(index)
