@@ -474,3 +474,25 @@ def test_todays_spend_counts_a_tracker_call_once_before_and_after_ingest(setting
 def test_control_state_error_is_exported():
     assert llmcost.ControlStateError is ControlStateError and issubclass(ControlStateError, LLMCostError)
     assert BudgetExceededError is llmcost.BudgetExceededError
+
+
+@pytest.mark.parametrize("wal_index", ["read", "missing"])
+def test_data_version_changes_with_each_commit_of_another_process_and_only_then(tmp_path, monkeypatch, wal_index):
+    # Read from the write-ahead log index's header; where it cannot be read (no os.pread), SQLite's PRAGMA answers.
+    if wal_index == "missing":
+        monkeypatch.delattr(os, "pread")
+    control = ControlState(tmp_path / "control.sqlite")
+    try:
+        before = control.data_version()
+        assert control.data_version() == before
+        assert isinstance(before[1], bytes if wal_index == "read" else int)
+        for step in ("c.disable('scaffolder', 'runaway loop')", "c.enable('scaffolder')"):
+            subprocess.run([sys.executable, "-c", "import sys; from llmcost.control.state import ControlState; "
+                            f"c = ControlState(sys.argv[1]); {step}", str(control.path)], check=True, timeout=60)
+            after = control.data_version()
+            assert after != before and control.data_version() == after
+            before = after
+        assert (wal_index == "read") == bool(control._wal_indexes)
+    finally:
+        control.close()
+    assert control._wal_indexes == []

@@ -3,6 +3,7 @@ look: the attempt line comes from its call site's identity encoded once (`llmcos
 
 import datetime as dt
 import json
+import os
 
 import pytest
 
@@ -142,3 +143,32 @@ def test_journal_lines_of_varied_calls_are_the_lines_of_their_validated_records(
     assert result.failed == 0
     with store.connect(settings.db_path, read_only=True) as db:
         assert db.execute("SELECT count(DISTINCT event_id) FROM usage_events").fetchone()[0] == len(events)
+
+
+def test_new_ids_of_threads_and_of_a_forked_child_never_repeat():
+    import threading
+
+    from llmcost.events import new_id
+
+    drawn: list[list[str]] = [[] for _ in range(8)]
+    threads = [threading.Thread(target=lambda out=out: out.extend(new_id() for _ in range(2_000))) for out in drawn]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [text for out in drawn for text in out]
+    assert len(set(every)) == len(every) == 16_000
+
+    new_id()  # the parent holds random bytes not yet used, which the child must not use too
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then out at once
+        os.close(read_end)
+        os.write(write_end, "\n".join(new_id() for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write_end)
+    parents = {new_id() for _ in range(100)}
+    with os.fdopen(read_end, "rb") as pipe:
+        childs = set(pipe.read().decode().split("\n"))
+    os.waitpid(pid, 0)
+    assert len(childs) == 100 and not parents & childs

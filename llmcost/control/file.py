@@ -24,6 +24,7 @@ from pathlib import Path
 from llmcost.control import audit as control_audit
 from llmcost.control import settler
 from llmcost.control.migrations import immediate, migrate
+from llmcost.control.processes import current_pid
 from llmcost.errors import ControlStateError
 
 log = logging.getLogger("llmcost")
@@ -36,6 +37,12 @@ CHECKPOINT_INTERVAL_SECONDS = 0.1
 CHECKPOINT_AT_BYTES = 1024 * 1024
 BACKSTOP_CHECKPOINT_PAGES = 10_000
 _connection_serials = itertools.count(1)
+# The write-ahead log's index (the `-shm` file) opens with its header, which every commit to the file rewrites: a
+# change counter, the frame count, salts and a checksum (https://www.sqlite.org/walformat.html, "The WAL-Index
+# Header"). SQLite's `PRAGMA data_version` in WAL mode answers whether that header changed since the connection last
+# read it; reading the header ourselves is one pread, where the PRAGMA is a statement and a read transaction (two
+# fcntl locks) run right after the journal's fsync, when every instruction costs most (issue 17).
+WAL_INDEX_HEADER_BYTES = 48
 _CORRUPT_MARKERS = ("not a database", "malformed", "file is encrypted")
 _LOCK_MARKERS = ("locked", "busy")
 _SIDE_FILES = ("-wal", "-shm")
@@ -126,6 +133,7 @@ class ControlFile:
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
+        self._wal_indexes: list[int] = []  # the descriptors `wal_index_header` opened, closed with the connections
         self._connections_lock = threading.Lock()
         self._open_lock = threading.Lock()
         self._write_lock = threading.RLock()
@@ -282,9 +290,10 @@ class ControlFile:
 
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.key == (os.getpid(), self._epoch):
+        pid = current_pid()
+        if conn is not None and self._local.key == (pid, self._epoch):
             return conn
-        if conn is not None and self._local.key[0] == os.getpid():
+        if conn is not None and self._local.key[0] == pid:
             self._forget(conn)  # this thread's connection to a file no longer at the path
         timeout = self._timeout()
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so the read and the write are one lock.
@@ -300,8 +309,9 @@ class ControlFile:
             conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
             self._start_checkpointer()
         self._local.conn = conn
-        self._local.key = (os.getpid(), self._epoch)
+        self._local.key = (pid, self._epoch)
         self._local.serial = next(_connection_serials)  # names it for `data_version` (an id() may be reused)
+        self._local.wal_index = None  # opened at the first `wal_index_header` of this connection
         with self._connections_lock:
             self._connections.append(conn)
         return conn
@@ -310,7 +320,40 @@ class ControlFile:
         with self._connections_lock:
             if conn in self._connections:
                 self._connections.remove(conn)
+            index = getattr(self._local, "wal_index", None)
+            if index is not None and index in self._wal_indexes:
+                self._wal_indexes.remove(index)
+                os.close(index)
         conn.close()
+
+    def wal_index_header(self, conn: sqlite3.Connection) -> bytes | None:
+        """The write-ahead log index's header as it is now for this thread's connection `conn` (it changes with
+        every commit to the file, by any connection), or None where there is none to read (the file is not in WAL
+        mode, or os.pread is missing). Its descriptor is opened once per connection, on the `-shm` file next to the
+        file the connection has open, once the connection has read (so SQLite has it mapped): that `-shm` file
+        stays the connection's while it is open, since SQLite starts a new one only when no connection holds it."""
+        index = self._local.wal_index
+        if index is None:
+            index = self._local.wal_index = self._open_wal_index(conn)
+        if index < 0:
+            return None
+        return os.pread(index, WAL_INDEX_HEADER_BYTES, 0)
+
+    def _open_wal_index(self, conn: sqlite3.Connection) -> int:
+        """A read-only descriptor of `conn`'s `-shm` file, or -1 when it has none to read."""
+        if not hasattr(os, "pread") or conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            return -1
+        conn.execute("PRAGMA data_version").fetchone()  # a read: SQLite has the -shm file open and mapped
+        database = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+        if not database:
+            return -1
+        try:
+            index = os.open(f"{database}-shm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:  # (then the PRAGMA answers, as before)
+            return -1
+        with self._connections_lock:
+            self._wal_indexes.append(index)
+        return index
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -323,8 +366,11 @@ class ControlFile:
     def _close_connections(self) -> None:
         with self._connections_lock:
             connections, self._connections = self._connections, []
+            indexes, self._wal_indexes = self._wal_indexes, []
         for conn in connections:
             conn.close()
+        for index in indexes:
+            os.close(index)
         self._local = threading.local()
 
     def checkpoint_in_background(self) -> None:

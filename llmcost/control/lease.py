@@ -15,8 +15,9 @@ the lease's whole amount is held against it, and the calls admitted here stay wi
 halts, resumes and the shutdown level take effect on the very next call in every process: each call asks the
 control state whether anything changed since (`LeaseControl.data_version`, no I/O to speak of), and when it did,
 the gates are read again before the call is admitted here. The SQLite file answers whether any other connection
-committed (`PRAGMA data_version`, no table read); Redis, whether its listener heard a gate change, which leaves a
-window of about one network hop (`llmcost.control.redis_gates`).
+committed (the header of its write-ahead log index, which every commit rewrites: one pread, no statement); Redis,
+whether its listener heard a gate change, which leaves a window of about one network hop
+(`llmcost.control.redis_gates`).
 """
 
 from __future__ import annotations

@@ -5,6 +5,16 @@ from __future__ import annotations
 import os
 import socket
 
+# This process's id, kept current in a forked child: os.getpid is a system call, and the journal and the control
+# file ask on every tracked call, right after a journal fsync, where a system call costs most (issue 17).
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+
+
+def current_pid() -> int:
+    """`os.getpid()` without the system call."""
+    return _pid[0]
+
 
 def process_alive(pid: int) -> bool:
     try:

@@ -213,12 +213,16 @@ class ControlState(ControlFile):
                                       system_spend_sql=_SYSTEM_SPEND)
 
     @guarded
-    def data_version(self) -> tuple[int, int]:
-        """Changes whenever another connection committed to the file (an operator's switch, another process's
-        admission): (this thread's connection, SQLite's `PRAGMA data_version` on it). Cheap: no table is read.
+    def data_version(self) -> tuple[int, bytes | int]:
+        """Changes whenever any connection committed to the file (an operator's switch, another process's
+        admission): (this thread's connection, the write-ahead log index's header, `wal_index_header`; SQLite's
+        `PRAGMA data_version` where there is none). Cheap: no table is read, no statement run.
         Asked right after `open()`, which looked at the file at the path (`ASKED_RIGHT_AFTER_OPEN`)."""
         conn = self._connection()
-        return self._local.serial, conn.execute("PRAGMA data_version").fetchone()[0]
+        header = self.wal_index_header(conn)
+        if header is None:
+            return self._local.serial, conn.execute("PRAGMA data_version").fetchone()[0]
+        return self._local.serial, header
 
     def reserve(self, day: dt.date | str, user_id: str, tenant_id: str, use_case: str, tokens: int, cost: Decimal, *,
                 limit_tokens: int | None, limit_cost: Decimal | None, enforce: bool,

@@ -16,11 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmcost.control.processes import current_pid
 from llmcost.lines import encode_line, ends_torn, write_whole_line
-
-# This process's id, kept current in a forked child (getpid is a system call, and each write asks).
-_pid = [os.getpid()]
-os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 
 class Journal:
@@ -49,7 +46,7 @@ class Journal:
         with self._lock:
             fd = self._fd
             # the open file while its day lasts, in this process (a forked child must not share its parent's file)
-            if fd is None or time.time() >= self._fd_until or self._fd_key[1] != _pid[0]:
+            if fd is None or time.time() >= self._fd_until or self._fd_key[1] != current_pid():
                 fd = self._descriptor(dt.datetime.now(dt.timezone.utc).date())
             if self._torn:
                 line = b"\n" + line
@@ -67,7 +64,7 @@ class Journal:
             return self._fd_path
 
     def _descriptor(self, today: dt.date) -> int:
-        key = (today.isoformat(), _pid[0])  # a forked child must not share its parent's file
+        key = (today.isoformat(), current_pid())  # a forked child must not share its parent's file
         if self._fd is None or self._fd_key != key:
             self.close_locked()
             self.journal_dir.mkdir(parents=True, exist_ok=True)
