@@ -216,7 +216,11 @@ def variants_section(result: dict) -> list[str]:
         "Each variant runs in a fresh process, timed from connect to close; CPU is every thread's. Stage variants "
         "write a temp table of an in-memory database; insert variants write the same 1M typed, priced rows (built "
         "untimed) into usage_events in batches of two row groups. Variants marked NOT exact or described as "
-        "bounds skip checks the ingest needs; they show what a part costs, not a way to ingest.",
+        "bounds skip checks the ingest needs; they show what a part costs, not a way to ingest. The pyarrow strict "
+        "reader is the issue's optimistic exactness: pyarrow's JSON reader with the record's schema refuses a chunk "
+        "for one value of another JSON type, a key given twice or a torn line; its row is that read alone, before "
+        "the checks on values (ranges, times, names) that would still follow in SQL, and the 64-line pieces show "
+        "what each call costs when a chunk is bisected down to its bad lines.",
     ]
 
 
