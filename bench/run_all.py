@@ -257,7 +257,13 @@ def generic_section(result: dict) -> list[str]:
             return json.dumps(value)
         return str(value)
 
-    rows = [r for r in result.get("rows", []) if isinstance(r, dict)]
+    def flat(row: dict) -> dict:
+        """A row's nested figures as columns of their own ("collector: events_per_s")."""
+        return {f"{key}: {sub}" if isinstance(value, dict) else key: inner
+                for key, value in row.items()
+                for sub, inner in (value.items() if isinstance(value, dict) else [(None, value)])}
+
+    rows = [flat(r) for r in result.get("rows", []) if isinstance(r, dict)]
     if not rows:
         scalars = {k: v for k, v in result.items() if not isinstance(v, (dict, list))}
         return table(["figure", "value"], [[k, cell(v)] for k, v in scalars.items()])
