@@ -61,3 +61,48 @@ def test_background_checkpoint_never_recreates_a_deleted_control_file(settings, 
         assert settings.control_db.exists()
     finally:
         tracker.close()
+
+
+def test_a_background_settle_racing_a_deletion_never_creates_the_file(settings, monkeypatch):
+    # The file is deleted just after the background settle saw it open (the race the test above hit 1 run in
+    # 6-12): the settle must not open, and so create, a new file at the path (only a call does that).
+    from decimal import Decimal
+
+    from llmcost.control import state as control_state
+
+    state = control_state.ControlState(settings.control_db)
+    try:
+        seen_open = state._file
+        monkeypatch.setattr(control_state, "_identity", lambda path: seen_open)  # the check, before the deletion
+        settings.control_db.unlink()
+        state.settle_many_where_open([("no-such-reservation", 10, Decimal("0.001"))])
+        assert not settings.control_db.exists()
+    finally:
+        state.close()
+
+
+def test_only_opening_the_control_file_creates_it(settings):
+    # A thread's first connection to a file that is open (another thread opened it) never creates one that has
+    # gone meanwhile: that is for opening the file, which checks and migrates it.
+    import threading
+
+    from llmcost.control.state import ControlState
+
+    state = ControlState(settings.control_db)
+    try:
+        settings.control_db.unlink()
+        outcome = []
+
+        def connect():
+            try:
+                outcome.append(state._connection())
+            except sqlite3.Error as error:
+                outcome.append(error)
+
+        thread = threading.Thread(target=connect)
+        thread.start()
+        thread.join()
+        assert isinstance(outcome[0], sqlite3.OperationalError)
+        assert not settings.control_db.exists()
+    finally:
+        state.close()

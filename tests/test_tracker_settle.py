@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import subprocess
 import sys
+import time
 from decimal import Decimal
 
 from llmcost.control.state import ControlState
@@ -87,3 +88,29 @@ def test_a_call_right_after_one_that_used_less_than_its_estimate_is_judged_on_th
     assert "budget" not in second.event.metadata
     day = local_day(call.started_at, settings.tz)
     assert tracker.control.user_spend(day, "builder")[0] == 2_000
+
+
+def test_a_wake_while_the_background_waits_idle_starts_the_ticks_again():
+    # The background had stopped ticking (nothing to retire) and waits for settles with no timeout; a lease made
+    # then wakes it, and its ticks (which retire the lease once idle) must start with no settle queued.
+    import threading as threads_module
+
+    from llmcost.control.settler import TICK_SECONDS, Settler
+
+    ticks, wanted = threads_module.Semaphore(0), [False]
+
+    def tick():
+        ticks.release()
+        return wanted[0]
+
+    settler = Settler(lambda batch: [True] * len(batch), "test-a-wake-while-idle")
+    settler.tick = tick
+    try:
+        settler.wake()
+        assert ticks.acquire(timeout=5)  # the first tick finds nothing: the ticks stop
+        time.sleep(5 * TICK_SECONDS)  # the background now waits for settles alone
+        wanted[0] = True
+        settler.wake()
+        assert ticks.acquire(timeout=5)
+    finally:
+        settler.close()

@@ -97,6 +97,9 @@ os.register_at_fork(after_in_child=_unlock_in_forked_child)
 # whether anything changed and reads the gates again when it did, `llmcost.control.lease`): the file at the path
 # was looked at a moment before, so they do not stat it again (one stat a call, not two or three).
 ASKED_RIGHT_AFTER_OPEN = frozenset({"data_version", "judge"})
+# Operations that use the file open now or none: the background settle, which must not create a file an operator
+# deleted (a call opens the new one, with its checks and migrations).
+NEVER_OPENS = frozenset({"settle_many_where_open"})
 
 
 def guarded(method):
@@ -104,13 +107,14 @@ def guarded(method):
     but the settle path's first applies the settles this process handed over (`llmcost.control.settler`)."""
     drains = method.__name__ not in settler.SETTLE_PATH
     looks = method.__name__ not in ASKED_RIGHT_AFTER_OPEN
+    opens = method.__name__ not in NEVER_OPENS
 
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
         if drains:
             settler.drain_pending(self.place)
         try:
-            if looks or self._file is None:
+            if opens and (looks or self._file is None):
                 self._ready()
             return method(self, *args, **kwargs)
         except sqlite3.Error as error:
@@ -179,13 +183,13 @@ class ControlFile:
             self._drop_foreign_side_files()
             self._epoch += 1
             try:
-                conn = self._connection()
+                conn = self._connection(create=True)
                 self._check_and_migrate(conn)
             except sqlite3.DatabaseError as error:
                 if not _is_corrupt(error):
                     raise
                 self._set_aside_corrupt_file(error)
-                conn = self._connection()
+                conn = self._connection(create=True)
                 self._check_and_migrate(conn)
             self._file = _identity(self.path)
             self._record_side_file_owner()
@@ -288,7 +292,10 @@ class ControlFile:
 
     # -- connections -------------------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self, create: bool = False) -> sqlite3.Connection:
+        """This thread's connection to the file open now. Only opening the file (`_open_file`, which checks and
+        migrates it) may `create` it: any other first connection of a thread, the background settler's say, to a
+        file deleted meanwhile fails instead of leaving an empty file at the path."""
         conn = getattr(self._local, "conn", None)
         pid = current_pid()
         if conn is not None and self._local.key == (pid, self._epoch):
@@ -297,7 +304,8 @@ class ControlFile:
             self._forget(conn)  # this thread's connection to a file no longer at the path
         timeout = self._timeout()
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so the read and the write are one lock.
-        conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode={'rwc' if create else 'rw'}", uri=True,
+                               timeout=timeout, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         # NORMAL in WAL survives a process crash; a power cut may drop the last commits, which `rebuild` restores.
         # It adds no fsync to a call's commits: traced over 100 tracked calls with fsync on, the caller made the

@@ -32,7 +32,8 @@ log = logging.getLogger("llmcost")
 
 # The operations that never drain: the settle path itself, and the tracker's per-call steps (an admission judges
 # pending settles as calls in flight; `Tracker.admit` drains where exactness needs it).
-SETTLE_PATH = frozenset({"admit", "settle", "settle_many", "release", "open", "judge", "data_version"})
+SETTLE_PATH = frozenset({"admit", "settle", "settle_many", "settle_many_where_open", "release", "open", "judge",
+                         "data_version"})
 RETRY_SECONDS = 0.5  # after a failing control state, how soon the background tries again
 TICK_SECONDS = 0.1  # how often the background runs `tick` (the leases' retirement of idle and old leases)
 
@@ -176,8 +177,11 @@ class Settler:
     def _run(self) -> None:
         while True:
             with self._condition:
-                self._condition.wait_for(lambda: self._queue or self._closed,
-                                         timeout=TICK_SECONDS if self._ticking else None)
+                # Idle (not ticking), it waits for settles alone, and also for a `wake`, which must start the
+                # ticks then: a lease made now is retired by them, with no settle to wake this otherwise.
+                ticking = self._ticking
+                self._condition.wait_for(lambda was=ticking: self._queue or self._closed or (self._ticking and not was),
+                                         timeout=TICK_SECONDS if ticking else None)
                 if self._closed and not self._queue:
                     return
                 batch, self._queue = self._queue, []

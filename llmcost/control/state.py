@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterable
@@ -259,12 +260,21 @@ class ControlState(ControlFile):
         with self._transaction() as conn:
             return [self._settle_in(conn, *item) for item in settles]
 
+    @guarded
     def settle_many_where_open(self, settles: list[tuple[Reservation | str, int, Decimal]]) -> list[bool] | None:
         """`settle_many` on the file open now, else None: a background settle never opens (nor creates) a file
-        deleted or replaced meanwhile; the next call opens the new one, and drains these first (`rebuild`)."""
+        deleted or replaced meanwhile (`NEVER_OPENS`); the next call opens the new one, and drains these first
+        (`rebuild`). A file deleted after this looked takes the settles with it; the rebuild counts them from the
+        journals."""
         if self._file is None or _identity(self.path) != self._file:
             return None
-        return self.settle_many(settles)
+        try:
+            with self._transaction() as conn:
+                return [self._settle_in(conn, *item) for item in settles]
+        except sqlite3.OperationalError:
+            if _identity(self.path) != self._file:  # gone meanwhile: this thread had no connection to it yet
+                return None
+            raise
 
     def _settle_in(self, conn, reservation: Reservation | str, actual_tokens: int, actual_cost: Decimal) -> bool:
         reservation_id = reservation.id if isinstance(reservation, Reservation) else reservation
