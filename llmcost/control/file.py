@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from llmcost.control import audit as control_audit
-from llmcost.control import settler
+from llmcost.control import settler, wal_index
 from llmcost.control.migrations import immediate, migrate
 from llmcost.control.processes import current_pid
 from llmcost.errors import ControlStateError
@@ -37,12 +37,6 @@ CHECKPOINT_INTERVAL_SECONDS = 0.1
 CHECKPOINT_AT_BYTES = 1024 * 1024
 BACKSTOP_CHECKPOINT_PAGES = 10_000
 _connection_serials = itertools.count(1)
-# The write-ahead log's index (the `-shm` file) opens with its header, which every commit to the file rewrites: a
-# change counter, the frame count, salts and a checksum (https://www.sqlite.org/walformat.html, "The WAL-Index
-# Header"). SQLite's `PRAGMA data_version` in WAL mode answers whether that header changed since the connection last
-# read it; reading the header ourselves is one pread, where the PRAGMA is a statement and a read transaction (two
-# fcntl locks) run right after the journal's fsync, when every instruction costs most (issue 17).
-WAL_INDEX_HEADER_BYTES = 48
 _CORRUPT_MARKERS = ("not a database", "malformed", "file is encrypted")
 _LOCK_MARKERS = ("locked", "busy")
 _SIDE_FILES = ("-wal", "-shm")
@@ -335,33 +329,16 @@ class ControlFile:
         conn.close()
 
     def wal_index_header(self, conn: sqlite3.Connection) -> bytes | None:
-        """The write-ahead log index's header as it is now for this thread's connection `conn` (it changes with
-        every commit to the file, by any connection), or None where there is none to read (the file is not in WAL
-        mode, or os.pread is missing). Its descriptor is opened once per connection, on the `-shm` file next to the
-        file the connection has open, once the connection has read (so SQLite has it mapped): that `-shm` file
-        stays the connection's while it is open, since SQLite starts a new one only when no connection holds it."""
+        """The write-ahead log index's header now (`llmcost.control.wal_index`) for this thread's connection `conn`,
+        or None where there is none to read; its descriptor is opened once per connection, closed with it."""
         index = self._local.wal_index
         if index is None:
-            index = self._local.wal_index = self._open_wal_index(conn)
-        if index < 0:
-            return None
-        return os.pread(index, WAL_INDEX_HEADER_BYTES, 0)
-
-    def _open_wal_index(self, conn: sqlite3.Connection) -> int:
-        """A read-only descriptor of `conn`'s `-shm` file, or -1 when it has none to read."""
-        if not hasattr(os, "pread") or conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            return -1
-        conn.execute("PRAGMA data_version").fetchone()  # a read: SQLite has the -shm file open and mapped
-        database = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
-        if not database:
-            return -1
-        try:
-            index = os.open(f"{database}-shm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError:  # (then the PRAGMA answers, as before)
-            return -1
-        with self._connections_lock:
-            self._wal_indexes.append(index)
-        return index
+            index = wal_index.open_index(conn)
+            if index is not None:
+                with self._connections_lock:
+                    self._wal_indexes.append(index)
+            self._local.wal_index = -1 if index is None else index
+        return None if self._local.wal_index < 0 else wal_index.read_header(self._local.wal_index)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

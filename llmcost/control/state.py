@@ -215,15 +215,12 @@ class ControlState(ControlFile):
 
     @guarded
     def data_version(self) -> tuple[int, bytes | int]:
-        """Changes whenever any connection committed to the file (an operator's switch, another process's
-        admission): (this thread's connection, the write-ahead log index's header, `wal_index_header`; SQLite's
-        `PRAGMA data_version` where there is none). Cheap: no table is read, no statement run.
-        Asked right after `open()`, which looked at the file at the path (`ASKED_RIGHT_AFTER_OPEN`)."""
+        """Changes whenever any connection committed to the file (an operator's switch, another process's admission):
+        (this thread's connection, its `wal_index_header`, else SQLite's `PRAGMA data_version`). No table is read, no
+        statement run; asked right after `open()`, which looked at the file at the path (`ASKED_RIGHT_AFTER_OPEN`)."""
         conn = self._connection()
         header = self.wal_index_header(conn)
-        if header is None:
-            return self._local.serial, conn.execute("PRAGMA data_version").fetchone()[0]
-        return self._local.serial, header
+        return self._local.serial, conn.execute("PRAGMA data_version").fetchone()[0] if header is None else header
 
     def reserve(self, day: dt.date | str, user_id: str, tenant_id: str, use_case: str, tokens: int, cost: Decimal, *,
                 limit_tokens: int | None, limit_cost: Decimal | None, enforce: bool,
@@ -257,24 +254,25 @@ class ControlState(ControlFile):
     @guarded
     def settle_many(self, settles: list[tuple[Reservation | str, int, Decimal]]) -> list[bool]:
         """`settle` of each (reservation, actual tokens, actual cost) in one transaction (one commit for a batch)."""
-        with self._transaction() as conn:
-            return [self._settle_in(conn, *item) for item in settles]
+        return self._settle_all(settles)
 
     @guarded
     def settle_many_where_open(self, settles: list[tuple[Reservation | str, int, Decimal]]) -> list[bool] | None:
-        """`settle_many` on the file open now, else None: a background settle never opens (nor creates) a file
-        deleted or replaced meanwhile (`NEVER_OPENS`); the next call opens the new one, and drains these first
-        (`rebuild`). A file deleted after this looked takes the settles with it; the rebuild counts them from the
-        journals."""
+        """`settle_many` on the file open now, else None (`NEVER_OPENS`): a background settle never opens, nor creates,
+        a file deleted or replaced meanwhile. The next call opens the new one and rebuilds it from the journals,
+        these settles included (and those that went into a file deleted after this looked)."""
         if self._file is None or _identity(self.path) != self._file:
             return None
         try:
-            with self._transaction() as conn:
-                return [self._settle_in(conn, *item) for item in settles]
+            return self._settle_all(settles)
         except sqlite3.OperationalError:
             if _identity(self.path) != self._file:  # gone meanwhile: this thread had no connection to it yet
                 return None
             raise
+
+    def _settle_all(self, settles: list[tuple[Reservation | str, int, Decimal]]) -> list[bool]:
+        with self._transaction() as conn:
+            return [self._settle_in(conn, *item) for item in settles]
 
     def _settle_in(self, conn, reservation: Reservation | str, actual_tokens: int, actual_cost: Decimal) -> bool:
         reservation_id = reservation.id if isinstance(reservation, Reservation) else reservation
